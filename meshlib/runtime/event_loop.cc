@@ -1,0 +1,245 @@
+#include "meshlib/runtime/event_loop.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+
+namespace meshlib::runtime {
+
+absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(std::string name) {
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) {
+    return absl::InternalError(absl::StrCat("epoll_create1: ", strerror(errno)));
+  }
+  int wake = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake < 0) {
+    int err = errno;
+    close(ep);
+    return absl::InternalError(absl::StrCat("eventfd: ", strerror(err)));
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = wake;
+  if (epoll_ctl(ep, EPOLL_CTL_ADD, wake, &ev) != 0) {
+    int err = errno;
+    close(ep);
+    close(wake);
+    return absl::InternalError(absl::StrCat("epoll_ctl(eventfd): ", strerror(err)));
+  }
+  std::unique_ptr<EventLoop> loop(new EventLoop(std::move(name), ep, wake));
+  EventLoop* raw = loop.get();
+  loop->thread_ = std::thread([raw] { raw->Run(); });
+  return loop;
+}
+
+EventLoop::EventLoop(std::string name, int epoll_fd, int wake_fd)
+    : name_(std::move(name)), epoll_fd_(epoll_fd), wake_fd_(wake_fd) {}
+
+EventLoop::~EventLoop() {
+  stop_.store(true, std::memory_order_release);
+  Wake();
+  if (thread_.joinable()) thread_.join();
+  // Destroy leftover tasks outside the lock: their destructors may Post.
+  std::vector<Task> posted;
+  absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers;
+  {
+    absl::MutexLock lock(&mu_);
+    posted.swap(posted_);
+    timers.swap(timers_);
+  }
+  close(wake_fd_);
+  close(epoll_fd_);
+}
+
+bool EventLoop::InExecutorThread() const {
+  return thread_id_.load(std::memory_order_acquire) == std::this_thread::get_id();
+}
+
+void EventLoop::Wake() {
+  uint64_t one = 1;
+  // EAGAIN means the counter is saturated: the loop is awake anyway.
+  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof(one));
+}
+
+void EventLoop::Post(Task task) {
+  bool wake;
+  {
+    absl::MutexLock lock(&mu_);
+    wake = posted_.empty();
+    posted_.push_back(std::move(task));
+  }
+  if (wake && !InExecutorThread()) Wake();
+}
+
+TimerId EventLoop::RunAt(absl::Time when, Task task) {
+  TimerId id;
+  bool wake;
+  {
+    absl::MutexLock lock(&mu_);
+    id.when = when;
+    id.seq = next_timer_seq_++;
+    timers_.emplace(std::make_pair(when, id.seq), std::move(task));
+    wake = when < sleep_until_;
+    if (wake) sleep_until_ = when;
+  }
+  if (wake && !InExecutorThread()) Wake();
+  return id;
+}
+
+bool EventLoop::Cancel(TimerId id) {
+  if (!id.valid()) return false;
+  Task victim;  // destroyed outside the lock
+  absl::MutexLock lock(&mu_);
+  auto it = timers_.find(std::make_pair(id.when, id.seq));
+  if (it == timers_.end()) return false;
+  victim = std::move(it->second);
+  timers_.erase(it);
+  return true;
+}
+
+absl::Status EventLoop::Watch(int fd, uint32_t events, FdHandler* handler) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    return absl::InternalError(
+        absl::StrCat("epoll_ctl(ADD, fd ", fd, "): ", strerror(errno)));
+  }
+  handlers_[fd] = handler;
+  return absl::OkStatus();
+}
+
+absl::Status EventLoop::Rewatch(int fd, uint32_t events) {
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) != 0) {
+    return absl::InternalError(
+        absl::StrCat("epoll_ctl(MOD, fd ", fd, "): ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+void EventLoop::Unwatch(int fd) {
+  if (handlers_.erase(fd) == 0) return;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+}
+
+void EventLoop::DeferToEndOfIteration(Task task) {
+  deferred_.push_back(std::move(task));
+}
+
+int EventLoop::ComputeTimeoutMs() {
+  absl::MutexLock lock(&mu_);
+  if (!posted_.empty() || !deferred_.empty()) {
+    sleep_until_ = absl::InfinitePast();
+    return 0;
+  }
+  if (timers_.empty()) {
+    sleep_until_ = absl::InfiniteFuture();
+    return -1;
+  }
+  absl::Time next = timers_.begin()->first.first;
+  sleep_until_ = next;
+  absl::Duration wait = next - absl::Now();
+  if (wait <= absl::ZeroDuration()) return 0;
+  // Round up so that a timer never fires early.
+  int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(wait, absl::Milliseconds(1)));
+  return static_cast<int>(std::min<int64_t>(ms, 60'000));
+}
+
+void EventLoop::RunExpiredTimers() {
+  absl::Time now = absl::Now();
+  for (;;) {
+    Task task;
+    {
+      absl::MutexLock lock(&mu_);
+      if (timers_.empty()) return;
+      auto it = timers_.begin();
+      if (it->first.first > now) return;
+      task = std::move(it->second);
+      timers_.erase(it);
+    }
+    task();
+  }
+}
+
+void EventLoop::RunPostedTasks() {
+  std::vector<Task> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    batch.swap(posted_);
+  }
+  for (Task& t : batch) t();
+}
+
+void EventLoop::Run() {
+  thread_id_.store(std::this_thread::get_id(), std::memory_order_release);
+  constexpr int kMaxEvents = 256;
+  epoll_event events[kMaxEvents];
+  while (!stop_.load(std::memory_order_acquire)) {
+    int timeout = ComputeTimeoutMs();
+    int n = epoll_wait(epoll_fd_, events, kMaxEvents, timeout);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      std::fprintf(stderr, "meshlib: event loop %s: epoll_wait: %s\n",
+                   name_.c_str(), strerror(errno));
+      break;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      sleep_until_ = absl::InfinitePast();  // awake: nobody needs to wake us
+    }
+    for (int i = 0; i < n; ++i) {
+      int fd = events[i].data.fd;
+      if (fd == wake_fd_) {
+        uint64_t drained;
+        [[maybe_unused]] ssize_t r = read(wake_fd_, &drained, sizeof(drained));
+        continue;
+      }
+      auto it = handlers_.find(fd);
+      if (it == handlers_.end()) continue;  // unwatched earlier in this batch
+      it->second->OnFdEvents(events[i].events);
+    }
+    RunExpiredTimers();
+    RunPostedTasks();
+    while (!deferred_.empty()) {
+      std::vector<Task> batch;
+      batch.swap(deferred_);
+      for (Task& t : batch) t();
+    }
+  }
+  // Flush what is deferred so that nothing is silently dropped on stop.
+  while (!deferred_.empty()) {
+    std::vector<Task> batch;
+    batch.swap(deferred_);
+    for (Task& t : batch) t();
+  }
+}
+
+absl::StatusOr<std::shared_ptr<Runtime>> Runtime::Create(int threads,
+                                                         std::string name) {
+  if (threads <= 0) {
+    threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  std::vector<std::unique_ptr<EventLoop>> loops;
+  for (int i = 0; i < threads; ++i) {
+    auto loop = EventLoop::Create(absl::StrCat(name, "-", i));
+    if (!loop.ok()) return loop.status();
+    loops.push_back(*std::move(loop));
+  }
+  return std::shared_ptr<Runtime>(new Runtime(std::move(loops)));
+}
+
+EventLoop& Runtime::NextLoop() {
+  return *loops_[next_.fetch_add(1, std::memory_order_relaxed) % loops_.size()];
+}
+
+}  // namespace meshlib::runtime

@@ -1,0 +1,116 @@
+// EventLoop: one reactor thread over epoll, with timers and posted tasks.
+//
+//   auto loop = EventLoop::Create("io-0").value();
+//   loop->Post([&] { loop->Watch(fd, EPOLLIN, &handler); });
+//   ...
+//   loop.reset();  // stops the thread; tasks not yet run are destroyed
+//
+// Threading: Post, RunAt, Cancel and Now are thread-safe. Watch, Unwatch and
+// DeferToEndOfIteration must be called on the loop's own thread; that is what
+// makes dispatch lock-free, and it lets an fd handler be destroyed right after
+// Unwatch even while other events for it sit in the current epoll batch.
+#ifndef MESHLIB_RUNTIME_EVENT_LOOP_H_
+#define MESHLIB_RUNTIME_EVENT_LOOP_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/btree_map.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "meshlib/runtime/executor.h"
+
+namespace meshlib::runtime {
+
+// Receives readiness events for a watched file descriptor, on the loop thread.
+class FdHandler {
+ public:
+  virtual ~FdHandler() = default;
+  // `events` is a mask of EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP.
+  virtual void OnFdEvents(uint32_t events) = 0;
+};
+
+class EventLoop final : public Executor {
+ public:
+  static absl::StatusOr<std::unique_ptr<EventLoop>> Create(std::string name);
+  ~EventLoop() override;
+
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Executor.
+  absl::Time Now() override { return absl::Now(); }
+  void Post(Task task) override;
+  TimerId RunAt(absl::Time when, Task task) override;
+  bool Cancel(TimerId id) override;
+  bool InExecutorThread() const override;
+
+  // Loop thread only. Level-triggered; `events` as for epoll_ctl.
+  absl::Status Watch(int fd, uint32_t events, FdHandler* handler);
+  absl::Status Rewatch(int fd, uint32_t events);
+  void Unwatch(int fd);
+
+  // Loop thread only: runs `task` after this iteration's events, timers and
+  // posted tasks, before the loop sleeps again. Used to coalesce many small
+  // writes into one syscall.
+  void DeferToEndOfIteration(Task task);
+
+  const std::string& name() const { return name_; }
+
+ private:
+  EventLoop(std::string name, int epoll_fd, int wake_fd);
+  void Run();
+  void Wake();
+  int ComputeTimeoutMs();
+  void RunExpiredTimers();
+  void RunPostedTasks();
+
+  const std::string name_;
+  const int epoll_fd_;
+  const int wake_fd_;
+  std::thread thread_;
+  std::atomic<std::thread::id> thread_id_{};
+  std::atomic<bool> stop_{false};
+
+  // Loop-thread state.
+  absl::flat_hash_map<int, FdHandler*> handlers_;
+  std::vector<Task> deferred_;
+
+  absl::Mutex mu_;
+  std::vector<Task> posted_ ABSL_GUARDED_BY(mu_);
+  absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t next_timer_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  // When the loop will next wake by itself; a timer due earlier must wake it.
+  absl::Time sleep_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+};
+
+// A fixed set of event loops; connections are spread over them.
+class Runtime {
+ public:
+  // `threads` <= 0 picks the number of CPUs.
+  static absl::StatusOr<std::shared_ptr<Runtime>> Create(int threads,
+                                                         std::string name);
+  size_t size() const { return loops_.size(); }
+  EventLoop& loop(size_t i) { return *loops_[i]; }
+  // Round-robin choice of a loop for a new connection.
+  EventLoop& NextLoop();
+
+ private:
+  explicit Runtime(std::vector<std::unique_ptr<EventLoop>> loops)
+      : loops_(std::move(loops)) {}
+  std::vector<std::unique_ptr<EventLoop>> loops_;
+  std::atomic<size_t> next_{0};
+};
+
+}  // namespace meshlib::runtime
+
+#endif  // MESHLIB_RUNTIME_EVENT_LOOP_H_

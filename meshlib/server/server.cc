@@ -1,0 +1,498 @@
+#include "meshlib/server/server.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "meshlib/core/log.h"
+#include "meshlib/transport/connection.h"
+#include "meshlib/transport/socket.h"
+
+namespace meshlib::server {
+
+using transport::FrameType;
+using transport::FrameView;
+
+// Counts calls in flight; outlives the Server so that a late Finish is safe.
+struct CallCounter {
+  std::atomic<int64_t> active{0};
+};
+
+class ServerConnection final : public transport::FramedConnection {
+ public:
+  ServerConnection(Server* server, std::shared_ptr<CallCounter> counter,
+                   runtime::EventLoop* loop, std::unique_ptr<transport::ByteStream> stream,
+                   transport::ConnectionOptions options)
+      : FramedConnection(loop, std::move(stream), options),
+        server_(server),
+        counter_(std::move(counter)) {}
+
+  std::shared_ptr<ServerConnection> self() {
+    return std::static_pointer_cast<ServerConnection>(shared_from_this());
+  }
+
+  void StartIdleCheck(absl::Duration idle_timeout) {
+    idle_timeout_ = idle_timeout;
+    ScheduleIdleCheck();
+  }
+
+  void SendGoAway() {
+    loop()->Post([self = self()] {
+      if (self->goaway_sent_ || self->closed()) return;
+      self->goaway_sent_ = true;
+      self->Send([&](std::string* out) {
+        transport::AppendGoAway(out, self->last_stream_id_, absl::StatusCode::kUnavailable,
+                                "server is shutting down");
+      }).IgnoreError();
+    });
+  }
+
+  // Any thread: the call's reply has been queued (or dropped).
+  void CallDone(uint32_t stream_id) {
+    counter_->active.fetch_sub(1, std::memory_order_acq_rel);
+    if (closed()) return;  // calls_ was cleared at close
+    if (loop()->InExecutorThread()) {
+      calls_.erase(stream_id);
+    } else {
+      loop()->Post([self = self(), stream_id] { self->calls_.erase(stream_id); });
+    }
+  }
+
+  void SendReply(uint32_t stream_id, uint16_t flags, const absl::Status& status,
+                 const Metadata& md, absl::string_view payload) {
+    absl::Status s = Send([&](std::string* out) {
+      transport::AppendResponse(out, stream_id, flags, status.code(), status.message(), md,
+                                payload);
+    });
+    if (!s.ok() && !closed()) {
+      core::Log(core::LogLevel::kWarning,
+                absl::StrCat("reply on stream ", stream_id, " to ", peer(), " dropped: ",
+                             s.ToString()));
+    }
+  }
+
+ protected:
+  void OnFrame(const FrameView& frame) override {
+    switch (static_cast<FrameType>(frame.header.type)) {
+      case FrameType::kRequest:
+        OnRequest(frame);
+        return;
+      case FrameType::kCancel: {
+        auto it = calls_.find(frame.header.stream_id);
+        // A cancel racing with our reply is normal: ignore unknown ids.
+        if (it != calls_.end()) it->second->Cancel();
+        return;
+      }
+      case FrameType::kPing:
+        if ((frame.header.flags & transport::kFlagPingAck) == 0 && frame.body.size() == 8) {
+          uint64_t opaque = 0;
+          for (char c : frame.body) opaque = (opaque << 8) | static_cast<uint8_t>(c);
+          Send([&](std::string* out) { transport::AppendPing(out, true, opaque); })
+              .IgnoreError();
+        }
+        return;
+      case FrameType::kGoAway:
+        return;  // the client is going away; its calls finish as usual
+      case FrameType::kResponse:
+        Close(absl::InvalidArgumentError(absl::StrCat(
+            "protocol error from ", peer(), ": RESPONSE frame sent to a server")));
+        return;
+    }
+    // Unknown frame type: its length is trustworthy, so skip just this frame.
+    core::Log(core::LogLevel::kWarning,
+              absl::StrCat("skipping frame of unknown type ", frame.header.type, " (",
+                           frame.header.length, " bytes) from ", peer()));
+  }
+
+  void OnClosed(const absl::Status& reason) override {
+    if (!reason.ok() && reason.code() != absl::StatusCode::kUnavailable) {
+      core::Log(core::LogLevel::kWarning,
+                absl::StrCat("closed connection from ", peer(), ": ", reason.ToString()));
+    } else {
+      core::Log(core::LogLevel::kDebug,
+                absl::StrCat("connection from ", peer(), " closed: ", reason.ToString()));
+    }
+    auto calls = std::move(calls_);
+    calls_.clear();
+    for (auto& [id, call] : calls) call->Cancel();
+    loop()->Cancel(idle_timer_);
+    server_->OnConnectionClosed(this);
+  }
+
+ private:
+  friend class ServerCall;
+
+  void ScheduleIdleCheck() {
+    std::weak_ptr<ServerConnection> weak = self();
+    absl::Duration period = std::max(idle_timeout_ / 4, absl::Milliseconds(10));
+    idle_timer_ = loop()->RunAfter(period, [weak] {
+      auto self = weak.lock();
+      if (!self || self->closed()) return;
+      absl::Duration idle = self->loop()->Now() - self->last_read_time();
+      if (self->calls_.empty() && idle >= self->idle_timeout_) {
+        self->Close(absl::DeadlineExceededError(absl::StrCat(
+            "connection from ", self->peer(), " idle for ", absl::FormatDuration(idle),
+            " with no call in flight (idle_timeout ",
+            absl::FormatDuration(self->idle_timeout_), ")")));
+        return;
+      }
+      self->ScheduleIdleCheck();
+    });
+  }
+
+  void OnRequest(const FrameView& frame) {
+    const uint32_t id = frame.header.stream_id;
+    if (id == 0) {
+      Close(absl::InvalidArgumentError(
+          absl::StrCat("protocol error from ", peer(), ": REQUEST on stream 0")));
+      return;
+    }
+    if (calls_.contains(id)) {
+      Close(absl::InvalidArgumentError(absl::StrCat(
+          "protocol error from ", peer(), ": REQUEST reuses stream ", id,
+          " which is still in flight")));
+      return;
+    }
+    if (id > last_stream_id_) last_stream_id_ = id;
+    absl::StatusOr<transport::Request> req =
+        transport::ParseRequestBody(frame.body, options().limits);
+    if (!req.ok()) {
+      // The frame boundary is intact: reject this call, keep the connection.
+      absl::Status err = absl::InvalidArgumentError(
+          absl::StrCat("malformed request: ", req.status().message()));
+      core::Log(core::LogLevel::kWarning,
+                absl::StrCat("stream ", id, " from ", peer(), ": ", err.message()));
+      SendReply(id, 0, err, {}, {});
+      return;
+    }
+    if (server_->draining() || goaway_sent_) {
+      SendReply(id, transport::kFlagRefused,
+                absl::UnavailableError("server is shutting down; call refused"), {}, {});
+      return;
+    }
+    if (calls_.size() >= server_->options_.max_concurrent_streams) {
+      SendReply(id, transport::kFlagRefused,
+                absl::ResourceExhaustedError(absl::StrCat(
+                    "max_concurrent_streams (", server_->options_.max_concurrent_streams,
+                    ") reached on this connection; call refused")),
+                {}, {});
+      return;
+    }
+    const Server::Method* method = server_->FindMethod(req->method);
+    if (method == nullptr) {
+      SendReply(id, 0,
+                absl::UnimplementedError(absl::StrCat("unknown method \"", req->method, "\"")),
+                {}, {});
+      return;
+    }
+    absl::Time deadline = req->timeout == absl::InfiniteDuration()
+                              ? absl::InfiniteFuture()
+                              : loop()->Now() + req->timeout;
+    auto call = std::make_shared<ServerCall>(self(), id, *std::move(req), deadline);
+    calls_.emplace(id, call);
+    counter_->active.fetch_add(1, std::memory_order_acq_rel);
+    if (deadline != absl::InfiniteFuture()) {
+      std::weak_ptr<ServerCall> weak = call;
+      call->deadline_timer_ = loop()->RunAt(deadline, [weak] {
+        if (auto c = weak.lock()) {
+          c->Cancel();
+          c->Finish(absl::DeadlineExceededError("deadline passed while the server was working"));
+        }
+      });
+    }
+    if (method->async) {
+      method->async(std::move(call));
+    } else {
+      const SyncHandler* handler = &method->sync;
+      server_->workers_->Submit([handler, call = std::move(call)] {
+        std::string out;
+        absl::Status s = call->IsCancelled() ? absl::CancelledError("cancelled before start")
+                                             : (*handler)(*call, &out);
+        call->Finish(std::move(s), std::move(out));
+      });
+    }
+  }
+
+  Server* const server_;
+  const std::shared_ptr<CallCounter> counter_;
+  // Loop-thread state.
+  absl::flat_hash_map<uint32_t, std::shared_ptr<ServerCall>> calls_;
+  uint32_t last_stream_id_ = 0;
+  bool goaway_sent_ = false;
+  absl::Duration idle_timeout_;
+  runtime::TimerId idle_timer_;
+};
+
+// --- ServerCall ---
+
+ServerCall::ServerCall(std::shared_ptr<ServerConnection> conn, uint32_t stream_id,
+                       transport::Request request, absl::Time deadline)
+    : conn_(std::move(conn)),
+      stream_id_(stream_id),
+      request_(std::move(request)),
+      deadline_(deadline),
+      peer_(conn_->peer()) {}
+
+absl::string_view ServerCall::MetadataValue(absl::string_view key) const {
+  for (const auto& [k, v] : request_.metadata) {
+    if (k == key) return v;
+  }
+  return {};
+}
+
+absl::Duration ServerCall::RemainingTime() const {
+  if (deadline_ == absl::InfiniteFuture()) return absl::InfiniteDuration();
+  return deadline_ - conn_->loop()->Now();
+}
+
+runtime::Executor& ServerCall::executor() const { return *conn_->loop(); }
+
+void ServerCall::OnCancel(absl::AnyInvocable<void()> fn) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!IsCancelled()) {
+      on_cancel_ = std::move(fn);
+      return;
+    }
+  }
+  fn();
+}
+
+void ServerCall::Cancel() {
+  if (cancelled_.exchange(true, std::memory_order_acq_rel)) return;
+  absl::AnyInvocable<void()> fn;
+  {
+    absl::MutexLock lock(&mu_);
+    fn = std::move(on_cancel_);
+  }
+  if (fn) fn();
+}
+
+void ServerCall::AddResponseMetadata(std::string key, std::string value) {
+  absl::MutexLock lock(&mu_);
+  response_metadata_.emplace_back(std::move(key), std::move(value));
+}
+
+void ServerCall::Finish(absl::Status status, std::string response) {
+  if (finished_.exchange(true, std::memory_order_acq_rel)) return;
+  if (deadline_timer_.valid()) conn_->loop()->Cancel(deadline_timer_);
+  if (!conn_->closed()) {
+    Metadata md;
+    {
+      absl::MutexLock lock(&mu_);
+      md = std::move(response_metadata_);
+    }
+    conn_->SendReply(stream_id_, 0, status, md, response);
+  }
+  conn_->CallDone(stream_id_);
+}
+
+// --- Acceptor ---
+
+class Server::Acceptor final : public runtime::FdHandler {
+ public:
+  Acceptor(Server* server, runtime::EventLoop* loop, int fd)
+      : server_(server), loop_(loop), fd_(fd) {}
+  ~Acceptor() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  void Stop() {  // loop thread
+    loop_->Cancel(retry_timer_);
+    loop_->Unwatch(fd_);
+    close(fd_);
+    fd_ = -1;
+  }
+
+  void OnFdEvents(uint32_t) override {
+    for (int i = 0; i < 64; ++i) {
+      sockaddr_storage ss;
+      socklen_t len = sizeof(ss);
+      int fd = accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        // Out of descriptors or memory: stop accepting for a moment rather
+        // than spin on a level-triggered listener.
+        core::Log(core::LogLevel::kError,
+                  absl::StrCat("accept on ", server_->address_, ": ", strerror(errno),
+                               "; pausing accepts for 100ms"));
+        loop_->Unwatch(fd_);
+        retry_timer_ = loop_->RunAfter(absl::Milliseconds(100), [this] {
+          if (fd_ >= 0) loop_->Watch(fd_, EPOLLIN, this).IgnoreError();
+        });
+        return;
+      }
+      transport::SocketAddress peer;
+      peer.storage = ss;
+      peer.len = len;
+      transport::SetTcpNoDelay(fd);
+      server_->OnAccepted(fd, peer.ToString());
+    }
+  }
+
+  int fd() const { return fd_; }
+
+ private:
+  Server* const server_;
+  runtime::EventLoop* const loop_;
+  int fd_;
+  runtime::TimerId retry_timer_;
+};
+
+// --- Server ---
+
+namespace {
+void RunOnLoopAndWait(runtime::EventLoop& loop, absl::AnyInvocable<void()> fn) {
+  if (loop.InExecutorThread()) {
+    fn();
+    return;
+  }
+  absl::Notification done;
+  loop.Post([&] {
+    fn();
+    done.Notify();
+  });
+  done.WaitForNotification();
+}
+}  // namespace
+
+Server::Server(ServerOptions options) : options_(std::move(options)) {}
+
+Server::~Server() { Shutdown(absl::ZeroDuration()); }
+
+absl::Status Server::RegisterAsync(std::string method, AsyncHandler handler) {
+  if (started_) return absl::FailedPreconditionError("RegisterAsync after Start");
+  if (!handler) return absl::InvalidArgumentError("RegisterAsync: empty handler");
+  if (methods_.contains(method)) {
+    return absl::AlreadyExistsError(absl::StrCat("method \"", method, "\" already registered"));
+  }
+  methods_[std::move(method)].async = std::move(handler);
+  return absl::OkStatus();
+}
+
+absl::Status Server::RegisterSync(std::string method, SyncHandler handler) {
+  if (started_) return absl::FailedPreconditionError("RegisterSync after Start");
+  if (!handler) return absl::InvalidArgumentError("RegisterSync: empty handler");
+  if (methods_.contains(method)) {
+    return absl::AlreadyExistsError(absl::StrCat("method \"", method, "\" already registered"));
+  }
+  methods_[std::move(method)].sync = std::move(handler);
+  return absl::OkStatus();
+}
+
+const Server::Method* Server::FindMethod(absl::string_view name) const {
+  auto it = methods_.find(name);
+  return it == methods_.end() ? nullptr : &it->second;
+}
+
+absl::StatusOr<int> Server::Start(absl::string_view address) {
+  if (started_.exchange(true)) return absl::FailedPreconditionError("server already started");
+  absl::StatusOr<transport::SocketAddress> addr = transport::ParseHostPort(address);
+  if (!addr.ok()) return addr.status();
+  runtime_ = options_.runtime;
+  if (!runtime_) {
+    auto rt = runtime::Runtime::Create(options_.io_threads, "server-io");
+    if (!rt.ok()) return rt.status();
+    runtime_ = *std::move(rt);
+  }
+  bool need_workers = false;
+  for (const auto& [name, m] : methods_) need_workers |= static_cast<bool>(m.sync);
+  workers_ = std::make_unique<runtime::ThreadPool>(need_workers ? options_.worker_threads : 1,
+                                                   "server-worker");
+  counter_ = std::make_shared<CallCounter>();
+  absl::StatusOr<int> fd = transport::ListenTcp(*addr, options_.backlog);
+  if (!fd.ok()) return fd.status();
+  absl::StatusOr<transport::SocketAddress> bound = transport::LocalAddress(*fd);
+  if (!bound.ok()) {
+    close(*fd);
+    return bound.status();
+  }
+  address_ = bound->ToString();
+  runtime::EventLoop& loop = runtime_->loop(0);
+  acceptor_ = std::make_unique<Acceptor>(this, &loop, *fd);
+  absl::Status watched;
+  RunOnLoopAndWait(loop, [&] { watched = loop.Watch(acceptor_->fd(), EPOLLIN, acceptor_.get()); });
+  if (!watched.ok()) return watched;
+  return bound->port();
+}
+
+std::string Server::address() const { return address_; }
+
+size_t Server::connection_count() {
+  absl::MutexLock lock(&mu_);
+  return conns_.size();
+}
+
+void Server::OnAccepted(int fd, std::string peer) {
+  runtime::EventLoop& loop = runtime_->NextLoop();
+  transport::ConnectionOptions copts;
+  copts.limits = options_.limits;
+  auto conn = std::make_shared<ServerConnection>(
+      this, counter_, &loop, std::make_unique<transport::TcpStream>(fd, std::move(peer)), copts);
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;  // conn's destructor closes the fd
+    conns_.emplace(conn.get(), conn);
+  }
+  conn->Start();
+  loop.Post([conn, idle = options_.idle_timeout] { conn->StartIdleCheck(idle); });
+}
+
+void Server::OnConnectionClosed(ServerConnection* conn) {
+  absl::MutexLock lock(&mu_);
+  conns_.erase(conn);
+}
+
+void Server::Shutdown(absl::Duration drain_timeout) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  if (!started_ || !runtime_) return;
+  draining_.store(true, std::memory_order_release);
+  if (acceptor_) {
+    RunOnLoopAndWait(runtime_->loop(0), [&] { acceptor_->Stop(); });
+  }
+  std::vector<std::shared_ptr<ServerConnection>> conns;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [p, c] : conns_) conns.push_back(c);
+  }
+  for (auto& c : conns) c->SendGoAway();
+  absl::Time give_up = absl::Now() + drain_timeout;
+  while (counter_->active.load() > 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  if (counter_->active.load() > 0) {
+    core::Log(core::LogLevel::kWarning,
+              absl::StrCat("server ", address_, ": drain timeout (",
+                           absl::FormatDuration(drain_timeout), ") passed with ",
+                           counter_->active.load(), " calls in flight; cancelling them"));
+  }
+  for (auto& c : conns) c->Close(absl::UnavailableError("server shut down"));
+  conns.clear();
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (conns_.empty()) break;
+    }
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  workers_.reset();  // runs queued sync handlers (they see cancellation), joins
+  acceptor_.reset();
+  // Let each loop finish the tasks that the closes queued before the runtime
+  // (or the caller's shared one) outlives us.
+  for (size_t i = 0; i < runtime_->size(); ++i) RunOnLoopAndWait(runtime_->loop(i), [] {});
+  runtime_.reset();
+}
+
+}  // namespace meshlib::server

@@ -1,0 +1,181 @@
+// Server: serves methods by name over meshlib's protocol.
+//
+//   server::Server server(server::ServerOptions{});
+//   server.RegisterAsync("Echo/Say", [](std::shared_ptr<server::ServerCall> call) {
+//     call->Finish(absl::OkStatus(), call->request());   // on the I/O thread
+//   });
+//   server.RegisterSync("Db/Get", [](server::ServerCall& call, std::string* out) {
+//     return LookUp(call.request(), out);                  // on a worker thread
+//   });
+//   absl::StatusOr<int> port = server.Start("127.0.0.1:0");
+//   ...
+//   server.Shutdown(absl::Seconds(5));  // drain: finish calls in flight, then close
+//
+// Async handlers run on the connection's reactor thread and must not block;
+// they finish the call from any thread, now or later. Sync handlers run on a
+// worker pool and may block.
+//
+// Threading: Register* before Start. Start, Shutdown and the accessors are
+// thread-safe. ServerCall methods are thread-safe.
+#ifndef MESHLIB_SERVER_SERVER_H_
+#define MESHLIB_SERVER_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "meshlib/runtime/event_loop.h"
+#include "meshlib/runtime/thread_pool.h"
+#include "meshlib/transport/frame.h"
+
+namespace meshlib::server {
+
+using transport::Metadata;
+
+struct ServerOptions {
+  // Reactor threads. 0 = one per CPU. Ignored when `runtime` is set.
+  int io_threads = 0;
+  // Share an existing runtime (e.g. with clients in the same process).
+  std::shared_ptr<runtime::Runtime> runtime;
+  // Threads for sync handlers. Default 4.
+  int worker_threads = 4;
+  // Calls in flight on one connection; beyond it a request is refused with
+  // RESOURCE_EXHAUSTED (marked refused: safe to retry elsewhere). Default 1000.
+  uint32_t max_concurrent_streams = 1000;
+  // Frame size and metadata limits, as in the protocol. Default 16 MiB frames.
+  transport::FrameLimits limits;
+  // A connection with no call in flight that receives nothing for this long
+  // is closed (clients that connect and never send, half-sent frames).
+  // Default 5 minutes.
+  absl::Duration idle_timeout = absl::Minutes(5);
+  // listen() backlog. Default 1024.
+  int backlog = 1024;
+};
+
+class ServerConnection;
+class Server;
+struct CallCounter;
+
+// One call being served. Shared by the server and the handler.
+class ServerCall : public std::enable_shared_from_this<ServerCall> {
+ public:
+  const std::string& method() const { return request_.method; }
+  const std::string& request() const { return request_.payload; }
+  const Metadata& metadata() const { return request_.metadata; }
+  // Value of a request metadata key, or "" when absent.
+  absl::string_view MetadataValue(absl::string_view key) const;
+  // When the caller stops waiting: InfiniteFuture if it sent no deadline.
+  absl::Time deadline() const { return deadline_; }
+  absl::Duration RemainingTime() const;
+  // True once the caller cancelled, the deadline passed, or the connection
+  // closed. A handler doing long work should check it.
+  bool IsCancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  // Runs `fn` once when the call is cancelled (right away if it already is).
+  // Runs on the reactor thread.
+  void OnCancel(absl::AnyInvocable<void()> fn);
+  const std::string& peer() const { return peer_; }
+  // The reactor that owns this call's connection: for timers in async handlers.
+  runtime::Executor& executor() const;
+
+  // Adds metadata to the response. Before Finish.
+  void AddResponseMetadata(std::string key, std::string value);
+  // Sends the response. Once; later calls are ignored. Any thread.
+  void Finish(absl::Status status, std::string response = {});
+
+  ServerCall(std::shared_ptr<ServerConnection> conn, uint32_t stream_id,
+             transport::Request request, absl::Time deadline);
+
+ private:
+  friend class ServerConnection;
+  void Cancel();  // reactor thread
+
+  const std::shared_ptr<ServerConnection> conn_;
+  const uint32_t stream_id_;
+  const transport::Request request_;
+  const absl::Time deadline_;
+  const std::string peer_;
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> finished_{false};
+  runtime::TimerId deadline_timer_;
+  absl::Mutex mu_;
+  Metadata response_metadata_ ABSL_GUARDED_BY(mu_);
+  absl::AnyInvocable<void()> on_cancel_ ABSL_GUARDED_BY(mu_);
+};
+
+using AsyncHandler = std::function<void(std::shared_ptr<ServerCall>)>;
+using SyncHandler = std::function<absl::Status(ServerCall&, std::string* response)>;
+
+class Server {
+ public:
+  explicit Server(ServerOptions options = {});
+  ~Server();  // Shutdown(0) if still running
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Errors: ALREADY_EXISTS for a duplicate method, FAILED_PRECONDITION after Start.
+  absl::Status RegisterAsync(std::string method, AsyncHandler handler);
+  absl::Status RegisterSync(std::string method, SyncHandler handler);
+
+  // Binds and starts serving. `address` is "host:port"; port 0 picks a free
+  // one. Returns the bound port.
+  absl::StatusOr<int> Start(absl::string_view address);
+  // "host:port" actually bound, after Start.
+  std::string address() const;
+
+  // Graceful stop: stop accepting, tell every client (GOAWAY) to send new
+  // calls elsewhere, wait up to `drain_timeout` for calls in flight, then
+  // close every connection (calls still running are cancelled). Blocking;
+  // idempotent; must not be called from a handler.
+  void Shutdown(absl::Duration drain_timeout);
+
+  // Calls being served right now, across connections.
+  int64_t active_calls() const { return active_calls_.load(); }
+  size_t connection_count();
+
+ private:
+  friend class ServerConnection;
+  friend class ServerCall;
+  class Acceptor;
+
+  struct Method {
+    AsyncHandler async;
+    SyncHandler sync;
+  };
+  const Method* FindMethod(absl::string_view name) const;
+  void OnAccepted(int fd, std::string peer);
+  void OnConnectionClosed(ServerConnection* conn);
+  void CallStarted() { active_calls_.fetch_add(1, std::memory_order_relaxed); }
+  void CallEnded();
+  bool draining() const { return draining_.load(std::memory_order_acquire); }
+
+  const ServerOptions options_;
+  std::shared_ptr<runtime::Runtime> runtime_;
+  std::unique_ptr<runtime::ThreadPool> workers_;
+  absl::flat_hash_map<std::string, Method> methods_;  // frozen at Start
+  std::unique_ptr<Acceptor> acceptor_;
+  std::shared_ptr<CallCounter> counter_;
+  std::string address_;
+  std::atomic<bool> started_{false};
+  std::atomic<bool> draining_{false};
+  std::atomic<int64_t> active_calls_{0};
+
+  absl::Mutex mu_;
+  absl::flat_hash_map<ServerConnection*, std::shared_ptr<ServerConnection>> conns_
+      ABSL_GUARDED_BY(mu_);
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace meshlib::server
+
+#endif  // MESHLIB_SERVER_SERVER_H_

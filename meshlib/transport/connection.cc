@@ -1,0 +1,218 @@
+#include "meshlib/transport/connection.h"
+
+#include <sys/epoll.h>
+
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "meshlib/core/log.h"
+
+namespace meshlib::transport {
+namespace {
+constexpr size_t kReadChunk = 64 * 1024;
+constexpr int kMaxReadsPerEvent = 8;  // fairness between connections of a loop
+}  // namespace
+
+FramedConnection::FramedConnection(runtime::EventLoop* loop,
+                                   std::unique_ptr<ByteStream> stream,
+                                   ConnectionOptions options)
+    : loop_(loop), stream_(std::move(stream)), options_(options) {}
+
+FramedConnection::~FramedConnection() = default;
+
+void FramedConnection::Start() {
+  loop_->Post([self = shared_from_this()] {
+    if (self->closed()) return;
+    self->last_read_time_ = self->loop_->Now();
+    absl::Status s = self->loop_->Watch(self->stream_->fd(), EPOLLIN | EPOLLRDHUP, self.get());
+    if (!s.ok()) {
+      self->CloseOnLoop(s);
+      return;
+    }
+    self->self_ = self;
+    absl::MutexLock lock(&self->write_mu_);
+    if (self->out_.size() > self->out_offset_ && !self->flush_scheduled_) {
+      // Frames were queued before the stream was watched.
+      self->flush_scheduled_ = true;
+      self->loop_->DeferToEndOfIteration([self] { self->FlushFromLoop(); });
+    }
+  });
+}
+
+absl::Status FramedConnection::Send(absl::FunctionRef<void(std::string*)> encode) {
+  absl::MutexLock lock(&write_mu_);
+  if (write_closed_) {
+    return absl::UnavailableError(absl::StrCat("connection to ", peer(), " is closed"));
+  }
+  if (out_.size() - out_offset_ > options_.max_pending_write_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "connection to ", peer(), ": more than max_pending_write_bytes (",
+        options_.max_pending_write_bytes, ") queued; the peer is not reading"));
+  }
+  encode(&out_);
+  if (flush_scheduled_ || blocked_) return absl::OkStatus();
+  if (loop_->InExecutorThread()) {
+    // Coalesce: everything sent during this iteration leaves in one write.
+    flush_scheduled_ = true;
+    loop_->DeferToEndOfIteration(
+        [self = shared_from_this()] { self->FlushFromLoop(); });
+    return absl::OkStatus();
+  }
+  // Another thread: write now, saving a thread hop on the latency path.
+  FlushLocked();
+  return absl::OkStatus();
+}
+
+void FramedConnection::FlushLocked() {
+  while (out_offset_ < out_.size()) {
+    iovec iov{out_.data() + out_offset_, out_.size() - out_offset_};
+    IoResult r = stream_->Write(&iov, 1);
+    if (r.kind == IoResult::kOk) {
+      out_offset_ += r.bytes;
+      continue;
+    }
+    if (r.kind == IoResult::kWouldBlock) {
+      if (!blocked_) {
+        blocked_ = true;
+        // The loop owns writing until the socket drains.
+        loop_->Post([self = shared_from_this()] { self->UpdateInterest(true); });
+      }
+      return;
+    }
+    // Error: hand the close to the loop; nothing more can be written.
+    write_closed_ = true;
+    loop_->Post([self = shared_from_this(), err = r.error]() mutable {
+      self->CloseOnLoop(std::move(err));
+    });
+    return;
+  }
+  out_.clear();
+  out_offset_ = 0;
+  if (out_.capacity() > 4 * kReadChunk) out_.shrink_to_fit();
+}
+
+void FramedConnection::FlushFromLoop() {
+  absl::MutexLock lock(&write_mu_);
+  flush_scheduled_ = false;
+  if (write_closed_ || close_done_) return;
+  bool was_blocked = blocked_;
+  blocked_ = false;
+  FlushLocked();
+  if (was_blocked && !blocked_) UpdateInterest(false);
+}
+
+void FramedConnection::UpdateInterest(bool want_write) {
+  if (close_done_ || !self_) return;
+  if (watching_write_ == want_write) return;
+  watching_write_ = want_write;
+  uint32_t ev = EPOLLIN | EPOLLRDHUP | (want_write ? uint32_t{EPOLLOUT} : 0u);
+  absl::Status s = loop_->Rewatch(stream_->fd(), ev);
+  if (!s.ok()) CloseOnLoop(s);
+}
+
+void FramedConnection::OnFdEvents(uint32_t events) {
+  auto keep = shared_from_this();
+  if (events & EPOLLOUT) FlushFromLoop();
+  if (close_done_) return;
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) HandleReadable();
+}
+
+void FramedConnection::HandleReadable() {
+  for (int i = 0; i < kMaxReadsPerEvent && !close_done_; ++i) {
+    // Make room: compact, then grow to fit the frame in progress.
+    if (in_begin_ == in_end_) {
+      in_begin_ = in_end_ = 0;
+    }
+    size_t needed = kReadChunk;
+    size_t have = in_end_ - in_begin_;
+    if (have >= kFrameHeaderSize) {
+      uint32_t len;
+      std::memcpy(&len, in_.data() + in_begin_ + 8, 4);
+      len = __builtin_bswap32(len);
+      if (len <= options_.limits.max_frame_size && kFrameHeaderSize + len > have) {
+        needed = std::max(needed, kFrameHeaderSize + len - have);
+      }
+    }
+    if (in_.size() - in_end_ < needed) {
+      if (in_begin_ > 0) {
+        std::memmove(in_.data(), in_.data() + in_begin_, have);
+        in_begin_ = 0;
+        in_end_ = have;
+      }
+      if (in_.size() - in_end_ < needed) in_.resize(in_end_ + needed);
+    }
+    IoResult r = stream_->Read(in_.data() + in_end_, in_.size() - in_end_);
+    if (r.kind == IoResult::kWouldBlock) break;
+    if (r.kind == IoResult::kEof) {
+      CloseOnLoop(absl::UnavailableError(
+          have == 0 ? absl::StrCat("connection closed by ", peer())
+                    : absl::StrCat("connection closed by ", peer(), " in the middle of a frame (",
+                                   have, " bytes of it received)")));
+      return;
+    }
+    if (r.kind == IoResult::kError) {
+      CloseOnLoop(r.error);
+      return;
+    }
+    in_end_ += r.bytes;
+    last_read_time_ = loop_->Now();
+    bool filled = in_end_ == in_.size();
+    // Decode every whole frame in the buffer.
+    while (!close_done_) {
+      FrameView frame;
+      size_t used = 0;
+      absl::string_view avail(in_.data() + in_begin_, in_end_ - in_begin_);
+      absl::Status s = DecodeFrame(avail, options_.limits, &frame, &used);
+      if (!s.ok()) {
+        CloseOnLoop(absl::Status(s.code(), absl::StrCat("protocol error from ", peer(), ": ",
+                                                        s.message())));
+        return;
+      }
+      if (used == 0) break;
+      in_begin_ += used;
+      OnFrame(frame);
+    }
+    if (!filled) break;  // the socket is drained
+  }
+  // Do not keep a large buffer around for an idle connection.
+  if (in_begin_ == in_end_ && in_.size() > 4 * kReadChunk) {
+    std::vector<char>().swap(in_);
+    in_begin_ = in_end_ = 0;
+  }
+}
+
+void FramedConnection::Close(absl::Status reason) {
+  if (loop_->InExecutorThread()) {
+    CloseOnLoop(std::move(reason));
+    return;
+  }
+  loop_->Post([self = shared_from_this(), reason = std::move(reason)]() mutable {
+    self->CloseOnLoop(std::move(reason));
+  });
+}
+
+void FramedConnection::CloseOnLoop(absl::Status reason) {
+  if (close_done_) return;
+  close_done_ = true;
+  closed_flag_.store(true, std::memory_order_release);
+  {
+    absl::MutexLock lock(&write_mu_);
+    write_closed_ = true;
+    // Best effort: whatever is queued (a GOAWAY, final replies) goes out.
+    while (out_offset_ < out_.size()) {
+      iovec iov{out_.data() + out_offset_, out_.size() - out_offset_};
+      IoResult r = stream_->Write(&iov, 1);
+      if (r.kind != IoResult::kOk) break;
+      out_offset_ += r.bytes;
+    }
+    out_.clear();
+    out_offset_ = 0;
+  }
+  if (self_) loop_->Unwatch(stream_->fd());
+  stream_->Close();
+  auto keep = std::move(self_);
+  OnClosed(reason);
+}
+
+}  // namespace meshlib::transport
