@@ -1,0 +1,126 @@
+// echo_server: serves Echo/Say, which returns the request payload, with the
+// server's name in the reply metadata ("server"). Used by the demo, the
+// integration tests and the benchmarks.
+//
+//   echo_server --port=0 --name=a --latency_ms=5 --error_rate=0.1
+//
+// Prints "listening on HOST:PORT" when ready. SIGTERM/SIGINT drain: new
+// calls are refused, calls in flight finish (up to --drain_timeout), then it
+// exits 0.
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <random>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "meshlib/server/server.h"
+
+ABSL_FLAG(int, port, 0, "TCP port; 0 picks a free one");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to bind");
+ABSL_FLAG(std::string, name, "", "server name reported in reply metadata; default host:port");
+ABSL_FLAG(int, latency_ms, 0, "added latency per call, in milliseconds");
+ABSL_FLAG(double, error_rate, 0.0, "fraction of calls answered with UNAVAILABLE, 0..1");
+ABSL_FLAG(std::string, zone, "", "zone label (reported in reply metadata)");
+ABSL_FLAG(std::string, etcd, "", "etcd HOST:PORT to register in");
+ABSL_FLAG(std::string, etcd_prefix, "", "etcd key prefix to register under");
+ABSL_FLAG(int, io_threads, 0, "reactor threads; 0 = one per CPU");
+ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
+          "how long SIGTERM waits for calls in flight");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Serves Echo/Say over meshlib's protocol.");
+  absl::ParseCommandLine(argc, argv);
+
+  const double error_rate = absl::GetFlag(FLAGS_error_rate);
+  const int latency_ms = absl::GetFlag(FLAGS_latency_ms);
+  if (error_rate < 0 || error_rate > 1) {
+    std::cerr << "echo_server: --error_rate must be between 0 and 1\n";
+    return 2;
+  }
+  if (latency_ms < 0) {
+    std::cerr << "echo_server: --latency_ms must be >= 0\n";
+    return 2;
+  }
+  if (!absl::GetFlag(FLAGS_etcd).empty()) {
+    std::cerr << "echo_server: --etcd: registration in etcd is not available in this build\n";
+    return 2;
+  }
+
+  // Block the stop signals before any thread starts, so only sigwait sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  meshlib::server::ServerOptions options;
+  options.io_threads = absl::GetFlag(FLAGS_io_threads);
+  meshlib::server::Server server(options);
+
+  // Set once before the first call can arrive, then only read.
+  std::string name = absl::GetFlag(FLAGS_name);
+  std::atomic<const std::string*> name_view{&name};
+  std::string bound_name;
+  const std::string zone = absl::GetFlag(FLAGS_zone);
+  absl::Mutex rng_mu;
+  std::mt19937_64 rng(std::random_device{}());
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+
+  auto status = server.RegisterAsync(
+      "Echo/Say", [&](std::shared_ptr<meshlib::server::ServerCall> call) {
+        const std::string& name = *name_view.load(std::memory_order_acquire);
+        call->AddResponseMetadata("server", name);
+        if (!zone.empty()) call->AddResponseMetadata("zone", zone);
+        bool fail = false;
+        if (error_rate > 0) {
+          absl::MutexLock lock(&rng_mu);
+          fail = unit(rng) < error_rate;
+        }
+        absl::Status result =
+            fail ? absl::UnavailableError(absl::StrCat("injected error from ", name,
+                                                       " (--error_rate)"))
+                 : absl::OkStatus();
+        if (latency_ms == 0) {
+          call->Finish(std::move(result), fail ? std::string() : call->request());
+          return;
+        }
+        call->executor().RunAfter(absl::Milliseconds(latency_ms),
+                                  [call, result = std::move(result), fail]() mutable {
+                                    call->Finish(std::move(result),
+                                                 fail ? std::string() : call->request());
+                                  });
+      });
+  if (!status.ok()) {
+    std::cerr << "echo_server: " << status << "\n";
+    return 1;
+  }
+  std::string host = absl::GetFlag(FLAGS_host);
+  std::string bind = host.find(':') != std::string::npos ? absl::StrCat("[", host, "]") : host;
+  absl::StatusOr<int> port = server.Start(absl::StrCat(bind, ":", absl::GetFlag(FLAGS_port)));
+  if (!port.ok()) {
+    std::cerr << "echo_server: " << port.status() << "\n";
+    return 1;
+  }
+  if (name.empty()) {
+    bound_name = server.address();
+    name_view.store(&bound_name, std::memory_order_release);
+  }
+  const std::string& display = *name_view.load();
+  std::printf("listening on %s\n", server.address().c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::fprintf(stderr, "echo_server %s: signal %d, draining %lld calls in flight\n",
+               display.c_str(), sig, static_cast<long long>(server.active_calls()));
+  server.Shutdown(absl::GetFlag(FLAGS_drain_timeout));
+  std::fprintf(stderr, "echo_server %s: stopped\n", display.c_str());
+  return 0;
+}

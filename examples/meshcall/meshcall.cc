@@ -1,0 +1,294 @@
+// meshcall: calls a service through the mesh, once or as a load generator.
+//
+//   meshcall --config=mesh.json --service=echo --method=Echo/Say --data=hello
+//   meshcall --config=mesh.json --service=echo --method=Echo/Say --data=x \
+//            --duration=10s --concurrency=32 --json          # closed loop
+//   meshcall ... --rate=2000 --duration=10s --json           # open loop
+//
+// Under --rate, latency is measured from each call's intended send time, so
+// a stall in the client or server shows up in the numbers instead of hiding
+// (no coordinated omission).
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "meshlib/client/channel.h"
+#include "meshlib/config/config.h"
+#include "nlohmann/json.hpp"
+
+ABSL_FLAG(std::string, config, "", "mesh.json to read");
+ABSL_FLAG(std::string, service, "", "service to call (a key of services in the config)");
+ABSL_FLAG(std::string, method, "", "method to call, e.g. Echo/Say");
+ABSL_FLAG(std::string, data, "", "request payload bytes");
+ABSL_FLAG(int64_t, requests, 0, "number of calls (default 1 unless --duration is set)");
+ABSL_FLAG(absl::Duration, duration, absl::ZeroDuration(), "run for this long instead");
+ABSL_FLAG(int, concurrency, 1, "calls in flight (closed loop; ignored under --rate)");
+ABSL_FLAG(double, rate, 0, "open loop: calls per second, paced from intended send times");
+ABSL_FLAG(bool, idempotent, false, "calls are safe to retry and hedge");
+ABSL_FLAG(bool, json, false, "print one JSON object with the results");
+ABSL_FLAG(int, connections, 1, "TCP connections per endpoint");
+
+namespace {
+
+using meshlib::client::CallOptions;
+using meshlib::client::CallResult;
+using meshlib::client::Channel;
+
+std::string CodeName(absl::StatusCode code) {
+  std::string s = absl::StatusCodeToString(code);
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (char& c : s) {
+    if (c == ' ') c = '_';
+  }
+  return s;
+}
+
+// Results of a run, filled from reactor threads.
+class Recorder {
+ public:
+  void Add(const CallResult& r, absl::Duration latency) {
+    absl::MutexLock lock(&mu_);
+    ++done_;
+    if (r.status.ok()) {
+      ++ok_;
+    } else {
+      ++errors_[CodeName(r.status.code())];
+      if (last_error_.empty()) last_error_ = std::string(r.status.message());
+    }
+    if (!r.endpoint.empty()) ++by_endpoint_[r.endpoint];
+    latencies_us_.push_back(absl::ToDoubleMicroseconds(latency));
+  }
+  int64_t done() {
+    absl::MutexLock lock(&mu_);
+    return done_;
+  }
+  int64_t failed() {
+    absl::MutexLock lock(&mu_);
+    return done_ - ok_;
+  }
+
+  nlohmann::json ToJson(absl::Duration elapsed) {
+    absl::MutexLock lock(&mu_);
+    std::sort(latencies_us_.begin(), latencies_us_.end());
+    auto pct = [&](double p) -> double {
+      if (latencies_us_.empty()) return 0;
+      size_t i = static_cast<size_t>(p * static_cast<double>(latencies_us_.size() - 1) + 0.5);
+      return latencies_us_[std::min(i, latencies_us_.size() - 1)];
+    };
+    nlohmann::json j;
+    j["requests"] = done_;
+    j["ok"] = ok_;
+    j["errors"] = nlohmann::json::object();
+    for (const auto& [k, v] : errors_) j["errors"][k] = v;
+    j["by_endpoint"] = nlohmann::json::object();
+    for (const auto& [k, v] : by_endpoint_) j["by_endpoint"][k] = v;
+    j["retries"] = 0;  // no retry layer in this build
+    j["hedges"] = 0;
+    double secs = absl::ToDoubleSeconds(elapsed);
+    j["qps"] = secs > 0 ? static_cast<double>(done_) / secs : 0.0;
+    j["latency_us"] = {{"p50", pct(0.50)},   {"p90", pct(0.90)}, {"p99", pct(0.99)},
+                       {"p999", pct(0.999)}, {"max", latencies_us_.empty() ? 0.0 : latencies_us_.back()}};
+    if (!last_error_.empty()) j["last_error"] = last_error_;
+    return j;
+  }
+
+ private:
+  absl::Mutex mu_;
+  int64_t done_ = 0;
+  int64_t ok_ = 0;
+  std::map<std::string, int64_t> errors_;
+  std::map<std::string, int64_t> by_endpoint_;
+  std::vector<double> latencies_us_;
+  std::string last_error_;
+};
+
+// Spreads calls over the service's endpoints (one channel each).
+class Target {
+ public:
+  std::vector<std::unique_ptr<Channel>> channels;
+  std::atomic<uint64_t> next{0};
+  Channel& Pick() { return *channels[next.fetch_add(1) % channels.size()]; }
+};
+
+int Fail(const std::string& msg) {
+  std::cerr << "meshcall: " << msg << "\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Calls a service through meshlib: meshcall --config=FILE --service=S --method=M "
+      "--data=BYTES [--requests=N | --duration=D] [--concurrency=C] [--rate=QPS] "
+      "[--idempotent] [--json]");
+  absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_config).empty()) return Fail("--config is required");
+  if (absl::GetFlag(FLAGS_service).empty()) return Fail("--service is required");
+  if (absl::GetFlag(FLAGS_method).empty()) return Fail("--method is required");
+  const int concurrency = absl::GetFlag(FLAGS_concurrency);
+  const double rate = absl::GetFlag(FLAGS_rate);
+  const absl::Duration duration = absl::GetFlag(FLAGS_duration);
+  int64_t requests = absl::GetFlag(FLAGS_requests);
+  if (concurrency < 1) return Fail("--concurrency must be >= 1");
+  if (rate < 0) return Fail("--rate must be >= 0");
+  if (requests < 0) return Fail("--requests must be >= 0");
+  if (requests > 0 && duration > absl::ZeroDuration()) {
+    return Fail("--requests and --duration are exclusive");
+  }
+  if (requests == 0 && duration <= absl::ZeroDuration()) requests = 1;
+
+  auto cfg = meshlib::config::LoadMeshConfigFile(absl::GetFlag(FLAGS_config));
+  if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
+  const auto* svc = cfg->Find(absl::GetFlag(FLAGS_service));
+  if (svc == nullptr) {
+    return Fail(absl::StrCat("services.", absl::GetFlag(FLAGS_service),
+                             ": no such service in ", absl::GetFlag(FLAGS_config)));
+  }
+
+  auto rt = meshlib::runtime::Runtime::Create(1, "meshcall-io");
+  if (!rt.ok()) return Fail(std::string(rt.status().message()));
+  Target target;
+  for (const std::string& ep : svc->static_endpoints) {
+    meshlib::client::ChannelOptions opts;
+    opts.runtime = *rt;
+    opts.connections = absl::GetFlag(FLAGS_connections);
+    opts.default_timeout = svc->timeout;
+    auto ch = Channel::Create(ep, opts);
+    if (!ch.ok()) return Fail(std::string(ch.status().message()));
+    (*ch)->Connect();
+    target.channels.push_back(*std::move(ch));
+  }
+
+  const std::string method = absl::GetFlag(FLAGS_method);
+  const std::string data = absl::GetFlag(FLAGS_data);
+  CallOptions call_opts;
+  call_opts.timeout = svc->timeout;
+
+  // One-off call: readable output, exit status says how it went.
+  if (requests == 1 && !absl::GetFlag(FLAGS_json)) {
+    absl::Time start = absl::Now();
+    CallResult r = target.Pick().CallBlocking(method, data, call_opts);
+    absl::Duration took = absl::Now() - start;
+    if (!r.status.ok()) {
+      std::cout << CodeName(r.status.code()) << ": " << r.status.message() << " ("
+                << absl::FormatDuration(took) << ")\n";
+      return 1;
+    }
+    std::string server;
+    for (const auto& [k, v] : r.metadata) {
+      if (k == "server") server = v;
+    }
+    std::cout << "OK from " << r.endpoint << (server.empty() ? "" : " (" + server + ")")
+              << " in " << absl::FormatDuration(took) << ": " << r.payload << "\n";
+    return 0;
+  }
+
+  Recorder rec;
+  std::atomic<int64_t> issued{0};
+  std::atomic<int64_t> in_flight{0};
+  absl::Notification all_done;
+  const absl::Time start = absl::Now();
+  const absl::Time end = duration > absl::ZeroDuration() ? start + duration : absl::InfiniteFuture();
+  std::atomic<int64_t> completed{0};
+
+  auto finished_one = [&] {
+    int64_t c = completed.fetch_add(1) + 1;
+    in_flight.fetch_sub(1);
+    if (requests > 0 && c == requests) all_done.Notify();
+  };
+  // Reserves one call slot; false when the run is over.
+  auto take_slot = [&]() -> bool {
+    if (absl::Now() >= end) return false;
+    if (requests > 0) {
+      int64_t n = issued.fetch_add(1);
+      if (n >= requests) return false;
+    }
+    in_flight.fetch_add(1);
+    return true;
+  };
+
+  std::function<void()> closed_loop_next;
+  if (rate <= 0) {
+    // Closed loop: each completion issues the next call.
+    closed_loop_next = [&] {
+      if (!take_slot()) {
+        if (in_flight.load() == 0 && requests == 0) all_done.Notify();
+        return;
+      }
+      absl::Time sent = absl::Now();
+      target.Pick().Call(method, data, call_opts, [&, sent](CallResult r) {
+        rec.Add(r, absl::Now() - sent);
+        finished_one();
+        closed_loop_next();
+      });
+    };
+    for (int i = 0; i < concurrency; ++i) closed_loop_next();
+  }
+  std::thread pacer;
+  if (rate > 0) {
+    // Open loop: call i is due at start + i/rate whatever happened before.
+    pacer = std::thread([&] {
+      const absl::Duration interval = absl::Seconds(1) / rate;
+      for (int64_t i = 0;; ++i) {
+        absl::Time due = start + interval * static_cast<double>(i);
+        if (due >= end) break;
+        absl::Time now = absl::Now();
+        if (due > now) absl::SleepFor(due - now);
+        if (!take_slot()) break;
+        target.Pick().Call(method, data, call_opts, [&, due](CallResult r) {
+          rec.Add(r, absl::Now() - due);
+          finished_one();
+        });
+      }
+    });
+  }
+
+  // Progress line on a terminal, and wait for the end.
+  const bool tty = isatty(STDERR_FILENO) && !absl::GetFlag(FLAGS_json);
+  for (;;) {
+    if (all_done.WaitForNotificationWithTimeout(absl::Seconds(1))) break;
+    if (absl::Now() >= end) {
+      if (pacer.joinable()) pacer.join();
+      // Wait for the calls still in flight (bounded by their deadline).
+      absl::Time give_up = absl::Now() + svc->timeout + absl::Seconds(1);
+      while (in_flight.load() > 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+      break;
+    }
+    if (tty) {
+      absl::Duration el = absl::Now() - start;
+      std::fprintf(stderr, "\r%lld calls, %.0f/s, %lld failed   ",
+                   static_cast<long long>(rec.done()),
+                   static_cast<double>(rec.done()) / absl::ToDoubleSeconds(el),
+                   static_cast<long long>(rec.failed()));
+    }
+  }
+  if (pacer.joinable()) pacer.join();
+  if (tty) std::fprintf(stderr, "\n");
+  absl::Duration elapsed = absl::Now() - start;
+  nlohmann::json out = rec.ToJson(elapsed);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::cout << out.dump() << "\n";
+  } else {
+    std::cout << out.dump(2) << "\n";
+  }
+  target.channels.clear();
+  return 0;
+}

@@ -1,0 +1,675 @@
+#include "meshlib/client/channel.h"
+
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "meshlib/core/log.h"
+#include "meshlib/transport/connection.h"
+#include "meshlib/transport/socket.h"
+
+namespace meshlib::client {
+
+class ClientConnection;
+
+// State of one call, shared by the caller's handle, the deadline timer and
+// the connection. Whoever flips `completed` first delivers the result.
+class ClientCall {
+ public:
+  std::string method;
+  std::string address;
+  absl::Duration timeout;
+  absl::Time deadline;
+  CallCallback done;
+  runtime::EventLoop* loop = nullptr;
+  runtime::TimerId timer;
+  // Kept only while the call waits for a connection.
+  std::string queued_request;
+  Metadata queued_metadata;
+
+  // Returns false if the call had already completed.
+  bool Complete(CallResult result, bool from_timer = false) {
+    if (completed_.exchange(true, std::memory_order_acq_rel)) return false;
+    if (!from_timer && timer.valid()) loop->Cancel(timer);
+    CallCallback cb = std::move(done);
+    cb(std::move(result));
+    return true;
+  }
+  bool completed() const { return completed_.load(std::memory_order_acquire); }
+
+  void SetWire(std::weak_ptr<ClientConnection> conn, uint32_t stream_id) {
+    absl::MutexLock lock(&mu_);
+    conn_ = std::move(conn);
+    stream_id_ = stream_id;
+  }
+  // Forgets the call on its connection and tells the server to stop.
+  void AbandonOnWire();
+
+ private:
+  std::atomic<bool> completed_{false};
+  absl::Mutex mu_;
+  std::weak_ptr<ClientConnection> conn_ ABSL_GUARDED_BY(mu_);
+  uint32_t stream_id_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+namespace {
+
+CallResult Failure(absl::Status status, bool not_processed) {
+  CallResult r;
+  r.status = std::move(status);
+  r.not_processed = not_processed;
+  return r;
+}
+
+void RunOnLoopAndWait(runtime::EventLoop* loop, absl::AnyInvocable<void()> fn) {
+  if (loop->InExecutorThread()) {
+    fn();
+    return;
+  }
+  absl::Notification done;
+  loop->Post([&] {
+    fn();
+    done.Notify();
+  });
+  done.WaitForNotification();
+}
+
+}  // namespace
+
+class Subchannel;
+
+class ClientConnection final : public transport::FramedConnection {
+ public:
+  ClientConnection(std::weak_ptr<Subchannel> owner, runtime::EventLoop* loop,
+                   std::unique_ptr<transport::ByteStream> stream,
+                   transport::ConnectionOptions options)
+      : FramedConnection(loop, std::move(stream), options), owner_(std::move(owner)) {}
+
+  std::shared_ptr<ClientConnection> self() {
+    return std::static_pointer_cast<ClientConnection>(shared_from_this());
+  }
+
+  // Sends the call. On error nothing was sent (the caller fails the call).
+  absl::Status StartCall(const std::shared_ptr<ClientCall>& call, absl::string_view request,
+                         const Metadata& metadata) {
+    absl::Duration remaining = call->deadline - loop()->Now();
+    if (remaining <= absl::ZeroDuration()) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "deadline of ", absl::FormatDuration(call->timeout), " exceeded calling ",
+          call->method, " on ", call->address, " before it was sent"));
+    }
+    uint32_t id;
+    {
+      absl::MutexLock lock(&mu_);
+      if (closed_ || goaway_) {
+        return absl::UnavailableError(absl::StrCat("connection to ", peer(),
+                                                   closed_ ? " is closed" : " is draining"));
+      }
+      do {
+        id = next_stream_id_++;
+        if (next_stream_id_ == 0) next_stream_id_ = 1;
+      } while (pending_.contains(id));
+      pending_.emplace(id, call);
+    }
+    call->SetWire(self(), id);
+    if (call->completed()) {  // the deadline fired meanwhile
+      Forget(id);
+      return absl::OkStatus();
+    }
+    absl::Status s = Send([&](std::string* out) {
+      transport::AppendRequest(out, id, call->method, remaining, metadata, request);
+    });
+    if (!s.ok()) Forget(id);
+    return s;
+  }
+
+  // Drops a call from the table; returns true if it was there.
+  bool Forget(uint32_t id) {
+    absl::MutexLock lock(&mu_);
+    bool found = pending_.erase(id) > 0;
+    if (found) MaybeCloseAfterGoAwayLocked();
+    return found;
+  }
+
+  void SendCancel(uint32_t id) {
+    Send([&](std::string* out) { transport::AppendCancel(out, id); }).IgnoreError();
+  }
+
+  absl::Time connected_at() const { return connected_at_; }
+  void set_connected_at(absl::Time t) { connected_at_ = t; }
+
+ protected:
+  void OnFrame(const transport::FrameView& frame) override;
+  void OnClosed(const absl::Status& reason) override;
+
+ private:
+  void OnResponse(const transport::FrameView& frame);
+  void OnGoAway(const transport::FrameView& frame);
+  void MaybeCloseAfterGoAwayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (goaway_ && pending_.empty() && !closed_) {
+      Close(absl::UnavailableError(absl::StrCat("connection to ", peer(),
+                                                " drained after GOAWAY")));
+    }
+  }
+
+  const std::weak_ptr<Subchannel> owner_;
+  absl::Time connected_at_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending_ ABSL_GUARDED_BY(mu_);
+  uint32_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  bool goaway_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t unknown_replies_ = 0;  // loop thread
+};
+
+void ClientCall::AbandonOnWire() {
+  std::shared_ptr<ClientConnection> conn;
+  uint32_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    conn = conn_.lock();
+    id = stream_id_;
+  }
+  if (conn && conn->Forget(id)) conn->SendCancel(id);
+}
+
+void CallHandle::Cancel() {
+  if (!call_) return;
+  if (call_->Complete(Failure(absl::CancelledError(absl::StrCat(
+                                  "call to ", call_->method, " on ", call_->address,
+                                  " cancelled by the caller")),
+                              false))) {
+    call_->AbandonOnWire();
+  }
+}
+
+// One pooled connection slot: connects, reconnects with backoff, queues
+// calls while connecting.
+class Subchannel : public std::enable_shared_from_this<Subchannel> {
+ public:
+  enum class State { kIdle, kConnecting, kReady, kBackoff, kShutdown };
+
+  Subchannel(std::string address, transport::SocketAddress addr, const ChannelOptions& options,
+             runtime::EventLoop* loop, uint64_t seed)
+      : address_(std::move(address)),
+        addr_(addr),
+        options_(WithoutRuntime(options)),
+        loop_(loop),
+        backoff_(options.reconnect_backoff, seed),
+        watcher_(this) {}
+
+  runtime::EventLoop* loop() const { return loop_; }
+  bool ready() const { return state_view_.load(std::memory_order_acquire) == State::kReady; }
+
+  void RequestConnect() {
+    absl::MutexLock lock(&mu_);
+    if (state_ == State::kIdle) BeginConnectLocked();
+  }
+
+  void StartCall(const std::shared_ptr<ClientCall>& call, absl::string_view request,
+                 const Metadata& metadata) {
+    std::shared_ptr<ClientConnection> conn;
+    absl::Status fail;
+    {
+      absl::MutexLock lock(&mu_);
+      switch (state_) {
+        case State::kReady:
+          conn = conn_;
+          break;
+        case State::kIdle:
+          BeginConnectLocked();
+          [[fallthrough]];
+        case State::kConnecting:
+          if (queued_.size() >= options_.max_queued_calls) {
+            fail = absl::ResourceExhaustedError(absl::StrCat(
+                "max_queued_calls (", options_.max_queued_calls, ") calls already wait for ",
+                "a connection to ", address_));
+            break;
+          }
+          call->queued_request.assign(request.data(), request.size());
+          call->queued_metadata = metadata;
+          queued_.push_back(call);
+          return;
+        case State::kBackoff:
+          fail = absl::UnavailableError(absl::StrCat(
+              "no connection to ", address_, " (last error: ", last_error_.message(),
+              "); reconnecting in ",
+              absl::FormatDuration(absl::Ceil(next_attempt_ - loop_->Now(),
+                                              absl::Milliseconds(1)))));
+          break;
+        case State::kShutdown:
+          fail = absl::CancelledError(absl::StrCat("channel to ", address_, " is shut down"));
+          break;
+      }
+    }
+    if (conn) {
+      absl::Status s = conn->StartCall(call, request, metadata);
+      if (s.ok()) return;
+      fail = std::move(s);
+    }
+    bool deadline = fail.code() == absl::StatusCode::kDeadlineExceeded;
+    call->Complete(Failure(std::move(fail), /*not_processed=*/!deadline));
+  }
+
+  void Shutdown() {  // loop thread
+    std::shared_ptr<ClientConnection> conn;
+    std::vector<std::shared_ptr<ClientCall>> queued;
+    {
+      absl::MutexLock lock(&mu_);
+      SetStateLocked(State::kShutdown);
+      conn = std::move(conn_);
+      queued.swap(queued_);
+    }
+    loop_->Cancel(timer_);
+    CloseConnectFd();
+    if (conn) conn->Close(absl::CancelledError("channel destroyed"));
+    for (auto& c : queued) {
+      c->Complete(Failure(absl::CancelledError(absl::StrCat(
+                              "channel to ", address_, " destroyed before the call was sent")),
+                          true));
+    }
+  }
+
+  // From the connection, on the loop thread.
+  void OnConnectionLost(ClientConnection* conn, const absl::Status& reason) {
+    absl::MutexLock lock(&mu_);
+    if (conn_.get() != conn || state_ == State::kShutdown) return;
+    conn_.reset();
+    // A connection that dies right after it was made (a server accepting
+    // and closing) must not turn into a reconnect loop: back off then too.
+    if (loop_->Now() - conn->connected_at() < absl::Seconds(1)) {
+      EnterBackoffLocked(reason);
+    } else {
+      backoff_.Reset();
+      BeginConnectLocked();
+    }
+  }
+
+ private:
+  static ChannelOptions WithoutRuntime(ChannelOptions o) {
+    o.runtime.reset();
+    return o;
+  }
+
+  class ConnectWatcher final : public runtime::FdHandler {
+   public:
+    explicit ConnectWatcher(Subchannel* sc) : sc_(sc) {}
+    void OnFdEvents(uint32_t) override { sc_->OnConnectWritable(); }
+
+   private:
+    Subchannel* sc_;
+  };
+
+  void SetStateLocked(State s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    state_ = s;
+    state_view_.store(s, std::memory_order_release);
+  }
+
+  void BeginConnectLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    SetStateLocked(State::kConnecting);
+    loop_->Post([self = shared_from_this()] { self->ConnectOnLoop(); });
+  }
+
+  void ConnectOnLoop() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (state_ != State::kConnecting) return;
+    }
+    absl::StatusOr<int> fd = transport::StartConnect(addr_);
+    if (!fd.ok()) {
+      OnConnectFailed(fd.status());
+      return;
+    }
+    connect_fd_ = *fd;
+    absl::Status s = loop_->Watch(connect_fd_, EPOLLOUT, &watcher_);
+    if (!s.ok()) {
+      OnConnectFailed(s);
+      return;
+    }
+    std::weak_ptr<Subchannel> weak = shared_from_this();
+    timer_ = loop_->RunAfter(options_.connect_timeout, [weak] {
+      if (auto self = weak.lock()) {
+        self->OnConnectFailed(absl::DeadlineExceededError(
+            absl::StrCat("connect to ", self->address_, " timed out after ",
+                         absl::FormatDuration(self->options_.connect_timeout))));
+      }
+    });
+  }
+
+  void CloseConnectFd() {
+    if (connect_fd_ < 0) return;
+    loop_->Unwatch(connect_fd_);
+    close(connect_fd_);
+    connect_fd_ = -1;
+  }
+
+  void OnConnectWritable() {
+    loop_->Cancel(timer_);
+    int fd = connect_fd_;
+    loop_->Unwatch(fd);
+    connect_fd_ = -1;
+    absl::Status s = transport::FinishConnect(fd, address_);
+    if (!s.ok()) {
+      close(fd);
+      OnConnectFailed(s);
+      return;
+    }
+    transport::ConnectionOptions copts;
+    copts.limits = options_.limits;
+    auto conn = std::make_shared<ClientConnection>(
+        shared_from_this(), loop_, std::make_unique<transport::TcpStream>(fd, address_), copts);
+    conn->set_connected_at(loop_->Now());
+    conn->Start();
+    std::vector<std::shared_ptr<ClientCall>> queued;
+    bool abandoned = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (state_ != State::kConnecting) {
+        abandoned = true;
+      } else {
+        conn_ = conn;
+        SetStateLocked(State::kReady);
+        queued.swap(queued_);
+      }
+    }
+    if (abandoned) {
+      conn->Close(absl::CancelledError("channel destroyed"));
+      return;
+    }
+    for (auto& c : queued) {
+      std::string req = std::move(c->queued_request);
+      Metadata md = std::move(c->queued_metadata);
+      absl::Status st = conn->StartCall(c, req, md);
+      if (!st.ok()) {
+        c->Complete(Failure(st, st.code() != absl::StatusCode::kDeadlineExceeded));
+      }
+    }
+  }
+
+  void OnConnectFailed(absl::Status status) {
+    CloseConnectFd();
+    loop_->Cancel(timer_);
+    std::vector<std::shared_ptr<ClientCall>> queued;
+    {
+      absl::MutexLock lock(&mu_);
+      if (state_ != State::kConnecting) return;
+      queued.swap(queued_);
+      EnterBackoffLocked(status);
+    }
+    core::Log(core::LogLevel::kDebug, absl::StrCat("subchannel ", address_, ": ",
+                                                   status.message()));
+    for (auto& c : queued) {
+      c->Complete(Failure(absl::UnavailableError(status.message()), /*not_processed=*/true));
+    }
+  }
+
+  void EnterBackoffLocked(absl::Status reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    SetStateLocked(State::kBackoff);
+    last_error_ = std::move(reason);
+    absl::Duration delay = backoff_.Next();
+    next_attempt_ = loop_->Now() + delay;
+    std::weak_ptr<Subchannel> weak = shared_from_this();
+    timer_ = loop_->RunAfter(delay, [weak] {
+      auto self = weak.lock();
+      if (!self) return;
+      absl::MutexLock lock(&self->mu_);
+      if (self->state_ == State::kBackoff) self->BeginConnectLocked();
+    });
+  }
+
+  const std::string address_;
+  const transport::SocketAddress addr_;
+  // A copy without the runtime: a subchannel kept alive by a queued task must
+  // not keep the runtime (whose thread runs that task) alive.
+  const ChannelOptions options_;
+  runtime::EventLoop* const loop_;
+  std::atomic<State> state_view_{State::kIdle};
+
+  // Loop-thread state.
+  core::Backoff backoff_;
+  ConnectWatcher watcher_;
+  int connect_fd_ = -1;
+  runtime::TimerId timer_;
+
+  absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kIdle;
+  std::shared_ptr<ClientConnection> conn_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<ClientCall>> queued_ ABSL_GUARDED_BY(mu_);
+  absl::Status last_error_ ABSL_GUARDED_BY(mu_);
+  absl::Time next_attempt_ ABSL_GUARDED_BY(mu_);
+};
+
+// --- ClientConnection frame handling ---
+
+void ClientConnection::OnFrame(const transport::FrameView& frame) {
+  switch (static_cast<transport::FrameType>(frame.header.type)) {
+    case transport::FrameType::kResponse:
+      OnResponse(frame);
+      return;
+    case transport::FrameType::kGoAway:
+      OnGoAway(frame);
+      return;
+    case transport::FrameType::kPing:
+      if ((frame.header.flags & transport::kFlagPingAck) == 0 && frame.body.size() == 8) {
+        uint64_t opaque = 0;
+        for (char c : frame.body) opaque = (opaque << 8) | static_cast<uint8_t>(c);
+        Send([&](std::string* out) { transport::AppendPing(out, true, opaque); })
+            .IgnoreError();
+      }
+      return;
+    case transport::FrameType::kRequest:
+    case transport::FrameType::kCancel:
+      Close(absl::InvalidArgumentError(
+          absl::StrCat("protocol error from ", peer(), ": ",
+                       transport::FrameTypeName(frame.header.type), " frame sent to a client")));
+      return;
+  }
+  core::Log(core::LogLevel::kWarning,
+            absl::StrCat("skipping frame of unknown type ", frame.header.type, " (",
+                         frame.header.length, " bytes) from ", peer()));
+}
+
+void ClientConnection::OnResponse(const transport::FrameView& frame) {
+  std::shared_ptr<ClientCall> call;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(frame.header.stream_id);
+    if (it != pending_.end()) {
+      call = std::move(it->second);
+      pending_.erase(it);
+      MaybeCloseAfterGoAwayLocked();
+    }
+  }
+  if (!call) {
+    // A reply after the call's deadline or cancellation, or a bogus id:
+    // safe to drop, since frame boundaries are intact.
+    ++unknown_replies_;
+    core::Log(core::LogLevel::kDebug,
+              absl::StrCat("dropping reply for unknown stream ", frame.header.stream_id,
+                           " from ", peer(), " (late or bogus; ", unknown_replies_,
+                           " so far)"));
+    return;
+  }
+  absl::StatusOr<transport::Response> resp =
+      transport::ParseResponseBody(frame.body, options().limits);
+  CallResult r;
+  if (!resp.ok()) {
+    r.status = absl::InternalError(absl::StrCat("malformed response from ", peer(), " to ",
+                                                call->method, ": ", resp.status().message()));
+    core::Log(core::LogLevel::kWarning, r.status.message());
+  } else {
+    r.status = resp->code == absl::StatusCode::kOk ? absl::OkStatus()
+                                                   : absl::Status(resp->code, resp->message);
+    r.payload = std::move(resp->payload);
+    r.metadata = std::move(resp->metadata);
+    r.not_processed = (frame.header.flags & transport::kFlagRefused) != 0;
+    r.endpoint = call->address;
+  }
+  call->Complete(std::move(r));
+}
+
+void ClientConnection::OnGoAway(const transport::FrameView& frame) {
+  absl::StatusOr<transport::GoAway> g = transport::ParseGoAwayBody(frame.body);
+  if (!g.ok()) {
+    Close(absl::InvalidArgumentError(
+        absl::StrCat("protocol error from ", peer(), ": ", g.status().message())));
+    return;
+  }
+  std::vector<std::shared_ptr<ClientCall>> unprocessed;
+  {
+    absl::MutexLock lock(&mu_);
+    goaway_ = true;
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      auto cur = it++;
+      if (cur->first > g->last_stream_id) {
+        unprocessed.push_back(std::move(cur->second));
+        pending_.erase(cur);
+      }
+    }
+  }
+  core::Log(core::LogLevel::kInfo,
+            absl::StrCat("GOAWAY from ", peer(), ": ", g->message,
+                         "; moving new calls to a new connection"));
+  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, absl::UnavailableError(g->message));
+  for (auto& c : unprocessed) {
+    c->Complete(Failure(absl::UnavailableError(absl::StrCat(
+                            peer(), " is going away and did not process the call: ", g->message)),
+                        true));
+  }
+  absl::MutexLock lock(&mu_);
+  MaybeCloseAfterGoAwayLocked();
+}
+
+void ClientConnection::OnClosed(const absl::Status& reason) {
+  absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending;
+  {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+    pending.swap(pending_);
+  }
+  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, reason);
+  absl::Status status =
+      reason.code() == absl::StatusCode::kCancelled
+          ? absl::CancelledError(absl::StrCat("call cancelled: ", reason.message()))
+          : absl::UnavailableError(
+                absl::StrCat("connection to ", peer(), " lost: ", reason.message()));
+  for (auto& [id, call] : pending) call->Complete(Failure(status, false));
+}
+
+// --- Channel ---
+
+absl::Status ChannelOptions::Validate() const {
+  if (connections < 1 || connections > 64) {
+    return absl::InvalidArgumentError("connections: must be between 1 and 64");
+  }
+  if (connect_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("connect_timeout: must be > 0");
+  }
+  if (default_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("default_timeout: must be > 0");
+  }
+  return reconnect_backoff.Validate();
+}
+
+Channel::Channel(std::string address, ChannelOptions options)
+    : address_(std::move(address)), options_(std::move(options)) {}
+
+absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(std::string address,
+                                                         ChannelOptions options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  absl::StatusOr<transport::SocketAddress> addr = transport::ParseHostPort(address);
+  if (!addr.ok()) return addr.status();
+  std::unique_ptr<Channel> ch(new Channel(std::move(address), std::move(options)));
+  ch->runtime_ = ch->options_.runtime;
+  if (!ch->runtime_) {
+    auto rt = runtime::Runtime::Create(ch->options_.io_threads, "client-io");
+    if (!rt.ok()) return rt.status();
+    ch->runtime_ = *std::move(rt);
+  }
+  uint64_t seed = ch->options_.seed;
+  if (seed == 0) {
+    seed = absl::HashOf(ch->address_, absl::ToUnixNanos(absl::Now()));
+  }
+  for (int i = 0; i < ch->options_.connections; ++i) {
+    ch->subchannels_.push_back(std::make_shared<Subchannel>(
+        ch->address_, *addr, ch->options_, &ch->runtime_->NextLoop(), seed + i));
+  }
+  return ch;
+}
+
+Channel::~Channel() {
+  for (auto& sc : subchannels_) {
+    RunOnLoopAndWait(sc->loop(), [&] { sc->Shutdown(); });
+  }
+  // Let posted closes run before the subchannels (and maybe the runtime) go.
+  for (auto& sc : subchannels_) RunOnLoopAndWait(sc->loop(), [] {});
+}
+
+void Channel::Connect() {
+  for (auto& sc : subchannels_) sc->RequestConnect();
+}
+
+int Channel::ReadyConnections() const {
+  int n = 0;
+  for (const auto& sc : subchannels_) n += sc->ready() ? 1 : 0;
+  return n;
+}
+
+CallHandle Channel::Call(absl::string_view method, absl::string_view request,
+                         const CallOptions& options, CallCallback done) {
+  const size_t n = subchannels_.size();
+  uint32_t start = next_.fetch_add(1, std::memory_order_relaxed);
+  Subchannel* sc = subchannels_[start % n].get();
+  if (!sc->ready()) {
+    for (size_t i = 1; i < n; ++i) {
+      Subchannel* other = subchannels_[(start + i) % n].get();
+      if (other->ready()) {
+        sc = other;
+        break;
+      }
+    }
+  }
+  auto call = std::make_shared<ClientCall>();
+  call->method.assign(method.data(), method.size());
+  call->address = address_;
+  call->timeout = options.timeout > absl::ZeroDuration() ? options.timeout
+                                                         : options_.default_timeout;
+  call->deadline = sc->loop()->Now() + call->timeout;
+  call->done = std::move(done);
+  call->loop = sc->loop();
+  std::weak_ptr<ClientCall> weak = call;
+  call->timer = sc->loop()->RunAt(call->deadline, [weak] {
+    auto c = weak.lock();
+    if (!c) return;
+    if (c->Complete(Failure(absl::DeadlineExceededError(absl::StrCat(
+                                "deadline of ", absl::FormatDuration(c->timeout),
+                                " exceeded calling ", c->method, " on ", c->address)),
+                            false),
+                    /*from_timer=*/true)) {
+      c->AbandonOnWire();
+    }
+  });
+  sc->StartCall(call, request, options.metadata);
+  return CallHandle(std::move(call));
+}
+
+CallResult Channel::CallBlocking(absl::string_view method, absl::string_view request,
+                                 const CallOptions& options) {
+  CallResult result;
+  absl::Notification done;
+  Call(method, request, options, [&](CallResult r) {
+    result = std::move(r);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return result;
+}
+
+}  // namespace meshlib::client

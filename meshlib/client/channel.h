@@ -1,0 +1,142 @@
+// Channel: calls to one endpoint over a small pool of multiplexed connections.
+//
+// It connects with a timeout, reconnects with jittered exponential backoff,
+// enforces per-call deadlines (DEADLINE_EXCEEDED; the call's state is freed at
+// once and a late reply dropped), and supports cancellation, blocking and
+// callback calls, and many calls in flight per connection. It is the bottom
+// of the client stack: balancers and retries (later layers) hold one Channel
+// per endpoint.
+//
+//   auto ch = client::Channel::Create("127.0.0.1:7001", client::ChannelOptions{}).value();
+//   client::CallOptions opts;
+//   opts.timeout = absl::Milliseconds(250);
+//   client::CallResult r = ch->CallBlocking("Echo/Say", "hello", opts);
+//   if (r.status.ok()) Use(r.payload);
+//
+//   client::CallHandle h = ch->Call("Echo/Say", "hi", opts, [](client::CallResult r) {
+//     // runs on a reactor thread: do not block here
+//   });
+//   h.Cancel();  // completes the call with CANCELLED unless it already finished
+//
+// Threading: all methods are thread-safe. Callbacks run on the channel's
+// reactor threads (or on the caller's thread when a call fails before it is
+// sent) and must not block.
+#ifndef MESHLIB_CLIENT_CHANNEL_H_
+#define MESHLIB_CLIENT_CHANNEL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "meshlib/core/backoff.h"
+#include "meshlib/runtime/event_loop.h"
+#include "meshlib/transport/frame.h"
+
+namespace meshlib::client {
+
+using transport::Metadata;
+
+struct CallOptions {
+  // How long the caller waits, from the call's start. Default: the channel's
+  // default_timeout. The remaining time travels to the server.
+  absl::Duration timeout = absl::ZeroDuration();
+  // Request metadata (key/value pairs), sent with the call.
+  Metadata metadata;
+};
+
+struct CallResult {
+  absl::Status status;
+  std::string payload;
+  Metadata metadata;  // response metadata
+  // Address of the endpoint that answered; empty when no reply was received
+  // (connect failure, deadline, cancellation, lost connection).
+  std::string endpoint;
+  // The server (or this client) proves the request was never processed, so
+  // it is safe to retry even when not idempotent: refused by the server
+  // (draining, stream limit), never sent, or connection not established.
+  bool not_processed = false;
+};
+
+using CallCallback = absl::AnyInvocable<void(CallResult)>;
+
+class ClientCall;
+
+// Cancels one call. Copyable; a default-constructed handle does nothing.
+class CallHandle {
+ public:
+  CallHandle() = default;
+  explicit CallHandle(std::shared_ptr<ClientCall> call) : call_(std::move(call)) {}
+  // Completes the call with CANCELLED (if it has not completed) and tells the
+  // server to stop working on it.
+  void Cancel();
+
+ private:
+  std::shared_ptr<ClientCall> call_;
+};
+
+struct ChannelOptions {
+  // Reactor threads when no runtime is given. Default 1.
+  int io_threads = 1;
+  // Share a runtime with other channels or a server; default: own one.
+  std::shared_ptr<runtime::Runtime> runtime;
+  // TCP connections to the endpoint; calls spread over them round-robin.
+  // Default 1; range 1-64.
+  int connections = 1;
+  // Giving up on one connection attempt. Default 2s.
+  absl::Duration connect_timeout = absl::Seconds(2);
+  // Used when CallOptions::timeout is zero. Default 30s.
+  absl::Duration default_timeout = absl::Seconds(30);
+  // Delays between failed connection attempts.
+  core::BackoffOptions reconnect_backoff;
+  // Calls queued while a connection is being set up, per connection; more
+  // fail with RESOURCE_EXHAUSTED. Default 4096.
+  size_t max_queued_calls = 4096;
+  transport::FrameLimits limits;
+  // Seed for reconnect jitter; 0 = from the address and time.
+  uint64_t seed = 0;
+
+  absl::Status Validate() const;
+};
+
+class Subchannel;
+
+class Channel {
+ public:
+  static absl::StatusOr<std::unique_ptr<Channel>> Create(std::string address,
+                                                         ChannelOptions options);
+  // Calls still in flight complete with CANCELLED before this returns.
+  ~Channel();
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  CallHandle Call(absl::string_view method, absl::string_view request,
+                  const CallOptions& options, CallCallback done);
+  CallResult CallBlocking(absl::string_view method, absl::string_view request,
+                          const CallOptions& options = {});
+
+  const std::string& address() const { return address_; }
+  // Connections that are established right now.
+  int ReadyConnections() const;
+  // Starts connecting now instead of at the first call.
+  void Connect();
+
+ private:
+  Channel(std::string address, ChannelOptions options);
+
+  const std::string address_;
+  const ChannelOptions options_;
+  std::shared_ptr<runtime::Runtime> runtime_;
+  std::vector<std::shared_ptr<Subchannel>> subchannels_;
+  std::atomic<uint32_t> next_{0};
+};
+
+}  // namespace meshlib::client
+
+#endif  // MESHLIB_CLIENT_CHANNEL_H_

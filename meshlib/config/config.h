@@ -1,0 +1,53 @@
+// MeshConfig: the parsed, validated mesh.json (see DESIGN.md for its shape).
+//
+//   absl::StatusOr<config::MeshConfig> cfg = config::LoadMeshConfigFile("mesh.json");
+//   if (!cfg.ok()) { std::cerr << cfg.status().message(); }  // names the field path
+//   const config::ServiceConfig* echo = cfg->Find("echo");
+//
+// Every error names the offending field's path and the rule it broke, e.g.
+// `services.echo.timeout: "fast" is not a duration (examples: "250ms", "1s")`.
+// This version understands static discovery and the per-call timeout; the
+// other documented sections (load_balancer, retry, hedging, circuit_breaker,
+// outlier_detection) are checked for being JSON objects/lists and kept raw
+// for the layers that read them.
+//
+// Threading: the result is an immutable value; share it freely.
+#ifndef MESHLIB_CONFIG_CONFIG_H_
+#define MESHLIB_CONFIG_CONFIG_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "nlohmann/json.hpp"
+
+namespace meshlib::config {
+
+struct ServiceConfig {
+  std::string name;
+  // discovery.static.endpoints: "host:port" literals, validated.
+  std::vector<std::string> static_endpoints;
+  // Per-call timeout. Default 1s.
+  absl::Duration timeout = absl::Seconds(1);
+  // The service's whole JSON object, for layers that parse their own section.
+  nlohmann::json raw;
+};
+
+struct MeshConfig {
+  std::map<std::string, ServiceConfig> services;
+  const ServiceConfig* Find(absl::string_view name) const;
+};
+
+absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view json_text);
+absl::StatusOr<MeshConfig> LoadMeshConfigFile(const std::string& path);
+
+// Parses a duration string such as "250ms"; errors name `path`.
+absl::StatusOr<absl::Duration> ParseDurationField(const nlohmann::json& j,
+                                                  absl::string_view path);
+
+}  // namespace meshlib::config
+
+#endif  // MESHLIB_CONFIG_CONFIG_H_

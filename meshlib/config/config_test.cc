@@ -1,0 +1,77 @@
+#include "meshlib/config/config.h"
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+
+namespace meshlib::config {
+namespace {
+
+TEST(ConfigTest, ParsesDesignDocExample) {
+  auto cfg = ParseMeshConfig(R"({
+    "services": {
+      "echo": {
+        "discovery": {"static": {"endpoints": ["127.0.0.1:7001", "[::1]:7002"]}},
+        "load_balancer": [{"p2c_peak_ewma": {"decay": "10s"}}, {"round_robin": {}}],
+        "timeout": "250ms",
+        "retry": {"max_attempts": 3},
+        "hedging": {"delay": "50ms", "max_attempts": 2},
+        "circuit_breaker": {"max_pending": 1024},
+        "outlier_detection": {"consecutive_failures": 5}
+      }
+    }
+  })");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const ServiceConfig* echo = cfg->Find("echo");
+  ASSERT_NE(echo, nullptr);
+  EXPECT_EQ(echo->static_endpoints,
+            (std::vector<std::string>{"127.0.0.1:7001", "[::1]:7002"}));
+  EXPECT_EQ(echo->timeout, absl::Milliseconds(250));
+  EXPECT_EQ(cfg->Find("other"), nullptr);
+}
+
+TEST(ConfigTest, DefaultTimeoutIsOneSecond) {
+  auto cfg = ParseMeshConfig(
+      R"({"services": {"a": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}}}})");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->Find("a")->timeout, absl::Seconds(1));
+}
+
+struct BadCase {
+  const char* json;
+  const char* expected_path;
+};
+
+class ConfigErrorTest : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(ConfigErrorTest, NamesTheFieldPath) {
+  auto cfg = ParseMeshConfig(GetParam().json);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(cfg.status().message(), GetParam().expected_path))
+      << cfg.status().message();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    All, ConfigErrorTest,
+    ::testing::Values(
+        BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+                 "timeout": "fast"}}})",
+                "services.echo.timeout: \"fast\" is not a duration"},
+        BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["nohost"]}}}}})",
+                "services.echo.discovery.static.endpoints[0]:"},
+        BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": []}}}}})",
+                "services.echo.discovery.static.endpoints: must be a non-empty list"},
+        BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+                 "retyr": {}}}})",
+                "services.echo.retyr: unknown key"},
+        BadCase{R"({"services": {"echo": {}}})", "services.echo.discovery: required"},
+        BadCase{R"({"services": {"echo": {"discovery": {"zookeeper": {}}}}})",
+                "services.echo.discovery.zookeeper: unknown discovery kind"},
+        BadCase{R"({"servics": {}})", "servics: unknown key"},
+        BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+                 "load_balancer": {"round_robin": {}}}}})",
+                "services.echo.load_balancer: must be a list"},
+        BadCase{"{\"services\": {\n  \"echo\": [1,}\n}", "mesh config is not valid JSON at line 2"}));
+
+}  // namespace
+}  // namespace meshlib::config
