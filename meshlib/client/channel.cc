@@ -142,8 +142,6 @@ class ClientConnection final : public transport::FramedConnection {
     Send([&](std::string* out) { transport::AppendCancel(out, id); }).IgnoreError();
   }
 
-  absl::Time connected_at() const { return connected_at_; }
-  void set_connected_at(absl::Time t) { connected_at_ = t; }
 
  protected:
   void OnFrame(const transport::FrameView& frame) override;
@@ -153,20 +151,25 @@ class ClientConnection final : public transport::FramedConnection {
   void OnResponse(const transport::FrameView& frame);
   void OnGoAway(const transport::FrameView& frame);
   void MaybeCloseAfterGoAwayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (goaway_ && pending_.empty() && !closed_) {
-      Close(absl::UnavailableError(absl::StrCat("connection to ", peer(),
-                                                " drained after GOAWAY")));
+    if (goaway_ && pending_.empty() && !closed_ && !close_posted_) {
+      // Posted: closing runs OnClosed, which takes mu_.
+      close_posted_ = true;
+      loop()->Post([self = self()] {
+        self->Close(absl::UnavailableError(
+            absl::StrCat("connection to ", self->peer(), " drained after GOAWAY")));
+      });
     }
   }
 
   const std::weak_ptr<Subchannel> owner_;
-  absl::Time connected_at_;
   absl::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending_ ABSL_GUARDED_BY(mu_);
   uint32_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool goaway_ ABSL_GUARDED_BY(mu_) = false;
+  bool close_posted_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t unknown_replies_ = 0;  // loop thread
+  bool received_frame_ = false;   // loop thread
 };
 
 void ClientCall::AbandonOnWire() {
@@ -277,18 +280,20 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     }
   }
 
-  // From the connection, on the loop thread.
-  void OnConnectionLost(ClientConnection* conn, const absl::Status& reason) {
+  // From the connection, on the loop thread. `worked` is true when the
+  // connection ended gracefully (GOAWAY) or after exchanging frames: then the
+  // next call reconnects at once. A connection that dies before any frame (a
+  // server that accepts and closes) counts as a failed attempt and backs off,
+  // so it cannot turn into a reconnect loop.
+  void OnConnectionLost(ClientConnection* conn, const absl::Status& reason, bool worked) {
     absl::MutexLock lock(&mu_);
     if (conn_.get() != conn || state_ == State::kShutdown) return;
     conn_.reset();
-    // A connection that dies right after it was made (a server accepting
-    // and closing) must not turn into a reconnect loop: back off then too.
-    if (loop_->Now() - conn->connected_at() < absl::Seconds(1)) {
-      EnterBackoffLocked(reason);
-    } else {
+    if (worked) {
       backoff_.Reset();
-      BeginConnectLocked();
+      SetStateLocked(State::kIdle);  // reconnect lazily, on the next call
+    } else {
+      EnterBackoffLocked(reason);
     }
   }
 
@@ -365,7 +370,6 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     copts.limits = options_.limits;
     auto conn = std::make_shared<ClientConnection>(
         shared_from_this(), loop_, std::make_unique<transport::TcpStream>(fd, address_), copts);
-    conn->set_connected_at(loop_->Now());
     conn->Start();
     std::vector<std::shared_ptr<ClientCall>> queued;
     bool abandoned = false;
@@ -449,6 +453,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
 // --- ClientConnection frame handling ---
 
 void ClientConnection::OnFrame(const transport::FrameView& frame) {
+  received_frame_ = true;
   switch (static_cast<transport::FrameType>(frame.header.type)) {
     case transport::FrameType::kResponse:
       OnResponse(frame);
@@ -537,7 +542,9 @@ void ClientConnection::OnGoAway(const transport::FrameView& frame) {
   core::Log(core::LogLevel::kInfo,
             absl::StrCat("GOAWAY from ", peer(), ": ", g->message,
                          "; moving new calls to a new connection"));
-  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, absl::UnavailableError(g->message));
+  if (auto owner = owner_.lock()) {
+    owner->OnConnectionLost(this, absl::UnavailableError(g->message), /*worked=*/true);
+  }
   for (auto& c : unprocessed) {
     c->Complete(Failure(absl::UnavailableError(absl::StrCat(
                             peer(), " is going away and did not process the call: ", g->message)),
@@ -554,7 +561,7 @@ void ClientConnection::OnClosed(const absl::Status& reason) {
     closed_ = true;
     pending.swap(pending_);
   }
-  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, reason);
+  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, reason, received_frame_);
   absl::Status status =
       reason.code() == absl::StatusCode::kCancelled
           ? absl::CancelledError(absl::StrCat("call cancelled: ", reason.message()))

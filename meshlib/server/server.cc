@@ -40,18 +40,28 @@ class ServerConnection final : public transport::FramedConnection {
 
   void StartIdleCheck(absl::Duration idle_timeout) {
     idle_timeout_ = idle_timeout;
+    goaway_grace_ = std::min(idle_timeout, absl::Seconds(1));
     ScheduleIdleCheck();
   }
 
-  void SendGoAway() {
-    loop()->Post([self = self()] {
+  // Asks the client to send new calls elsewhere. Any thread. Calls that
+  // cross the GOAWAY on the wire are still served (the frame promises every
+  // stream id), so none is lost to the race; the connection closes once it
+  // is quiet.
+  void SendGoAway(std::string why) {
+    auto send = [self = self(), why = std::move(why)] {
       if (self->goaway_sent_ || self->closed()) return;
       self->goaway_sent_ = true;
       self->Send([&](std::string* out) {
-        transport::AppendGoAway(out, self->last_stream_id_, absl::StatusCode::kUnavailable,
-                                "server is shutting down");
+        transport::AppendGoAway(out, /*last_stream_id=*/0xffffffffu,
+                                absl::StatusCode::kUnavailable, why);
       }).IgnoreError();
-    });
+    };
+    if (loop()->InExecutorThread()) {
+      send();
+    } else {
+      loop()->Post(std::move(send));
+    }
   }
 
   // Any thread: the call's reply has been queued (or dropped).
@@ -112,13 +122,12 @@ class ServerConnection final : public transport::FramedConnection {
   }
 
   void OnClosed(const absl::Status& reason) override {
-    if (!reason.ok() && reason.code() != absl::StatusCode::kUnavailable) {
-      core::Log(core::LogLevel::kWarning,
-                absl::StrCat("closed connection from ", peer(), ": ", reason.ToString()));
-    } else {
-      core::Log(core::LogLevel::kDebug,
-                absl::StrCat("connection from ", peer(), " closed: ", reason.ToString()));
-    }
+    // Clients come and go: only a misbehaving one is worth a warning.
+    core::LogLevel level = reason.code() == absl::StatusCode::kUnavailable ||
+                                   reason.code() == absl::StatusCode::kCancelled
+                               ? core::LogLevel::kDebug
+                               : core::LogLevel::kWarning;
+    core::Log(level, absl::StrCat("closed connection from ", peer(), ": ", reason.ToString()));
     auto calls = std::move(calls_);
     calls_.clear();
     for (auto& [id, call] : calls) call->Cancel();
@@ -136,12 +145,17 @@ class ServerConnection final : public transport::FramedConnection {
       auto self = weak.lock();
       if (!self || self->closed()) return;
       absl::Duration idle = self->loop()->Now() - self->last_read_time();
-      if (self->calls_.empty() && idle >= self->idle_timeout_) {
+      if (self->calls_.empty() && idle >= self->idle_timeout_ + self->goaway_grace_) {
         self->Close(absl::DeadlineExceededError(absl::StrCat(
             "connection from ", self->peer(), " idle for ", absl::FormatDuration(idle),
             " with no call in flight (idle_timeout ",
             absl::FormatDuration(self->idle_timeout_), ")")));
         return;
+      }
+      if (self->calls_.empty() && idle >= self->idle_timeout_ && !self->goaway_sent_) {
+        // GOAWAY first and close a little later, so that a healthy client
+        // moves to a new connection without losing a call sent meanwhile.
+        self->SendGoAway("idle connection closed by the server");
       }
       self->ScheduleIdleCheck();
     });
@@ -170,11 +184,6 @@ class ServerConnection final : public transport::FramedConnection {
       core::Log(core::LogLevel::kWarning,
                 absl::StrCat("stream ", id, " from ", peer(), ": ", err.message()));
       SendReply(id, 0, err, {}, {});
-      return;
-    }
-    if (server_->draining() || goaway_sent_) {
-      SendReply(id, transport::kFlagRefused,
-                absl::UnavailableError("server is shutting down; call refused"), {}, {});
       return;
     }
     if (calls_.size() >= server_->options_.max_concurrent_streams) {
@@ -227,6 +236,7 @@ class ServerConnection final : public transport::FramedConnection {
   uint32_t last_stream_id_ = 0;
   bool goaway_sent_ = false;
   absl::Duration idle_timeout_;
+  absl::Duration goaway_grace_;
   runtime::TimerId idle_timer_;
 };
 
@@ -467,7 +477,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
     absl::MutexLock lock(&mu_);
     for (auto& [p, c] : conns_) conns.push_back(c);
   }
-  for (auto& c : conns) c->SendGoAway();
+  for (auto& c : conns) c->SendGoAway("server is shutting down");
   absl::Time give_up = absl::Now() + drain_timeout;
   while (counter_->active.load() > 0 && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(2));

@@ -145,10 +145,11 @@ void FramedConnection::HandleReadable() {
     IoResult r = stream_->Read(in_.data() + in_end_, in_.size() - in_end_);
     if (r.kind == IoResult::kWouldBlock) break;
     if (r.kind == IoResult::kEof) {
-      CloseOnLoop(absl::UnavailableError(
-          have == 0 ? absl::StrCat("connection closed by ", peer())
-                    : absl::StrCat("connection closed by ", peer(), " in the middle of a frame (",
-                                   have, " bytes of it received)")));
+      // A close between frames is ordinary; inside one it is a broken peer.
+      CloseOnLoop(have == 0 ? absl::UnavailableError(absl::StrCat("connection closed by ", peer()))
+                            : absl::DataLossError(absl::StrCat(
+                                  "connection closed by ", peer(), " in the middle of a frame (",
+                                  have, " bytes of it received)")));
       return;
     }
     if (r.kind == IoResult::kError) {

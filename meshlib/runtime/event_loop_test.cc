@@ -1,0 +1,767 @@
+#include "meshlib/runtime/event_loop.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "meshlib/runtime/thread_pool.h"
+
+namespace meshlib::runtime {
+namespace {
+
+using ::testing::ElementsAre;
+
+// Generous: these bound how long a broken build hangs, they are not latency
+// assertions (sanitizer builds on two shared cores are slow).
+constexpr absl::Duration kWaitLimit = absl::Seconds(30);
+
+// A one-shot event to wait on, with a deadline.
+//
+// Built on std::mutex/std::condition_variable rather than absl::Notification
+// on purpose: Debian's Abseil is not compiled with -fsanitize=thread, so TSan
+// cannot see the happens-before edges inside absl::Notification, whereas
+// std::mutex goes through pthread calls that TSan intercepts. Using it keeps
+// the test's own synchronisation visible under --config=tsan.
+class Signal {
+ public:
+  void Notify() {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    cv_.notify_all();
+  }
+  bool WaitFor(absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return done_; });
+  }
+  bool Notified() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+};
+
+std::unique_ptr<EventLoop> MakeLoop(const std::string& name = "test-loop") {
+  absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create(name);
+  EXPECT_TRUE(loop.ok()) << loop.status();
+  return loop.ok() ? *std::move(loop) : nullptr;
+}
+
+// Runs `fn` on the loop thread and waits for it to finish.
+template <typename Fn>
+bool RunOnLoop(EventLoop& loop, Fn fn) {
+  Signal done;
+  loop.Post([&] {
+    fn();
+    done.Notify();
+  });
+  return done.WaitFor(kWaitLimit);
+}
+
+// --- Post ---
+
+TEST(EventLoopTest, CreateNamesTheLoop) {
+  auto loop = MakeLoop("io-7");
+  ASSERT_NE(loop, nullptr);
+  EXPECT_EQ(loop->name(), "io-7");
+}
+
+TEST(EventLoopTest, PostRunsOnTheLoopThread) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  EXPECT_FALSE(loop->InExecutorThread());
+
+  bool in_executor = false;
+  std::thread::id ran_on;
+  Signal done;
+  loop->Post([&] {
+    in_executor = loop->InExecutorThread();
+    ran_on = std::this_thread::get_id();
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitFor(kWaitLimit));
+  EXPECT_TRUE(in_executor);
+  EXPECT_NE(ran_on, std::this_thread::get_id());
+  EXPECT_FALSE(loop->InExecutorThread());
+}
+
+TEST(EventLoopTest, PostedTasksRunInFifoOrder) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  constexpr int kTasks = 1000;
+  std::vector<int> order;  // touched only on the loop thread until `done`
+  Signal done;
+  for (int i = 0; i < kTasks; ++i) {
+    loop->Post([&order, i] { order.push_back(i); });
+  }
+  loop->Post([&] { done.Notify(); });
+  ASSERT_TRUE(done.WaitFor(kWaitLimit));
+  ASSERT_EQ(order.size(), static_cast<size_t>(kTasks));
+  for (int i = 0; i < kTasks; ++i) ASSERT_EQ(order[i], i);
+}
+
+TEST(EventLoopTest, TaskPostedFromTheLoopRunsAfterEarlierTasks) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  std::vector<std::string> order;
+  Signal done;
+  loop->Post([&] {
+    order.push_back("a");
+    loop->Post([&] {
+      order.push_back("c");
+      done.Notify();
+    });
+  });
+  loop->Post([&] { order.push_back("b"); });
+  ASSERT_TRUE(done.WaitFor(kWaitLimit));
+  EXPECT_THAT(order, ElementsAre("a", "b", "c"));
+}
+
+TEST(EventLoopTest, FourThreadsPostingTenThousandTasksEachAllRun) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 10'000;
+  std::atomic<int> ran{0};
+  std::atomic<int> wrong_thread{0};
+  // Per-producer FIFO: the loop sees each producer's tasks in order.
+  std::array<int, kThreads> last_seen;  // loop thread only
+  last_seen.fill(-1);
+  std::atomic<int> out_of_order{0};
+  Signal all_ran;
+
+  std::vector<std::thread> producers;
+  for (int t = 0; t < kThreads; ++t) {
+    producers.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        loop->Post([&, t, i] {
+          if (!loop->InExecutorThread()) wrong_thread.fetch_add(1);
+          if (last_seen[t] != i - 1) out_of_order.fetch_add(1);
+          last_seen[t] = i;
+          if (ran.fetch_add(1) + 1 == kThreads * kPerThread) all_ran.Notify();
+        });
+      }
+    });
+  }
+  for (auto& p : producers) p.join();
+  ASSERT_TRUE(all_ran.WaitFor(kWaitLimit)) << "ran " << ran.load();
+  EXPECT_EQ(ran.load(), kThreads * kPerThread);
+  EXPECT_EQ(wrong_thread.load(), 0);
+  EXPECT_EQ(out_of_order.load(), 0);
+}
+
+// --- timers ---
+
+TEST(EventLoopTest, RunAfterFiresNotEarlierThanRequested) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  // From another thread: each timer fires no earlier than its delay after the
+  // moment it was scheduled.
+  for (absl::Duration d : {absl::Milliseconds(20), absl::Microseconds(1500),
+                           absl::ZeroDuration()}) {
+    Signal fired;
+    absl::Time fired_at;
+    const absl::Time before = absl::Now();
+    loop->RunAfter(d, [&] {
+      fired_at = absl::Now();
+      fired.Notify();
+    });
+    ASSERT_TRUE(fired.WaitFor(kWaitLimit)) << d;
+    EXPECT_GE(fired_at - before, d) << "timer of " << d << " fired early";
+  }
+}
+
+TEST(EventLoopTest, TimersFireInDueOrderAndNotEarly) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  struct Fired {
+    absl::Duration delay;
+    absl::Time at;
+  };
+  std::vector<Fired> fired;  // loop thread only until `done`
+  absl::Time base;
+  Signal done;
+  // Scheduled from inside one task: none can fire before all are scheduled,
+  // so the firing order depends only on the due times.
+  loop->Post([&] {
+    base = loop->Now();
+    for (absl::Duration d : {absl::Milliseconds(30), absl::Milliseconds(1),
+                             absl::Microseconds(1500), absl::ZeroDuration(),
+                             absl::Milliseconds(1)}) {
+      loop->RunAt(base + d, [&, d] {
+        fired.push_back({d, absl::Now()});
+        if (fired.size() == 5) done.Notify();
+      });
+    }
+  });
+  ASSERT_TRUE(done.WaitFor(kWaitLimit));
+  ASSERT_EQ(fired.size(), 5u);
+  for (const Fired& f : fired) {
+    EXPECT_GE(f.at, base + f.delay) << "timer of " << f.delay << " fired early";
+  }
+  EXPECT_EQ(fired[0].delay, absl::ZeroDuration());
+  EXPECT_EQ(fired[1].delay, absl::Milliseconds(1));
+  EXPECT_EQ(fired[2].delay, absl::Milliseconds(1));
+  EXPECT_EQ(fired[3].delay, absl::Microseconds(1500));
+  EXPECT_EQ(fired[4].delay, absl::Milliseconds(30));
+}
+
+TEST(EventLoopTest, RunAtInThePastFiresPromptly) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  Signal done;
+  TimerId id = loop->RunAt(absl::Now() - absl::Hours(1), [&] { done.Notify(); });
+  EXPECT_TRUE(id.valid());
+  EXPECT_TRUE(done.WaitFor(kWaitLimit));
+}
+
+TEST(EventLoopTest, CancelPreventsFiring) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  std::atomic<bool> cancelled_fired{false};
+  // 200 ms: far enough that the test thread cannot lose the race to it.
+  TimerId id = loop->RunAfter(absl::Milliseconds(200), [&] { cancelled_fired = true; });
+  ASSERT_TRUE(id.valid());
+  EXPECT_TRUE(loop->Cancel(id));
+  EXPECT_FALSE(loop->Cancel(id));  // only once
+
+  // A later timer firing proves the loop went past the cancelled one's time.
+  Signal later;
+  loop->RunAfter(absl::Milliseconds(250), [&] { later.Notify(); });
+  ASSERT_TRUE(later.WaitFor(kWaitLimit));
+  EXPECT_FALSE(cancelled_fired.load());
+}
+
+TEST(EventLoopTest, CancelAfterFiringReturnsFalse) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  Signal fired;
+  TimerId id = loop->RunAfter(absl::Milliseconds(1), [&] { fired.Notify(); });
+  ASSERT_TRUE(fired.WaitFor(kWaitLimit));
+  EXPECT_FALSE(loop->Cancel(id));
+  EXPECT_FALSE(loop->Cancel(TimerId{}));
+}
+
+TEST(EventLoopTest, CancelFromInsideTheRunningTimerReturnsFalse) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  TimerId id;
+  std::mutex id_mu;
+  std::atomic<int> result{-1};
+  Signal done;
+  {
+    std::lock_guard<std::mutex> lock(id_mu);
+    id = loop->RunAfter(absl::Milliseconds(5), [&] {
+      std::lock_guard<std::mutex> lock(id_mu);
+      result = loop->Cancel(id) ? 1 : 0;
+      done.Notify();
+    });
+  }
+  ASSERT_TRUE(done.WaitFor(kWaitLimit));
+  EXPECT_EQ(result.load(), 0);
+}
+
+TEST(EventLoopTest, EarlierTimerFromAnotherThreadWakesASleepingLoop) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  std::atomic<bool> long_fired{false};
+  loop->RunAfter(absl::Seconds(10), [&] { long_fired = true; });
+  // Let the loop settle into its 10 s sleep: after this task it has nothing
+  // left to do but wait for the timer.
+  ASSERT_TRUE(RunOnLoop(*loop, [] {}));
+
+  Signal short_fired;
+  absl::Time scheduled, fired_at;
+  std::thread other([&] {
+    scheduled = absl::Now();
+    loop->RunAfter(absl::Milliseconds(5), [&] {
+      fired_at = absl::Now();
+      short_fired.Notify();
+    });
+  });
+  other.join();
+  ASSERT_TRUE(short_fired.WaitFor(kWaitLimit));
+  EXPECT_LT(fired_at - scheduled, absl::Seconds(1))
+      << "the loop slept through an earlier timer";
+  EXPECT_GE(fired_at - scheduled, absl::Milliseconds(5));
+  EXPECT_FALSE(long_fired.load());
+}
+
+TEST(EventLoopTest, EarlierTimerFromTheLoopThreadIsHonoured) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  loop->RunAfter(absl::Seconds(10), [] {});
+  ASSERT_TRUE(RunOnLoop(*loop, [] {}));
+  Signal fired;
+  absl::Time scheduled = absl::Now();
+  loop->Post([&] { loop->RunAfter(absl::Milliseconds(5), [&] { fired.Notify(); }); });
+  ASSERT_TRUE(fired.WaitFor(kWaitLimit));
+  EXPECT_LT(absl::Now() - scheduled, absl::Seconds(1));
+}
+
+TEST(EventLoopTest, ManyThreadsSchedulingTimersAllFire) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 500;
+  std::atomic<int> fired{0};
+  std::atomic<int> cancelled{0};
+  Signal all;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        // Every third one is cancelled again; the rest must fire.
+        TimerId id = loop->RunAfter(absl::Microseconds((i * 37 + t * 11) % 3000), [&] {
+          if (fired.fetch_add(1) + 1 + cancelled.load() == kThreads * kPerThread) {
+            all.Notify();
+          }
+        });
+        if (i % 3 == 0 && loop->Cancel(id)) cancelled.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // A last no-op timer re-checks the total once every producer is done.
+  loop->RunAfter(absl::Milliseconds(5), [&] {
+    if (fired.load() + cancelled.load() == kThreads * kPerThread) all.Notify();
+  });
+  ASSERT_TRUE(all.WaitFor(kWaitLimit))
+      << "fired " << fired.load() << " cancelled " << cancelled.load();
+  EXPECT_EQ(fired.load() + cancelled.load(), kThreads * kPerThread);
+}
+
+// --- fd watching ---
+
+class RecordingHandler : public FdHandler {
+ public:
+  explicit RecordingHandler(int fd) : fd_(fd) {}
+  void OnFdEvents(uint32_t events) override {
+    uint64_t value = 0;
+    // Drain, so that the level-triggered fd does not fire again.
+    if (read(fd_, &value, sizeof(value)) == sizeof(value)) total_ += value;
+    calls_.fetch_add(1);
+    last_events_.store(events);
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+  }
+  bool WaitForCalls(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(kWaitLimit),
+                        [&] { return calls_.load() >= n; });
+  }
+  int calls() const { return calls_.load(); }
+  uint32_t last_events() const { return last_events_.load(); }
+  uint64_t total() const { return total_.load(); }
+
+ private:
+  const int fd_;
+  std::atomic<int> calls_{0};
+  std::atomic<uint32_t> last_events_{0};
+  std::atomic<uint64_t> total_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+void Bump(int efd, uint64_t v) {
+  ASSERT_EQ(write(efd, &v, sizeof(v)), static_cast<ssize_t>(sizeof(v)));
+}
+
+TEST(EventLoopTest, WatchDeliversEpollinAndUnwatchStopsIt) {
+  int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  ASSERT_GE(efd, 0);
+  RecordingHandler handler(efd);
+  {
+    auto loop = MakeLoop();
+    ASSERT_NE(loop, nullptr);
+    absl::Status watched = absl::UnknownError("not run");
+    ASSERT_TRUE(RunOnLoop(*loop, [&] { watched = loop->Watch(efd, EPOLLIN, &handler); }));
+    ASSERT_TRUE(watched.ok()) << watched;
+    EXPECT_EQ(handler.calls(), 0);  // nothing to read yet
+
+    Bump(efd, 3);
+    ASSERT_TRUE(handler.WaitForCalls(1));
+    EXPECT_TRUE(handler.last_events() & EPOLLIN);
+    EXPECT_EQ(handler.total(), 3u);
+
+    Bump(efd, 4);
+    ASSERT_TRUE(handler.WaitForCalls(2));
+    EXPECT_EQ(handler.total(), 7u);
+
+    // Watching the same fd twice is an error naming the fd.
+    absl::Status again;
+    ASSERT_TRUE(RunOnLoop(*loop, [&] { again = loop->Watch(efd, EPOLLIN, &handler); }));
+    EXPECT_EQ(again.code(), absl::StatusCode::kInternal);
+    EXPECT_NE(std::string(again.message()).find("fd " + std::to_string(efd)),
+              std::string::npos)
+        << again;
+
+    ASSERT_TRUE(RunOnLoop(*loop, [&] { loop->Unwatch(efd); }));
+    const int calls_before = handler.calls();
+    Bump(efd, 5);
+    // The fd is readable before these tasks are posted, so a still-watched fd
+    // would be dispatched in the iteration that runs them, or earlier.
+    ASSERT_TRUE(RunOnLoop(*loop, [] {}));
+    ASSERT_TRUE(RunOnLoop(*loop, [] {}));
+    EXPECT_EQ(handler.calls(), calls_before);
+    EXPECT_EQ(handler.total(), 7u);
+    ASSERT_TRUE(RunOnLoop(*loop, [&] { loop->Unwatch(efd); }));  // idempotent
+  }
+  close(efd);
+}
+
+TEST(EventLoopTest, WatchDeliversPipeHangup) {
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+  RecordingHandler handler(fds[0]);
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  absl::Status watched;
+  ASSERT_TRUE(RunOnLoop(*loop, [&] { watched = loop->Watch(fds[0], EPOLLIN, &handler); }));
+  ASSERT_TRUE(watched.ok()) << watched;
+  close(fds[1]);
+  ASSERT_TRUE(handler.WaitForCalls(1));
+  EXPECT_TRUE(handler.last_events() & EPOLLHUP) << handler.last_events();
+  ASSERT_TRUE(RunOnLoop(*loop, [&] { loop->Unwatch(fds[0]); }));
+  loop.reset();
+  close(fds[0]);
+}
+
+TEST(EventLoopTest, RewatchChangesTheInterestSet) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+  RecordingHandler handler(-1);  // never reads: EPOLLOUT is what we look at
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  absl::Status watched, rewatched;
+  // Nothing to read on sv[0]: EPOLLIN alone stays quiet...
+  ASSERT_TRUE(RunOnLoop(*loop, [&] { watched = loop->Watch(sv[0], EPOLLIN, &handler); }));
+  ASSERT_TRUE(watched.ok()) << watched;
+  ASSERT_TRUE(RunOnLoop(*loop, [] {}));
+  EXPECT_EQ(handler.calls(), 0);
+  // ...and asking for EPOLLOUT reports the socket writable.
+  ASSERT_TRUE(RunOnLoop(*loop, [&] {
+    rewatched = loop->Rewatch(sv[0], EPOLLIN | EPOLLOUT);
+  }));
+  ASSERT_TRUE(rewatched.ok()) << rewatched;
+  ASSERT_TRUE(handler.WaitForCalls(1));
+  EXPECT_TRUE(handler.last_events() & EPOLLOUT);
+  ASSERT_TRUE(RunOnLoop(*loop, [&] { loop->Unwatch(sv[0]); }));
+  loop.reset();
+  close(sv[0]);
+  close(sv[1]);
+}
+
+// The header promises that a handler may be destroyed right after Unwatch
+// even while its events sit in the current epoll batch. Two ready fds land
+// in one batch; whichever handler runs first unwatches and deletes the
+// other, which then must not be called (ASan would flag a use after free).
+class KillerHandler : public FdHandler {
+ public:
+  KillerHandler(EventLoop* loop, int fd, std::unique_ptr<KillerHandler>* victim,
+                int victim_fd, std::atomic<int>* calls, Signal* done)
+      : loop_(loop), fd_(fd), victim_(victim), victim_fd_(victim_fd), calls_(calls),
+        done_(done) {}
+  void OnFdEvents(uint32_t) override {
+    calls_->fetch_add(1);
+    if (*victim_ != nullptr) {
+      loop_->Unwatch(victim_fd_);
+      victim_->reset();
+    }
+    loop_->Unwatch(fd_);
+    done_->Notify();
+  }
+
+ private:
+  EventLoop* loop_;
+  int fd_;
+  std::unique_ptr<KillerHandler>* victim_;
+  int victim_fd_;
+  std::atomic<int>* calls_;
+  Signal* done_;
+};
+
+TEST(EventLoopTest, HandlerDeletedAfterUnwatchInTheSameBatchIsNotCalled) {
+  int a = eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC);  // both readable from the start
+  int b = eventfd(1, EFD_NONBLOCK | EFD_CLOEXEC);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  std::atomic<int> calls{0};
+  Signal done;
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  std::unique_ptr<KillerHandler> ha, hb;
+  ha = std::make_unique<KillerHandler>(loop.get(), a, &hb, b, &calls, &done);
+  hb = std::make_unique<KillerHandler>(loop.get(), b, &ha, a, &calls, &done);
+  absl::Status wa, wb;
+  ASSERT_TRUE(RunOnLoop(*loop, [&] {
+    wa = loop->Watch(a, EPOLLIN, ha.get());
+    wb = loop->Watch(b, EPOLLIN, hb.get());
+  }));
+  ASSERT_TRUE(wa.ok()) << wa;
+  ASSERT_TRUE(wb.ok()) << wb;
+  ASSERT_TRUE(done.WaitFor(kWaitLimit));
+  ASSERT_TRUE(RunOnLoop(*loop, [] {}));
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_TRUE((ha == nullptr) != (hb == nullptr));  // exactly one was deleted
+  loop.reset();
+  close(a);
+  close(b);
+}
+
+// --- DeferToEndOfIteration ---
+
+TEST(EventLoopTest, DeferredTasksRunAfterThePostedTasksOfTheSameIteration) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  std::vector<std::string> order;  // loop thread only until `done`
+  Signal done;
+  loop->Post([&] {
+    order.push_back("setup");
+    // Posted from the loop thread, t1 and t2 form the next iteration's batch.
+    loop->Post([&] {
+      order.push_back("t1");
+      loop->DeferToEndOfIteration([&] {
+        order.push_back("deferred");
+        // Posted now: next iteration. Deferred now: still this one.
+        loop->Post([&] {
+          order.push_back("next-iteration");
+          done.Notify();
+        });
+        loop->DeferToEndOfIteration([&] { order.push_back("deferred-by-deferred"); });
+      });
+    });
+    loop->Post([&] { order.push_back("t2"); });
+  });
+  ASSERT_TRUE(done.WaitFor(kWaitLimit));
+  EXPECT_THAT(order, ElementsAre("setup", "t1", "t2", "deferred", "deferred-by-deferred",
+                                 "next-iteration"));
+}
+
+TEST(EventLoopTest, DeferredTasksRunBeforeTheLoopSleeps) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  Signal done;
+  // Nothing else is pending: the deferred task must not wait for a wake-up.
+  loop->Post([&] { loop->DeferToEndOfIteration([&] { done.Notify(); }); });
+  EXPECT_TRUE(done.WaitFor(kWaitLimit));
+}
+
+// --- shutdown ---
+
+// Counts its destructions; `ran` counts calls.
+struct Tracked {
+  std::atomic<int>* destroyed;
+  explicit Tracked(std::atomic<int>* d) : destroyed(d) {}
+  ~Tracked() { destroyed->fetch_add(1); }
+};
+
+TEST(EventLoopTest, DestroyingTheLoopReleasesPendingTasksAndTimers) {
+  std::atomic<int> destroyed{0};
+  std::atomic<int> timers_ran{0};
+  std::atomic<int> tasks_ran{0};
+  constexpr int kTasks = 100;
+  constexpr int kTimers = 50;
+  {
+    auto loop = MakeLoop();
+    ASSERT_NE(loop, nullptr);
+    // Hold the loop thread so that tasks pile up behind it.
+    Signal release;
+    loop->Post([&] { release.WaitFor(kWaitLimit); });
+    for (int i = 0; i < kTasks; ++i) {
+      loop->Post([t = std::make_unique<Tracked>(&destroyed), &tasks_ran] {
+        tasks_ran.fetch_add(1);
+      });
+    }
+    for (int i = 0; i < kTimers; ++i) {
+      loop->RunAfter(absl::Hours(1) + absl::Seconds(i),
+                     [t = std::make_unique<Tracked>(&destroyed), &timers_ran] {
+                       timers_ran.fetch_add(1);
+                     });
+    }
+    std::thread releaser([&] { release.Notify(); });
+    loop.reset();  // joins the loop thread
+    releaser.join();
+  }
+  EXPECT_EQ(destroyed.load(), kTasks + kTimers);  // each exactly once, none leaked
+  EXPECT_EQ(timers_ran.load(), 0);
+  EXPECT_LE(tasks_ran.load(), kTasks);
+}
+
+TEST(EventLoopTest, DeferredTasksAreFlushedOnStop) {
+  std::atomic<bool> ran{false};
+  {
+    auto loop = MakeLoop();
+    ASSERT_NE(loop, nullptr);
+    ASSERT_TRUE(RunOnLoop(*loop, [&] {
+      loop->DeferToEndOfIteration([&] { ran = true; });
+    }));
+  }
+  EXPECT_TRUE(ran.load());
+}
+
+// The destructor destroys leftover tasks "outside the lock: their destructors
+// may Post". A destructor that posts back to the dying loop (a connection's
+// last reference sitting in a pending timer) must not make the loop write its
+// wake-up word into a descriptor it no longer owns. Here the destructor opens
+// a socket pair first, the way any other thread of the process might at that
+// moment, and checks that no stray bytes arrive on it.
+class PostsOnDestroy {
+ public:
+  PostsOnDestroy(EventLoop* loop, std::atomic<int>* stray_bytes)
+      : loop_(loop), stray_bytes_(stray_bytes) {}
+  PostsOnDestroy(const PostsOnDestroy&) = delete;
+  PostsOnDestroy& operator=(const PostsOnDestroy&) = delete;
+  ~PostsOnDestroy() {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) return;
+    loop_->Post([] {});
+    int total = 0;
+    for (int fd : sv) {
+      char buf[64];
+      ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n > 0) total += static_cast<int>(n);
+    }
+    stray_bytes_->store(total);
+    close(sv[0]);
+    close(sv[1]);
+  }
+
+ private:
+  EventLoop* loop_;
+  std::atomic<int>* stray_bytes_;
+};
+
+TEST(EventLoopTest, TaskDestroyedAtShutdownMayPostWithoutTouchingReusedFds) {
+  std::atomic<int> stray_bytes{-1};
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  EventLoop* raw = loop.get();  // unique_ptr::reset nulls `loop` before deleting
+  loop->RunAfter(absl::Hours(1),
+                 [p = std::make_unique<PostsOnDestroy>(raw, &stray_bytes)] {});
+  loop.reset();
+  EXPECT_EQ(stray_bytes.load(), 0)
+      << "the loop's Wake() wrote into an fd opened after the loop closed its eventfd";
+}
+
+// --- Runtime ---
+
+TEST(RuntimeTest, CreatesTheRequestedLoopsAndCyclesThroughThem) {
+  absl::StatusOr<std::shared_ptr<Runtime>> rt = Runtime::Create(3, "rt");
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  Runtime& r = **rt;
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r.loop(0).name(), "rt-0");
+  EXPECT_EQ(r.loop(1).name(), "rt-1");
+  EXPECT_EQ(r.loop(2).name(), "rt-2");
+  std::set<EventLoop*> distinct = {&r.loop(0), &r.loop(1), &r.loop(2)};
+  EXPECT_EQ(distinct.size(), 3u);
+
+  EventLoop* seq[6];
+  for (EventLoop*& l : seq) l = &r.NextLoop();
+  EXPECT_EQ(seq[0], &r.loop(0));
+  EXPECT_EQ(seq[1], &r.loop(1));
+  EXPECT_EQ(seq[2], &r.loop(2));
+  EXPECT_EQ(seq[3], &r.loop(0));
+  EXPECT_EQ(seq[4], &r.loop(1));
+  EXPECT_EQ(seq[5], &r.loop(2));
+
+  // Each loop has its own thread.
+  std::set<std::thread::id> threads;
+  for (size_t i = 0; i < r.size(); ++i) {
+    std::thread::id id;
+    ASSERT_TRUE(RunOnLoop(r.loop(i), [&] { id = std::this_thread::get_id(); }));
+    threads.insert(id);
+    EXPECT_FALSE(r.loop((i + 1) % 3).InExecutorThread());
+  }
+  EXPECT_EQ(threads.size(), 3u);
+}
+
+TEST(RuntimeTest, ZeroThreadsMeansOneLoopPerCpu) {
+  absl::StatusOr<std::shared_ptr<Runtime>> rt = Runtime::Create(0, "auto");
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  EXPECT_EQ((*rt)->size(),
+            static_cast<size_t>(std::max(1u, std::thread::hardware_concurrency())));
+}
+
+// --- ThreadPool ---
+
+TEST(ThreadPoolTest, RunsEverythingSubmittedBeforeTheDestructorReturns) {
+  constexpr int kTasks = 5000;
+  std::atomic<int> ran{0};
+  std::mutex ids_mu;
+  std::set<std::thread::id> ids;
+  {
+    ThreadPool pool(4, "workers");
+    for (int i = 0; i < kTasks; ++i) {
+      pool.Submit([&] {
+        ran.fetch_add(1);
+        std::lock_guard<std::mutex> lock(ids_mu);
+        ids.insert(std::this_thread::get_id());
+      });
+    }
+  }
+  EXPECT_EQ(ran.load(), kTasks);
+  EXPECT_LE(ids.size(), 4u);
+  EXPECT_EQ(ids.count(std::this_thread::get_id()), 0u);
+}
+
+TEST(ThreadPoolTest, TasksSubmittedByTasksDuringShutdownStillRun) {
+  std::atomic<int> ran{0};
+  ThreadPool* p = nullptr;
+  // Declared before the pool: the pool's destructor still runs it.
+  std::function<void(int)> step = [&](int left) {
+    ran.fetch_add(1);
+    if (left > 0) p->Submit([&step, left] { step(left - 1); });
+  };
+  {
+    ThreadPool pool(2, "chain");
+    p = &pool;
+    // Each task submits the next: the chain is still growing while the
+    // destructor waits.
+    pool.Submit([&] { step(99); });
+  }
+  EXPECT_EQ(ran.load(), 100);
+}
+
+TEST(ThreadPoolTest, ZeroThreadsStillRunsWork) {
+  std::atomic<int> ran{0};
+  {
+    ThreadPool pool(0, "min");
+    pool.Submit([&] { ran.fetch_add(1); });
+  }
+  EXPECT_EQ(ran.load(), 1);
+}
+
+TEST(ThreadPoolTest, WorkRunsWhileThePoolIsAlive) {
+  ThreadPool pool(2, "live");
+  Signal done;
+  pool.Submit([&] { done.Notify(); });
+  EXPECT_TRUE(done.WaitFor(kWaitLimit));  // not only at destruction
+}
+
+}  // namespace
+}  // namespace meshlib::runtime

@@ -1,0 +1,508 @@
+// What a server and a client do with a misbehaving peer: each case must close
+// (or skip) only what is bad, log why, and keep serving everyone else.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+#include "meshlib/client/channel.h"
+#include "meshlib/core/log.h"
+#include "meshlib/server/server.h"
+#include "meshlib/transport/frame.h"
+#include "meshlib/transport/socket.h"
+
+namespace meshlib {
+namespace {
+
+using transport::FrameType;
+
+// Collects log lines so a test can check that a reason was logged.
+class LogCapture {
+ public:
+  LogCapture() {
+    core::SetLogSink([this](core::LogLevel, absl::string_view msg) {
+      absl::MutexLock lock(&mu_);
+      lines_.emplace_back(msg);
+    });
+  }
+  ~LogCapture() { core::SetLogSink(nullptr); }
+
+  // Waits up to `timeout` for a line containing `needle`.
+  bool WaitFor(absl::string_view needle, absl::Duration timeout = absl::Seconds(5)) {
+    absl::Time give_up = absl::Now() + timeout;
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        for (const auto& l : lines_) {
+          if (absl::StrContains(l, needle)) return true;
+        }
+      }
+      if (absl::Now() >= give_up) return false;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+
+  std::string All() {
+    absl::MutexLock lock(&mu_);
+    std::string s;
+    for (const auto& l : lines_) absl::StrAppend(&s, l, "\n");
+    return s;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
+};
+
+int RawConnect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  return fd;
+}
+
+void SendAll(int fd, absl::string_view bytes) {
+  while (!bytes.empty()) {
+    ssize_t n = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n <= 0) return;
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+// Reads until EOF or `timeout`; true if the peer closed the connection.
+bool WaitClosed(int fd, absl::Duration timeout, std::string* got = nullptr) {
+  absl::Time give_up = absl::Now() + timeout;
+  char buf[4096];
+  while (absl::Now() < give_up) {
+    pollfd p{fd, POLLIN, 0};
+    int ms = static_cast<int>(absl::ToInt64Milliseconds(give_up - absl::Now())) + 1;
+    if (poll(&p, 1, ms) <= 0) continue;
+    ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) return true;
+    if (n < 0) return errno == ECONNRESET;
+    if (got) got->append(buf, static_cast<size_t>(n));
+  }
+  return false;
+}
+
+// Reads exactly one frame (header + body) within `timeout`. Bytes past that
+// frame stay in the per-fd buffer for the next call.
+absl::Mutex& LeftoverMu() {
+  static auto* mu = new absl::Mutex();
+  return *mu;
+}
+std::map<int, std::string>& Leftovers() {
+  static auto* m = new std::map<int, std::string>();
+  return *m;
+}
+
+bool ReadFrame(int fd, absl::Duration timeout, std::string* frame_bytes) {
+  std::string buf;
+  {
+    absl::MutexLock lock(&LeftoverMu());
+    buf = std::move(Leftovers()[fd]);
+    Leftovers().erase(fd);
+  }
+  absl::Time give_up = absl::Now() + timeout;
+  char tmp[4096];
+  for (;;) {
+    transport::FrameView f;
+    size_t used = 0;
+    if (!transport::DecodeFrame(buf, transport::FrameLimits{}, &f, &used).ok()) return false;
+    if (used > 0) {
+      *frame_bytes = buf.substr(0, used);
+      absl::MutexLock lock(&LeftoverMu());
+      if (used < buf.size()) Leftovers()[fd] = buf.substr(used);
+      return true;
+    }
+    if (absl::Now() >= give_up) return false;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0) continue;
+    ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+    if (n <= 0) return false;
+    buf.append(tmp, static_cast<size_t>(n));
+  }
+}
+
+// Closes a raw test socket and forgets what ReadFrame buffered for it.
+void CloseFd(int fd) {
+  {
+    absl::MutexLock lock(&LeftoverMu());
+    Leftovers().erase(fd);
+  }
+  close(fd);
+}
+
+transport::Response ParseResponse(const std::string& frame_bytes, uint32_t* stream_id) {
+  transport::FrameView f;
+  size_t used;
+  EXPECT_TRUE(transport::DecodeFrame(frame_bytes, transport::FrameLimits{}, &f, &used).ok());
+  EXPECT_EQ(f.header.type, static_cast<uint8_t>(FrameType::kResponse));
+  *stream_id = f.header.stream_id;
+  auto r = transport::ParseResponseBody(f.body, transport::FrameLimits{});
+  EXPECT_TRUE(r.ok()) << r.status();
+  return r.ok() ? *r : transport::Response{};
+}
+
+std::string Request(uint32_t id, absl::string_view method, absl::string_view payload) {
+  std::string out;
+  transport::AppendRequest(&out, id, method, absl::Seconds(5), {}, payload);
+  return out;
+}
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server::ServerOptions opts;
+    opts.io_threads = 2;
+    opts.idle_timeout = absl::Milliseconds(300);
+    opts.limits.max_frame_size = 1 << 20;
+    server_ = std::make_unique<server::Server>(opts);
+    ASSERT_TRUE(server_
+                    ->RegisterAsync("Echo/Say",
+                                    [](std::shared_ptr<server::ServerCall> c) {
+                                      c->Finish(absl::OkStatus(), c->request());
+                                    })
+                    .ok());
+    ASSERT_TRUE(server_
+                    ->RegisterAsync("Slow/Wait",
+                                    [this](std::shared_ptr<server::ServerCall> c) {
+                                      c->OnCancel([this] { slow_cancelled_.Notify(); });
+                                      slow_started_.Notify();
+                                      // Answers only when cancelled.
+                                      c->OnCancel([this, c] {
+                                        slow_cancelled_.Notify();
+                                        c->Finish(absl::CancelledError("gone"));
+                                      });
+                                    })
+                    .ok());
+    auto port = server_->Start("127.0.0.1:0");
+    ASSERT_TRUE(port.ok()) << port.status();
+    port_ = *port;
+    client::ChannelOptions copts;
+    auto ch = client::Channel::Create(server_->address(), copts);
+    ASSERT_TRUE(ch.ok());
+    good_ = *std::move(ch);
+  }
+
+  // The well-behaved client still gets answers.
+  void ExpectGoodClientServed() {
+    client::CallOptions o;
+    o.timeout = absl::Seconds(5);
+    client::CallResult r = good_->CallBlocking("Echo/Say", "still here", o);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.payload, "still here");
+  }
+
+  LogCapture logs_;
+  std::unique_ptr<server::Server> server_;
+  std::unique_ptr<client::Channel> good_;
+  int port_ = 0;
+  absl::Notification slow_started_;
+  absl::Notification slow_cancelled_;
+};
+
+TEST_F(BadInputTest, GarbageBytesCloseOnlyThatConnection) {
+  ExpectGoodClientServed();
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("unsupported protocol version 71")) << logs_.All();
+  ExpectGoodClientServed();
+}
+
+TEST_F(BadInputTest, OversizedLengthPrefixIsRejectedFromTheHeader) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  // A header announcing 1 GiB; no body follows. The server must not wait
+  // for (or allocate) the body.
+  std::string h = Request(1, "Echo/Say", "");
+  h.resize(transport::kFrameHeaderSize);
+  h[8] = 0x40;
+  h[9] = h[10] = h[11] = 0;
+  SendAll(fd, h);
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("over the max_frame_size limit of 1048576")) << logs_.All();
+  ExpectGoodClientServed();
+}
+
+TEST_F(BadInputTest, TruncatedFrameThenCloseIsHandled) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  std::string req = Request(1, "Echo/Say", std::string(100, 'x'));
+  SendAll(fd, req.substr(0, req.size() / 2));
+  shutdown(fd, SHUT_WR);
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("in the middle of a frame")) << logs_.All();
+  ExpectGoodClientServed();
+}
+
+TEST_F(BadInputTest, TruncatedFrameThenSilenceIsClosedByIdleTimeout) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  std::string req = Request(1, "Echo/Say", std::string(100, 'x'));
+  SendAll(fd, req.substr(0, 20));
+  ExpectGoodClientServed();  // while the half frame sits there
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("idle for")) << logs_.All();
+}
+
+TEST_F(BadInputTest, ClientThatNeverSendsIsClosedAfterIdleTimeout) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  absl::Time start = absl::Now();
+  ExpectGoodClientServed();
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(250));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("no call in flight (idle_timeout 300ms)")) << logs_.All();
+  ExpectGoodClientServed();
+}
+
+TEST_F(BadInputTest, UnknownFrameTypeIsSkippedAndTheConnectionKeepsWorking) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  std::string unknown = Request(7, "Echo/Say", "zzz");
+  unknown[1] = 0x7e;  // a type this version does not know
+  SendAll(fd, unknown + Request(9, "Echo/Say", "after"));
+  std::string frame;
+  ASSERT_TRUE(ReadFrame(fd, absl::Seconds(5), &frame));
+  uint32_t id;
+  transport::Response r = ParseResponse(frame, &id);
+  EXPECT_EQ(id, 9u);
+  EXPECT_EQ(r.payload, "after");
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("skipping frame of unknown type 126")) << logs_.All();
+}
+
+TEST_F(BadInputTest, UnknownVersionClosesTheConnection) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  std::string req = Request(1, "Echo/Say", "v2?");
+  req[0] = 2;
+  SendAll(fd, req);
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("unsupported protocol version 2")) << logs_.All();
+  ExpectGoodClientServed();
+}
+
+TEST_F(BadInputTest, MalformedRequestBodyFailsOnlyThatCall) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  // A well-framed REQUEST whose method length runs past the body.
+  std::string bad;
+  transport::AppendCancel(&bad, 3);  // a header we then rewrite
+  bad[1] = static_cast<char>(FrameType::kRequest);
+  bad[11] = 2;
+  bad.push_back(static_cast<char>(0x7f));  // method length 127
+  bad.push_back('E');
+  SendAll(fd, bad + Request(5, "Echo/Say", "ok"));
+  std::string frame;
+  uint32_t id;
+  ASSERT_TRUE(ReadFrame(fd, absl::Seconds(5), &frame));
+  transport::Response r = ParseResponse(frame, &id);
+  EXPECT_EQ(id, 3u);
+  EXPECT_EQ(r.code, absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(r.message, "method: length 127")) << r.message;
+  ASSERT_TRUE(ReadFrame(fd, absl::Seconds(5), &frame)) << logs_.All();
+  r = ParseResponse(frame, &id);
+  EXPECT_EQ(id, 5u);
+  EXPECT_EQ(r.payload, "ok");
+  CloseFd(fd);
+}
+
+TEST_F(BadInputTest, DuplicateStreamIdClosesTheConnection) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  SendAll(fd, Request(11, "Slow/Wait", "") + Request(11, "Slow/Wait", ""));
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("reuses stream 11")) << logs_.All();
+  // The first call was cancelled when its connection closed.
+  EXPECT_TRUE(slow_cancelled_.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ExpectGoodClientServed();
+}
+
+TEST_F(BadInputTest, PeerResetMidCallCancelsItsCalls) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  SendAll(fd, Request(1, "Slow/Wait", ""));
+  ASSERT_TRUE(slow_started_.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  linger lg{1, 0};  // close with RST
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  CloseFd(fd);
+  EXPECT_TRUE(slow_cancelled_.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ExpectGoodClientServed();
+  // The reset connection is gone from the server's books.
+  absl::Time give_up = absl::Now() + absl::Seconds(5);
+  while (server_->connection_count() > 1 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(server_->connection_count(), 1u);
+  EXPECT_EQ(server_->active_calls(), 0);
+}
+
+TEST_F(BadInputTest, ResponseSentToAServerClosesThatConnection) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  std::string resp;
+  transport::AppendResponse(&resp, 1, 0, absl::StatusCode::kOk, "", {}, "x");
+  SendAll(fd, resp);
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("RESPONSE frame sent to a server")) << logs_.All();
+}
+
+// --- A misbehaving server, seen from the client ---
+
+// A one-connection fake server scripted by the test.
+class FakePeer {
+ public:
+  FakePeer() {
+    auto addr = transport::ParseHostPort("127.0.0.1:0");
+    listen_fd_ = *transport::ListenTcp(*addr, 16);
+    address_ = transport::LocalAddress(listen_fd_)->ToString();
+  }
+  ~FakePeer() {
+    if (conn_fd_ >= 0) close(conn_fd_);
+    close(listen_fd_);
+  }
+  const std::string& address() const { return address_; }
+
+  // Accepts the client's connection and reads its first request frame.
+  bool AcceptAndReadRequest(uint32_t* stream_id) {
+    pollfd p{listen_fd_, POLLIN, 0};
+    if (poll(&p, 1, 5000) <= 0) return false;
+    conn_fd_ = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn_fd_ < 0) return false;
+    std::string frame;
+    if (!ReadFrame(conn_fd_, absl::Seconds(5), &frame)) return false;
+    transport::FrameView f;
+    size_t used;
+    if (!transport::DecodeFrame(frame, transport::FrameLimits{}, &f, &used).ok()) return false;
+    *stream_id = f.header.stream_id;
+    return true;
+  }
+  void Send(absl::string_view bytes) { SendAll(conn_fd_, bytes); }
+  void Reset() {
+    linger lg{1, 0};
+    setsockopt(conn_fd_, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(conn_fd_);
+    conn_fd_ = -1;
+  }
+
+ private:
+  int listen_fd_ = -1;
+  int conn_fd_ = -1;
+  std::string address_;
+};
+
+struct AsyncResult {
+  absl::Notification done;
+  client::CallResult result;
+};
+
+TEST(MisbehavingServerTest, ReplyForUnknownStreamIsDroppedAndTheRealOneArrives) {
+  FakePeer peer;
+  auto ch = *client::Channel::Create(peer.address(), client::ChannelOptions{});
+  AsyncResult res;
+  client::CallOptions o;
+  o.timeout = absl::Seconds(5);
+  ch->Call("Echo/Say", "hi", o, [&](client::CallResult r) {
+    res.result = std::move(r);
+    res.done.Notify();
+  });
+  uint32_t id;
+  ASSERT_TRUE(peer.AcceptAndReadRequest(&id));
+  std::string bytes;
+  transport::AppendResponse(&bytes, id + 1000, 0, absl::StatusCode::kOk, "", {}, "bogus");
+  transport::AppendResponse(&bytes, id, 0, absl::StatusCode::kOk, "", {}, "real");
+  peer.Send(bytes);
+  ASSERT_TRUE(res.done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ASSERT_TRUE(res.result.status.ok()) << res.result.status;
+  EXPECT_EQ(res.result.payload, "real");
+}
+
+TEST(MisbehavingServerTest, MalformedResponseBodyFailsThatCallWithInternal) {
+  FakePeer peer;
+  auto ch = *client::Channel::Create(peer.address(), client::ChannelOptions{});
+  AsyncResult res;
+  ch->Call("Echo/Say", "hi", {}, [&](client::CallResult r) {
+    res.result = std::move(r);
+    res.done.Notify();
+  });
+  uint32_t id;
+  ASSERT_TRUE(peer.AcceptAndReadRequest(&id));
+  std::string bytes;
+  transport::AppendResponse(&bytes, id, 0, absl::StatusCode::kOk, "", {}, "");
+  bytes[transport::kFrameHeaderSize] = 99;  // status code 99
+  peer.Send(bytes);
+  ASSERT_TRUE(res.done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(res.result.status.code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(absl::StrContains(res.result.status.message(), "status code: 99"))
+      << res.result.status;
+}
+
+TEST(MisbehavingServerTest, GarbageFromServerFailsCallsInFlightWithUnavailable) {
+  FakePeer peer;
+  auto ch = *client::Channel::Create(peer.address(), client::ChannelOptions{});
+  AsyncResult res;
+  ch->Call("Echo/Say", "hi", {}, [&](client::CallResult r) {
+    res.result = std::move(r);
+    res.done.Notify();
+  });
+  uint32_t id;
+  ASSERT_TRUE(peer.AcceptAndReadRequest(&id));
+  peer.Send("\xff\xff garbage garbage");
+  ASSERT_TRUE(res.done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(res.result.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(res.result.status.message(), "unsupported protocol version 255"))
+      << res.result.status;
+  EXPECT_FALSE(res.result.not_processed);  // it may have been processed
+}
+
+TEST(MisbehavingServerTest, ServerResetMidCallFailsTheCallWithUnavailable) {
+  FakePeer peer;
+  auto ch = *client::Channel::Create(peer.address(), client::ChannelOptions{});
+  AsyncResult res;
+  ch->Call("Echo/Say", "hi", {}, [&](client::CallResult r) {
+    res.result = std::move(r);
+    res.done.Notify();
+  });
+  uint32_t id;
+  ASSERT_TRUE(peer.AcceptAndReadRequest(&id));
+  peer.Reset();
+  ASSERT_TRUE(res.done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(res.result.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(res.result.status.message(), peer.address()))
+      << res.result.status;
+}
+
+}  // namespace
+}  // namespace meshlib

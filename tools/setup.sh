@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building, testing, benchmarking and the
+# demo need. Idempotent: does nothing when all are present.
+set -euo pipefail
+
+PACKAGES=(
+  bazel-bootstrap          # Bazel 4, builds offline
+  build-essential
+  pkg-config
+  libabsl-dev              # Abseil
+  libc-ares-dev            # c-ares (DNS discovery)
+  android-libboringssl-dev # BoringSSL (TLS)
+  nlohmann-json3-dev       # JSON
+  libgtest-dev libgmock-dev
+  libbenchmark-dev         # Google Benchmark
+  libgrpc++-dev            # gRPC C++: a benchmark peer only
+  clang libclang-rt-14-dev # libFuzzer
+  python3
+  procps                   # pkill/ps, used by the scripts
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "setup: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${missing[@]}" >&2

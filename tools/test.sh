@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: every Bazel test, again under ASan+UBSan, and a
+# bounded libFuzzer run of the frame decoder. Installs what it needs first.
+# Ends with one line "N passed, M failed" and exits non-zero on any failure.
+#
+#   tools/test.sh                 # everything
+#   SKIP_ASAN=1 tools/test.sh     # skip the sanitizer pass
+#   FUZZ_SECONDS=10 tools/test.sh # shorter fuzz run (default 60)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+
+passed=0
+failed=0
+failures=()
+log_dir=$(mktemp -d)
+
+# Runs bazel test with the given flags and counts targets by their status.
+run_bazel_suite() {
+  local label=$1
+  shift
+  local log="$log_dir/$label.log"
+  echo "== bazel test $* //..." >&2
+  bazel test --keep_going "$@" //... 2>&1 | tee "$log" | grep -E "^(//|INFO: Build|ERROR|FAIL)" >&2
+  local p f
+  p=$(grep -cE "^//[^ ]+ +(\(cached\) )?PASSED" "$log")
+  f=$(grep -cE "^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|NO STATUS|INCOMPLETE)" "$log")
+  if ((p + f == 0)); then
+    # Nothing ran: the build itself failed.
+    f=1
+    failures+=("$label: build failed (see $log)")
+  fi
+  while read -r line; do failures+=("$label: $line"); done < <(
+    grep -E "^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|NO STATUS|INCOMPLETE)" "$log" | awk '{print $1}')
+  passed=$((passed + p))
+  failed=$((failed + f))
+}
+
+run_bazel_suite default
+if [[ -z "${SKIP_ASAN:-}" ]]; then
+  run_bazel_suite asan --config=asan
+fi
+
+if [[ -z "${SKIP_FUZZ:-}" ]]; then
+  echo "== fuzz: frame decoder, ${FUZZ_SECONDS:-60}s" >&2
+  if FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash tests/fuzz/run_fuzzers.sh >"$log_dir/fuzz.log" 2>&1; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    failures+=("fuzz: frame_decoder_fuzzer (see $log_dir/fuzz.log)")
+    tail -30 "$log_dir/fuzz.log" >&2
+  fi
+fi
+
+for f in "${failures[@]}"; do echo "FAILED: $f" >&2; done
+echo "$passed passed, $failed failed"
+((failed == 0))
