@@ -12,6 +12,9 @@
 #include "absl/strings/str_cat.h"
 
 namespace meshlib::runtime {
+namespace {
+constexpr absl::Duration kMaxSleep = absl::Milliseconds(500);
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(std::string name) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -142,17 +145,18 @@ int EventLoop::ComputeTimeoutMs() {
     sleep_until_ = absl::InfinitePast();
     return 0;
   }
-  if (timers_.empty()) {
-    sleep_until_ = absl::InfiniteFuture();
-    return -1;
-  }
-  absl::Time next = timers_.begin()->first.first;
+  absl::Time now = absl::Now();
+  // Never sleep longer than kMaxSleep. Far-off timers (call deadlines are
+  // seconds away) then rarely need a cross-thread wake-up when they are
+  // added: only a timer due before the loop would wake anyway costs one.
+  absl::Time next = now + kMaxSleep;
+  if (!timers_.empty()) next = std::min(next, timers_.begin()->first.first);
   sleep_until_ = next;
-  absl::Duration wait = next - absl::Now();
+  absl::Duration wait = next - now;
   if (wait <= absl::ZeroDuration()) return 0;
   // Round up so that a timer never fires early.
-  int64_t ms = absl::ToInt64Milliseconds(absl::Ceil(wait, absl::Milliseconds(1)));
-  return static_cast<int>(std::min<int64_t>(ms, 60'000));
+  return static_cast<int>(
+      absl::ToInt64Milliseconds(absl::Ceil(wait, absl::Milliseconds(1))));
 }
 
 void EventLoop::RunExpiredTimers() {
