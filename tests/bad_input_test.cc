@@ -14,8 +14,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include "meshlib/core/sync.h"
 #include "gtest/gtest.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/core/log.h"
@@ -32,19 +31,19 @@ using transport::FrameType;
 class LogCapture {
  public:
   LogCapture() {
-    core::SetLogSink([this](core::LogLevel, absl::string_view msg) {
-      absl::MutexLock lock(&mu_);
+    meshlib::core::SetLogSink([this](meshlib::core::LogLevel, absl::string_view msg) {
+      meshlib::core::MutexLock lock(&mu_);
       lines_.emplace_back(msg);
     });
   }
-  ~LogCapture() { core::SetLogSink(nullptr); }
+  ~LogCapture() { meshlib::core::SetLogSink(nullptr); }
 
   // Waits up to `timeout` for a line containing `needle`.
   bool WaitFor(absl::string_view needle, absl::Duration timeout = absl::Seconds(5)) {
     absl::Time give_up = absl::Now() + timeout;
     for (;;) {
       {
-        absl::MutexLock lock(&mu_);
+        meshlib::core::MutexLock lock(&mu_);
         for (const auto& l : lines_) {
           if (absl::StrContains(l, needle)) return true;
         }
@@ -55,14 +54,14 @@ class LogCapture {
   }
 
   std::string All() {
-    absl::MutexLock lock(&mu_);
+    meshlib::core::MutexLock lock(&mu_);
     std::string s;
     for (const auto& l : lines_) absl::StrAppend(&s, l, "\n");
     return s;
   }
 
  private:
-  absl::Mutex mu_;
+  meshlib::core::Mutex mu_;
   std::vector<std::string> lines_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -107,8 +106,8 @@ bool WaitClosed(int fd, absl::Duration timeout, std::string* got = nullptr) {
 
 // Reads exactly one frame (header + body) within `timeout`. Bytes past that
 // frame stay in the per-fd buffer for the next call.
-absl::Mutex& LeftoverMu() {
-  static auto* mu = new absl::Mutex();
+meshlib::core::Mutex& LeftoverMu() {
+  static auto* mu = new meshlib::core::Mutex();
   return *mu;
 }
 std::map<int, std::string>& Leftovers() {
@@ -119,7 +118,7 @@ std::map<int, std::string>& Leftovers() {
 bool ReadFrame(int fd, absl::Duration timeout, std::string* frame_bytes) {
   std::string buf;
   {
-    absl::MutexLock lock(&LeftoverMu());
+    meshlib::core::MutexLock lock(&LeftoverMu());
     buf = std::move(Leftovers()[fd]);
     Leftovers().erase(fd);
   }
@@ -131,7 +130,7 @@ bool ReadFrame(int fd, absl::Duration timeout, std::string* frame_bytes) {
     if (!transport::DecodeFrame(buf, transport::FrameLimits{}, &f, &used).ok()) return false;
     if (used > 0) {
       *frame_bytes = buf.substr(0, used);
-      absl::MutexLock lock(&LeftoverMu());
+      meshlib::core::MutexLock lock(&LeftoverMu());
       if (used < buf.size()) Leftovers()[fd] = buf.substr(used);
       return true;
     }
@@ -147,7 +146,7 @@ bool ReadFrame(int fd, absl::Duration timeout, std::string* frame_bytes) {
 // Closes a raw test socket and forgets what ReadFrame buffered for it.
 void CloseFd(int fd) {
   {
-    absl::MutexLock lock(&LeftoverMu());
+    meshlib::core::MutexLock lock(&LeftoverMu());
     Leftovers().erase(fd);
   }
   close(fd);
@@ -218,8 +217,8 @@ class BadInputTest : public ::testing::Test {
   std::unique_ptr<server::Server> server_;
   std::unique_ptr<client::Channel> good_;
   int port_ = 0;
-  absl::Notification slow_started_;
-  absl::Notification slow_cancelled_;
+  meshlib::core::Notification slow_started_;
+  meshlib::core::Notification slow_cancelled_;
 };
 
 TEST_F(BadInputTest, GarbageBytesCloseOnlyThatConnection) {
@@ -424,7 +423,7 @@ class FakePeer {
 };
 
 struct AsyncResult {
-  absl::Notification done;
+  meshlib::core::Notification done;
   client::CallResult result;
 };
 

@@ -19,7 +19,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/server/server.h"
 
 ABSL_FLAG(int, port, 0, "TCP port; 0 picks a free one");
@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   std::atomic<const std::string*> name_view{&name};
   std::string bound_name;
   const std::string zone = absl::GetFlag(FLAGS_zone);
-  absl::Mutex rng_mu;
+  meshlib::core::Mutex rng_mu;
   std::mt19937_64 rng(std::random_device{}());
   std::uniform_real_distribution<double> unit(0.0, 1.0);
 
@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
         if (!zone.empty()) call->AddResponseMetadata("zone", zone);
         bool fail = false;
         if (error_rate > 0) {
-          absl::MutexLock lock(&rng_mu);
+          meshlib::core::MutexLock lock(&rng_mu);
           fail = unit(rng) < error_rate;
         }
         absl::Status result =

@@ -25,8 +25,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include "meshlib/core/sync.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
@@ -64,7 +63,7 @@ std::string CodeName(absl::StatusCode code) {
 class Recorder {
  public:
   void Add(const CallResult& r, absl::Duration latency) {
-    absl::MutexLock lock(&mu_);
+    meshlib::core::MutexLock lock(&mu_);
     ++done_;
     if (r.status.ok()) {
       ++ok_;
@@ -76,16 +75,16 @@ class Recorder {
     latencies_us_.push_back(absl::ToDoubleMicroseconds(latency));
   }
   int64_t done() {
-    absl::MutexLock lock(&mu_);
+    meshlib::core::MutexLock lock(&mu_);
     return done_;
   }
   int64_t failed() {
-    absl::MutexLock lock(&mu_);
+    meshlib::core::MutexLock lock(&mu_);
     return done_ - ok_;
   }
 
   nlohmann::json ToJson(absl::Duration elapsed) {
-    absl::MutexLock lock(&mu_);
+    meshlib::core::MutexLock lock(&mu_);
     std::sort(latencies_us_.begin(), latencies_us_.end());
     auto pct = [&](double p) -> double {
       if (latencies_us_.empty()) return 0;
@@ -110,7 +109,7 @@ class Recorder {
   }
 
  private:
-  absl::Mutex mu_;
+  meshlib::core::Mutex mu_;
   int64_t done_ = 0;
   int64_t ok_ = 0;
   std::map<std::string, int64_t> errors_;
@@ -204,7 +203,7 @@ int main(int argc, char** argv) {
   Recorder rec;
   std::atomic<int64_t> issued{0};
   std::atomic<int64_t> in_flight{0};
-  absl::Notification all_done;
+  meshlib::core::Notification all_done;
   const absl::Time start = absl::Now();
   const absl::Time end = duration > absl::ZeroDuration() ? start + duration : absl::InfiniteFuture();
   std::atomic<int64_t> completed{0};

@@ -3,14 +3,14 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <mutex>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/core/log.h"
 #include "meshlib/transport/connection.h"
 #include "meshlib/transport/socket.h"
@@ -45,7 +45,7 @@ class ClientCall {
   bool completed() const { return completed_.load(std::memory_order_acquire); }
 
   void SetWire(std::weak_ptr<ClientConnection> conn, uint32_t stream_id) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     conn_ = std::move(conn);
     stream_id_ = stream_id;
   }
@@ -54,9 +54,12 @@ class ClientCall {
 
  private:
   std::atomic<bool> completed_{false};
-  absl::Mutex mu_;
-  std::weak_ptr<ClientConnection> conn_ ABSL_GUARDED_BY(mu_);
-  uint32_t stream_id_ ABSL_GUARDED_BY(mu_) = 0;
+  // A plain std::mutex: one is made per call, and core::Mutex registers
+  // itself with its deadlock detector on destruction, which costs more than
+  // the call.
+  std::mutex mu_;
+  std::weak_ptr<ClientConnection> conn_;  // guarded by mu_
+  uint32_t stream_id_ = 0;                // guarded by mu_
 };
 
 namespace {
@@ -76,7 +79,7 @@ void RunOnLoopAndWait(runtime::EventLoop* loop, absl::AnyInvocable<void()> fn) {
     fn();
     return;
   }
-  absl::Notification done;
+  core::Notification done;
   loop->Post([&] {
     fn();
     done.Notify();
@@ -110,7 +113,7 @@ class ClientConnection final : public transport::FramedConnection {
     }
     uint32_t id;
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       if (closed_ || goaway_) {
         return absl::UnavailableError(absl::StrCat("connection to ", peer(),
                                                    closed_ ? " is closed" : " is draining"));
@@ -135,7 +138,7 @@ class ClientConnection final : public transport::FramedConnection {
 
   // Drops a call from the table; returns true if it was there.
   bool Forget(uint32_t id) {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     bool found = pending_.erase(id) > 0;
     if (found) MaybeCloseAfterGoAwayLocked();
     return found;
@@ -165,7 +168,7 @@ class ClientConnection final : public transport::FramedConnection {
   }
 
   const std::weak_ptr<Subchannel> owner_;
-  absl::Mutex mu_;
+  core::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending_ ABSL_GUARDED_BY(mu_);
   uint32_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
@@ -179,7 +182,7 @@ void ClientCall::AbandonOnWire() {
   std::shared_ptr<ClientConnection> conn;
   uint32_t id;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     conn = conn_.lock();
     id = stream_id_;
   }
@@ -215,7 +218,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   bool ready() const { return state_view_.load(std::memory_order_acquire) == State::kReady; }
 
   void RequestConnect() {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     if (state_ == State::kIdle) BeginConnectLocked();
   }
 
@@ -224,7 +227,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     std::shared_ptr<ClientConnection> conn;
     absl::Status fail;
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       switch (state_) {
         case State::kReady:
           conn = conn_;
@@ -268,7 +271,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     std::shared_ptr<ClientConnection> conn;
     std::vector<std::shared_ptr<ClientCall>> queued;
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       SetStateLocked(State::kShutdown);
       conn = std::move(conn_);
       queued.swap(queued_);
@@ -289,7 +292,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   // server that accepts and closes) counts as a failed attempt and backs off,
   // so it cannot turn into a reconnect loop.
   void OnConnectionLost(ClientConnection* conn, const absl::Status& reason, bool worked) {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     if (conn_.get() != conn || state_ == State::kShutdown) return;
     conn_.reset();
     if (worked) {
@@ -327,7 +330,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
 
   void ConnectOnLoop() {
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       if (state_ != State::kConnecting) return;
     }
     absl::StatusOr<int> fd = transport::StartConnect(addr_);
@@ -377,7 +380,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     std::vector<std::shared_ptr<ClientCall>> queued;
     bool abandoned = false;
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       if (state_ != State::kConnecting) {
         abandoned = true;
       } else {
@@ -405,7 +408,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     loop_->Cancel(timer_);
     std::vector<std::shared_ptr<ClientCall>> queued;
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       if (state_ != State::kConnecting) return;
       queued.swap(queued_);
       EnterBackoffLocked(status);
@@ -426,7 +429,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     timer_ = loop_->RunAfter(delay, [weak] {
       auto self = weak.lock();
       if (!self) return;
-      absl::MutexLock lock(&self->mu_);
+      core::MutexLock lock(&self->mu_);
       if (self->state_ == State::kBackoff) self->BeginConnectLocked();
     });
   }
@@ -445,7 +448,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   int connect_fd_ = -1;
   runtime::TimerId timer_;
 
-  absl::Mutex mu_;
+  core::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kIdle;
   std::shared_ptr<ClientConnection> conn_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<ClientCall>> queued_ ABSL_GUARDED_BY(mu_);
@@ -487,7 +490,7 @@ void ClientConnection::OnFrame(const transport::FrameView& frame) {
 void ClientConnection::OnResponse(const transport::FrameView& frame) {
   std::shared_ptr<ClientCall> call;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     auto it = pending_.find(frame.header.stream_id);
     if (it != pending_.end()) {
       call = std::move(it->second);
@@ -532,7 +535,7 @@ void ClientConnection::OnGoAway(const transport::FrameView& frame) {
   }
   std::vector<std::shared_ptr<ClientCall>> unprocessed;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     goaway_ = true;
     for (auto it = pending_.begin(); it != pending_.end();) {
       auto cur = it++;
@@ -553,14 +556,14 @@ void ClientConnection::OnGoAway(const transport::FrameView& frame) {
                             peer(), " is going away and did not process the call: ", g->message)),
                         true));
   }
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   MaybeCloseAfterGoAwayLocked();
 }
 
 void ClientConnection::OnClosed(const absl::Status& reason) {
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     closed_ = true;
     pending.swap(pending_);
   }
@@ -674,7 +677,7 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
                                  const CallOptions& options) {
   CallResult result;
   std::atomic<bool> ready{false};
-  absl::Notification done;
+  core::Notification done;
   Call(method, request, options, [&](CallResult r) {
     result = std::move(r);
     ready.store(true, std::memory_order_release);

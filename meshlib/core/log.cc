@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "absl/synchronization/mutex.h"
+#include "meshlib/core/sync.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -26,8 +26,8 @@ std::atomic<int>& MinLevel() {
   return level;
 }
 
-absl::Mutex& SinkMutex() {
-  static absl::Mutex* mu = new absl::Mutex();
+core::Mutex& SinkMutex() {
+  static core::Mutex* mu = new core::Mutex();
   return *mu;
 }
 
@@ -58,7 +58,7 @@ void SetMinLogLevel(LogLevel level) {
 
 void Log(LogLevel level, absl::string_view message) {
   if (!LogEnabled(level)) return;
-  absl::MutexLock lock(&SinkMutex());
+  core::MutexLock lock(&SinkMutex());
   if (Sink()) {
     Sink()(level, message);
     return;
@@ -69,7 +69,7 @@ void Log(LogLevel level, absl::string_view message) {
 }
 
 LogSink SetLogSink(LogSink sink) {
-  absl::MutexLock lock(&SinkMutex());
+  core::MutexLock lock(&SinkMutex());
   LogSink old = std::move(Sink());
   Sink() = std::move(sink);
   return old;

@@ -53,7 +53,7 @@ EventLoop::~EventLoop() {
   std::vector<Task> posted;
   absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     posted.swap(posted_);
     timers.swap(timers_);
   }
@@ -74,7 +74,7 @@ void EventLoop::Wake() {
 void EventLoop::Post(Task task) {
   bool wake;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     wake = posted_.empty();
     posted_.push_back(std::move(task));
   }
@@ -85,7 +85,7 @@ TimerId EventLoop::RunAt(absl::Time when, Task task) {
   TimerId id;
   bool wake;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     id.when = when;
     id.seq = next_timer_seq_++;
     timers_.emplace(std::make_pair(when, id.seq), std::move(task));
@@ -99,7 +99,7 @@ TimerId EventLoop::RunAt(absl::Time when, Task task) {
 bool EventLoop::Cancel(TimerId id) {
   if (!id.valid()) return false;
   Task victim;  // destroyed outside the lock
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   auto it = timers_.find(std::make_pair(id.when, id.seq));
   if (it == timers_.end()) return false;
   victim = std::move(it->second);
@@ -140,7 +140,7 @@ void EventLoop::DeferToEndOfIteration(Task task) {
 }
 
 int EventLoop::ComputeTimeoutMs() {
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   if (!posted_.empty() || !deferred_.empty()) {
     sleep_until_ = absl::InfinitePast();
     return 0;
@@ -164,7 +164,7 @@ void EventLoop::RunExpiredTimers() {
   for (;;) {
     Task task;
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       if (timers_.empty()) return;
       auto it = timers_.begin();
       if (it->first.first > now) return;
@@ -178,7 +178,7 @@ void EventLoop::RunExpiredTimers() {
 void EventLoop::RunPostedTasks() {
   std::vector<Task> batch;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     batch.swap(posted_);
   }
   for (Task& t : batch) t();
@@ -198,7 +198,7 @@ void EventLoop::Run() {
       break;
     }
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       sleep_until_ = absl::InfinitePast();  // awake: nobody needs to wake us
     }
     for (int i = 0; i < n; ++i) {

@@ -25,7 +25,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/runtime/executor.h"
 
 namespace meshlib::runtime {
@@ -84,7 +84,7 @@ class EventLoop final : public Executor {
   absl::flat_hash_map<int, FdHandler*> handlers_;
   std::vector<Task> deferred_;
 
-  absl::Mutex mu_;
+  core::Mutex mu_;
   std::vector<Task> posted_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers_
       ABSL_GUARDED_BY(mu_);

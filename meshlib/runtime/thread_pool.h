@@ -9,14 +9,14 @@
 #ifndef MESHLIB_RUNTIME_THREAD_POOL_H_
 #define MESHLIB_RUNTIME_THREAD_POOL_H_
 
+#include <condition_variable>
 #include <deque>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
 
 namespace meshlib::runtime {
 
@@ -33,9 +33,10 @@ class ThreadPool {
   void Work();
 
   const std::string name_;
-  absl::Mutex mu_;
-  std::deque<absl::AnyInvocable<void()>> queue_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<absl::AnyInvocable<void()>> queue_;  // guarded by mu_
+  bool stop_ = false;                             // guarded by mu_
   std::vector<std::thread> threads_;
 };
 

@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/core/log.h"
 #include "meshlib/transport/connection.h"
 #include "meshlib/transport/socket.h"
@@ -266,7 +266,7 @@ runtime::Executor& ServerCall::executor() const { return *conn_->loop(); }
 
 void ServerCall::OnCancel(absl::AnyInvocable<void()> fn) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!IsCancelled()) {
       on_cancel_ = std::move(fn);
       return;
@@ -279,14 +279,14 @@ void ServerCall::Cancel() {
   if (cancelled_.exchange(true, std::memory_order_acq_rel)) return;
   absl::AnyInvocable<void()> fn;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     fn = std::move(on_cancel_);
   }
   if (fn) fn();
 }
 
 void ServerCall::AddResponseMetadata(std::string key, std::string value) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   response_metadata_.emplace_back(std::move(key), std::move(value));
 }
 
@@ -296,7 +296,7 @@ void ServerCall::Finish(absl::Status status, std::string response) {
   if (!conn_->closed()) {
     Metadata md;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       md = std::move(response_metadata_);
     }
     conn_->SendReply(stream_id_, 0, status, md, response);
@@ -365,7 +365,7 @@ void RunOnLoopAndWait(runtime::EventLoop& loop, absl::AnyInvocable<void()> fn) {
     fn();
     return;
   }
-  absl::Notification done;
+  core::Notification done;
   loop.Post([&] {
     fn();
     done.Notify();
@@ -437,7 +437,7 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
 std::string Server::address() const { return address_; }
 
 size_t Server::connection_count() {
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   return conns_.size();
 }
 
@@ -448,7 +448,7 @@ void Server::OnAccepted(int fd, std::string peer) {
   auto conn = std::make_shared<ServerConnection>(
       this, counter_, &loop, std::make_unique<transport::TcpStream>(fd, std::move(peer)), copts);
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     if (shut_down_) return;  // conn's destructor closes the fd
     conns_.emplace(conn.get(), conn);
   }
@@ -457,13 +457,13 @@ void Server::OnAccepted(int fd, std::string peer) {
 }
 
 void Server::OnConnectionClosed(ServerConnection* conn) {
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   conns_.erase(conn);
 }
 
 void Server::Shutdown(absl::Duration drain_timeout) {
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     if (shut_down_) return;
     shut_down_ = true;
   }
@@ -474,7 +474,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
   }
   std::vector<std::shared_ptr<ServerConnection>> conns;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     for (auto& [p, c] : conns_) conns.push_back(c);
   }
   for (auto& c : conns) c->SendGoAway("server is shutting down");
@@ -492,7 +492,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
   conns.clear();
   for (;;) {
     {
-      absl::MutexLock lock(&mu_);
+      core::MutexLock lock(&mu_);
       if (conns_.empty()) break;
     }
     absl::SleepFor(absl::Milliseconds(1));

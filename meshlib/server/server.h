@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -33,7 +34,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "meshlib/core/sync.h"
 #include "absl/time/time.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/runtime/thread_pool.h"
@@ -108,9 +109,11 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> finished_{false};
   runtime::TimerId deadline_timer_;
-  absl::Mutex mu_;
-  Metadata response_metadata_ ABSL_GUARDED_BY(mu_);
-  absl::AnyInvocable<void()> on_cancel_ ABSL_GUARDED_BY(mu_);
+  // std::mutex rather than core::Mutex: one is made per call, and
+  // core::Mutex's destructor updates its deadlock detector's graph.
+  std::mutex mu_;
+  Metadata response_metadata_;            // guarded by mu_
+  absl::AnyInvocable<void()> on_cancel_;  // guarded by mu_
 };
 
 using AsyncHandler = std::function<void(std::shared_ptr<ServerCall>)>;
@@ -170,7 +173,7 @@ class Server {
   std::atomic<bool> draining_{false};
   std::atomic<int64_t> active_calls_{0};
 
-  absl::Mutex mu_;
+  core::Mutex mu_;
   absl::flat_hash_map<ServerConnection*, std::shared_ptr<ServerConnection>> conns_
       ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;

@@ -3,17 +3,17 @@
 namespace meshlib::testing {
 
 absl::Time FakeExecutor::Now() {
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   return now_;
 }
 
 void FakeExecutor::Post(Task task) {
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   posted_.push_back(std::move(task));
 }
 
 runtime::TimerId FakeExecutor::RunAt(absl::Time when, Task task) {
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   runtime::TimerId id{when, next_seq_++};
   timers_.emplace(std::make_pair(when, id.seq), std::move(task));
   return id;
@@ -21,7 +21,7 @@ runtime::TimerId FakeExecutor::RunAt(absl::Time when, Task task) {
 
 bool FakeExecutor::Cancel(runtime::TimerId id) {
   Task victim;
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   auto it = timers_.find(std::make_pair(id.when, id.seq));
   if (it == timers_.end()) return false;
   victim = std::move(it->second);
@@ -32,7 +32,7 @@ bool FakeExecutor::Cancel(runtime::TimerId id) {
 bool FakeExecutor::RunOne() {
   Task task;
   {
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     if (!posted_.empty()) {
       task = std::move(posted_.front());
       posted_.erase(posted_.begin());
@@ -58,7 +58,7 @@ int FakeExecutor::RunPending() {
 void FakeExecutor::AdvanceTo(absl::Time t) {
   for (;;) {
     RunPending();
-    absl::MutexLock lock(&mu_);
+    core::MutexLock lock(&mu_);
     if (timers_.empty() || timers_.begin()->first.first > t) {
       if (now_ < t) now_ = t;
       break;
@@ -70,7 +70,7 @@ void FakeExecutor::AdvanceTo(absl::Time t) {
 }
 
 size_t FakeExecutor::PendingTimers() {
-  absl::MutexLock lock(&mu_);
+  core::MutexLock lock(&mu_);
   return timers_.size();
 }
 

@@ -18,7 +18,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
-#include "absl/synchronization/mutex.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/runtime/executor.h"
 
 namespace meshlib::testing {
@@ -44,7 +44,7 @@ class FakeExecutor final : public runtime::Executor {
  private:
   bool RunOne() ABSL_LOCKS_EXCLUDED(mu_);
 
-  absl::Mutex mu_;
+  core::Mutex mu_;
   absl::Time now_ ABSL_GUARDED_BY(mu_);
   std::vector<Task> posted_ ABSL_GUARDED_BY(mu_);
   absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers_

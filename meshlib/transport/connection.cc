@@ -31,7 +31,7 @@ void FramedConnection::Start() {
       return;
     }
     self->self_ = self;
-    absl::MutexLock lock(&self->write_mu_);
+    core::MutexLock lock(&self->write_mu_);
     if (self->out_.size() > self->out_offset_ && !self->flush_scheduled_) {
       // Frames were queued before the stream was watched.
       self->flush_scheduled_ = true;
@@ -41,7 +41,7 @@ void FramedConnection::Start() {
 }
 
 absl::Status FramedConnection::Send(absl::FunctionRef<void(std::string*)> encode) {
-  absl::MutexLock lock(&write_mu_);
+  core::MutexLock lock(&write_mu_);
   if (write_closed_) {
     return absl::UnavailableError(absl::StrCat("connection to ", peer(), " is closed"));
   }
@@ -93,7 +93,7 @@ void FramedConnection::FlushLocked() {
 }
 
 void FramedConnection::FlushFromLoop() {
-  absl::MutexLock lock(&write_mu_);
+  core::MutexLock lock(&write_mu_);
   flush_scheduled_ = false;
   if (write_closed_ || close_done_) return;
   bool was_blocked = blocked_;
@@ -198,7 +198,7 @@ void FramedConnection::CloseOnLoop(absl::Status reason) {
   close_done_ = true;
   closed_flag_.store(true, std::memory_order_release);
   {
-    absl::MutexLock lock(&write_mu_);
+    core::MutexLock lock(&write_mu_);
     write_closed_ = true;
     // Best effort: whatever is queued (a GOAWAY, final replies) goes out.
     while (out_offset_ < out_.size()) {

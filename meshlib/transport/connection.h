@@ -24,7 +24,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "meshlib/core/sync.h"
 #include "absl/time/time.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/transport/byte_stream.h"
@@ -93,7 +93,7 @@ class FramedConnection : public runtime::FdHandler,
   bool close_done_ = false;
   absl::Time last_read_time_;
 
-  absl::Mutex write_mu_;
+  core::Mutex write_mu_;
   std::string out_ ABSL_GUARDED_BY(write_mu_);
   size_t out_offset_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool write_closed_ ABSL_GUARDED_BY(write_mu_) = false;

@@ -1,0 +1,133 @@
+// meshlib side of the end-to-end echo benchmark (see run_e2e.sh): the same
+// flags and output as rawtcp/raw_echo_client and grpc/grpc_echo_client.
+//
+//   pingpong:   one blocking call at a time on one connection.
+//   throughput: --inflight async calls spread over --connections connections;
+//               each reply issues the next call.
+#include <atomic>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "meshlib/core/sync.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "benchmarks/common/bench_stats.h"
+#include "meshlib/client/channel.h"
+
+ABSL_FLAG(std::string, address, "127.0.0.1:7000", "Server as host:port.");
+ABSL_FLAG(std::string, mode, "pingpong", "pingpong or throughput.");
+ABSL_FLAG(int, payload, 64, "Payload bytes per request (and reply).");
+ABSL_FLAG(absl::Duration, duration, absl::Seconds(5), "Measured time.");
+ABSL_FLAG(absl::Duration, warmup, absl::Seconds(1), "Unmeasured time before it.");
+ABSL_FLAG(int, connections, 4, "Throughput mode: connections to spread load on.");
+ABSL_FLAG(int, inflight, 32, "Throughput mode: calls in flight in total.");
+ABSL_FLAG(int, io_threads, 1, "Client reactor threads.");
+ABSL_FLAG(bool, json, false, "Print one JSON line instead of prose.");
+
+namespace {
+
+using meshlib::bench::NowNs;
+using meshlib::client::CallOptions;
+using meshlib::client::CallResult;
+using meshlib::client::Channel;
+
+constexpr char kMethod[] = "Echo/Say";
+
+int Fail(const std::string& msg) {
+  std::cerr << "meshlib_echo_client: " << msg << "\n";
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  const bool pingpong = mode == "pingpong";
+  if (!pingpong && mode != "throughput") return Fail("--mode must be pingpong or throughput");
+
+  meshlib::client::ChannelOptions opts;
+  opts.io_threads = absl::GetFlag(FLAGS_io_threads);
+  opts.connections = pingpong ? 1 : absl::GetFlag(FLAGS_connections);
+  opts.default_timeout = absl::Seconds(10);
+  auto channel = Channel::Create(absl::GetFlag(FLAGS_address), opts);
+  if (!channel.ok()) return Fail(std::string(channel.status().message()));
+  Channel& ch = **channel;
+  const std::string payload(static_cast<size_t>(absl::GetFlag(FLAGS_payload)), 'x');
+  const CallOptions call_opts;
+
+  // Every connection is up before the clock starts.
+  ch.Connect();
+  for (int i = 0; i < 200 && ch.ReadyConnections() < opts.connections; ++i) {
+    CallResult r = ch.CallBlocking(kMethod, payload, call_opts);
+    if (!r.status.ok()) return Fail(r.status.ToString());
+  }
+
+  const int64_t warmup_end = NowNs() + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_warmup));
+  const int64_t end = warmup_end + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_duration));
+  meshlib::bench::RunResult result;
+  result.system = "meshlib";
+  result.mode = mode;
+
+  if (pingpong) {
+    result.latencies_ns.reserve(1 << 20);
+    for (;;) {
+      int64_t t0 = NowNs();
+      if (t0 >= end) break;
+      CallResult r = ch.CallBlocking(kMethod, payload, call_opts);
+      int64_t t1 = NowNs();
+      if (!r.status.ok()) return Fail(r.status.ToString());
+      if (t0 >= warmup_end) result.latencies_ns.push_back(t1 - t0);
+    }
+    result.calls = static_cast<int64_t>(result.latencies_ns.size());
+    result.elapsed = absl::Nanoseconds(end - warmup_end);
+  } else {
+    // Closed loop: each completion issues the next call until `end`.
+    std::atomic<int64_t> measured{0};
+    std::atomic<int64_t> errors{0};
+    std::atomic<int> live{absl::GetFlag(FLAGS_inflight)};
+    meshlib::core::Notification all_stopped;
+    meshlib::core::Mutex mu;
+    std::vector<int64_t> samples;
+    std::string first_error;
+    struct Loop {
+      std::function<void()> issue;
+    };
+    std::vector<std::unique_ptr<Loop>> loops;
+    for (int i = 0; i < absl::GetFlag(FLAGS_inflight); ++i) {
+      auto loop = std::make_unique<Loop>();
+      Loop* self = loop.get();
+      self->issue = [&, self] {
+        int64_t t0 = NowNs();
+        if (t0 >= end) {
+          if (live.fetch_sub(1) == 1) all_stopped.Notify();
+          return;
+        }
+        ch.Call(kMethod, payload, call_opts, [&, self, t0](CallResult r) {
+          int64_t t1 = NowNs();
+          if (!r.status.ok()) {
+            if (errors.fetch_add(1) == 0) {
+              meshlib::core::MutexLock lock(&mu);
+              first_error = r.status.ToString();
+            }
+          } else if (t0 >= warmup_end && t1 < end) {
+            measured.fetch_add(1, std::memory_order_relaxed);
+          }
+          self->issue();
+        });
+      };
+      loops.push_back(std::move(loop));
+    }
+    for (auto& l : loops) l->issue();
+    all_stopped.WaitForNotification();
+    if (errors.load() > 0) return Fail(absl::StrCat(errors.load(), " calls failed; first: ", first_error));
+    result.calls = measured.load();
+    result.elapsed = absl::Nanoseconds(end - warmup_end);
+  }
+  std::cout << meshlib::bench::FormatResult(result, absl::GetFlag(FLAGS_json)) << std::endl;
+  return 0;
+}
