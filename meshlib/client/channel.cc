@@ -545,7 +545,7 @@ void ClientConnection::OnGoAway(const transport::FrameView& frame) {
       }
     }
   }
-  core::Log(core::LogLevel::kInfo,
+  core::Log(core::LogLevel::kDebug,
             absl::StrCat("GOAWAY from ", peer(), ": ", g->message,
                          "; moving new calls to a new connection"));
   if (auto owner = owner_.lock()) {

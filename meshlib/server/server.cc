@@ -436,6 +436,10 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
 
 std::string Server::address() const { return address_; }
 
+int64_t Server::active_calls() const {
+  return counter_ ? counter_->active.load(std::memory_order_acquire) : 0;
+}
+
 size_t Server::connection_count() {
   core::MutexLock lock(&mu_);
   return conns_.size();

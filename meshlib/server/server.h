@@ -143,7 +143,7 @@ class Server {
   void Shutdown(absl::Duration drain_timeout);
 
   // Calls being served right now, across connections.
-  int64_t active_calls() const { return active_calls_.load(); }
+  int64_t active_calls() const;
   size_t connection_count();
 
  private:
@@ -158,8 +158,6 @@ class Server {
   const Method* FindMethod(absl::string_view name) const;
   void OnAccepted(int fd, std::string peer);
   void OnConnectionClosed(ServerConnection* conn);
-  void CallStarted() { active_calls_.fetch_add(1, std::memory_order_relaxed); }
-  void CallEnded();
   bool draining() const { return draining_.load(std::memory_order_acquire); }
 
   const ServerOptions options_;
@@ -171,7 +169,6 @@ class Server {
   std::string address_;
   std::atomic<bool> started_{false};
   std::atomic<bool> draining_{false};
-  std::atomic<int64_t> active_calls_{0};
 
   core::Mutex mu_;
   absl::flat_hash_map<ServerConnection*, std::shared_ptr<ServerConnection>> conns_

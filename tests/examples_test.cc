@@ -1,0 +1,288 @@
+// The example binaries as a user runs them: real processes, real sockets,
+// the flags and output formats that DESIGN.md's contract promises.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "meshlib/client/channel.h"
+#include "meshlib/core/sync.h"
+#include "nlohmann/json.hpp"
+
+extern char** environ;
+
+namespace meshlib {
+namespace {
+
+std::string Runfile(const std::string& path) {
+  const char* dir = std::getenv("TEST_SRCDIR");
+  return absl::StrCat(dir ? dir : ".", "/meshlib/", path);
+}
+
+// A child process with its stdout and stderr captured through pipes.
+class Process {
+ public:
+  explicit Process(std::vector<std::string> argv) {
+    int out[2], err[2];
+    EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
+    EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
+    EXPECT_EQ(rc, 0) << "spawn " << argv[0];
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(err[1]);
+    out_fd_ = out[0];
+    err_fd_ = err[0];
+  }
+  ~Process() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      Wait(absl::Seconds(5));
+    }
+    close(out_fd_);
+    close(err_fd_);
+  }
+
+  // Reads stdout until a line starting with `prefix` appears; returns it.
+  std::string WaitForLine(absl::string_view prefix, absl::Duration timeout) {
+    absl::Time give_up = absl::Now() + timeout;
+    for (;;) {
+      size_t pos = 0;
+      while (pos < out_.size()) {
+        size_t nl = out_.find('\n', pos);
+        if (nl == std::string::npos) break;
+        std::string line = out_.substr(pos, nl - pos);
+        if (absl::StartsWith(line, prefix)) return line;
+        pos = nl + 1;
+      }
+      if (absl::Now() >= give_up || !Pump(out_fd_, &out_, give_up)) return "";
+    }
+  }
+
+  // Waits for exit; returns the exit status (or -1 on timeout / signal).
+  int Wait(absl::Duration timeout) {
+    absl::Time give_up = absl::Now() + timeout;
+    for (;;) {
+      int status;
+      pid_t r = waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        exited_ = true;
+        Drain();
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      }
+      if (absl::Now() >= give_up) return -1;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+  const std::string& out() const { return out_; }
+  const std::string& err() const { return err_; }
+
+ private:
+  // Reads what is available (waiting until `until`); false on EOF/timeout.
+  static bool Pump(int fd, std::string* into, absl::Time until) {
+    pollfd p{fd, POLLIN, 0};
+    int ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(until - absl::Now())));
+    if (poll(&p, 1, std::min(ms, 50)) <= 0) return absl::Now() < until;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n <= 0) return false;
+    into->append(buf, static_cast<size_t>(n));
+    return true;
+  }
+  void Drain() {
+    for (auto [fd, s] : {std::make_pair(out_fd_, &out_), std::make_pair(err_fd_, &err_)}) {
+      int flags = fcntl(fd, F_GETFL);
+      fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+      char buf[4096];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0) s->append(buf, static_cast<size_t>(n));
+    }
+  }
+
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  int err_fd_ = -1;
+  bool exited_ = false;
+  std::string out_;
+  std::string err_;
+};
+
+std::string EchoServer() { return Runfile("examples/echo/echo_server"); }
+std::string Meshcall() { return Runfile("examples/meshcall/meshcall"); }
+
+// Starts echo_server with `flags`; returns its "host:port".
+std::string StartServer(Process* p) {
+  std::string line = p->WaitForLine("listening on ", absl::Seconds(10));
+  EXPECT_FALSE(line.empty()) << "no 'listening on' line";
+  return line.substr(strlen("listening on "));
+}
+
+std::string WriteConfig(const std::string& body) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  static int n = 0;
+  std::string path = absl::StrCat(tmp ? tmp : "/tmp", "/mesh", ++n, ".json");
+  std::ofstream(path) << body;
+  return path;
+}
+
+std::string ConfigFor(const std::string& addr, const std::string& timeout = "1s") {
+  return WriteConfig(absl::StrCat(R"({"services": {"echo": {"discovery": {"static": {"endpoints": [")",
+                                  addr, R"("]}}, "timeout": ")", timeout, R"("}}})"));
+}
+
+nlohmann::json RunJson(std::vector<std::string> argv) {
+  Process p(std::move(argv));
+  int rc = p.Wait(absl::Seconds(60));
+  EXPECT_EQ(rc, 0) << p.err();
+  try {
+    return nlohmann::json::parse(p.out());
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not JSON: " << p.out() << " / " << p.err();
+    return {};
+  }
+}
+
+TEST(ExamplesTest, OneOffCallPrintsTheReplyAndTheServerName) {
+  Process server({EchoServer(), "--port=0", "--name=alpha"});
+  std::string addr = StartServer(&server);
+  ASSERT_TRUE(absl::StartsWith(addr, "127.0.0.1:")) << addr;
+  Process call({Meshcall(), "--config=" + ConfigFor(addr), "--service=echo", "--method=Echo/Say",
+                "--data=hello mesh"});
+  EXPECT_EQ(call.Wait(absl::Seconds(30)), 0) << call.err();
+  EXPECT_TRUE(absl::StrContains(call.out(), "OK from " + addr + " (alpha)")) << call.out();
+  EXPECT_TRUE(absl::StrContains(call.out(), "hello mesh")) << call.out();
+}
+
+TEST(ExamplesTest, JsonLoadRunReportsEveryContractField) {
+  Process server({EchoServer(), "--port=0"});
+  std::string addr = StartServer(&server);
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + ConfigFor(addr), "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=300",
+                              "--concurrency=8", "--json"});
+  EXPECT_EQ(j["requests"], 300);
+  EXPECT_EQ(j["ok"], 300);
+  EXPECT_TRUE(j["errors"].empty()) << j.dump();
+  EXPECT_EQ(j["by_endpoint"][addr], 300) << j.dump();
+  EXPECT_EQ(j["retries"], 0);
+  EXPECT_EQ(j["hedges"], 0);
+  EXPECT_GT(j["qps"].get<double>(), 0);
+  for (const char* k : {"p50", "p90", "p99", "p999", "max"}) {
+    ASSERT_TRUE(j["latency_us"].contains(k)) << k;
+    EXPECT_GT(j["latency_us"][k].get<double>(), 0) << k;
+  }
+  EXPECT_LE(j["latency_us"]["p50"].get<double>(), j["latency_us"]["p99"].get<double>());
+  EXPECT_LE(j["latency_us"]["p99"].get<double>(), j["latency_us"]["max"].get<double>());
+}
+
+TEST(ExamplesTest, ErrorRateAnswersUnavailable) {
+  Process server({EchoServer(), "--port=0", "--error_rate=1"});
+  std::string addr = StartServer(&server);
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + ConfigFor(addr), "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=50", "--json"});
+  EXPECT_EQ(j["ok"], 0);
+  EXPECT_EQ(j["errors"]["UNAVAILABLE"], 50) << j.dump();
+}
+
+TEST(ExamplesTest, LatencyOverTheTimeoutIsDeadlineExceeded) {
+  Process server({EchoServer(), "--port=0", "--latency_ms=300"});
+  std::string addr = StartServer(&server);
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + ConfigFor(addr, "50ms"), "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=5", "--json"});
+  EXPECT_EQ(j["errors"]["DEADLINE_EXCEEDED"], 5) << j.dump();
+  // Each call gave up at its deadline, not at the server's pace.
+  EXPECT_LT(j["latency_us"]["max"].get<double>(), 250'000) << j.dump();
+}
+
+TEST(ExamplesTest, OpenLoopRateSendsAtTheRequestedPace) {
+  Process server({EchoServer(), "--port=0"});
+  std::string addr = StartServer(&server);
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + ConfigFor(addr), "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--rate=400", "--duration=1s",
+                              "--json"});
+  EXPECT_EQ(j["ok"], 400) << j.dump();
+}
+
+TEST(ExamplesTest, BrokenConfigExitsNonZeroNamingTheField) {
+  std::string path = WriteConfig(
+      R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+          "timeout": "soon"}}})");
+  Process call({Meshcall(), "--config=" + path, "--service=echo", "--method=Echo/Say", "--data=x"});
+  EXPECT_NE(call.Wait(absl::Seconds(30)), 0);
+  EXPECT_TRUE(absl::StrContains(call.err(), "services.echo.timeout")) << call.err();
+}
+
+TEST(ExamplesTest, UnreachableServiceFailsWithUnavailable) {
+  // A port nothing listens on: take one from a server that then exits.
+  std::string addr;
+  {
+    Process server({EchoServer(), "--port=0"});
+    addr = StartServer(&server);
+    server.Signal(SIGTERM);
+    ASSERT_EQ(server.Wait(absl::Seconds(10)), 0);
+  }
+  Process call({Meshcall(), "--config=" + ConfigFor(addr), "--service=echo", "--method=Echo/Say",
+                "--data=x"});
+  EXPECT_EQ(call.Wait(absl::Seconds(30)), 1);
+  EXPECT_TRUE(absl::StartsWith(call.out(), "UNAVAILABLE")) << call.out();
+  EXPECT_TRUE(absl::StrContains(call.out(), addr)) << call.out();
+}
+
+TEST(ExamplesTest, EchoServerRejectsBadFlags) {
+  Process server({EchoServer(), "--port=0", "--error_rate=1.5"});
+  EXPECT_EQ(server.Wait(absl::Seconds(10)), 2);
+  EXPECT_TRUE(absl::StrContains(server.err(), "--error_rate")) << server.err();
+}
+
+TEST(ExamplesTest, SigtermDrainsCallsInFlight) {
+  Process server({EchoServer(), "--port=0", "--latency_ms=1000"});
+  std::string addr = StartServer(&server);
+  auto ch = *client::Channel::Create(addr, client::ChannelOptions{});
+  constexpr int kCalls = 4;
+  core::Mutex mu;
+  int ok = 0, done = 0;
+  core::Notification all;
+  client::CallOptions o;
+  o.timeout = absl::Seconds(10);
+  for (int i = 0; i < kCalls; ++i) {
+    ch->Call("Echo/Say", "drain me", o, [&](client::CallResult r) {
+      core::MutexLock lock(&mu);
+      ok += r.status.ok() && r.payload == "drain me";
+      if (++done == kCalls) all.Notify();
+    });
+  }
+  // The calls reach the server within this margin on loopback; the server
+  // reports how many it drains, so a miss shows up as a clear failure.
+  absl::SleepFor(absl::Milliseconds(300));
+  server.Signal(SIGTERM);
+  ASSERT_TRUE(all.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(ok, kCalls);
+  EXPECT_EQ(server.Wait(absl::Seconds(10)), 0);
+  EXPECT_TRUE(absl::StrContains(server.err(), "draining 4 calls in flight")) << server.err();
+  EXPECT_TRUE(absl::StrContains(server.err(), "stopped")) << server.err();
+  // After the drain nothing listens there any more.
+  client::CallResult r = ch->CallBlocking("Echo/Say", "late", o);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+}
+
+}  // namespace
+}  // namespace meshlib

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with plain clang++ (fuzzing stays out of Bazel)
+# and runs each for a bounded time on a copy of its seed corpus.
+#
+#   tests/fuzz/run_fuzzers.sh                      # 60 s, output in a new temp dir
+#   FUZZ_SECONDS=30 FUZZ_OUT_DIR=/tmp/fz tests/fuzz/run_fuzzers.sh
+#
+# Environment:
+#   FUZZ_SECONDS  run time per fuzzer in seconds (default 60)
+#   FUZZ_OUT_DIR  where binaries, the working corpus and crash artifacts go
+#                 (default: a fresh mktemp -d). Nothing is written into the
+#                 source tree; to keep inputs the fuzzer found, copy them from
+#                 $FUZZ_OUT_DIR/corpus/<fuzzer>/ into tests/fuzz/corpus/ by hand.
+#   CXX           the compiler (default clang++; needs libclang-rt-14-dev)
+#
+# Exits non-zero if a build fails or a fuzzer finds a crash, leak, timeout or
+# out-of-memory input; the reproducer is left in $FUZZ_OUT_DIR/artifacts/.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "${repo_root}"
+
+seconds="${FUZZ_SECONDS:-60}"
+out_dir="${FUZZ_OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/meshlib-fuzz.XXXXXX")}"
+cxx="${CXX:-clang++}"
+
+case "${seconds}" in
+  '' | *[!0-9]*) echo "FUZZ_SECONDS must be a whole number of seconds, got '${seconds}'" >&2; exit 2 ;;
+esac
+mkdir -p "${out_dir}"
+out_dir="$(cd "${out_dir}" && pwd)"
+case "${out_dir}/" in
+  "${repo_root}/"*) echo "FUZZ_OUT_DIR must be outside the source tree: ${out_dir}" >&2; exit 2 ;;
+esac
+
+if ! command -v "${cxx}" >/dev/null 2>&1; then
+  echo "${cxx} not found: apt-get install clang libclang-rt-14-dev" >&2
+  exit 2
+fi
+if [[ ! -f "$("${cxx}" -print-file-name=libclang_rt.fuzzer-x86_64.a)" ]]; then
+  echo "libFuzzer runtime missing for ${cxx}: apt-get install libclang-rt-14-dev" >&2
+  exit 2
+fi
+
+# Sanitizer findings must stop the run: UBSan only warns unless told otherwise.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
+
+status=0
+
+# run_fuzzer NAME SOURCES... : builds NAME from SOURCES and fuzzes it.
+run_fuzzer() {
+  local name="$1"
+  shift
+  local bin="${out_dir}/${name}"
+  local corpus="${out_dir}/corpus/${name}"
+  local artifacts="${out_dir}/artifacts/${name}/"
+
+  echo "== building ${name} -> ${bin}"
+  # shellcheck disable=SC2046  # pkg-config output must split into words
+  "${cxx}" -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -I. "$@" \
+    $(pkg-config --cflags --libs absl_status absl_statusor absl_strings absl_time) \
+    -o "${bin}"
+
+  mkdir -p "${corpus}" "${artifacts}"
+  cp -R "tests/fuzz/corpus/${name}/." "${corpus}/"
+
+  echo "== fuzzing ${name} for ${seconds}s (corpus ${corpus})"
+  local rc=0
+  "${bin}" -max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
+    -print_final_stats=1 -artifact_prefix="${artifacts}" "${corpus}" \
+    >"${out_dir}/${name}.log" 2>&1 || rc=$?
+  tail -n 25 "${out_dir}/${name}.log"
+
+  local found
+  found="$(find "${artifacts}" -type f | head -n 20)"
+  if [[ ${rc} -ne 0 || -n "${found}" ]]; then
+    echo "!! ${name}: fuzzer exited with ${rc}; artifacts:" >&2
+    echo "${found:-  (none)}" >&2
+    echo "!! reproduce with: ${bin} <artifact>   (full log: ${out_dir}/${name}.log)" >&2
+    status=1
+  else
+    echo "== ${name}: no crash in ${seconds}s"
+  fi
+}
+
+run_fuzzer frame_decoder meshlib/transport/frame.cc tests/fuzz/frame_decoder_fuzzer.cc
+
+echo "== output in ${out_dir}"
+exit "${status}"
