@@ -14,7 +14,10 @@
 namespace meshlib::runtime {
 namespace {
 constexpr absl::Duration kMaxSleep = absl::Milliseconds(500);
+thread_local EventLoop* current_loop = nullptr;
 }  // namespace
+
+EventLoop* EventLoop::Current() { return current_loop; }
 
 absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(std::string name) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -186,6 +189,7 @@ void EventLoop::RunPostedTasks() {
 
 void EventLoop::Run() {
   thread_id_.store(std::this_thread::get_id(), std::memory_order_release);
+  current_loop = this;
   constexpr int kMaxEvents = 256;
   epoll_event events[kMaxEvents];
   while (!stop_.load(std::memory_order_acquire)) {

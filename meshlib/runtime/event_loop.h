@@ -65,6 +65,9 @@ class EventLoop final : public Executor {
 
   const std::string& name() const { return name_; }
 
+  // The loop whose thread is calling, or nullptr off any loop thread.
+  static EventLoop* Current();
+
  private:
   EventLoop(std::string name, int epoll_fd, int wake_fd);
   void Run();

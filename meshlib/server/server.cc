@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <shared_mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -20,9 +21,14 @@ namespace meshlib::server {
 using transport::FrameType;
 using transport::FrameView;
 
-// Counts calls in flight; outlives the Server so that a late Finish is safe.
+// State shared by the server, its connections and its calls; it outlives the
+// Server, so that a handler finishing a call after Shutdown is safe.
 struct CallCounter {
   std::atomic<int64_t> active{0};
+  // Finishing off the reactor touches the connection's loop; Shutdown flips
+  // `loops_alive` (exclusively) before the loops may be destroyed.
+  std::shared_mutex loops_mu;
+  bool loops_alive = true;  // guarded by loops_mu
 };
 
 class ServerConnection final : public transport::FramedConnection {
@@ -64,11 +70,12 @@ class ServerConnection final : public transport::FramedConnection {
     }
   }
 
-  // Any thread: the call's reply has been queued (or dropped).
-  void CallDone(uint32_t stream_id) {
+  // The call's reply has been queued (or dropped). `on_loop`: called on
+  // this connection's reactor thread.
+  void CallDone(uint32_t stream_id, bool on_loop) {
     counter_->active.fetch_sub(1, std::memory_order_acq_rel);
     if (closed()) return;  // calls_ was cleared at close
-    if (loop()->InExecutorThread()) {
+    if (on_loop) {
       calls_.erase(stream_id);
     } else {
       loop()->Post([self = self(), stream_id] { self->calls_.erase(stream_id); });
@@ -259,7 +266,7 @@ absl::string_view ServerCall::MetadataValue(absl::string_view key) const {
 
 absl::Duration ServerCall::RemainingTime() const {
   if (deadline_ == absl::InfiniteFuture()) return absl::InfiniteDuration();
-  return deadline_ - conn_->loop()->Now();
+  return deadline_ - absl::Now();
 }
 
 runtime::Executor& ServerCall::executor() const { return *conn_->loop(); }
@@ -292,6 +299,17 @@ void ServerCall::AddResponseMetadata(std::string key, std::string value) {
 
 void ServerCall::Finish(absl::Status status, std::string response) {
   if (finished_.exchange(true, std::memory_order_acq_rel)) return;
+  // Compares pointers only: the loop may already be gone.
+  const bool on_loop = runtime::EventLoop::Current() == conn_->loop();
+  std::shared_lock<std::shared_mutex> guard;
+  if (!on_loop) {
+    guard = std::shared_lock<std::shared_mutex>(conn_->counter_->loops_mu);
+    if (!conn_->counter_->loops_alive) {
+      // The server has shut down: nobody is left to answer.
+      conn_->counter_->active.fetch_sub(1, std::memory_order_acq_rel);
+      return;
+    }
+  }
   if (deadline_timer_.valid()) conn_->loop()->Cancel(deadline_timer_);
   if (!conn_->closed()) {
     Metadata md;
@@ -301,7 +319,7 @@ void ServerCall::Finish(absl::Status status, std::string response) {
     }
     conn_->SendReply(stream_id_, 0, status, md, response);
   }
-  conn_->CallDone(stream_id_);
+  conn_->CallDone(stream_id_, on_loop);
 }
 
 // --- Acceptor ---
@@ -502,6 +520,11 @@ void Server::Shutdown(absl::Duration drain_timeout) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   workers_.reset();  // runs queued sync handlers (they see cancellation), joins
+  {
+    // From here on, a late Finish from a handler's own thread is a no-op.
+    std::unique_lock<std::shared_mutex> lock(counter_->loops_mu);
+    counter_->loops_alive = false;
+  }
   acceptor_.reset();
   // Let each loop finish the tasks that the closes queued before the runtime
   // (or the caller's shared one) outlives us.

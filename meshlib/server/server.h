@@ -82,11 +82,12 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   // True once the caller cancelled, the deadline passed, or the connection
   // closed. A handler doing long work should check it.
   bool IsCancelled() const { return cancelled_.load(std::memory_order_acquire); }
-  // Runs `fn` once when the call is cancelled (right away if it already is).
-  // Runs on the reactor thread.
+  // Runs `fn` once when the call is cancelled: on the reactor thread, or
+  // right away on the calling thread if the call already is cancelled.
   void OnCancel(absl::AnyInvocable<void()> fn);
   const std::string& peer() const { return peer_; }
-  // The reactor that owns this call's connection: for timers in async handlers.
+  // The reactor that owns this call's connection: for timers in async
+  // handlers. Valid until the server shuts down.
   runtime::Executor& executor() const;
 
   // Adds metadata to the response. Before Finish.

@@ -64,6 +64,29 @@ TEST(FrameEncodeTest, RequestHeaderLayoutIsBigEndian) {
   EXPECT_EQ(wire, Header(1, 1, 0, 0x01020304, 4) + std::string("\x01m\x00\x00", 4));
 }
 
+// The worked example at the end of docs/protocol.md, byte for byte.
+TEST(FrameEncodeTest, MatchesTheProtocolSpecExample) {
+  const std::string request_bytes(
+      "\x01\x01\x00\x00\x00\x00\x00\x01\x00\x00\x00\x0f"  // header
+      "\x08" "Echo/Say"                                    // method
+      "\x90\xa1\x0f"                                       // timeout_us 250000
+      "\x00"                                               // no metadata
+      "hi",
+      27);
+  std::string wire;
+  AppendRequest(&wire, 1, "Echo/Say", absl::Milliseconds(250), {}, "hi");
+  EXPECT_EQ(wire, request_bytes);
+
+  const std::string response_bytes(
+      "\x01\x02\x00\x00\x00\x00\x00\x01\x00\x00\x00\x05"  // header
+      "\x00\x00\x00"                                       // OK, "", no metadata
+      "hi",
+      17);
+  wire.clear();
+  AppendResponse(&wire, 1, 0, absl::StatusCode::kOk, "", {}, "hi");
+  EXPECT_EQ(wire, response_bytes);
+}
+
 TEST(FrameEncodeTest, RequestFrameSizeEqualsAppendedSize) {
   const Metadata big_md = {{"k", "v"}, {std::string(200, 'x'), std::string(300, 'y')}};
   struct Case {
