@@ -52,13 +52,19 @@ EventLoop::~EventLoop() {
   stop_.store(true, std::memory_order_release);
   Wake();
   if (thread_.joinable()) thread_.join();
-  // Destroy leftover tasks outside the lock: their destructors may Post.
-  std::vector<Task> posted;
-  absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers;
-  {
-    core::MutexLock lock(&mu_);
-    posted.swap(posted_);
-    timers.swap(timers_);
+  // Destroy leftover tasks while the descriptors are still ours: their
+  // destructors may Post to this loop, and a Wake() after close() would
+  // write into whatever file now has that number. Tasks posted meanwhile are
+  // destroyed too, unrun; bounded, since a task cannot post forever.
+  for (int round = 0; round < 16; ++round) {
+    std::vector<Task> posted;
+    absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers;
+    {
+      core::MutexLock lock(&mu_);
+      posted.swap(posted_);
+      timers.swap(timers_);
+    }
+    if (posted.empty() && timers.empty()) break;
   }
   close(wake_fd_);
   close(epoll_fd_);

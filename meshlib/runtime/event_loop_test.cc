@@ -98,8 +98,12 @@ TEST(EventLoopTest, PostedTasksRunInFifoOrder) {
 TEST(EventLoopTest, TaskPostedFromTheLoopRunsAfterEarlierTasks) {
   auto loop = MakeLoop();
   ASSERT_NE(loop, nullptr);
-  std::vector<std::string> order;
-  core::Notification done;
+  std::vector<std::string> order;  // loop thread only until `done`
+  core::Notification gate, done;
+  // Hold the loop so that a and b are both queued before a runs; otherwise
+  // a could post c before the test thread posts b, and c would rightly come
+  // first.
+  loop->Post([&] { gate.WaitForNotificationWithTimeout(kWaitLimit); });
   loop->Post([&] {
     order.push_back("a");
     loop->Post([&] {
@@ -108,6 +112,7 @@ TEST(EventLoopTest, TaskPostedFromTheLoopRunsAfterEarlierTasks) {
     });
   });
   loop->Post([&] { order.push_back("b"); });
+  gate.Notify();
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(kWaitLimit));
   EXPECT_THAT(order, ElementsAre("a", "b", "c"));
 }

@@ -1,5 +1,6 @@
 #include "meshlib/transport/frame.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -88,7 +89,10 @@ void PutHeader(std::string* out, FrameType type, uint16_t flags,
 uint64_t TimeoutMicros(absl::Duration timeout) {
   if (timeout == absl::InfiniteDuration()) return 0;
   int64_t us = absl::ToInt64Microseconds(timeout);
-  return us < 1 ? 1 : static_cast<uint64_t>(us);
+  if (us < 1) return 1;
+  // Past the protocol's range (about 142 years) a deadline is as good as none
+  // to wait for; clamp rather than send what the decoder rejects.
+  return std::min<uint64_t>(static_cast<uint64_t>(us), kMaxTimeoutMicros);
 }
 
 // --- decoding helpers: a cursor over a body that never reads past its end ---
@@ -139,6 +143,12 @@ class Reader {
       return absl::InvalidArgumentError(
           absl::StrCat("metadata count ", n, " exceeds the limit of ",
                        limits.max_metadata_entries));
+    }
+    // Every entry takes at least two bytes (two empty lengths): refuse a count
+    // the body cannot hold before allocating for it.
+    if (n > in_.size() / 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "metadata count ", n, " cannot fit in the ", in_.size(), " bytes left in the frame"));
     }
     md->resize(n);
     for (uint64_t i = 0; i < n; ++i) {
@@ -208,7 +218,7 @@ absl::StatusOr<Request> ParseRequestBody(absl::string_view body,
   uint64_t timeout_us;
   if (auto s = r.Varint("deadline", &timeout_us); !s.ok()) return s;
   if (timeout_us != 0) {
-    if (timeout_us > uint64_t{1} << 52) {
+    if (timeout_us > kMaxTimeoutMicros) {
       return absl::InvalidArgumentError(
           absl::StrCat("deadline: ", timeout_us, "us is out of range"));
     }

@@ -33,6 +33,9 @@ namespace meshlib::transport {
 inline constexpr uint8_t kProtocolVersion = 1;
 inline constexpr size_t kFrameHeaderSize = 12;
 inline constexpr uint32_t kDefaultMaxFrameSize = 16u << 20;  // 16 MiB
+// Largest deadline a REQUEST carries (2^52 us, about 142 years). Encoders
+// clamp longer timeouts to it; decoders reject larger values.
+inline constexpr uint64_t kMaxTimeoutMicros = uint64_t{1} << 52;
 
 enum class FrameType : uint8_t {
   kRequest = 1,

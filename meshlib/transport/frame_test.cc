@@ -499,6 +499,16 @@ TEST(FrameParseErrorTest, MetadataCountOverTheLimit) {
                 "metadata count 9223372036854775808 exceeds the limit of 64");
 }
 
+TEST(FrameParseErrorTest, MetadataCountTheBodyCannotHoldIsRejectedBeforeAllocating) {
+  FrameLimits limits;
+  limits.max_metadata_entries = 1'000'000;
+  // 1000 entries need at least 2000 bytes; only 4 follow.
+  ExpectInvalid(ParseRequestBody("\x01m" + Varint(0) + Varint(1000) + std::string(4, '\0'),
+                                 limits)
+                    .status(),
+                "metadata count 1000 cannot fit in the 4 bytes left");
+}
+
 TEST(FrameParseErrorTest, MetadataKeyOrValueLengthPastTheEnd) {
   const std::string prefix = "\x01m" + Varint(0) + Varint(1);
   ExpectInvalid(ParseRequestBody(prefix + Varint(9) + "ab", FrameLimits{}).status(),

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -44,7 +45,8 @@ int SocketAddress::port() const {
 absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view host_port) {
   std::string host;
   absl::string_view port_str;
-  if (!host_port.empty() && host_port[0] == '[') {
+  const bool bracketed = !host_port.empty() && host_port[0] == '[';
+  if (bracketed) {
     size_t close = host_port.find(']');
     if (close == absl::string_view::npos || close + 1 >= host_port.size() ||
         host_port[close + 1] != ':') {
@@ -67,7 +69,10 @@ absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view host_port) {
     }
   }
   int port;
-  if (!absl::SimpleAtoi(port_str, &port) || port < 0 || port > 65535) {
+  bool digits = !port_str.empty() && port_str.size() <= 5 &&
+                std::all_of(port_str.begin(), port_str.end(),
+                            [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits || !absl::SimpleAtoi(port_str, &port) || port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("address \"", host_port, "\": port must be 0-65535"));
   }
@@ -75,7 +80,7 @@ absl::StatusOr<SocketAddress> ParseHostPort(absl::string_view host_port) {
   SocketAddress out;
   auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
   auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+  if (!bracketed && inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
     v4->sin_port = htons(static_cast<uint16_t>(port));
     out.len = sizeof(sockaddr_in);

@@ -123,6 +123,19 @@ TEST(ParseHostPortTest, PortOutOfRangeOrNotANumber) {
   }
 }
 
+TEST(ParseHostPortTest, PortMustBePlainDigits) {
+  for (const char* bad : {"127.0.0.1:+80", "127.0.0.1: 80", "127.0.0.1:80 ", "127.0.0.1:0x50",
+                          "127.0.0.1:-1", "127.0.0.1:000080"}) {
+    auto a = ParseHostPort(bad);
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(ParseHostPortTest, BracketsAreOnlyForIPv6) {
+  auto a = ParseHostPort("[1.2.3.4]:80");
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ParseHostPortTest, UnbracketedIPv6IsRejected) {
   absl::Status s = ParseHostPort("::1:7001").status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
