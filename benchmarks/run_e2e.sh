@@ -1,0 +1,385 @@
+#!/usr/bin/env bash
+# End-to-end loopback echo benchmark: meshlib next to a raw TCP echo (the
+# physical limit) and gRPC C++, measured in one run on the same machine.
+#
+#   benchmarks/run_e2e.sh                          # 5 s per measurement
+#   benchmarks/run_e2e.sh --duration=1s --warmup=200ms --out=/tmp/e2e.jsonl
+#
+# For each system it builds the server and client (bazel -c opt), starts the
+# server on an ephemeral loopback port, runs
+#   pingpong:   one call in flight; latency p50/p99/p999
+#   throughput: --inflight calls in flight over --connections connections
+# and stops the server, then prints one table with ratios against raw TCP.
+# The clients' JSON lines (benchmarks/common/bench_stats.h) go to --out.
+#
+# Every client takes the same flags (--address --mode --payload --duration
+# --warmup --connections --inflight --json), so a row differs from another only
+# in the system under test. A system whose targets do not exist (meshlib's,
+# while they are being written) is reported as "not built", not an error.
+#
+# Flags:
+#   --duration=D        measured time per run (default 5s; ms, s, m suffixes)
+#   --warmup=D          unmeasured time before each run (default 1s)
+#   --payload=N         bytes per request and reply (default 64)
+#   --connections=N     throughput: connections (default 4)
+#   --inflight=N        throughput: calls in flight in total (default 32)
+#   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib (default all)
+#   --server-threads=N  threads of the raw TCP and gRPC servers (default 1);
+#                       meshlib's echo_server uses its own default
+#   --pin               run servers on CPU 0 and clients on CPU 1 (taskset);
+#                       default is unpinned, left to the scheduler
+#   --pin=same          run servers and clients all on CPU 0. On VMs where
+#                       waking an idle vCPU is slow, unpinned ping-pong swings
+#                       between "same CPU" and "other CPU" latencies from run
+#                       to run; pinning either way makes systems comparable
+#   --out=FILE          where to write the JSON lines (default: a temp file)
+#
+# Exit status is non-zero if any selected system that was built failed to run.
+set -euo pipefail
+
+readonly kRepoRoot="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+duration=5s
+warmup=1s
+payload=64
+connections=4
+inflight=32
+systems=raw_tcp,grpc,meshlib
+server_threads=1
+pin=""
+out=""
+
+usage() {
+  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+for arg in "$@"; do
+  case "${arg}" in
+    --duration=*) duration="${arg#*=}" ;;
+    --warmup=*) warmup="${arg#*=}" ;;
+    --payload=*) payload="${arg#*=}" ;;
+    --connections=*) connections="${arg#*=}" ;;
+    --inflight=*) inflight="${arg#*=}" ;;
+    --systems=*) systems="${arg#*=}" ;;
+    --server-threads=*) server_threads="${arg#*=}" ;;
+    --pin | --pin=split) pin=split ;;
+    --pin=same) pin=same ;;
+    --out=*) out="${arg#*=}" ;;
+    -h | --help) usage 0 ;;
+    *) echo "run_e2e.sh: unknown flag ${arg}" >&2; usage 2 >&2 ;;
+  esac
+done
+
+die() {
+  echo "run_e2e.sh: $*" >&2
+  exit 2
+}
+
+# Duration string -> milliseconds; rejects what the clients would reject
+# later, after a build, with a less helpful message.
+duration_ms() {
+  local d="$1"
+  [[ "${d}" =~ ^([0-9]+(\.[0-9]+)?)(ms|s|m)$ ]] || die "bad duration '${d}' (want e.g. 500ms, 5s, 1m)"
+  awk -v n="${BASH_REMATCH[1]}" -v unit="${BASH_REMATCH[3]}" 'BEGIN {
+    scale = (unit == "ms") ? 1 : (unit == "s") ? 1000 : 60000
+    printf "%d", n * scale
+  }'
+}
+
+for n in payload connections inflight server_threads; do
+  [[ "${!n}" =~ ^[0-9]+$ ]] || die "--${n//_/-} must be a whole number"
+done
+(( connections >= 1 && inflight >= connections )) || die "need 1 <= --connections <= --inflight"
+duration_value_ms="$(duration_ms "${duration}")" || exit 2
+warmup_value_ms="$(duration_ms "${warmup}")" || exit 2
+readonly run_ms=$(( duration_value_ms + warmup_value_ms ))
+
+IFS=',' read -r -a selected <<<"${systems}"
+for s in "${selected[@]}"; do
+  case "${s}" in raw_tcp | grpc | meshlib) ;; *) die "unknown system '${s}' in --systems" ;; esac
+done
+
+server_cpu=()
+client_cpu=()
+case "${pin}" in
+  split)
+    command -v taskset >/dev/null || die "--pin needs taskset (util-linux)"
+    (( $(nproc) >= 2 )) || die "--pin needs at least 2 CPUs"
+    server_cpu=(taskset -c 0)
+    client_cpu=(taskset -c 1)
+    placement="servers on CPU 0, clients on CPU 1"
+    ;;
+  same)
+    command -v taskset >/dev/null || die "--pin needs taskset (util-linux)"
+    server_cpu=(taskset -c 0)
+    client_cpu=(taskset -c 0)
+    placement="servers and clients on CPU 0"
+    ;;
+  *) placement="unpinned" ;;
+esac
+
+workdir="$(mktemp -d "${TMPDIR:-/tmp}/meshlib-e2e.XXXXXX")"
+if [[ -z "${out}" ]]; then
+  out="${workdir}/results.jsonl"
+fi
+: >"${out}"
+
+# Everything started in the background is recorded here and killed on exit,
+# however the script ends (error, Ctrl-C, SIGTERM from CI).
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]+"${pids[@]}"}"; do
+    kill -TERM "${pid}" 2>/dev/null || true
+  done
+  for pid in "${pids[@]+"${pids[@]}"}"; do
+    # A server that ignores SIGTERM for 3 s gets SIGKILL.
+    for _ in $(seq 30); do
+      kill -0 "${pid}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "${pid}" 2>/dev/null || true
+  done
+  # The results file is wanted even when it sits in workdir.
+  find "${workdir}" -mindepth 1 -maxdepth 1 ! -name results.jsonl -exec rm -rf {} +
+  [[ -n "$(ls -A "${workdir}")" ]] || rmdir "${workdir}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+forget_pid() {
+  local keep=() pid
+  for pid in "${pids[@]}"; do
+    [[ "${pid}" == "$1" ]] || keep+=("${pid}")
+  done
+  pids=("${keep[@]+"${keep[@]}"}")
+}
+
+# ---------------------------------------------------------------- build ---
+
+cd "${kRepoRoot}"
+bazel_log="${workdir}/bazel.log"
+
+declare -A server_target=(
+  [raw_tcp]=//benchmarks:raw_echo_server
+  [grpc]=//benchmarks:grpc_echo_server
+  [meshlib]=//examples/echo:echo_server
+)
+declare -A client_target=(
+  [raw_tcp]=//benchmarks:raw_echo_client
+  [grpc]=//benchmarks:grpc_echo_client
+  [meshlib]=//benchmarks:meshlib_echo_client
+)
+declare -A status=()  # system -> "" (ready) or why it has no numbers
+
+target_exists() {
+  bazel query --noshow_progress "$1" >>"${bazel_log}" 2>&1
+}
+
+# //pkg:name -> bazel-bin/pkg/name
+target_path() {
+  local label="${1#//}"
+  echo "${label%%:*}/${label#*:}"
+}
+
+build_system() {
+  local s="$1" t
+  for t in "${server_target[${s}]}" "${client_target[${s}]}"; do
+    if ! target_exists "${t}"; then
+      status[${s}]="not built (${t} does not exist yet)"
+      return
+    fi
+  done
+  echo "building ${s} ..." >&2
+  if ! bazel build -c opt --noshow_progress "${server_target[${s}]}" \
+      "${client_target[${s}]}" >>"${bazel_log}" 2>&1; then
+    status[${s}]="build failed (bazel output above)"
+    tail -n 30 "${bazel_log}" >&2
+    return
+  fi
+  # Copies, so that a colleague rebuilding the same targets in this checkout
+  # cannot swap a binary between this run's pingpong and throughput halves.
+  mkdir -p "${workdir}/bin/${s}"
+  for t in "${server_target[${s}]}" "${client_target[${s}]}"; do
+    cp "${bazel_bin}/$(target_path "${t}")" "${workdir}/bin/${s}/"
+  done
+  status[${s}]=""
+}
+
+bazel_bin="$(bazel info -c opt bazel-bin 2>>"${bazel_log}")" || {
+  cat "${bazel_log}" >&2
+  die "bazel info failed"
+}
+for s in "${selected[@]}"; do
+  build_system "${s}"
+done
+
+# ------------------------------------------------------------------ run ---
+
+# Starts a server in the background and sets server_pid and server_address
+# from its "listening on HOST:PORT" line.
+start_server() {
+  local s="$1"
+  shift
+  local log="${workdir}/${s}.server.log"
+  "${server_cpu[@]+"${server_cpu[@]}"}" "$@" >"${log}" 2>&1 &
+  server_pid=$!
+  pids+=("${server_pid}")
+  local line=""
+  for _ in $(seq 150); do
+    line="$(grep -m1 '^listening on ' "${log}" || true)"
+    [[ -n "${line}" ]] && break
+    kill -0 "${server_pid}" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ -z "${line}" ]]; then
+    echo "${s}: server did not report its address within 15 s:" >&2
+    cat "${log}" >&2
+    return 1
+  fi
+  server_address="${line#listening on }"
+  # A wildcard bind is still reached over loopback.
+  server_address="${server_address/#0.0.0.0:/127.0.0.1:}"
+  server_address="${server_address/#\[::\]:/[::1]:}"
+}
+
+stop_server() {
+  kill -TERM "${server_pid}" 2>/dev/null || true
+  # Servers drain calls in flight on SIGTERM (meshlib's for up to 10 s), but
+  # a stuck one must not stall the whole run.
+  for _ in $(seq 150); do
+    kill -0 "${server_pid}" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "${server_pid}" 2>/dev/null || true
+  local rc=0
+  wait "${server_pid}" || rc=$?
+  forget_pid "${server_pid}"
+  # Non-zero also explains a client failure: 141 is a SIGPIPE, 139 a crash,
+  # 137 a server still running 15 s after SIGTERM.
+  if (( rc != 0 )); then
+    echo "note: ${1} server exited with status ${rc}; its log:" >&2
+    tail -n 20 "${workdir}/${1}.server.log" >&2
+  fi
+}
+
+# Runs one client measurement in the background (so that the traps can kill
+# it) and appends its JSON line to ${out}.
+run_client() {
+  local s="$1" mode="$2"
+  local client="${workdir}/bin/${s}/$(basename "$(target_path "${client_target[${s}]}")")"
+  local result="${workdir}/${s}.${mode}.out"
+  # Clients stop themselves; this only catches a hung one.
+  local limit_s=$(( run_ms / 1000 + 60 ))
+  echo "running ${s} ${mode} ..." >&2
+  timeout --signal=KILL "${limit_s}" \
+    "${client_cpu[@]+"${client_cpu[@]}"}" "${client}" \
+    --address="${server_address}" --mode="${mode}" --payload="${payload}" \
+    --duration="${duration}" --warmup="${warmup}" \
+    --connections="${connections}" --inflight="${inflight}" --json \
+    >"${result}" 2>"${result}.err" &
+  local pid=$!
+  pids+=("${pid}")
+  local rc=0
+  wait "${pid}" || rc=$?
+  forget_pid "${pid}"
+  local line
+  line="$(grep -m1 '^{' "${result}" || true)"
+  if (( rc != 0 )) || [[ -z "${line}" ]]; then
+    echo "${s} ${mode}: client failed (status ${rc}):" >&2
+    cat "${result}.err" "${result}" >&2
+    return 1
+  fi
+  echo "${line}" >>"${out}"
+  results["${s}.${mode}"]="${line}"
+}
+
+declare -A results=()
+failed=0
+for s in "${selected[@]}"; do
+  [[ -z "${status[${s}]}" ]] || continue
+  bin="${workdir}/bin/${s}"
+  case "${s}" in
+    raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
+    grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
+    meshlib) server_cmd=("${bin}/echo_server" --port=0) ;;
+  esac
+  if ! start_server "${s}" "${server_cmd[@]}"; then
+    status[${s}]="server did not start"
+    failed=1
+    continue
+  fi
+  for mode in pingpong throughput; do
+    if ! run_client "${s}" "${mode}"; then
+      status[${s}]="client failed"
+      failed=1
+      break
+    fi
+  done
+  stop_server "${s}"
+done
+
+# ---------------------------------------------------------------- table ---
+
+# Value of a numeric field in one of our JSON lines (fixed format, no nesting).
+field() {
+  sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"
+}
+
+# Microseconds with one decimal; "-" for a client that sent no samples (0).
+us() {
+  awk -v v="$1" 'BEGIN { if (v + 0 == 0) print "-"; else printf "%.1f", v }'
+}
+
+# a / b as "2.03x", or "-" when b is missing or zero.
+times() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2fx", a / b }'
+}
+
+# a / b as "3.9%", or "-" when b is missing or zero.
+percent() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.1f%%", 100 * a / b }'
+}
+
+raw_pp="${results[raw_tcp.pingpong]:-}"
+raw_tp="${results[raw_tcp.throughput]:-}"
+
+echo
+echo "meshlib end-to-end echo benchmark: ${payload}-byte payload, loopback," \
+  "${duration} measured after ${warmup} warmup, $(nproc) CPUs, ${placement}"
+echo
+echo "Ping-pong latency (1 call in flight), microseconds; 'vs raw' = p50 / raw TCP p50"
+printf '%-10s %10s %10s %10s %10s %12s %8s\n' system p50 p99 p999 max calls/s "vs raw"
+for s in "${selected[@]}"; do
+  line="${results[${s}.pingpong]:-}"
+  if [[ -z "${line}" ]]; then
+    printf '%-10s %s\n' "${s}" "${status[${s}]:-no result}"
+    continue
+  fi
+  printf '%-10s %10s %10s %10s %10s %12.0f %8s\n' "${s}" \
+    "$(us "$(field "${line}" p50_us)")" "$(us "$(field "${line}" p99_us)")" \
+    "$(us "$(field "${line}" p999_us)")" "$(us "$(field "${line}" max_us)")" \
+    "$(field "${line}" qps)" \
+    "$(times "$(field "${line}" p50_us)" "$(field "${raw_pp}" p50_us)")"
+done
+echo
+echo "Throughput (${inflight} calls in flight over ${connections} connections);" \
+  "'of raw' = share of raw TCP's calls/s; latency in microseconds"
+printf '%-10s %12s %8s %10s %10s %10s\n' system calls/s "of raw" p50 p99 p999
+for s in "${selected[@]}"; do
+  line="${results[${s}.throughput]:-}"
+  if [[ -z "${line}" ]]; then
+    printf '%-10s %s\n' "${s}" "${status[${s}]:-no result}"
+    continue
+  fi
+  printf '%-10s %12.0f %8s %10s %10s %10s\n' "${s}" \
+    "$(field "${line}" qps)" \
+    "$(percent "$(field "${line}" qps)" "$(field "${raw_tp}" qps)")" \
+    "$(us "$(field "${line}" p50_us)")" "$(us "$(field "${line}" p99_us)")" \
+    "$(us "$(field "${line}" p999_us)")"
+done
+echo
+echo "JSON lines: ${out}"
+exit "${failed}"
