@@ -24,8 +24,8 @@
 #   --connections=N     throughput: connections (default 4)
 #   --inflight=N        throughput: calls in flight in total (default 32)
 #   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib (default all)
-#   --server-threads=N  threads of the raw TCP and gRPC servers (default 1);
-#                       meshlib's echo_server uses its own default
+#   --server-threads=N  I/O threads of every server (default 1): raw TCP, gRPC
+#                       and meshlib alike
 #   --pin               run servers on CPU 0 and clients on CPU 1 (taskset);
 #                       default is unpinned, left to the scheduler
 #   --pin=same          run servers and clients all on CPU 0. On VMs where
@@ -304,7 +304,7 @@ for s in "${selected[@]}"; do
   case "${s}" in
     raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
     grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
-    meshlib) server_cmd=("${bin}/echo_server" --port=0) ;;
+    meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}") ;;
   esac
   if ! start_server "${s}" "${server_cmd[@]}"; then
     status[${s}]="server did not start"

@@ -1,5 +1,6 @@
 #include "meshlib/client/channel.h"
 
+#include <sched.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -63,9 +64,6 @@ class ClientCall {
 };
 
 namespace {
-
-// How long a blocking call waits on-CPU for its reply before sleeping.
-constexpr int64_t kBlockingSpinNanos = 50'000;
 
 CallResult Failure(absl::Status status, bool not_processed) {
   CallResult r;
@@ -582,6 +580,9 @@ absl::Status ChannelOptions::Validate() const {
   if (connections < 1 || connections > 64) {
     return absl::InvalidArgumentError("connections: must be between 1 and 64");
   }
+  if (blocking_spin < absl::ZeroDuration() || blocking_spin > absl::Milliseconds(10)) {
+    return absl::InvalidArgumentError("blocking_spin: must be between 0 and 10ms");
+  }
   if (connect_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("connect_timeout: must be > 0");
   }
@@ -684,14 +685,15 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
     done.Notify();
   });
   // A loopback or same-rack reply often arrives within tens of microseconds.
-  // Waiting for it on-CPU for a short, bounded time saves a futex wake-up
-  // (on a VM, an inter-processor interrupt to a halted vCPU), which costs
-  // more than the round trip itself.
-  const int64_t spin_until = absl::GetCurrentTimeNanos() + kBlockingSpinNanos;
+  // Waiting for it for a short, bounded time without sleeping keeps this CPU
+  // from going idle, so the reply's wake-up costs no inter-processor
+  // interrupt to a halted (v)CPU, which on a VM costs more than the round
+  // trip itself. Yielding, not spinning: a reactor or server thread that
+  // shares this CPU runs at once.
+  const int64_t spin_until =
+      absl::GetCurrentTimeNanos() + absl::ToInt64Nanoseconds(options_.blocking_spin);
   while (!ready.load(std::memory_order_acquire) && absl::GetCurrentTimeNanos() < spin_until) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
+    sched_yield();
   }
   done.WaitForNotification();
   return result;
