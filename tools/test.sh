@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: every Bazel test, again under ASan+UBSan, and a
-# bounded libFuzzer run of the frame decoder. Installs what it needs first.
+# Runs the whole test suite: every Bazel test, again under ASan+UBSan, the
+# concurrency tests under TSan, and a bounded libFuzzer run of the frame
+# decoder. Installs what it needs first.
 # Ends with one line "N passed, M failed" and exits non-zero on any failure.
 #
 #   tools/test.sh                 # everything
-#   SKIP_ASAN=1 tools/test.sh     # skip the sanitizer pass
+#   SKIP_ASAN=1 SKIP_TSAN=1 tools/test.sh   # skip the sanitizer passes
 #   FUZZ_SECONDS=10 tools/test.sh # shorter fuzz run (default 60)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,9 @@ run_bazel_suite() {
 run_bazel_suite default
 if [[ -z "${SKIP_ASAN:-}" ]]; then
   run_bazel_suite asan --config=asan
+fi
+if [[ -z "${SKIP_TSAN:-}" ]]; then
+  run_bazel_suite tsan --config=tsan --test_tag_filters=concurrency
 fi
 
 if [[ -z "${SKIP_FUZZ:-}" ]]; then
