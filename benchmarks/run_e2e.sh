@@ -26,6 +26,9 @@
 #   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib (default all)
 #   --server-threads=N  I/O threads of every server (default 1): raw TCP, gRPC
 #                       and meshlib alike
+#   --busy-poll-us=N    meshlib only: reactor busy polling after work, in
+#                       microseconds, for its server and client (default 0,
+#                       off, as in the library)
 #   --pin               run servers on CPU 0 and clients on CPU 1 (taskset);
 #                       default is unpinned, left to the scheduler
 #   --pin=same          run servers and clients all on CPU 0. On VMs where
@@ -46,6 +49,7 @@ connections=4
 inflight=32
 systems=raw_tcp,grpc,meshlib
 server_threads=1
+busy_poll_us=0
 pin=""
 out=""
 
@@ -63,6 +67,7 @@ for arg in "$@"; do
     --inflight=*) inflight="${arg#*=}" ;;
     --systems=*) systems="${arg#*=}" ;;
     --server-threads=*) server_threads="${arg#*=}" ;;
+    --busy-poll-us=*) busy_poll_us="${arg#*=}" ;;
     --pin | --pin=split) pin=split ;;
     --pin=same) pin=same ;;
     --out=*) out="${arg#*=}" ;;
@@ -87,7 +92,7 @@ duration_ms() {
   }'
 }
 
-for n in payload connections inflight server_threads; do
+for n in payload connections inflight server_threads busy_poll_us; do
   [[ "${!n}" =~ ^[0-9]+$ ]] || die "--${n//_/-} must be a whole number"
 done
 (( connections >= 1 && inflight >= connections )) || die "need 1 <= --connections <= --inflight"
@@ -271,6 +276,8 @@ run_client() {
   local s="$1" mode="$2"
   local client="${workdir}/bin/${s}/$(basename "$(target_path "${client_target[${s}]}")")"
   local result="${workdir}/${s}.${mode}.out"
+  local extra_client_flags=()
+  if [[ "${s}" == meshlib ]]; then extra_client_flags=(--busy_poll_us="${busy_poll_us}"); fi
   # Clients stop themselves; this only catches a hung one.
   local limit_s=$(( run_ms / 1000 + 60 ))
   echo "running ${s} ${mode} ..." >&2
@@ -279,6 +286,7 @@ run_client() {
     --address="${server_address}" --mode="${mode}" --payload="${payload}" \
     --duration="${duration}" --warmup="${warmup}" \
     --connections="${connections}" --inflight="${inflight}" --json \
+    "${extra_client_flags[@]+"${extra_client_flags[@]}"}" \
     >"${result}" 2>"${result}.err" &
   local pid=$!
   pids+=("${pid}")
@@ -304,7 +312,8 @@ for s in "${selected[@]}"; do
   case "${s}" in
     raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
     grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
-    meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}") ;;
+    meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
+                         --busy_poll_us="${busy_poll_us}") ;;
   esac
   if ! start_server "${s}" "${server_cmd[@]}"; then
     status[${s}]="server did not start"

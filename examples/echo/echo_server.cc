@@ -31,6 +31,8 @@ ABSL_FLAG(std::string, zone, "", "zone label (reported in reply metadata)");
 ABSL_FLAG(std::string, etcd, "", "etcd HOST:PORT to register in");
 ABSL_FLAG(std::string, etcd_prefix, "", "etcd key prefix to register under");
 ABSL_FLAG(int, io_threads, 0, "reactor threads; 0 = one per CPU");
+ABSL_FLAG(int, busy_poll_us, 0,
+          "reactor busy polling after work, in microseconds (0 = off, max 1000)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "how long SIGTERM waits for calls in flight");
 
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
 
   meshlib::server::ServerOptions options;
   options.io_threads = absl::GetFlag(FLAGS_io_threads);
+  options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
   meshlib::server::Server server(options);
 
   // Set once before the first call can arrive, then only read.

@@ -19,6 +19,10 @@
 namespace meshlib::client {
 
 class ClientConnection;
+class Subchannel;
+
+// The subchannel whose reply is being delivered on this thread, if any.
+static thread_local Subchannel* dispatching_subchannel = nullptr;
 
 // State of one call, shared by the caller's handle, the deadline timer and
 // the connection. Whoever flips `completed` first delivers the result.
@@ -91,10 +95,12 @@ class Subchannel;
 
 class ClientConnection final : public transport::FramedConnection {
  public:
-  ClientConnection(std::weak_ptr<Subchannel> owner, runtime::EventLoop* loop,
+  ClientConnection(std::shared_ptr<Subchannel> owner, runtime::EventLoop* loop,
                    std::unique_ptr<transport::ByteStream> stream,
                    transport::ConnectionOptions options)
-      : FramedConnection(loop, std::move(stream), options), owner_(std::move(owner)) {}
+      : FramedConnection(loop, std::move(stream), options),
+        owner_(owner),
+        owner_raw_(owner.get()) {}
 
   std::shared_ptr<ClientConnection> self() {
     return std::static_pointer_cast<ClientConnection>(shared_from_this());
@@ -166,6 +172,7 @@ class ClientConnection final : public transport::FramedConnection {
   }
 
   const std::weak_ptr<Subchannel> owner_;
+  Subchannel* const owner_raw_;  // identity only, for dispatching_subchannel
   core::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending_ ABSL_GUARDED_BY(mu_);
   uint32_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
@@ -214,6 +221,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
 
   runtime::EventLoop* loop() const { return loop_; }
   bool ready() const { return state_view_.load(std::memory_order_acquire) == State::kReady; }
+
 
   void RequestConnect() {
     core::MutexLock lock(&mu_);
@@ -521,7 +529,10 @@ void ClientConnection::OnResponse(const transport::FrameView& frame) {
     r.not_processed = (frame.header.flags & transport::kFlagRefused) != 0;
     r.endpoint = call->address;
   }
+  Subchannel* outer = dispatching_subchannel;
+  dispatching_subchannel = owner_raw_;
   call->Complete(std::move(r));
+  dispatching_subchannel = outer;
 }
 
 void ClientConnection::OnGoAway(const transport::FrameView& frame) {
@@ -603,7 +614,9 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(std::string address,
   std::unique_ptr<Channel> ch(new Channel(std::move(address), std::move(options)));
   ch->runtime_ = ch->options_.runtime;
   if (!ch->runtime_) {
-    auto rt = runtime::Runtime::Create(ch->options_.io_threads, "client-io");
+    runtime::EventLoopOptions loop_options;
+    loop_options.busy_poll = ch->options_.busy_poll;
+    auto rt = runtime::Runtime::Create(ch->options_.io_threads, "client-io", loop_options);
     if (!rt.ok()) return rt.status();
     ch->runtime_ = *std::move(rt);
   }
@@ -639,8 +652,21 @@ int Channel::ReadyConnections() const {
 CallHandle Channel::Call(absl::string_view method, absl::string_view request,
                          const CallOptions& options, CallCallback done) {
   const size_t n = subchannels_.size();
+  Subchannel* sc = nullptr;
+  if (dispatching_subchannel != nullptr && n > 1) {
+    // Called from a reply's callback (a pipeline issuing its next call): the
+    // connection that carried the reply takes the call. Each connection
+    // keeps its own pipeline, and the calls that one read batch triggers
+    // leave in one write instead of one per connection.
+    for (const auto& candidate : subchannels_) {
+      if (candidate.get() == dispatching_subchannel && candidate->ready()) {
+        sc = candidate.get();
+        break;
+      }
+    }
+  }
   uint32_t start = next_.fetch_add(1, std::memory_order_relaxed);
-  Subchannel* sc = subchannels_[start % n].get();
+  if (sc == nullptr) sc = subchannels_[start % n].get();
   if (!sc->ready()) {
     for (size_t i = 1; i < n; ++i) {
       Subchannel* other = subchannels_[(start + i) % n].get();

@@ -86,6 +86,9 @@ struct ChannelOptions {
   int io_threads = 1;
   // Share a runtime with other channels or a server; default: own one.
   std::shared_ptr<runtime::Runtime> runtime;
+  // Reactor busy polling of the channel's own runtime (see
+  // runtime::EventLoopOptions). Default off.
+  absl::Duration busy_poll = absl::ZeroDuration();
   // TCP connections to the endpoint; calls spread over them round-robin.
   // Default 1; range 1-64.
   int connections = 1;

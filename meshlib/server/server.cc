@@ -427,7 +427,9 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
   if (!addr.ok()) return addr.status();
   runtime_ = options_.runtime;
   if (!runtime_) {
-    auto rt = runtime::Runtime::Create(options_.io_threads, "server-io");
+    runtime::EventLoopOptions loop_options;
+    loop_options.busy_poll = options_.busy_poll;
+    auto rt = runtime::Runtime::Create(options_.io_threads, "server-io", loop_options);
     if (!rt.ok()) return rt.status();
     runtime_ = *std::move(rt);
   }

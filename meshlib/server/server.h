@@ -49,6 +49,9 @@ struct ServerOptions {
   int io_threads = 0;
   // Share an existing runtime (e.g. with clients in the same process).
   std::shared_ptr<runtime::Runtime> runtime;
+  // Reactor busy polling (see runtime::EventLoopOptions). Default off.
+  // Ignored when `runtime` is set.
+  absl::Duration busy_poll = absl::ZeroDuration();
   // Threads for sync handlers. Default 4.
   int worker_threads = 4;
   // Calls in flight on one connection; beyond it a request is refused with
