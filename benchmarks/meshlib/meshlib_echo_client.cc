@@ -94,7 +94,6 @@ int main(int argc, char** argv) {
     std::atomic<int> live{absl::GetFlag(FLAGS_inflight)};
     meshlib::core::Notification all_stopped;
     meshlib::core::Mutex mu;
-    std::vector<int64_t> samples;
     std::string first_error;
     // One lane per call in flight; a lane's calls are sequential, so its
     // samples need no lock.
