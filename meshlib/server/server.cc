@@ -214,18 +214,13 @@ class ServerConnection final : public transport::FramedConnection {
     auto call = std::make_shared<ServerCall>(self(), id, *std::move(req), deadline);
     calls_.emplace(id, call);
     counter_->active.fetch_add(1, std::memory_order_acq_rel);
-    if (deadline != absl::InfiniteFuture()) {
-      std::weak_ptr<ServerCall> weak = call;
-      call->deadline_timer_ = loop()->RunAt(deadline, [weak] {
-        if (auto c = weak.lock()) {
-          c->Cancel();
-          c->Finish(absl::DeadlineExceededError("deadline passed while the server was working"));
-        }
-      });
-    }
     if (method->async) {
-      method->async(std::move(call));
+      method->async(call);
+      // Most async handlers answer at once; only a call still open needs a
+      // deadline timer, so the fast path pays for none.
+      ArmDeadline(call);
     } else {
+      ArmDeadline(call);
       const SyncHandler* handler = &method->sync;
       server_->workers_->Submit([handler, call = std::move(call)] {
         std::string out;
@@ -234,6 +229,21 @@ class ServerConnection final : public transport::FramedConnection {
         call->Finish(std::move(s), std::move(out));
       });
     }
+  }
+
+  // Cancels and answers the call when its deadline passes, unless it is
+  // already finished. Loop thread.
+  void ArmDeadline(const std::shared_ptr<ServerCall>& call) {
+    if (call->deadline_ == absl::InfiniteFuture()) return;
+    std::lock_guard<std::mutex> lock(call->mu_);
+    if (call->finished_.load(std::memory_order_acquire)) return;
+    std::weak_ptr<ServerCall> weak = call;
+    call->deadline_timer_ = loop()->RunAt(call->deadline_, [weak] {
+      if (auto c = weak.lock()) {
+        c->Cancel();
+        c->Finish(absl::DeadlineExceededError("deadline passed while the server was working"));
+      }
+    });
   }
 
   Server* const server_;
@@ -254,8 +264,9 @@ ServerCall::ServerCall(std::shared_ptr<ServerConnection> conn, uint32_t stream_i
     : conn_(std::move(conn)),
       stream_id_(stream_id),
       request_(std::move(request)),
-      deadline_(deadline),
-      peer_(conn_->peer()) {}
+      deadline_(deadline) {}
+
+const std::string& ServerCall::peer() const { return conn_->peer(); }
 
 absl::string_view ServerCall::MetadataValue(absl::string_view key) const {
   for (const auto& [k, v] : request_.metadata) {
@@ -310,15 +321,15 @@ void ServerCall::Finish(absl::Status status, std::string response) {
       return;
     }
   }
-  if (deadline_timer_.valid()) conn_->loop()->Cancel(deadline_timer_);
-  if (!conn_->closed()) {
-    Metadata md;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      md = std::move(response_metadata_);
-    }
-    conn_->SendReply(stream_id_, 0, status, md, response);
+  Metadata md;
+  runtime::TimerId timer;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    md = std::move(response_metadata_);
+    timer = deadline_timer_;
   }
+  if (timer.valid()) conn_->loop()->Cancel(timer);
+  if (!conn_->closed()) conn_->SendReply(stream_id_, 0, status, md, response);
   conn_->CallDone(stream_id_, on_loop);
 }
 

@@ -88,7 +88,7 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   // Runs `fn` once when the call is cancelled: on the reactor thread, or
   // right away on the calling thread if the call already is cancelled.
   void OnCancel(absl::AnyInvocable<void()> fn);
-  const std::string& peer() const { return peer_; }
+  const std::string& peer() const;
   // The reactor that owns this call's connection: for timers in async
   // handlers. Valid until the server shuts down.
   runtime::Executor& executor() const;
@@ -109,14 +109,13 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   const uint32_t stream_id_;
   const transport::Request request_;
   const absl::Time deadline_;
-  const std::string peer_;
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> finished_{false};
-  runtime::TimerId deadline_timer_;
   // std::mutex rather than core::Mutex: one is made per call, and
   // core::Mutex's destructor updates its deadlock detector's graph.
   std::mutex mu_;
   Metadata response_metadata_;            // guarded by mu_
+  runtime::TimerId deadline_timer_;       // guarded by mu_
   absl::AnyInvocable<void()> on_cancel_;  // guarded by mu_
 };
 
