@@ -238,8 +238,10 @@ void EventLoop::Run() {
       }
       auto it = handlers_.find(fd);
       if (it == handlers_.end()) continue;  // unwatched earlier in this batch
+      events_remaining_ = n - i - 1;
       it->second->OnFdEvents(events[i].events);
     }
+    events_remaining_ = 0;
     bool worked = n > 0;
     worked |= RunExpiredTimers();
     worked |= RunPostedTasks();

@@ -78,6 +78,10 @@ class EventLoop final : public Executor {
   // The loop whose thread is calling, or nullptr off any loop thread.
   static EventLoop* Current();
 
+  // Loop thread, inside an fd handler: true if other descriptors are ready
+  // in this iteration, i.e. the thread has more to do before it can sleep.
+  bool MoreEventsInThisIteration() const { return events_remaining_ > 0; }
+
  private:
   EventLoop(std::string name, int epoll_fd, int wake_fd);
   void Run();
@@ -96,6 +100,7 @@ class EventLoop final : public Executor {
   // Loop-thread state.
   absl::flat_hash_map<int, FdHandler*> handlers_;
   std::vector<Task> deferred_;
+  int events_remaining_ = 0;
   int64_t busy_poll_nanos_ = 0;
   int64_t last_work_nanos_ = 0;
 

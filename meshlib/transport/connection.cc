@@ -176,6 +176,19 @@ void FramedConnection::HandleReadable() {
     }
     if (!filled) break;  // the socket is drained
   }
+  // What this batch of frames made us send (replies, or the next calls of
+  // pipelined callers) leaves now, in one write, when other connections are
+  // still to be served in this iteration: the peer starts on it meanwhile.
+  // Otherwise it leaves at the end of the iteration, right before the loop
+  // sleeps, so that a peer woken by it does not preempt unfinished work.
+  if (!close_done_ && loop_->MoreEventsInThisIteration()) {
+    bool pending;
+    {
+      core::MutexLock lock(&write_mu_);
+      pending = flush_scheduled_;
+    }
+    if (pending) FlushFromLoop();
+  }
   // Do not keep a large buffer around for an idle connection.
   if (in_begin_ == in_end_ && in_.size() > 4 * kReadChunk) {
     std::vector<char>().swap(in_);
