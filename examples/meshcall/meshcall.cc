@@ -213,9 +213,11 @@ int main(int argc, char** argv) {
     in_flight.fetch_sub(1);
     if (requests > 0 && c == requests) all_done.Notify();
   };
-  // Reserves one call slot; false when the run is over.
-  auto take_slot = [&]() -> bool {
-    if (absl::Now() >= end) return false;
+  // Reserves one call slot for a call due at `due`; false when the run is
+  // over. Open loop passes each call's intended time, so a pacer that wakes
+  // late still sends every call that was due inside the run.
+  auto take_slot = [&](absl::Time due) -> bool {
+    if (due >= end) return false;
     if (requests > 0) {
       int64_t n = issued.fetch_add(1);
       if (n >= requests) return false;
@@ -228,7 +230,7 @@ int main(int argc, char** argv) {
   if (rate <= 0) {
     // Closed loop: each completion issues the next call.
     closed_loop_next = [&] {
-      if (!take_slot()) {
+      if (!take_slot(absl::Now())) {
         if (in_flight.load() == 0 && requests == 0) all_done.Notify();
         return;
       }
@@ -251,7 +253,7 @@ int main(int argc, char** argv) {
         if (due >= end) break;
         absl::Time now = absl::Now();
         if (due > now) absl::SleepFor(due - now);
-        if (!take_slot()) break;
+        if (!take_slot(due)) break;
         target.Pick().Call(method, data, call_opts, [&, due](CallResult r) {
           rec.Add(r, absl::Now() - due);
           finished_one();
