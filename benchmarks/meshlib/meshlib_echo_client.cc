@@ -27,6 +27,8 @@ ABSL_FLAG(int, connections, 4, "Throughput mode: connections to spread load on."
 ABSL_FLAG(int, inflight, 32, "Throughput mode: calls in flight in total.");
 ABSL_FLAG(int, io_threads, 1, "Client reactor threads.");
 ABSL_FLAG(int, busy_poll_us, 0, "Reactor busy polling after work, microseconds (0 = off).");
+ABSL_FLAG(int, blocking_spin_us, 50,
+          "How long a blocking call waits for its reply without sleeping, microseconds.");
 ABSL_FLAG(bool, json, false, "Print one JSON line instead of prose.");
 
 namespace {
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
   meshlib::client::ChannelOptions opts;
   opts.io_threads = absl::GetFlag(FLAGS_io_threads);
   opts.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
+  opts.blocking_spin = absl::Microseconds(absl::GetFlag(FLAGS_blocking_spin_us));
   opts.connections = pingpong ? 1 : absl::GetFlag(FLAGS_connections);
   opts.default_timeout = absl::Seconds(10);
   auto channel = Channel::Create(absl::GetFlag(FLAGS_address), opts);

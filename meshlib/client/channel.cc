@@ -707,8 +707,10 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
   core::Notification done;
   Call(method, request, options, [&](CallResult r) {
     result = std::move(r);
-    ready.store(true, std::memory_order_release);
     done.Notify();
+    // Last touch of this frame's locals: once `ready` is seen, the caller
+    // may return without taking the notification's lock.
+    ready.store(true, std::memory_order_release);
   });
   // A loopback or same-rack reply often arrives within tens of microseconds.
   // Waiting for it for a short, bounded time without sleeping keeps this CPU
@@ -718,10 +720,14 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
   // shares this CPU runs at once.
   const int64_t spin_until =
       absl::GetCurrentTimeNanos() + absl::ToInt64Nanoseconds(options_.blocking_spin);
-  while (!ready.load(std::memory_order_acquire) && absl::GetCurrentTimeNanos() < spin_until) {
+  for (;;) {
+    if (ready.load(std::memory_order_acquire)) return result;
+    if (absl::GetCurrentTimeNanos() >= spin_until) break;
     sched_yield();
   }
   done.WaitForNotification();
+  // The callback may still be between Notify and its store to `ready`.
+  while (!ready.load(std::memory_order_acquire)) sched_yield();
   return result;
 }
 

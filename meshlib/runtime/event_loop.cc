@@ -225,10 +225,6 @@ void EventLoop::Run() {
                    name_.c_str(), strerror(errno));
       break;
     }
-    {
-      core::MutexLock lock(&mu_);
-      sleep_until_ = absl::InfinitePast();  // awake: nobody needs to wake us
-    }
     for (int i = 0; i < n; ++i) {
       int fd = events[i].data.fd;
       if (fd == wake_fd_) {
@@ -243,8 +239,23 @@ void EventLoop::Run() {
     }
     events_remaining_ = 0;
     bool worked = n > 0;
-    worked |= RunExpiredTimers();
-    worked |= RunPostedTasks();
+    // One critical section in the common case (no timer due): note that we
+    // are awake, and take the posted tasks.
+    bool timers_due;
+    std::vector<Task> posted;
+    {
+      core::MutexLock lock(&mu_);
+      sleep_until_ = absl::InfinitePast();  // awake: nobody needs to wake us
+      timers_due = !timers_.empty() && timers_.begin()->first.first <= absl::Now();
+      if (!timers_due) posted.swap(posted_);
+    }
+    if (timers_due) {
+      worked |= RunExpiredTimers();
+      worked |= RunPostedTasks();  // timers run before tasks posted with them
+    } else {
+      for (Task& t : posted) t();
+      worked |= !posted.empty();
+    }
     if (worked && busy_poll_nanos_ > 0) last_work_nanos_ = absl::GetCurrentTimeNanos();
     while (!deferred_.empty()) {
       std::vector<Task> batch;
