@@ -148,6 +148,11 @@ class ClientConnection final : public transport::FramedConnection {
     return found;
   }
 
+  size_t pending_count() {
+    core::MutexLock lock(&mu_);
+    return pending_.size();
+  }
+
   void SendCancel(uint32_t id) {
     Send([&](std::string* out) { transport::AppendCancel(out, id); }).IgnoreError();
   }
@@ -221,6 +226,14 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
 
   runtime::EventLoop* loop() const { return loop_; }
   bool ready() const { return state_view_.load(std::memory_order_acquire) == State::kReady; }
+  size_t CallsInFlight() {
+    std::shared_ptr<ClientConnection> conn;
+    {
+      core::MutexLock lock(&mu_);
+      conn = conn_;
+    }
+    return conn ? conn->pending_count() : 0;
+  }
 
 
   void RequestConnect() {
@@ -641,6 +654,12 @@ Channel::~Channel() {
 
 void Channel::Connect() {
   for (auto& sc : subchannels_) sc->RequestConnect();
+}
+
+size_t Channel::CallsInFlightForTesting() const {
+  size_t n = 0;
+  for (const auto& sc : subchannels_) n += sc->CallsInFlight();
+  return n;
 }
 
 int Channel::ReadyConnections() const {

@@ -133,6 +133,8 @@ class Channel {
   const std::string& address() const { return address_; }
   // Connections that are established right now.
   int ReadyConnections() const;
+  // Calls sent and awaiting a reply, over all connections.
+  size_t CallsInFlightForTesting() const;
   // Starts connecting now instead of at the first call.
   void Connect();
 

@@ -527,6 +527,9 @@ TEST(ChannelTest, ManyCallsToSlowServerHitTheirDeadline) {
   EXPECT_EQ(deadline_exceeded, kCalls) << odd;
   // All ended on their deadline, not on the handler's reply a second later.
   EXPECT_LT(slowest, absl::Seconds(1));
+  // Their state is gone at once, before the server's late replies arrive
+  // (which are then dropped as replies for unknown streams).
+  EXPECT_EQ(ch->CallsInFlightForTesting(), 0u);
 
   // The connection is still healthy.
   CallResult r = ch->CallBlocking("Echo/Say", "ok", WithTimeout(absl::Seconds(10)));
