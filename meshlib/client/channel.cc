@@ -76,19 +76,6 @@ CallResult Failure(absl::Status status, bool not_processed) {
   return r;
 }
 
-void RunOnLoopAndWait(runtime::EventLoop* loop, absl::AnyInvocable<void()> fn) {
-  if (loop->InExecutorThread()) {
-    fn();
-    return;
-  }
-  core::Notification done;
-  loop->Post([&] {
-    fn();
-    done.Notify();
-  });
-  done.WaitForNotification();
-}
-
 }  // namespace
 
 class Subchannel;
@@ -487,13 +474,7 @@ void ClientConnection::OnFrame(const transport::FrameView& frame) {
       OnGoAway(frame);
       return;
     case transport::FrameType::kPing:
-      if ((frame.header.flags & transport::kFlagPingAck) == 0 && frame.body.size() == 8) {
-        uint64_t opaque = 0;
-        for (char c : frame.body) opaque = (opaque << 8) | static_cast<uint8_t>(c);
-        Send([&](std::string* out) { transport::AppendPing(out, true, opaque); })
-            .IgnoreError();
-      }
-      return;
+      return;  // answered by FramedConnection
     case transport::FrameType::kRequest:
     case transport::FrameType::kCancel:
       Close(absl::InvalidArgumentError(
@@ -646,10 +627,10 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(std::string address,
 
 Channel::~Channel() {
   for (auto& sc : subchannels_) {
-    RunOnLoopAndWait(sc->loop(), [&] { sc->Shutdown(); });
+    sc->loop()->RunAndWait([&] { sc->Shutdown(); });
   }
   // Let posted closes run before the subchannels (and maybe the runtime) go.
-  for (auto& sc : subchannels_) RunOnLoopAndWait(sc->loop(), [] {});
+  for (auto& sc : subchannels_) sc->loop()->RunAndWait([] {});
 }
 
 void Channel::Connect() {

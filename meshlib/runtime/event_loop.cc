@@ -122,6 +122,19 @@ bool EventLoop::Cancel(TimerId id) {
   return true;
 }
 
+void EventLoop::RunAndWait(Task task) {
+  if (InExecutorThread()) {
+    task();
+    return;
+  }
+  core::Notification done;
+  Post([&] {
+    task();
+    done.Notify();
+  });
+  done.WaitForNotification();
+}
+
 absl::Status EventLoop::Watch(int fd, uint32_t events, FdHandler* handler) {
   epoll_event ev{};
   ev.events = events;

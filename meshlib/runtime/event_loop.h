@@ -63,6 +63,11 @@ class EventLoop final : public Executor {
   bool Cancel(TimerId id) override;
   bool InExecutorThread() const override;
 
+  // Runs `task` on the loop thread and waits for it to finish (runs it
+  // inline when called on the loop thread). Must not be called from a task
+  // the loop is waiting on.
+  void RunAndWait(Task task);
+
   // Loop thread only. Level-triggered; `events` as for epoll_ctl.
   absl::Status Watch(int fd, uint32_t events, FdHandler* handler);
   absl::Status Rewatch(int fd, uint32_t events);

@@ -108,13 +108,7 @@ class ServerConnection final : public transport::FramedConnection {
         return;
       }
       case FrameType::kPing:
-        if ((frame.header.flags & transport::kFlagPingAck) == 0 && frame.body.size() == 8) {
-          uint64_t opaque = 0;
-          for (char c : frame.body) opaque = (opaque << 8) | static_cast<uint8_t>(c);
-          Send([&](std::string* out) { transport::AppendPing(out, true, opaque); })
-              .IgnoreError();
-        }
-        return;
+        return;  // answered by FramedConnection
       case FrameType::kGoAway:
         return;  // the client is going away; its calls finish as usual
       case FrameType::kResponse:
@@ -389,18 +383,6 @@ class Server::Acceptor final : public runtime::FdHandler {
 // --- Server ---
 
 namespace {
-void RunOnLoopAndWait(runtime::EventLoop& loop, absl::AnyInvocable<void()> fn) {
-  if (loop.InExecutorThread()) {
-    fn();
-    return;
-  }
-  core::Notification done;
-  loop.Post([&] {
-    fn();
-    done.Notify();
-  });
-  done.WaitForNotification();
-}
 }  // namespace
 
 Server::Server(ServerOptions options) : options_(std::move(options)) {}
@@ -460,7 +442,7 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
   runtime::EventLoop& loop = runtime_->loop(0);
   acceptor_ = std::make_unique<Acceptor>(this, &loop, *fd);
   absl::Status watched;
-  RunOnLoopAndWait(loop, [&] { watched = loop.Watch(acceptor_->fd(), EPOLLIN, acceptor_.get()); });
+  loop.RunAndWait([&] { watched = loop.Watch(acceptor_->fd(), EPOLLIN, acceptor_.get()); });
   if (!watched.ok()) return watched;
   return bound->port();
 }
@@ -505,7 +487,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
   if (!started_ || !runtime_) return;
   draining_.store(true, std::memory_order_release);
   if (acceptor_) {
-    RunOnLoopAndWait(runtime_->loop(0), [&] { acceptor_->Stop(); });
+    runtime_->loop(0).RunAndWait([&] { acceptor_->Stop(); });
   }
   std::vector<std::shared_ptr<ServerConnection>> conns;
   {
@@ -541,7 +523,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
   acceptor_.reset();
   // Let each loop finish the tasks that the closes queued before the runtime
   // (or the caller's shared one) outlives us.
-  for (size_t i = 0; i < runtime_->size(); ++i) RunOnLoopAndWait(runtime_->loop(i), [] {});
+  for (size_t i = 0; i < runtime_->size(); ++i) runtime_->loop(i).RunAndWait([] {});
   runtime_.reset();
 }
 

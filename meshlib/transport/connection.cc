@@ -172,6 +172,7 @@ void FramedConnection::HandleReadable() {
       }
       if (used == 0) break;
       in_begin_ += used;
+      if (frame.header.type == static_cast<uint8_t>(FrameType::kPing)) AnswerPing(frame);
       OnFrame(frame);
     }
     if (!filled) break;  // the socket is drained
@@ -194,6 +195,14 @@ void FramedConnection::HandleReadable() {
     std::vector<char>().swap(in_);
     in_begin_ = in_end_ = 0;
   }
+}
+
+void FramedConnection::AnswerPing(const FrameView& frame) {
+  // Either side answers a PING with the same 8 bytes; other sizes are ignored.
+  if ((frame.header.flags & kFlagPingAck) != 0 || frame.body.size() != 8) return;
+  uint64_t opaque = 0;
+  for (char c : frame.body) opaque = (opaque << 8) | static_cast<uint8_t>(c);
+  Send([&](std::string* out) { AppendPing(out, true, opaque); }).IgnoreError();
 }
 
 void FramedConnection::Close(absl::Status reason) {

@@ -3,7 +3,8 @@
 // The server's and the client's connections derive from it and implement
 // OnFrame/OnClosed. It owns reading (decode, dispatch), writing (coalesced:
 // frames sent during one reactor iteration leave in one syscall) and closing
-// (exactly once, with a reason that is logged and handed to OnClosed).
+// (exactly once, with a reason that is logged and handed to OnClosed). It
+// answers PING frames itself (they are still passed to OnFrame).
 //
 //   class MyConn : public FramedConnection { ... OnFrame(...) override; ... };
 //   auto c = std::make_shared<MyConn>(loop, std::move(stream), limits);
@@ -74,6 +75,7 @@ class FramedConnection : public runtime::FdHandler,
  private:
   void OnFdEvents(uint32_t events) final;
   void HandleReadable();
+  void AnswerPing(const FrameView& frame);
   void FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   void FlushFromLoop();
   void CloseOnLoop(absl::Status reason);

@@ -36,12 +36,22 @@ class PingCounter final : public FramedConnection {
  public:
   using FramedConnection::FramedConnection;
   std::atomic<int> pings{0};
+  std::atomic<int> acks{0};
+  std::atomic<uint64_t> last_ack{0};
   core::Notification closed;
   absl::Status reason;
 
  protected:
   void OnFrame(const FrameView& f) override {
-    if (f.header.type == static_cast<uint8_t>(FrameType::kPing)) pings.fetch_add(1);
+    if (f.header.type != static_cast<uint8_t>(FrameType::kPing)) return;
+    if (f.header.flags & kFlagPingAck) {
+      uint64_t v = 0;
+      for (char c : f.body) v = (v << 8) | static_cast<uint8_t>(c);
+      last_ack.store(v);
+      acks.fetch_add(1);
+    } else {
+      pings.fetch_add(1);
+    }
   }
   void OnClosed(const absl::Status& r) override {
     reason = r;
@@ -88,6 +98,29 @@ TEST(FramedConnectionTest, FramesSentInOneIterationLeaveInOneWrite) {
   receiver->Close(absl::CancelledError("test over"));
   ASSERT_TRUE(sender->closed.WaitForNotificationWithTimeout(absl::Seconds(5)));
   ASSERT_TRUE(receiver->closed.WaitForNotificationWithTimeout(absl::Seconds(5)));
+}
+
+TEST(FramedConnectionTest, PingIsAnsweredWithTheSameBytes) {
+  auto loop = *runtime::EventLoop::Create("test");
+  Pair p;
+  auto a = std::make_shared<PingCounter>(loop.get(), std::make_unique<TcpStream>(p.a, "a"),
+                                         ConnectionOptions{});
+  auto b = std::make_shared<PingCounter>(loop.get(), std::make_unique<TcpStream>(p.b, "b"),
+                                         ConnectionOptions{});
+  a->Start();
+  b->Start();
+  ASSERT_TRUE(a->Send([](std::string* out) { AppendPing(out, false, 0x0123456789abcdefULL); })
+                  .ok());
+  absl::Time give_up = absl::Now() + absl::Seconds(5);
+  while (a->acks.load() == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_EQ(b->pings.load(), 1);
+  EXPECT_EQ(a->acks.load(), 1);
+  EXPECT_EQ(a->last_ack.load(), 0x0123456789abcdefULL);
+  EXPECT_EQ(b->acks.load(), 0);  // an ack is not answered again
+  a->Close(absl::CancelledError("test over"));
+  b->Close(absl::CancelledError("test over"));
+  ASSERT_TRUE(a->closed.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ASSERT_TRUE(b->closed.WaitForNotificationWithTimeout(absl::Seconds(5)));
 }
 
 TEST(FramedConnectionTest, PeerThatStopsReadingHitsTheWriteQueueLimit) {
