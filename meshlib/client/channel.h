@@ -20,7 +20,7 @@
 //
 // Threading: all methods are thread-safe. Callbacks run on the channel's
 // reactor threads (or on the caller's thread when a call fails before it is
-// sent) and must not block.
+// sent) and must not block, nor destroy the channel that runs them.
 #ifndef MESHLIB_CLIENT_CHANNEL_H_
 #define MESHLIB_CLIENT_CHANNEL_H_
 
