@@ -37,12 +37,20 @@ run_bazel_suite() {
   failed=$((failed + f))
 }
 
-run_bazel_suite default
+# In CI every test runs for real; locally Bazel may reuse earlier results.
+if [[ -n "${CI:-}" ]]; then
+  cache_flag=(--nocache_test_results)
+else
+  cache_flag=()
+fi
+
+run_bazel_suite default "${cache_flag[@]+"${cache_flag[@]}"}"
 if [[ -z "${SKIP_ASAN:-}" ]]; then
-  run_bazel_suite asan --config=asan
+  run_bazel_suite asan --config=asan "${cache_flag[@]+"${cache_flag[@]}"}"
 fi
 if [[ -z "${SKIP_TSAN:-}" ]]; then
-  run_bazel_suite tsan --config=tsan --test_tag_filters=concurrency
+  run_bazel_suite tsan --config=tsan --test_tag_filters=concurrency \
+    "${cache_flag[@]+"${cache_flag[@]}"}"
 fi
 
 if [[ -z "${SKIP_FUZZ:-}" ]]; then
