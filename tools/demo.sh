@@ -24,15 +24,16 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# start NAME FLAGS...: starts an echo server on a free port, prints its address.
+# start NAME VAR FLAGS...: starts an echo server on a free port and stores its
+# address in VAR. (Not run in a $(...) subshell: the pid must reach `pids`.)
 start() {
-  local name=$1
-  shift
+  local name=$1 var=$2
+  shift 2
   "$SERVER" --port=0 --name="$name" "$@" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
   for _ in $(seq 1 100); do
     if grep -q "^listening on " "$work/$name.out" 2>/dev/null; then
-      sed -n 's/^listening on //p' "$work/$name.out"
+      printf -v "$var" '%s' "$(sed -n 's/^listening on //p' "$work/$name.out")"
       return
     fi
     sleep 0.05
@@ -41,9 +42,9 @@ start() {
   exit 1
 }
 
-healthy=$(start healthy)
-slow=$(start slow --latency_ms=20)
-flaky=$(start flaky --error_rate=0.2)
+start healthy healthy
+start slow slow --latency_ms=20
+start flaky flaky --error_rate=0.2
 echo "echo servers: healthy=$healthy slow=$slow (+20ms) flaky=$flaky (20% UNAVAILABLE)"
 
 cat >"$work/mesh.json" <<JSON
