@@ -485,7 +485,6 @@ void Server::Shutdown(absl::Duration drain_timeout) {
     shut_down_ = true;
   }
   if (!started_ || !runtime_) return;
-  draining_.store(true, std::memory_order_release);
   if (acceptor_) {
     runtime_->loop(0).RunAndWait([&] { acceptor_->Stop(); });
   }

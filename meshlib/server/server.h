@@ -161,7 +161,6 @@ class Server {
   const Method* FindMethod(absl::string_view name) const;
   void OnAccepted(int fd, std::string peer);
   void OnConnectionClosed(ServerConnection* conn);
-  bool draining() const { return draining_.load(std::memory_order_acquire); }
 
   const ServerOptions options_;
   std::shared_ptr<runtime::Runtime> runtime_;
@@ -171,7 +170,6 @@ class Server {
   std::shared_ptr<CallCounter> counter_;
   std::string address_;
   std::atomic<bool> started_{false};
-  std::atomic<bool> draining_{false};
 
   core::Mutex mu_;
   absl::flat_hash_map<ServerConnection*, std::shared_ptr<ServerConnection>> conns_
