@@ -82,6 +82,11 @@ class ServerConnection final : public transport::FramedConnection {
     }
   }
 
+  // Frees the call's slot under max_concurrent_streams. Called before the
+  // reply is sent, so that the client's next request, which may arrive
+  // before this call is forgotten on the reactor, finds the slot free.
+  void ReleaseStream() { open_streams_.fetch_sub(1, std::memory_order_acq_rel); }
+
   void SendReply(uint32_t stream_id, uint16_t flags, const absl::Status& status,
                  const Metadata& md, absl::string_view payload) {
     absl::Status s = Send([&](std::string* out) {
@@ -187,7 +192,8 @@ class ServerConnection final : public transport::FramedConnection {
       SendReply(id, 0, err, {}, {});
       return;
     }
-    if (calls_.size() >= server_->options_.max_concurrent_streams) {
+    if (open_streams_.load(std::memory_order_acquire) >=
+        server_->options_.max_concurrent_streams) {
       SendReply(id, transport::kFlagRefused,
                 absl::ResourceExhaustedError(absl::StrCat(
                     "max_concurrent_streams (", server_->options_.max_concurrent_streams,
@@ -207,6 +213,7 @@ class ServerConnection final : public transport::FramedConnection {
                               : loop()->Now() + req->timeout;
     auto call = std::make_shared<ServerCall>(self(), id, *std::move(req), deadline);
     calls_.emplace(id, call);
+    open_streams_.fetch_add(1, std::memory_order_acq_rel);
     counter_->active.fetch_add(1, std::memory_order_acq_rel);
     if (method->async) {
       method->async(call);
@@ -246,6 +253,8 @@ class ServerConnection final : public transport::FramedConnection {
   absl::flat_hash_map<uint32_t, std::shared_ptr<ServerCall>> calls_;
   uint32_t last_stream_id_ = 0;
   bool goaway_sent_ = false;
+  // Calls not yet finished on this connection (calls_ may lag behind).
+  std::atomic<uint32_t> open_streams_{0};
   absl::Duration idle_timeout_;
   absl::Duration goaway_grace_;
   runtime::TimerId idle_timer_;
@@ -323,6 +332,7 @@ void ServerCall::Finish(absl::Status status, std::string response) {
     timer = deadline_timer_;
   }
   if (timer.valid()) conn_->loop()->Cancel(timer);
+  conn_->ReleaseStream();
   if (!conn_->closed()) conn_->SendReply(stream_id_, 0, status, md, response);
   conn_->CallDone(stream_id_, on_loop);
 }

@@ -398,6 +398,25 @@ TEST(ServerTest, MaxConcurrentStreamsRefusesExtraCall) {
   EXPECT_TRUE(second.result().status.ok()) << second.result().status;
 }
 
+// A call finished on a worker thread frees its stream slot before its reply
+// leaves, so the client's next call never finds the slot still taken.
+TEST(ServerTest, SlotFreedByWorkerFinishIsFreeForTheNextCall) {
+  ServerOptions options = TestServerOptions();
+  options.max_concurrent_streams = 1;
+  Server server(options);
+  ASSERT_TRUE(server.RegisterSync("Sync/Echo", [](ServerCall& call, std::string* out) {
+    *out = call.request();
+    return absl::OkStatus();
+  }).ok());
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+  for (int i = 0; i < 500; ++i) {
+    client::CallResult r = ch->CallBlocking("Sync/Echo", "x", WithTimeout(absl::Seconds(10)));
+    ASSERT_TRUE(r.status.ok()) << "call " << i << ": " << r.status;
+  }
+}
+
 // active_calls() is documented as "calls being served right now".
 TEST(ServerTest, ActiveCallsCountsCallsInFlight) {
   Server server(TestServerOptions());
