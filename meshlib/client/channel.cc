@@ -23,6 +23,10 @@ class Subchannel;
 
 // The subchannel whose reply is being delivered on this thread, if any.
 static thread_local Subchannel* dispatching_subchannel = nullptr;
+// While this thread reads a connection inline (see CallBlocking), the call it
+// waits for. Other calls' replies read meanwhile go to the reactor to be
+// delivered, so callbacks keep running on reactor threads.
+static thread_local const ClientCall* inline_reader_call = nullptr;
 
 // State of one call, shared by the caller's handle, the deadline timer and
 // the connection. Whoever flips `completed` first delivers the result.
@@ -35,6 +39,10 @@ class ClientCall {
   CallCallback done;
   runtime::EventLoop* loop = nullptr;
   runtime::TimerId timer;
+  // Set by CallBlocking: the caller wants to read its reply itself.
+  bool want_inline_read = false;
+  // The caller's thread owns inline reading of the call's connection.
+  std::atomic<bool> inline_reading{false};
   // Kept only while the call waits for a connection.
   std::string queued_request;
   Metadata queued_metadata;
@@ -56,6 +64,11 @@ class ClientCall {
   }
   // Forgets the call on its connection and tells the server to stop.
   void AbandonOnWire();
+  // The connection the call was sent on, if it was sent.
+  std::shared_ptr<ClientConnection> WireConnection() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return conn_.lock();
+  }
 
  private:
   std::atomic<bool> completed_{false};
@@ -120,10 +133,19 @@ class ClientConnection final : public transport::FramedConnection {
       Forget(id);
       return absl::OkStatus();
     }
+    // A blocking caller takes over reading before its request leaves, so
+    // that even a reply faster than our return from Send is not read (and
+    // handed over) by the reactor.
+    if (call->want_inline_read && BeginInlineRead()) {
+      call->inline_reading.store(true, std::memory_order_release);
+    }
     absl::Status s = Send([&](std::string* out) {
       transport::AppendRequest(out, id, call->method, remaining, metadata, request);
     });
-    if (!s.ok()) Forget(id);
+    if (!s.ok()) {
+      Forget(id);
+      if (call->inline_reading.exchange(false, std::memory_order_acq_rel)) EndInlineRead();
+    }
     return s;
   }
 
@@ -172,7 +194,7 @@ class ClientConnection final : public transport::FramedConnection {
   bool goaway_ ABSL_GUARDED_BY(mu_) = false;
   bool close_posted_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t unknown_replies_ = 0;  // loop thread
-  bool received_frame_ = false;   // loop thread
+  std::atomic<bool> received_frame_{false};
 };
 
 void ClientCall::AbandonOnWire() {
@@ -184,6 +206,14 @@ void ClientCall::AbandonOnWire() {
     id = stream_id_;
   }
   if (conn && conn->Forget(id)) conn->SendCancel(id);
+}
+
+std::shared_ptr<ClientConnection> CallHandle::WireConnection() const {
+  return call_ ? call_->WireConnection() : nullptr;
+}
+
+bool CallHandle::OwnsInlineRead() const {
+  return call_ && call_->inline_reading.load(std::memory_order_acquire);
 }
 
 void CallHandle::Cancel() {
@@ -465,7 +495,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
 // --- ClientConnection frame handling ---
 
 void ClientConnection::OnFrame(const transport::FrameView& frame) {
-  received_frame_ = true;
+  received_frame_.store(true, std::memory_order_relaxed);
   switch (static_cast<transport::FrameType>(frame.header.type)) {
     case transport::FrameType::kResponse:
       OnResponse(frame);
@@ -523,6 +553,15 @@ void ClientConnection::OnResponse(const transport::FrameView& frame) {
     r.not_processed = (frame.header.flags & transport::kFlagRefused) != 0;
     r.endpoint = call->address;
   }
+  if (inline_reader_call != nullptr && inline_reader_call != call.get()) {
+    loop()->Post([call = std::move(call), r = std::move(r), sc = owner_raw_]() mutable {
+      Subchannel* outer = dispatching_subchannel;
+      dispatching_subchannel = sc;
+      call->Complete(std::move(r));
+      dispatching_subchannel = outer;
+    });
+    return;
+  }
   Subchannel* outer = dispatching_subchannel;
   dispatching_subchannel = owner_raw_;
   call->Complete(std::move(r));
@@ -570,7 +609,7 @@ void ClientConnection::OnClosed(const absl::Status& reason) {
     closed_ = true;
     pending.swap(pending_);
   }
-  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, reason, received_frame_);
+  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, reason, received_frame_.load(std::memory_order_relaxed));
   absl::Status status =
       reason.code() == absl::StatusCode::kCancelled
           ? absl::CancelledError(absl::StrCat("call cancelled: ", reason.message()))
@@ -651,6 +690,12 @@ int Channel::ReadyConnections() const {
 
 CallHandle Channel::Call(absl::string_view method, absl::string_view request,
                          const CallOptions& options, CallCallback done) {
+  return StartCall(method, request, options, std::move(done), /*want_inline_read=*/false);
+}
+
+CallHandle Channel::StartCall(absl::string_view method, absl::string_view request,
+                              const CallOptions& options, CallCallback done,
+                              bool want_inline_read) {
   const size_t n = subchannels_.size();
   Subchannel* sc = nullptr;
   if (dispatching_subchannel != nullptr && n > 1) {
@@ -683,6 +728,7 @@ CallHandle Channel::Call(absl::string_view method, absl::string_view request,
                                                          : options_.default_timeout;
   call->deadline = sc->loop()->Now() + call->timeout;
   call->done = std::move(done);
+  call->want_inline_read = want_inline_read;
   call->loop = sc->loop();
   std::weak_ptr<ClientCall> weak = call;
   call->timer = sc->loop()->RunAt(call->deadline, [weak] {
@@ -705,21 +751,43 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
   CallResult result;
   std::atomic<bool> ready{false};
   core::Notification done;
-  Call(method, request, options, [&](CallResult r) {
-    result = std::move(r);
-    done.Notify();
-    // Last touch of this frame's locals: once `ready` is seen, the caller
-    // may return without taking the notification's lock.
-    ready.store(true, std::memory_order_release);
-  });
+  const bool want_inline = options_.read_replies_inline && inline_reader_call == nullptr &&
+                           runtime::EventLoop::Current() == nullptr;
+  CallHandle handle = StartCall(
+      method, request, options,
+      [&](CallResult r) {
+        result = std::move(r);
+        done.Notify();
+        // Last touch of this frame's locals: once `ready` is seen, the
+        // caller may return without taking the notification's lock.
+        ready.store(true, std::memory_order_release);
+      },
+      want_inline);
+  const int64_t spin_until =
+      absl::GetCurrentTimeNanos() + absl::ToInt64Nanoseconds(options_.blocking_spin);
+  // Read the reply on this thread when the call could take over reading:
+  // the reactor then neither wakes for it nor has to wake us, one thread
+  // hand-off less per call.
+  if (handle.OwnsInlineRead()) {
+    std::shared_ptr<ClientConnection> conn = handle.WireConnection();
+    inline_reader_call = handle.call_.get();
+    while (conn && !ready.load(std::memory_order_acquire)) {
+      if (absl::GetCurrentTimeNanos() < spin_until) {
+        if (!conn->ReadInline(absl::ZeroDuration())) break;
+        if (!ready.load(std::memory_order_acquire)) sched_yield();
+      } else if (!conn->ReadInline(absl::Milliseconds(1))) {
+        break;  // closed: the close completes the call
+      }
+    }
+    inline_reader_call = nullptr;
+    if (conn) conn->EndInlineRead();
+  }
   // A loopback or same-rack reply often arrives within tens of microseconds.
   // Waiting for it for a short, bounded time without sleeping keeps this CPU
   // from going idle, so the reply's wake-up costs no inter-processor
   // interrupt to a halted (v)CPU, which on a VM costs more than the round
   // trip itself. Yielding, not spinning: a reactor or server thread that
   // shares this CPU runs at once.
-  const int64_t spin_until =
-      absl::GetCurrentTimeNanos() + absl::ToInt64Nanoseconds(options_.blocking_spin);
   for (;;) {
     if (ready.load(std::memory_order_acquire)) return result;
     if (absl::GetCurrentTimeNanos() >= spin_until) break;

@@ -67,6 +67,7 @@ struct CallResult {
 using CallCallback = absl::AnyInvocable<void(CallResult)>;
 
 class ClientCall;
+class ClientConnection;
 
 // Cancels one call. Copyable; a default-constructed handle does nothing.
 class CallHandle {
@@ -78,6 +79,9 @@ class CallHandle {
   void Cancel();
 
  private:
+  friend class Channel;
+  std::shared_ptr<ClientConnection> WireConnection() const;
+  bool OwnsInlineRead() const;
   std::shared_ptr<ClientCall> call_;
 };
 
@@ -110,6 +114,12 @@ struct ChannelOptions {
   // microseconds, at the price of that much CPU per call. Default 50us;
   // zero disables.
   absl::Duration blocking_spin = absl::Microseconds(50);
+  // Let a blocking call read its own reply from the connection instead of
+  // waiting for the reactor to read it and wake it (one thread hand-off
+  // less). Replies of other calls on that connection read meanwhile are
+  // handed to the reactor, whose thread runs their callbacks as usual.
+  // Default true.
+  bool read_replies_inline = true;
 
   absl::Status Validate() const;
 };
@@ -140,6 +150,8 @@ class Channel {
 
  private:
   Channel(std::string address, ChannelOptions options);
+  CallHandle StartCall(absl::string_view method, absl::string_view request,
+                       const CallOptions& options, CallCallback done, bool want_inline_read);
 
   const std::string address_;
   const ChannelOptions options_;

@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "meshlib/runtime/event_loop.h"
 #include "meshlib/server/server.h"
 #include "meshlib/transport/socket.h"
 
@@ -524,13 +525,86 @@ TEST(ChannelTest, ManyCallsToSlowServerHitTheirDeadline) {
     });
   }
   ASSERT_TRUE(done.WaitFor(kCalls, kWaitLimit)) << done.count() << " done";
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(deadline_exceeded, kCalls) << odd;
-  // All ended on their deadline, not on the handler's reply a second later.
-  EXPECT_LT(slowest, absl::Seconds(1));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(deadline_exceeded, kCalls) << odd;
+    // All ended on their deadline, not on the handler's reply a second later.
+    EXPECT_LT(slowest, absl::Seconds(1));
+  }
   // The connection is still healthy.
   CallResult r = ch->CallBlocking("Echo/Say", "ok", WithTimeout(absl::Seconds(10)));
   EXPECT_TRUE(r.status.ok()) << r.status;
+}
+
+// A blocking call reads its own reply off the connection; replies of other
+// calls it reads meanwhile must still reach their callbacks, on a reactor
+// thread, as the header promises.
+TEST(ChannelTest, BlockingCallsReadingInlineLeaveOtherCallbacksToTheReactor) {
+  server::Server server(TestServerOptions());
+  ASSERT_TRUE(server
+                  .RegisterAsync("Echo/Later",
+                                 [](std::shared_ptr<server::ServerCall> call) {
+                                   call->executor().RunAfter(absl::Milliseconds(1), [call] {
+                                     call->Finish(absl::OkStatus(), call->request());
+                                   });
+                                 })
+                  .ok());
+  RegisterEcho(server);
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());  // one connection: all calls share it
+  ASSERT_NE(ch, nullptr);
+  constexpr int kAsync = 400;
+  Latch async_done;
+  std::atomic<int> async_ok{0}, off_reactor{0};
+  std::thread blocker([&] {
+    for (int i = 0; i < 400; ++i) {
+      CallResult r = ch->CallBlocking("Echo/Say", "b", WithTimeout(absl::Seconds(10)));
+      EXPECT_TRUE(r.status.ok()) << r.status;
+    }
+  });
+  for (int i = 0; i < kAsync; ++i) {
+    std::string payload = absl::StrCat("a", i);
+    ch->Call("Echo/Later", payload, WithTimeout(absl::Seconds(10)),
+             [&, payload](CallResult r) {
+               if (runtime::EventLoop::Current() == nullptr) ++off_reactor;
+               if (r.status.ok() && r.payload == payload) ++async_ok;
+               async_done.Arrive();
+             });
+    if (i % 50 == 0) absl::SleepFor(absl::Milliseconds(1));
+  }
+  blocker.join();
+  ASSERT_TRUE(async_done.WaitFor(kAsync, kWaitLimit)) << async_done.count();
+  EXPECT_EQ(async_ok.load(), kAsync);
+  EXPECT_EQ(off_reactor.load(), 0);
+}
+
+// The connection dies while a blocking call reads inline: the call ends
+// with UNAVAILABLE at once, it does not sit in its read loop.
+TEST(ChannelTest, BlockingCallEndsWhenTheServerGoesAwayMidCall) {
+  auto server = std::make_unique<server::Server>(TestServerOptions());
+  std::atomic<int> held{0};
+  ASSERT_TRUE(server
+                  ->RegisterAsync("Never/Answer",
+                                  [&](std::shared_ptr<server::ServerCall> call) {
+                                    ++held;  // never finished; cancelled at shutdown
+                                  })
+                  .ok());
+  StartOnLoopback(*server);
+  auto ch = MakeChannel(server->address());
+  ASSERT_NE(ch, nullptr);
+  std::atomic<bool> returned{false};
+  CallResult result;
+  std::thread caller([&] {
+    result = ch->CallBlocking("Never/Answer", "x", WithTimeout(absl::Seconds(30)));
+    returned = true;
+  });
+  ASSERT_TRUE(WaitUntil([&] { return held.load() == 1; }, kWaitLimit));
+  const absl::Time t0 = absl::Now();
+  server->Shutdown(absl::ZeroDuration());
+  ASSERT_TRUE(WaitUntil([&] { return returned.load(); }, absl::Seconds(10)));
+  caller.join();
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+  EXPECT_EQ(result.status.code(), absl::StatusCode::kUnavailable) << result.status;
 }
 
 TEST(ChannelTest, DeadlineFreesTheCallsStateEvenIfThePeerNeverAnswers) {

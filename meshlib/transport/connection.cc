@@ -1,5 +1,6 @@
 #include "meshlib/transport/connection.h"
 
+#include <poll.h>
 #include <sys/epoll.h>
 
 #include <cstring>
@@ -31,6 +32,10 @@ void FramedConnection::Start() {
       return;
     }
     self->self_ = self;
+    {
+      core::MutexLock lock(&self->interest_mu_);
+      self->watched_ = true;
+    }
     core::MutexLock lock(&self->write_mu_);
     if (self->out_.size() > self->out_offset_ && !self->flush_scheduled_) {
       // Frames were queued before the stream was watched.
@@ -102,13 +107,63 @@ void FramedConnection::FlushFromLoop() {
   if (was_blocked && !blocked_) UpdateInterest(false);
 }
 
+uint32_t FramedConnection::InterestLocked() const {
+  // While a caller reads inline, the reactor keeps only hang-up and error
+  // events (and EPOLLOUT when it must), so a reply does not wake it too.
+  return EPOLLRDHUP | (inline_reader_ ? 0u : uint32_t{EPOLLIN}) |
+         (watching_write_ ? uint32_t{EPOLLOUT} : 0u);
+}
+
 void FramedConnection::UpdateInterest(bool want_write) {
   if (close_done_ || !self_) return;
-  if (watching_write_ == want_write) return;
-  watching_write_ = want_write;
-  uint32_t ev = EPOLLIN | EPOLLRDHUP | (want_write ? uint32_t{EPOLLOUT} : 0u);
-  absl::Status s = loop_->Rewatch(stream_->fd(), ev);
+  absl::Status s;
+  {
+    core::MutexLock lock(&interest_mu_);
+    if (unwatched_ || watching_write_ == want_write) return;
+    watching_write_ = want_write;
+    s = loop_->Rewatch(stream_->fd(), InterestLocked());
+  }
   if (!s.ok()) CloseOnLoop(s);
+}
+
+bool FramedConnection::BeginInlineRead() {
+  if (runtime::EventLoop::Current() != nullptr) return false;  // never on a reactor
+  core::MutexLock lock(&interest_mu_);
+  if (inline_reader_ || unwatched_ || !watched_) return false;
+  inline_reader_ = true;
+  inline_fd_ = stream_->fd();
+  if (!loop_->Rewatch(inline_fd_, InterestLocked()).ok()) {
+    inline_reader_ = false;
+    return false;
+  }
+  return true;
+}
+
+void FramedConnection::EndInlineRead() {
+  core::MutexLock lock(&interest_mu_);
+  inline_reader_ = false;
+  // Level-triggered: bytes that arrived since the last inline read wake the
+  // reactor at once.
+  if (!unwatched_) loop_->Rewatch(inline_fd_, InterestLocked()).IgnoreError();
+}
+
+bool FramedConnection::ReadInline(absl::Duration timeout) {
+  if (closed()) return false;
+  // Unlocked on purpose: the fd may be closed meanwhile, which at worst wakes
+  // us early; nothing is read from it unless the connection is still open.
+  pollfd p{inline_fd_, POLLIN, 0};
+  int ms = timeout <= absl::ZeroDuration()
+               ? 0
+               : static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(timeout, absl::Milliseconds(1))));
+  if (poll(&p, 1, ms) <= 0) return !closed();
+  absl::Status status;
+  {
+    ReadLock lock(this);
+    if (closed()) return false;
+    status = ReadAndDispatchLocked();
+  }
+  if (!status.ok()) Close(std::move(status));  // posted: we are not the reactor
+  return !closed();
 }
 
 void FramedConnection::OnFdEvents(uint32_t events) {
@@ -119,7 +174,34 @@ void FramedConnection::OnFdEvents(uint32_t events) {
 }
 
 void FramedConnection::HandleReadable() {
-  for (int i = 0; i < kMaxReadsPerEvent && !close_done_; ++i) {
+  absl::Status status;
+  {
+    ReadLock lock(this);
+    if (closed()) return;
+    status = ReadAndDispatchLocked();
+  }
+  if (!status.ok()) {
+    CloseOnLoop(std::move(status));
+    return;
+  }
+  if (close_done_) return;
+  // What this batch of frames made us send (replies, or the next calls of
+  // pipelined callers) leaves now, in one write, when other connections are
+  // still to be served in this iteration: the peer starts on it meanwhile.
+  // Otherwise it leaves at the end of the iteration, right before the loop
+  // sleeps, so that a peer woken by it does not preempt unfinished work.
+  if (!close_done_ && loop_->MoreEventsInThisIteration()) {
+    bool pending;
+    {
+      core::MutexLock lock(&write_mu_);
+      pending = flush_scheduled_;
+    }
+    if (pending) FlushFromLoop();
+  }
+}
+
+absl::Status FramedConnection::ReadAndDispatchLocked() {
+  for (int i = 0; i < kMaxReadsPerEvent && !closed(); ++i) {
     // Make room: compact, then grow to fit the frame in progress.
     if (in_begin_ == in_end_) {
       in_begin_ = in_end_ = 0;
@@ -146,29 +228,24 @@ void FramedConnection::HandleReadable() {
     if (r.kind == IoResult::kWouldBlock) break;
     if (r.kind == IoResult::kEof) {
       // A close between frames is ordinary; inside one it is a broken peer.
-      CloseOnLoop(have == 0 ? absl::UnavailableError(absl::StrCat("connection closed by ", peer()))
-                            : absl::DataLossError(absl::StrCat(
-                                  "connection closed by ", peer(), " in the middle of a frame (",
-                                  have, " bytes of it received)")));
-      return;
+      return have == 0 ? absl::UnavailableError(absl::StrCat("connection closed by ", peer()))
+                       : absl::DataLossError(absl::StrCat(
+                             "connection closed by ", peer(), " in the middle of a frame (",
+                             have, " bytes of it received)"));
     }
-    if (r.kind == IoResult::kError) {
-      CloseOnLoop(r.error);
-      return;
-    }
+    if (r.kind == IoResult::kError) return r.error;
     in_end_ += r.bytes;
-    last_read_time_ = loop_->Now();
+    last_read_time_ = absl::Now();
     bool filled = in_end_ == in_.size();
     // Decode every whole frame in the buffer.
-    while (!close_done_) {
+    while (!closed()) {
       FrameView frame;
       size_t used = 0;
       absl::string_view avail(in_.data() + in_begin_, in_end_ - in_begin_);
       absl::Status s = DecodeFrame(avail, options_.limits, &frame, &used);
       if (!s.ok()) {
-        CloseOnLoop(absl::Status(s.code(), absl::StrCat("protocol error from ", peer(), ": ",
-                                                        s.message())));
-        return;
+        return absl::Status(s.code(),
+                            absl::StrCat("protocol error from ", peer(), ": ", s.message()));
       }
       if (used == 0) break;
       in_begin_ += used;
@@ -177,24 +254,12 @@ void FramedConnection::HandleReadable() {
     }
     if (!filled) break;  // the socket is drained
   }
-  // What this batch of frames made us send (replies, or the next calls of
-  // pipelined callers) leaves now, in one write, when other connections are
-  // still to be served in this iteration: the peer starts on it meanwhile.
-  // Otherwise it leaves at the end of the iteration, right before the loop
-  // sleeps, so that a peer woken by it does not preempt unfinished work.
-  if (!close_done_ && loop_->MoreEventsInThisIteration()) {
-    bool pending;
-    {
-      core::MutexLock lock(&write_mu_);
-      pending = flush_scheduled_;
-    }
-    if (pending) FlushFromLoop();
-  }
   // Do not keep a large buffer around for an idle connection.
   if (in_begin_ == in_end_ && in_.size() > 4 * kReadChunk) {
     std::vector<char>().swap(in_);
     in_begin_ = in_end_ = 0;
   }
+  return absl::OkStatus();
 }
 
 void FramedConnection::AnswerPing(const FrameView& frame) {
@@ -232,8 +297,19 @@ void FramedConnection::CloseOnLoop(absl::Status reason) {
     out_.clear();
     out_offset_ = 0;
   }
-  if (self_) loop_->Unwatch(stream_->fd());
-  stream_->Close();
+  {
+    // An inline reader must be off the stream before the fd is closed (its
+    // number may be reused at once). Inside our own dispatch we hold it.
+    const bool nested = reader_thread_.load(std::memory_order_acquire) == std::this_thread::get_id();
+    if (!nested) read_mu_.Lock();
+    {
+      core::MutexLock lock(&interest_mu_);
+      unwatched_ = true;
+      if (self_) loop_->Unwatch(stream_->fd());
+    }
+    stream_->Close();
+    if (!nested) read_mu_.Unlock();
+  }
   auto keep = std::move(self_);
   OnClosed(reason);
 }

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -60,6 +61,20 @@ class FramedConnection : public runtime::FdHandler,
   void Close(absl::Status reason);
 
   bool closed() const { return closed_flag_.load(std::memory_order_acquire); }
+
+  // Inline reads: a thread that blocks for a reply on this connection may
+  // read it itself instead of having the reactor read it and wake the
+  // thread: one thread hand-off less per call. While one thread reads
+  // inline, the reactor stops watching for input; frames that arrive are
+  // dispatched (OnFrame) on the reading thread. Not for reactor threads.
+  // BeginInlineRead returns false if another thread already reads inline or
+  // the connection is not (or no longer) watched; then just wait normally.
+  bool BeginInlineRead();
+  // Waits up to `timeout` (zero: just checks) for input and dispatches what
+  // arrived. Returns false once the connection is closed.
+  bool ReadInline(absl::Duration timeout);
+  // Hands reading back to the reactor. Call once after a successful Begin.
+  void EndInlineRead();
   runtime::EventLoop* loop() const { return loop_; }
   const std::string& peer() const { return stream_->peer(); }
   absl::Time last_read_time() const { return last_read_time_; }  // loop thread
@@ -75,6 +90,27 @@ class FramedConnection : public runtime::FdHandler,
  private:
   void OnFdEvents(uint32_t events) final;
   void HandleReadable();
+  // Reads what is available and dispatches whole frames; a non-OK result is
+  // the reason the connection must close.
+  absl::Status ReadAndDispatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(read_mu_);
+  uint32_t InterestLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(interest_mu_);
+
+  // Holds read_mu_ and records the holder, so that a close started from
+  // inside a dispatch does not wait for itself.
+  class ABSL_SCOPED_LOCKABLE ReadLock {
+   public:
+    explicit ReadLock(FramedConnection* c) ABSL_EXCLUSIVE_LOCK_FUNCTION(c->read_mu_) : c_(c) {
+      c_->read_mu_.Lock();
+      c_->reader_thread_.store(std::this_thread::get_id(), std::memory_order_release);
+    }
+    ~ReadLock() ABSL_UNLOCK_FUNCTION() {
+      c_->reader_thread_.store(std::thread::id(), std::memory_order_release);
+      c_->read_mu_.Unlock();
+    }
+
+   private:
+    FramedConnection* const c_;
+  };
   void AnswerPing(const FrameView& frame);
   void FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   void FlushFromLoop();
@@ -88,12 +124,23 @@ class FramedConnection : public runtime::FdHandler,
 
   // Loop-thread state.
   std::shared_ptr<FramedConnection> self_;  // set while watched
-  std::vector<char> in_;
-  size_t in_begin_ = 0;
-  size_t in_end_ = 0;
-  bool watching_write_ = false;
   bool close_done_ = false;
-  absl::Time last_read_time_;
+
+  // The read side: the reactor, or a thread reading inline.
+  core::Mutex read_mu_;
+  std::atomic<std::thread::id> reader_thread_{};
+  std::vector<char> in_ ABSL_GUARDED_BY(read_mu_);
+  size_t in_begin_ ABSL_GUARDED_BY(read_mu_) = 0;
+  size_t in_end_ ABSL_GUARDED_BY(read_mu_) = 0;
+  absl::Time last_read_time_;  // written under read_mu_; read on the loop by servers
+
+  // What the reactor watches for.
+  core::Mutex interest_mu_;
+  bool watched_ ABSL_GUARDED_BY(interest_mu_) = false;
+  bool unwatched_ ABSL_GUARDED_BY(interest_mu_) = false;
+  bool watching_write_ ABSL_GUARDED_BY(interest_mu_) = false;
+  bool inline_reader_ ABSL_GUARDED_BY(interest_mu_) = false;
+  int inline_fd_ = -1;  // set by BeginInlineRead, read by the inline reader
 
   core::Mutex write_mu_;
   std::string out_ ABSL_GUARDED_BY(write_mu_);
