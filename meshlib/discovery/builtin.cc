@@ -1,0 +1,20 @@
+#include "meshlib/discovery/builtin.h"
+
+#include "meshlib/discovery/static_resolver.h"
+
+namespace meshlib::discovery {
+
+void RegisterBuiltinResolvers(ResolverRegistry& registry) {
+  registry.Register(MakeStaticResolverFactory());
+}
+
+ResolverRegistry& ResolverRegistry::Global() {
+  static ResolverRegistry* registry = [] {
+    auto* r = new ResolverRegistry();
+    RegisterBuiltinResolvers(*r);
+    return r;
+  }();
+  return *registry;
+}
+
+}  // namespace meshlib::discovery
