@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/core/sync.h"
+#include "meshlib/testing/subprocess.h"
 #include "nlohmann/json.hpp"
 
 extern char** environ;
@@ -25,107 +26,8 @@ extern char** environ;
 namespace meshlib {
 namespace {
 
-std::string Runfile(const std::string& path) {
-  const char* dir = std::getenv("TEST_SRCDIR");
-  return absl::StrCat(dir ? dir : ".", "/meshlib/", path);
-}
-
-// A child process with its stdout and stderr captured through pipes.
-class Process {
- public:
-  explicit Process(std::vector<std::string> argv) {
-    int out[2], err[2];
-    EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-    EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(a.data());
-    args.push_back(nullptr);
-    int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
-    EXPECT_EQ(rc, 0) << "spawn " << argv[0];
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    close(err[1]);
-    out_fd_ = out[0];
-    err_fd_ = err[0];
-  }
-  ~Process() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      Wait(absl::Seconds(5));
-    }
-    close(out_fd_);
-    close(err_fd_);
-  }
-
-  // Reads stdout until a line starting with `prefix` appears; returns it.
-  std::string WaitForLine(absl::string_view prefix, absl::Duration timeout) {
-    absl::Time give_up = absl::Now() + timeout;
-    for (;;) {
-      size_t pos = 0;
-      while (pos < out_.size()) {
-        size_t nl = out_.find('\n', pos);
-        if (nl == std::string::npos) break;
-        std::string line = out_.substr(pos, nl - pos);
-        if (absl::StartsWith(line, prefix)) return line;
-        pos = nl + 1;
-      }
-      if (absl::Now() >= give_up || !Pump(out_fd_, &out_, give_up)) return "";
-    }
-  }
-
-  // Waits for exit; returns the exit status (or -1 on timeout / signal).
-  int Wait(absl::Duration timeout) {
-    absl::Time give_up = absl::Now() + timeout;
-    for (;;) {
-      int status;
-      pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exited_ = true;
-        Drain();
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      if (absl::Now() >= give_up) return -1;
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-  }
-
-  void Signal(int sig) { kill(pid_, sig); }
-  const std::string& out() const { return out_; }
-  const std::string& err() const { return err_; }
-
- private:
-  // Reads what is available (waiting until `until`); false on EOF/timeout.
-  static bool Pump(int fd, std::string* into, absl::Time until) {
-    pollfd p{fd, POLLIN, 0};
-    int ms = static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(until - absl::Now())));
-    if (poll(&p, 1, std::min(ms, 50)) <= 0) return absl::Now() < until;
-    char buf[4096];
-    ssize_t n = read(fd, buf, sizeof(buf));
-    if (n <= 0) return false;
-    into->append(buf, static_cast<size_t>(n));
-    return true;
-  }
-  void Drain() {
-    for (auto [fd, s] : {std::make_pair(out_fd_, &out_), std::make_pair(err_fd_, &err_)}) {
-      int flags = fcntl(fd, F_GETFL);
-      fcntl(fd, F_SETFL, flags | O_NONBLOCK);
-      char buf[4096];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0) s->append(buf, static_cast<size_t>(n));
-    }
-  }
-
-  pid_t pid_ = -1;
-  int out_fd_ = -1;
-  int err_fd_ = -1;
-  bool exited_ = false;
-  std::string out_;
-  std::string err_;
-};
+using testing::Runfile;
+using Process = testing::Subprocess;
 
 std::string EchoServer() { return Runfile("examples/echo/echo_server"); }
 std::string Meshcall() { return Runfile("examples/meshcall/meshcall"); }

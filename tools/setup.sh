@@ -17,6 +17,8 @@ PACKAGES=(
   clang libclang-rt-14-dev # libFuzzer
   python3
   procps                   # pkill/ps, used by the scripts
+  dnsmasq-base             # a real DNS server for the DNS discovery tests
+  etcd-server etcd-client  # a real etcd for etcd discovery and registration
 )
 
 missing=()
