@@ -1,11 +1,13 @@
 #include "meshlib/discovery/builtin.h"
 
+#include "meshlib/discovery/file_resolver.h"
 #include "meshlib/discovery/static_resolver.h"
 
 namespace meshlib::discovery {
 
 void RegisterBuiltinResolvers(ResolverRegistry& registry) {
   registry.Register(MakeStaticResolverFactory());
+  registry.Register(MakeFileResolverFactory());
 }
 
 ResolverRegistry& ResolverRegistry::Global() {
