@@ -251,7 +251,17 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     }
     return conn ? conn->pending_count() : 0;
   }
-
+  // In flight plus queued for a connection being set up.
+  size_t CallsOutstanding() {
+    std::shared_ptr<ClientConnection> conn;
+    size_t queued;
+    {
+      core::MutexLock lock(&mu_);
+      conn = conn_;
+      queued = queued_.size();
+    }
+    return queued + (conn ? conn->pending_count() : 0);
+  }
 
   void RequestConnect() {
     core::MutexLock lock(&mu_);
@@ -679,6 +689,12 @@ void Channel::Connect() {
 size_t Channel::CallsInFlightForTesting() const {
   size_t n = 0;
   for (const auto& sc : subchannels_) n += sc->CallsInFlight();
+  return n;
+}
+
+size_t Channel::CallsOutstanding() const {
+  size_t n = 0;
+  for (const auto& sc : subchannels_) n += sc->CallsOutstanding();
   return n;
 }
 

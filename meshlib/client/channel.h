@@ -145,6 +145,9 @@ class Channel {
   int ReadyConnections() const;
   // Calls sent and awaiting a reply, over all connections.
   size_t CallsInFlightForTesting() const;
+  // Calls not yet completed: awaiting a reply, or queued while a connection
+  // is set up. A channel with none can be destroyed without failing a call.
+  size_t CallsOutstanding() const;
   // Starts connecting now instead of at the first call.
   void Connect();
 

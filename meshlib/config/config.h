@@ -6,7 +6,8 @@
 //
 // Every error names the offending field's path and the rule it broke, e.g.
 // `services.echo.timeout: "fast" is not a duration (examples: "250ms", "1s")`.
-// This version understands static discovery and the per-call timeout; the
+// This version validates discovery (every registered kind) and the per-call
+// timeout; the
 // other documented sections (load_balancer, retry, hedging, circuit_breaker,
 // outlier_detection) are checked for being JSON objects/lists and kept raw
 // for the layers that read them.
@@ -22,14 +23,17 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "meshlib/config/json_fields.h"
 #include "nlohmann/json.hpp"
 
 namespace meshlib::config {
 
 struct ServiceConfig {
   std::string name;
-  // discovery.static.endpoints: "host:port" literals, validated.
-  std::vector<std::string> static_endpoints;
+  // The `discovery` object ({"<kind>": {...}}), validated by its kind's
+  // resolver factory; discovery::Discovery::Create takes it as it is.
+  nlohmann::json discovery;
+  std::string discovery_kind;  // "static", "file", "dns", "etcd", ...
   // Per-call timeout. Default 1s.
   absl::Duration timeout = absl::Seconds(1);
   // The service's whole JSON object, for layers that parse their own section.
@@ -43,10 +47,6 @@ struct MeshConfig {
 
 absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view json_text);
 absl::StatusOr<MeshConfig> LoadMeshConfigFile(const std::string& path);
-
-// Parses a duration string such as "250ms"; errors name `path`.
-absl::StatusOr<absl::Duration> ParseDurationField(const nlohmann::json& j,
-                                                  absl::string_view path);
 
 }  // namespace meshlib::config
 

@@ -23,8 +23,8 @@ TEST(ConfigTest, ParsesDesignDocExample) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   const ServiceConfig* echo = cfg->Find("echo");
   ASSERT_NE(echo, nullptr);
-  EXPECT_EQ(echo->static_endpoints,
-            (std::vector<std::string>{"127.0.0.1:7001", "[::1]:7002"}));
+  EXPECT_EQ(echo->discovery_kind, "static");
+  EXPECT_EQ(echo->discovery["static"]["endpoints"][1], "[::1]:7002");
   EXPECT_EQ(echo->timeout, absl::Milliseconds(250));
   EXPECT_EQ(cfg->Find("other"), nullptr);
 }
@@ -68,6 +68,8 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"services": {"echo": {"discovery": {"zookeeper": {}}}}})",
                 "services.echo.discovery.zookeeper: unknown discovery kind"},
         BadCase{R"({"servics": {}})", "servics: unknown key"},
+        BadCase{R"({"services": {"echo": {"discovery": {"file": {"path": 7}}}}})",
+                "services.echo.discovery.file.path: must be a non-empty string"},
         BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
                  "load_balancer": {"round_robin": {}}}}})",
                 "services.echo.load_balancer: must be a list"},

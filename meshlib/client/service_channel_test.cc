@@ -1,0 +1,205 @@
+#include "meshlib/client/service_channel.h"
+
+#include <fstream>
+#include <functional>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "gtest/gtest.h"
+#include "meshlib/server/server.h"
+#include "meshlib/testing/subprocess.h"
+
+namespace meshlib::client {
+namespace {
+
+using json = nlohmann::json;
+
+bool Eventually(const std::function<bool()>& pred, absl::Duration timeout) {
+  absl::Time give_up = absl::Now() + timeout;
+  while (absl::Now() < give_up) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return pred();
+}
+
+// An in-process echo server that can delay its answers.
+struct EchoServer {
+  explicit EchoServer(absl::Duration delay = absl::ZeroDuration()) : server(Options()) {
+    EXPECT_TRUE(server
+                    .RegisterSync("Echo/Say",
+                                  [delay](server::ServerCall& call, std::string* out) {
+                                    if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
+                                    *out = call.request();
+                                    return absl::OkStatus();
+                                  })
+                    .ok());
+    EXPECT_TRUE(server.Start("127.0.0.1:0").ok());
+  }
+  static server::ServerOptions Options() {
+    server::ServerOptions o;
+    o.io_threads = 1;
+    return o;
+  }
+  std::string address() const { return server.address(); }
+  server::Server server;
+};
+
+class ServiceChannelTest : public ::testing::Test {
+ protected:
+  void SetUp() override { path_ = testing::MakeTempDir("service_channel") + "/echo.json"; }
+
+  // Publishes `addrs` through the endpoint file (rename, as deploy tools do).
+  void SetEndpoints(const std::vector<std::string>& addrs) {
+    json j = {{"endpoints", addrs}};
+    std::ofstream(path_ + ".tmp", std::ios::trunc) << j.dump();
+    ASSERT_EQ(rename((path_ + ".tmp").c_str(), path_.c_str()), 0);
+  }
+  std::unique_ptr<ServiceChannel> Open() {
+    ServiceChannelOptions o;
+    o.channel.default_timeout = absl::Seconds(5);
+    auto sc = ServiceChannel::Create(
+        "echo", json{{"file", {{"path", path_}, {"poll_interval", "50ms"}}}}, o);
+    EXPECT_TRUE(sc.ok()) << sc.status();
+    return *std::move(sc);
+  }
+  static std::string Joined(const ServiceChannel& sc) {
+    return absl::StrJoin(sc.Endpoints(), ",");
+  }
+
+  std::string path_;
+};
+
+TEST_F(ServiceChannelTest, NoEndpointsYetFailsFastNamingDiscovery) {
+  auto sc = Open();  // the file does not exist
+  ASSERT_TRUE(Eventually([&] { return sc->stats().discovery.errors > 0; }, absl::Seconds(5)));
+  CallResult r = sc->CallBlocking("Echo/Say", "x");
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(r.status.message(), "no endpoints yet")) << r.status;
+  EXPECT_TRUE(absl::StrContains(r.status.message(), "does not exist")) << r.status;
+  EXPECT_TRUE(r.not_processed);
+}
+
+TEST_F(ServiceChannelTest, SpreadsCallsOverEveryEndpoint) {
+  EchoServer a, b, c;
+  SetEndpoints({a.address(), b.address(), c.address()});
+  auto sc = Open();
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  // Wait until all are connected so round-robin covers all three.
+  std::map<std::string, int> by;
+  for (int i = 0; i < 300; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "hi");
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    ++by[r.endpoint];
+  }
+  ASSERT_EQ(by.size(), 3u);
+  for (const auto& [addr, n] : by) EXPECT_GE(n, 50) << addr;
+}
+
+// The bar: endpoints join and leave under load and no call fails because of it.
+TEST_F(ServiceChannelTest, FollowsAdditionsAndRemovalsUnderLoadWithoutFailedCalls) {
+  EchoServer s1, s2, s3, s4;
+  SetEndpoints({s1.address(), s2.address()});
+  auto sc = Open();
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  core::Mutex mu;
+  std::map<std::string, int> by_endpoint;  // guarded by mu
+  std::string first_error;                 // guarded by mu
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&] {
+      while (!stop.load()) {
+        CallResult r = sc->CallBlocking("Echo/Say", "x");
+        core::MutexLock lock(&mu);
+        if (r.status.ok()) {
+          ++ok;
+          ++by_endpoint[r.endpoint];
+        } else {
+          ++failed;
+          if (first_error.empty()) first_error = r.status.ToString();
+        }
+      }
+    });
+  }
+  auto count = [&](const std::string& a) {
+    core::MutexLock lock(&mu);
+    return by_endpoint[a];
+  };
+  auto reset = [&] {
+    core::MutexLock lock(&mu);
+    by_endpoint.clear();
+  };
+  absl::SleepFor(absl::Milliseconds(200));
+  // Add s3 and s4: they start taking calls.
+  SetEndpoints({s1.address(), s2.address(), s3.address(), s4.address()});
+  EXPECT_TRUE(Eventually([&] { return count(s3.address()) > 20 && count(s4.address()) > 20; },
+                         absl::Seconds(10)));
+  // Remove s1 and s2 (their servers keep running, as during a redeploy).
+  SetEndpoints({s3.address(), s4.address()});
+  ASSERT_TRUE(Eventually([&] { return Joined(*sc) == absl::StrCat(s3.address(), ",", s4.address()) ||
+                                      Joined(*sc) == absl::StrCat(s4.address(), ",", s3.address()); },
+                         absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(100));
+  reset();
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(count(s1.address()), 0);
+  EXPECT_EQ(count(s2.address()), 0);
+  // Swap back and forth a few times under load.
+  for (int i = 0; i < 5; ++i) {
+    SetEndpoints({s1.address(), s4.address()});
+    absl::SleepFor(absl::Milliseconds(100));
+    SetEndpoints({s2.address(), s3.address()});
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  stop = true;
+  for (auto& t : load) t.join();
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_GT(ok.load(), 100);
+  EXPECT_GE(sc->stats().endpoint_updates, 12u);
+  // Removed channels are closed once their calls are done.
+  EXPECT_TRUE(Eventually([&] { return sc->stats().draining == 0; }, absl::Seconds(5)));
+}
+
+TEST_F(ServiceChannelTest, RemovedEndpointFinishesItsCallInFlight) {
+  EchoServer slow(absl::Milliseconds(500));
+  EchoServer fast;
+  SetEndpoints({slow.address()});
+  auto sc = Open();
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  core::Notification done;
+  CallResult result;
+  sc->Call("Echo/Say", "slow one", CallOptions{}, [&](CallResult r) {
+    result = std::move(r);
+    done.Notify();
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  SetEndpoints({fast.address()});
+  ASSERT_TRUE(Eventually([&] { return Joined(*sc) == fast.address(); }, absl::Seconds(5)));
+  EXPECT_EQ(sc->stats().draining, 1u);
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(result.status.ok()) << result.status;
+  EXPECT_EQ(result.payload, "slow one");
+  EXPECT_EQ(result.endpoint, slow.address());
+  EXPECT_TRUE(Eventually([&] { return sc->stats().draining == 0; }, absl::Seconds(5)));
+  EXPECT_EQ(sc->CallBlocking("Echo/Say", "x").endpoint, fast.address());
+}
+
+TEST_F(ServiceChannelTest, BadUpdateKeepsServingFromTheLastGoodSet) {
+  EchoServer a;
+  SetEndpoints({a.address()});
+  auto sc = Open();
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  std::ofstream(path_, std::ios::trunc) << "{\"endpoints\": [";
+  ASSERT_TRUE(Eventually([&] { return sc->stats().discovery.errors > 0; }, absl::Seconds(5)));
+  CallResult r = sc->CallBlocking("Echo/Say", "still here");
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.endpoint, a.address());
+}
+
+}  // namespace
+}  // namespace meshlib::client
