@@ -96,6 +96,32 @@ TEST(ExamplesTest, JsonLoadRunReportsEveryContractField) {
   EXPECT_LE(j["latency_us"]["p99"].get<double>(), j["latency_us"]["max"].get<double>());
 }
 
+TEST(ExamplesTest, FileDiscoverySpreadsOverEveryListedServer) {
+  Process a({EchoServer(), "--port=0", "--name=a"});
+  Process b({EchoServer(), "--port=0", "--name=b"});
+  std::string addr_a = StartServer(&a), addr_b = StartServer(&b);
+  std::string endpoints = WriteConfig(
+      absl::StrCat(R"({"endpoints": [")", addr_a, R"(", ")", addr_b, R"("]})"));
+  std::string config = WriteConfig(absl::StrCat(
+      R"({"services": {"echo": {"discovery": {"file": {"path": ")", endpoints, R"("}}}}})"));
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + config, "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=200",
+                              "--concurrency=4", "--json"});
+  EXPECT_EQ(j["ok"], 200) << j.dump();
+  EXPECT_GT(j["by_endpoint"][addr_a].get<int>(), 50) << j.dump();
+  EXPECT_GT(j["by_endpoint"][addr_b].get<int>(), 50) << j.dump();
+}
+
+TEST(ExamplesTest, DiscoveryThatNeverResolvesExitsNonZeroNamingTheSource) {
+  std::string config = WriteConfig(
+      R"({"services": {"echo": {"discovery": {"file": {"path": "/nonexistent/echo.json"}}}}})");
+  Process call({Meshcall(), "--config=" + config, "--service=echo", "--method=Echo/Say",
+                "--data=x", "--discovery_timeout=300ms"});
+  EXPECT_NE(call.Wait(absl::Seconds(30)), 0);
+  EXPECT_TRUE(absl::StrContains(call.err(), "services.echo.discovery (file)")) << call.err();
+  EXPECT_TRUE(absl::StrContains(call.err(), "/nonexistent/echo.json\" does not exist")) << call.err();
+}
+
 TEST(ExamplesTest, ErrorRateAnswersUnavailable) {
   Process server({EchoServer(), "--port=0", "--error_rate=1"});
   std::string addr = StartServer(&server);

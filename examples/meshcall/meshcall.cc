@@ -29,6 +29,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
+#include "meshlib/client/service_channel.h"
+#include "meshlib/runtime/event_loop.h"
 #include "meshlib/config/config.h"
 #include "nlohmann/json.hpp"
 
@@ -43,12 +45,13 @@ ABSL_FLAG(double, rate, 0, "open loop: calls per second, paced from intended sen
 ABSL_FLAG(bool, idempotent, false, "calls are safe to retry and hedge");
 ABSL_FLAG(bool, json, false, "print one JSON object with the results");
 ABSL_FLAG(int, connections, 1, "TCP connections per endpoint");
+ABSL_FLAG(absl::Duration, discovery_timeout, absl::Seconds(10),
+          "how long to wait for discovery's first endpoint set");
 
 namespace {
 
 using meshlib::client::CallOptions;
 using meshlib::client::CallResult;
-using meshlib::client::Channel;
 
 std::string CodeName(absl::StatusCode code) {
   std::string s = absl::StatusCodeToString(code);
@@ -118,13 +121,6 @@ class Recorder {
   std::string last_error_;
 };
 
-// Spreads calls over the service's endpoints (one channel each).
-class Target {
- public:
-  std::vector<std::unique_ptr<Channel>> channels;
-  std::atomic<uint64_t> next{0};
-  Channel& Pick() { return *channels[next.fetch_add(1) % channels.size()]; }
-};
 
 int Fail(const std::string& msg) {
   std::cerr << "meshcall: " << msg << "\n";
@@ -162,19 +158,27 @@ int main(int argc, char** argv) {
                              ": no such service in ", absl::GetFlag(FLAGS_config)));
   }
 
-  auto rt = meshlib::runtime::Runtime::Create(1, "meshcall-io");
-  if (!rt.ok()) return Fail(std::string(rt.status().message()));
-  Target target;
-  for (const std::string& ep : svc->static_endpoints) {
-    meshlib::client::ChannelOptions opts;
-    opts.runtime = *rt;
-    opts.connections = absl::GetFlag(FLAGS_connections);
-    opts.default_timeout = svc->timeout;
-    auto ch = Channel::Create(ep, opts);
-    if (!ch.ok()) return Fail(std::string(ch.status().message()));
-    (*ch)->Connect();
-    target.channels.push_back(*std::move(ch));
+  meshlib::client::ServiceChannelOptions sopts;
+  sopts.channel.io_threads = 1;
+  sopts.channel.connections = absl::GetFlag(FLAGS_connections);
+  sopts.channel.default_timeout = svc->timeout;
+  auto target_or =
+      meshlib::client::ServiceChannel::Create(svc->name, svc->discovery, std::move(sopts));
+  if (!target_or.ok()) return Fail(std::string(target_or.status().message()));
+  std::unique_ptr<meshlib::client::ServiceChannel> target = *std::move(target_or);
+  if (!target->WaitForEndpoints(absl::GetFlag(FLAGS_discovery_timeout))) {
+    auto ds = target->stats().discovery;
+    return Fail(absl::StrCat("services.", svc->name, ".discovery (", svc->discovery_kind,
+                             "): no endpoints after ",
+                             absl::FormatDuration(absl::GetFlag(FLAGS_discovery_timeout)),
+                             ds.last_error.ok() ? "" : ": ", ds.last_error.message()));
   }
+  // Calls that fail before reaching any endpoint complete on the caller's
+  // thread; the closed loop issues the next one from here instead of
+  // recursing.
+  auto side = meshlib::runtime::EventLoop::Create("meshcall");
+  if (!side.ok()) return Fail(std::string(side.status().message()));
+  std::unique_ptr<meshlib::runtime::EventLoop> side_loop = *std::move(side);
 
   const std::string method = absl::GetFlag(FLAGS_method);
   const std::string data = absl::GetFlag(FLAGS_data);
@@ -184,7 +188,7 @@ int main(int argc, char** argv) {
   // One-off call: readable output, exit status says how it went.
   if (requests == 1 && !absl::GetFlag(FLAGS_json)) {
     absl::Time start = absl::Now();
-    CallResult r = target.Pick().CallBlocking(method, data, call_opts);
+    CallResult r = target->CallBlocking(method, data, call_opts);
     absl::Duration took = absl::Now() - start;
     if (!r.status.ok()) {
       std::cout << CodeName(r.status.code()) << ": " << r.status.message() << " ("
@@ -235,10 +239,15 @@ int main(int argc, char** argv) {
         return;
       }
       absl::Time sent = absl::Now();
-      target.Pick().Call(method, data, call_opts, [&, sent](CallResult r) {
+      target->Call(method, data, call_opts, [&, sent](CallResult r) {
+        bool reached_nobody = !r.status.ok() && r.endpoint.empty() && r.not_processed;
         rec.Add(r, absl::Now() - sent);
         finished_one();
-        closed_loop_next();
+        if (reached_nobody) {
+          side_loop->RunAfter(absl::Milliseconds(1), [&] { closed_loop_next(); });
+        } else {
+          closed_loop_next();
+        }
       });
     };
     for (int i = 0; i < concurrency; ++i) closed_loop_next();
@@ -254,7 +263,7 @@ int main(int argc, char** argv) {
         absl::Time now = absl::Now();
         if (due > now) absl::SleepFor(due - now);
         if (!take_slot(due)) break;
-        target.Pick().Call(method, data, call_opts, [&, due](CallResult r) {
+        target->Call(method, data, call_opts, [&, due](CallResult r) {
           rec.Add(r, absl::Now() - due);
           finished_one();
         });
@@ -290,6 +299,7 @@ int main(int argc, char** argv) {
   } else {
     std::cout << out.dump(2) << "\n";
   }
-  target.channels.clear();
+  side_loop.reset();
+  target.reset();
   return 0;
 }
