@@ -146,6 +146,34 @@ CallResult ServiceChannel::NoEndpoints() const {
   return r;
 }
 
+namespace {
+
+// Whether a failed attempt may go once more to another endpoint without any
+// retry policy: the request provably never reached a handler (refused by a
+// draining server, connection never established), so even a call that is
+// not idempotent is safe to send again. gRPC calls this a transparent retry.
+bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
+
+absl::Duration Remaining(const CallOptions& o, absl::Duration default_timeout, absl::Time start) {
+  absl::Duration total = o.timeout > absl::ZeroDuration() ? o.timeout : default_timeout;
+  return total - (absl::Now() - start);
+}
+
+}  // namespace
+
+Channel* ServiceChannel::PickOther(const Snapshot& s, const std::string& avoid) {
+  size_t n = s.channels.size();
+  uint32_t start = next_.fetch_add(1, std::memory_order_relaxed);
+  Channel* fallback = nullptr;
+  for (size_t i = 0; i < n; ++i) {
+    Channel* ch = s.channels[(start + i) % n].get();
+    if (ch->address() == avoid) continue;
+    if (ch->ReadyConnections() > 0) return ch;
+    if (fallback == nullptr) fallback = ch;
+  }
+  return fallback;
+}
+
 CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
                                 const CallOptions& options, CallCallback done) {
   std::shared_ptr<const Snapshot> s = std::atomic_load(&snapshot_);
@@ -153,14 +181,47 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
     done(NoEndpoints());
     return CallHandle();
   }
-  return Pick(*s)->Call(method, request, options, std::move(done));
+  Channel* first = Pick(*s);
+  if (s->channels.size() == 1) return first->Call(method, request, options, std::move(done));
+  // Keep what a second attempt needs; only used when the first is refused.
+  struct Retry {
+    std::string method, request, first_endpoint;
+    CallOptions options;
+    absl::Time start;
+  };
+  auto retry = std::make_shared<Retry>(
+      Retry{std::string(method), std::string(request), first->address(), options, absl::Now()});
+  return first->Call(
+      method, request, options,
+      [this, retry, done = std::move(done)](CallResult r) mutable {
+        if (!TransparentlyRetryable(r)) return done(std::move(r));
+        std::shared_ptr<const Snapshot> now = std::atomic_load(&snapshot_);
+        Channel* other = now ? PickOther(*now, retry->first_endpoint) : nullptr;
+        absl::Duration left = Remaining(retry->options, options_.channel.default_timeout,
+                                        retry->start);
+        if (other == nullptr || left <= absl::ZeroDuration()) return done(std::move(r));
+        transparent_retries_.fetch_add(1, std::memory_order_relaxed);
+        retry->options.timeout = left;
+        other->Call(retry->method, retry->request, retry->options, std::move(done));
+      });
 }
 
 CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
                                         const CallOptions& options) {
   std::shared_ptr<const Snapshot> s = std::atomic_load(&snapshot_);
   if (s == nullptr || s->channels.empty()) return NoEndpoints();
-  return Pick(*s)->CallBlocking(method, request, options);
+  absl::Time start = absl::Now();
+  Channel* first = Pick(*s);
+  CallResult r = first->CallBlocking(method, request, options);
+  if (!TransparentlyRetryable(r) || s->channels.size() == 1) return r;
+  s = std::atomic_load(&snapshot_);
+  Channel* other = s ? PickOther(*s, first->address()) : nullptr;
+  absl::Duration left = Remaining(options, options_.channel.default_timeout, start);
+  if (other == nullptr || left <= absl::ZeroDuration()) return r;
+  transparent_retries_.fetch_add(1, std::memory_order_relaxed);
+  CallOptions again = options;
+  again.timeout = left;
+  return other->CallBlocking(method, request, again);
 }
 
 bool ServiceChannel::WaitForEndpoints(absl::Duration timeout) {
@@ -185,6 +246,7 @@ ServiceChannelStats ServiceChannel::stats() const {
   auto s = std::atomic_load(&snapshot_);
   st.endpoints = s ? s->channels.size() : 0;
   st.draining = draining_count_.load(std::memory_order_relaxed);
+  st.transparent_retries = transparent_retries_.load(std::memory_order_relaxed);
   st.discovery = discovery_->stats();
   return st;
 }

@@ -13,6 +13,13 @@
 //   sc->WaitForEndpoints(absl::Seconds(5));
 //   client::CallResult r = sc->CallBlocking("Echo/Say", "hi");
 //
+// A call refused before any handler saw it (a draining server's refusal, a
+// connection that could not be set up: CallResult::not_processed) is sent
+// once more to another endpoint within its deadline, as gRPC's transparent
+// retry does; that is what keeps a deregistering, draining instance from
+// failing the calls that raced its removal. Policy-driven retries (status
+// codes, budgets) are the retry layer's job.
+//
 // Balancing here is round-robin over endpoints that have a ready connection
 // (falling back to all of them when none is ready yet), so a just-added
 // endpoint takes traffic once it is connected, not while it is still
@@ -59,6 +66,7 @@ struct ServiceChannelStats {
   uint64_t endpoint_updates = 0;  // discovery sets applied
   size_t endpoints = 0;           // in the current snapshot
   size_t draining = 0;            // removed channels still finishing calls
+  uint64_t transparent_retries = 0;
   discovery::DiscoveryStats discovery;
 };
 
@@ -98,6 +106,8 @@ class ServiceChannel {
   void CollectDrained();                                            // control loop
   // The returned channel stays alive while `s` is held.
   Channel* Pick(const Snapshot& s);
+  // Another endpoint than `avoid`, ready ones first; nullptr when none.
+  Channel* PickOther(const Snapshot& s, const std::string& avoid);
   CallResult NoEndpoints() const;
 
   const std::string service_;
@@ -116,6 +126,7 @@ class ServiceChannel {
   runtime::TimerId drain_timer_;
   std::atomic<uint64_t> updates_{0};
   std::atomic<size_t> draining_count_{0};
+  std::atomic<uint64_t> transparent_retries_{0};
 
   core::Mutex mu_;
   std::condition_variable cv_;  // with mu_.native(): a snapshot arrived

@@ -27,7 +27,8 @@ bool Eventually(const std::function<bool()>& pred, absl::Duration timeout) {
 
 // An in-process echo server that can delay its answers.
 struct EchoServer {
-  explicit EchoServer(absl::Duration delay = absl::ZeroDuration()) : server(Options()) {
+  explicit EchoServer(absl::Duration delay = absl::ZeroDuration(), uint32_t max_streams = 1000)
+      : server(Options(max_streams)) {
     EXPECT_TRUE(server
                     .RegisterSync("Echo/Say",
                                   [delay](server::ServerCall& call, std::string* out) {
@@ -38,9 +39,10 @@ struct EchoServer {
                     .ok());
     EXPECT_TRUE(server.Start("127.0.0.1:0").ok());
   }
-  static server::ServerOptions Options() {
+  static server::ServerOptions Options(uint32_t max_streams) {
     server::ServerOptions o;
     o.io_threads = 1;
+    o.max_concurrent_streams = max_streams;
     return o;
   }
   std::string address() const { return server.address(); }
@@ -187,6 +189,38 @@ TEST_F(ServiceChannelTest, RemovedEndpointFinishesItsCallInFlight) {
   EXPECT_EQ(result.endpoint, slow.address());
   EXPECT_TRUE(Eventually([&] { return sc->stats().draining == 0; }, absl::Seconds(5)));
   EXPECT_EQ(sc->CallBlocking("Echo/Say", "x").endpoint, fast.address());
+}
+
+TEST_F(ServiceChannelTest, RefusedCallGoesOnceToAnotherEndpoint) {
+  EchoServer live;
+  // Connected and ready, but refuses every call before any handler runs
+  // (as a draining or overloaded server does): each refusal is provably not
+  // processed, so the call goes to the live endpoint instead.
+  EchoServer refusing(absl::ZeroDuration(), /*max_streams=*/0);
+  std::string dead = refusing.address();
+  SetEndpoints({dead, live.address()});
+  auto sc = Open();
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  for (int i = 0; i < 20; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "x");
+    ASSERT_TRUE(r.status.ok()) << i << ": " << r.status;
+    EXPECT_EQ(r.endpoint, live.address());
+    core::Notification done;
+    sc->Call("Echo/Say", "y", CallOptions{}, [&](CallResult r) {
+      EXPECT_TRUE(r.status.ok()) << r.status;
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  }
+  EXPECT_GT(sc->stats().transparent_retries, 0u);
+
+  // With only the refusing endpoint left there is nowhere else to go: the
+  // refusal is the answer.
+  SetEndpoints({dead});
+  ASSERT_TRUE(Eventually([&] { return Joined(*sc) == dead; }, absl::Seconds(5)));
+  CallResult r = sc->CallBlocking("Echo/Say", "x");
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kResourceExhausted) << r.status;
+  EXPECT_TRUE(r.not_processed);
 }
 
 TEST_F(ServiceChannelTest, BadUpdateKeepsServingFromTheLastGoodSet) {
