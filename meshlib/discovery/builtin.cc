@@ -1,5 +1,6 @@
 #include "meshlib/discovery/builtin.h"
 
+#include "meshlib/discovery/dns_resolver.h"
 #include "meshlib/discovery/file_resolver.h"
 #include "meshlib/discovery/static_resolver.h"
 
@@ -8,6 +9,7 @@ namespace meshlib::discovery {
 void RegisterBuiltinResolvers(ResolverRegistry& registry) {
   registry.Register(MakeStaticResolverFactory());
   registry.Register(MakeFileResolverFactory());
+  registry.Register(MakeDnsResolverFactory());
 }
 
 ResolverRegistry& ResolverRegistry::Global() {
