@@ -28,7 +28,7 @@ namespace {
 using json = nlohmann::json;
 using ::testing::HasSubstr;
 
-constexpr char kDnsmasq[] = "/usr/sbin/dnsmasq";
+using discovery_testing::kDnsmasq;
 
 bool Eventually(const std::function<bool()>& cond, absl::Duration timeout = absl::Seconds(10)) {
   absl::Time give_up = absl::Now() + timeout;
@@ -50,75 +50,7 @@ std::string Describe(const std::shared_ptr<const EndpointSet>& set) {
   return absl::StrJoin(lines, ", ");
 }
 
-// One dnsmasq serving only the flags it is started with, on 127.0.0.1:port.
-// Everything under mesh.test is local: unknown names there are NXDOMAIN.
-class Dnsmasq {
- public:
-  explicit Dnsmasq(int port) : port_(port) {}
-  ~Dnsmasq() { Stop(); }
-
-  // `records`: dnsmasq flags such as "--srv-host=...". Returns once it answers.
-  void Start(const std::vector<std::string>& records, int ttl = 1) {
-    std::vector<std::string> argv = {
-        kDnsmasq,
-        "--keep-in-foreground",
-        absl::StrCat("--port=", port_),
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--no-resolv",
-        "--no-hosts",
-        "--conf-file=/dev/null",
-        "--pid-file=",
-        "--user=root",
-        "--log-facility=-",
-        "--local=/mesh.test/",
-        // The TTL of the SRV records and of host records without their own.
-        absl::StrCat("--local-ttl=", ttl),
-    };
-    argv.insert(argv.end(), records.begin(), records.end());
-    proc_ = std::make_unique<testing::Subprocess>(argv);
-    absl::Time give_up = absl::Now() + absl::Seconds(10);
-    while (!Answers()) {
-      if (!proc_->Running() || absl::Now() > give_up) {
-        proc_->Signal(SIGKILL);
-        proc_->Wait(absl::Seconds(5));
-        FAIL() << "dnsmasq did not start answering on 127.0.0.1:" << port_ << ": "
-               << proc_->err();
-      }
-    }
-  }
-
-  void Stop() {
-    if (proc_ == nullptr) return;
-    proc_->Signal(SIGTERM);
-    EXPECT_EQ(proc_->Wait(absl::Seconds(10)), 0) << proc_->err();
-    proc_.reset();
-  }
-
-  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
-
- private:
-  // Whether a query for a name under mesh.test gets any answer.
-  bool Answers() const {
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(static_cast<uint16_t>(port_));
-    std::string q = discovery_testing::DnsMessageBuilder(1, "probe.mesh.test",
-                                                         discovery_internal::kDnsTypeA, 0x0100)
-                        .Build();
-    sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    pollfd p{fd, POLLIN, 0};
-    char buf[512];
-    bool ok = poll(&p, 1, 100) == 1 && recv(fd, buf, sizeof(buf), 0) > 0;
-    close(fd);
-    return ok;
-  }
-
-  const int port_;
-  std::unique_ptr<testing::Subprocess> proc_;
-};
+using discovery_testing::Dnsmasq;
 
 class DnsDnsmasqTest : public ::testing::Test {
  protected:

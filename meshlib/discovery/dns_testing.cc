@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -249,6 +250,61 @@ void FakeDnsServer::Serve() {
                 conns.end());
   }
   for (const Conn& c : conns) close(c.fd);
+}
+
+void Dnsmasq::Start(const std::vector<std::string>& records, int ttl) {
+  std::vector<std::string> argv = {
+      kDnsmasq,
+      "--keep-in-foreground",
+      absl::StrCat("--port=", port_),
+      "--listen-address=127.0.0.1",
+      "--bind-interfaces",
+      "--no-resolv",
+      "--no-hosts",
+      "--conf-file=/dev/null",
+      "--pid-file=",
+      "--user=root",
+      "--log-facility=-",
+      "--local=/mesh.test/",
+      absl::StrCat("--local-ttl=", ttl),
+  };
+  argv.insert(argv.end(), records.begin(), records.end());
+  proc_ = std::make_unique<testing::Subprocess>(argv);
+  absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!Answers()) {
+    if (!proc_->Running() || absl::Now() > give_up) {
+      proc_->Signal(SIGKILL);
+      proc_->Wait(absl::Seconds(5));
+      ADD_FAILURE() << "dnsmasq did not start answering on 127.0.0.1:" << port_ << " (is "
+                    << kDnsmasq << " installed? tools/setup.sh installs it): " << proc_->err();
+      return;
+    }
+  }
+}
+
+void Dnsmasq::Stop() {
+  if (proc_ == nullptr) return;
+  proc_->Signal(SIGTERM);
+  EXPECT_EQ(proc_->Wait(absl::Seconds(10)), 0) << proc_->err();
+  proc_.reset();
+}
+
+std::string Dnsmasq::address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+bool Dnsmasq::Answers() const {
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port_));
+  std::string q =
+      DnsMessageBuilder(1, "probe.mesh.test", discovery_internal::kDnsTypeA, 0x0100).Build();
+  sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  pollfd p{fd, POLLIN, 0};
+  char buf[512];
+  bool ok = poll(&p, 1, 100) == 1 && recv(fd, buf, sizeof(buf), 0) > 0;
+  close(fd);
+  return ok;
 }
 
 }  // namespace meshlib::discovery_testing

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -27,6 +28,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "meshlib/core/sync.h"
+#include "meshlib/testing/subprocess.h"
 
 namespace meshlib::discovery_testing {
 
@@ -110,6 +112,32 @@ class FakeDnsServer {
   Handler handler_ ABSL_GUARDED_BY(mu_);
   std::map<uint16_t, std::vector<absl::Time>> queries_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
+};
+
+// A real dnsmasq (Debian's dnsmasq-base) serving only the records it is
+// started with, on 127.0.0.1:port; everything under mesh.test is local, so
+// unknown names there are NXDOMAIN. Start again (after Stop) to change the
+// records, as an operator would.
+inline constexpr char kDnsmasq[] = "/usr/sbin/dnsmasq";
+
+class Dnsmasq {
+ public:
+  explicit Dnsmasq(int port) : port_(port) {}
+  ~Dnsmasq() { Stop(); }
+
+  // `records`: dnsmasq flags such as "--srv-host=..." and "--host-record=...";
+  // `ttl` is that of SRV records and of host records without their own.
+  // Returns once it answers; a failure to start fails the test.
+  void Start(const std::vector<std::string>& records, int ttl = 1);
+  // SIGTERM and reap; expects a clean exit.
+  void Stop();
+  std::string address() const;
+
+ private:
+  bool Answers() const;  // whether a query under mesh.test gets any answer
+
+  const int port_;
+  std::unique_ptr<testing::Subprocess> proc_;
 };
 
 }  // namespace meshlib::discovery_testing
