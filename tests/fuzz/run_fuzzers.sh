@@ -85,6 +85,7 @@ run_fuzzer() {
 }
 
 run_fuzzer frame_decoder meshlib/transport/frame.cc tests/fuzz/frame_decoder_fuzzer.cc
+run_fuzzer dns_message meshlib/discovery/dns_message.cc tests/fuzz/dns_message_fuzzer.cc
 
 echo "== output in ${out_dir}"
 exit "${status}"
