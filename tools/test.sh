@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: every Bazel test, again under ASan+UBSan, the
-# concurrency tests under TSan, and a bounded libFuzzer run of the frame
-# decoder. Installs what it needs first.
+# concurrency tests under TSan, and a bounded libFuzzer run of every fuzz
+# target (tests/fuzz). Installs what it needs first.
 # Ends with one line "N passed, M failed" and exits non-zero on any failure.
 #
 #   tools/test.sh                 # everything
 #   SKIP_ASAN=1 SKIP_TSAN=1 tools/test.sh   # skip the sanitizer passes
-#   FUZZ_SECONDS=10 tools/test.sh # shorter fuzz run (default 60)
+#   FUZZ_SECONDS=10 tools/test.sh # shorter fuzz runs (default 30 s per target)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
@@ -54,12 +54,12 @@ if [[ -z "${SKIP_TSAN:-}" ]]; then
 fi
 
 if [[ -z "${SKIP_FUZZ:-}" ]]; then
-  echo "== fuzz: frame decoder, ${FUZZ_SECONDS:-60}s" >&2
-  if FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash tests/fuzz/run_fuzzers.sh >"$log_dir/fuzz.log" 2>&1; then
+  echo "== fuzz: every target in tests/fuzz, ${FUZZ_SECONDS:-30}s each" >&2
+  if FUZZ_SECONDS="${FUZZ_SECONDS:-30}" bash tests/fuzz/run_fuzzers.sh >"$log_dir/fuzz.log" 2>&1; then
     passed=$((passed + 1))
   else
     failed=$((failed + 1))
-    failures+=("fuzz: frame_decoder_fuzzer (see $log_dir/fuzz.log)")
+    failures+=("fuzz: $(grep -o '^!! [a-z_]*' "$log_dir/fuzz.log" | head -3 | tr '\n' ' ')(see $log_dir/fuzz.log)")
     tail -30 "$log_dir/fuzz.log" >&2
   fi
 fi
