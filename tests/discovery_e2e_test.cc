@@ -21,6 +21,7 @@
 #include "meshlib/client/service_channel.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/discovery/dns_testing.h"
+#include "meshlib/etcd/etcd_test_server.h"
 #include "meshlib/testing/subprocess.h"
 #include "nlohmann/json.hpp"
 
@@ -182,6 +183,51 @@ TEST(DiscoveryEndToEnd, DnsSrvClientFollowsTheFleetUnderLoadAndSurvivesDnsOutage
   // DNS is back with a changed fleet: the client recovers and follows.
   dns.Start(SrvRecords({&a, &b, &c, &d}), 1);
   EXPECT_TRUE(load.AllAnswerWithin({a.address}, absl::Seconds(10)));
+  load.Stop();
+  EXPECT_EQ(load.failed(), 0) << load.Errors();
+  EXPECT_GT(load.calls(), 1000);
+}
+
+TEST(DiscoveryEndToEnd, EtcdClientFollowsSelfRegisteredServersUnderLoadAndSurvivesEtcdOutage) {
+  etcd::EtcdTestServer etcd;
+  ASSERT_TRUE(etcd.ok());
+  const std::string prefix = "/meshlib/services/echo/";
+  auto registered = [&]() {
+    return std::vector<std::string>{"--etcd=" + etcd.endpoint(), "--etcd_prefix=" + prefix,
+                                    "--etcd_ttl=3s"};
+  };
+  auto a = std::make_unique<Instance>("a", registered());
+  auto b = std::make_unique<Instance>("b", registered());
+
+  auto sc = OpenService({{"etcd", {{"endpoints", {etcd.endpoint()}}, {"prefix", prefix}}}});
+  ASSERT_NE(sc, nullptr);
+  ASSERT_TRUE(Eventually([&] { return sc->Endpoints().size() == 2; }, absl::Seconds(10)))
+      << absl::StrJoin(sc->Endpoints(), ",") << " " << sc->stats().discovery.last_error;
+  Load load(sc.get());
+  EXPECT_TRUE(load.AllAnswerWithin({a->address, b->address}, absl::Seconds(10)));
+
+  // c joins.
+  auto c = std::make_unique<Instance>("c", registered());
+  EXPECT_TRUE(load.AllAnswerWithin({c->address}, absl::Seconds(10)));
+
+  // a stops cleanly: it deregisters, then drains; no call is lost.
+  a->proc->Signal(SIGTERM);
+  EXPECT_EQ(a->proc->Wait(absl::Seconds(20)), 0) << a->proc->err();
+  ASSERT_TRUE(Eventually([&] { return sc->Endpoints().size() == 2; }, absl::Seconds(10)));
+
+  // etcd goes down: the last good set keeps serving.
+  etcd.Kill();
+  uint64_t errors_before = sc->stats().discovery.errors;
+  ASSERT_TRUE(Eventually([&] { return sc->stats().discovery.errors > errors_before; },
+                         absl::Seconds(10)));
+  load.ResetCounts();
+  EXPECT_TRUE(load.AllAnswerWithin({b->address, c->address}, absl::Seconds(10)));
+
+  // etcd is back: the watch resumes and a new instance is seen.
+  ASSERT_TRUE(etcd.Restart());
+  auto d = std::make_unique<Instance>("d", registered());
+  EXPECT_TRUE(load.AllAnswerWithin({d->address}, absl::Seconds(15)))
+      << absl::StrJoin(sc->Endpoints(), ",");
   load.Stop();
   EXPECT_EQ(load.failed(), 0) << load.Errors();
   EXPECT_GT(load.calls(), 1000);

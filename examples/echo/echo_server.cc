@@ -3,10 +3,23 @@
 // integration tests and the benchmarks.
 //
 //   echo_server --port=0 --name=a --latency_ms=5 --error_rate=0.1
+//   echo_server --port=0 --name=a --zone=z1 --etcd=127.0.0.1:2379,127.0.0.1:22379
+//               --etcd_prefix=/meshlib/services/echo/ --etcd_ttl=10s
 //
 // Prints "listening on HOST:PORT" when ready. SIGTERM/SIGINT drain: new
 // calls are refused, calls in flight finish (up to --drain_timeout), then it
 // exits 0.
+//
+// With --etcd it registers itself (DESIGN.md, "Registration in etcd"): key
+// <etcd_prefix><HOST:PORT>, value {"address": HOST:PORT, "weight": 1,
+// "zone": --zone, "metadata": {"name": <name>}}, on a lease of --etcd_ttl
+// kept alive while it runs. Registration happens in the background and may
+// complete after the "listening on" line (it logs "etcd: registered ..." on
+// stderr); an unreachable etcd is retried, never fatal. On SIGTERM it
+// revokes the lease first (waiting at most 2s), so the key is gone before
+// it starts draining; a killed server's key goes when its lease expires.
+// It registers the address it is bound to: use --host with an address
+// clients can reach (not 0.0.0.0).
 #include <signal.h>
 
 #include <atomic>
@@ -19,7 +32,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "meshlib/core/sync.h"
+#include "meshlib/server/etcd_registration.h"
 #include "meshlib/server/server.h"
 
 ABSL_FLAG(int, port, 0, "TCP port; 0 picks a free one");
@@ -28,8 +43,11 @@ ABSL_FLAG(std::string, name, "", "server name reported in reply metadata; defaul
 ABSL_FLAG(int, latency_ms, 0, "added latency per call, in milliseconds");
 ABSL_FLAG(double, error_rate, 0.0, "fraction of calls answered with UNAVAILABLE, 0..1");
 ABSL_FLAG(std::string, zone, "", "zone label (reported in reply metadata)");
-ABSL_FLAG(std::string, etcd, "", "etcd HOST:PORT to register in");
-ABSL_FLAG(std::string, etcd_prefix, "", "etcd key prefix to register under");
+ABSL_FLAG(std::string, etcd, "",
+          "etcd HOST:PORT[,HOST:PORT...] to register in (members of one cluster)");
+ABSL_FLAG(std::string, etcd_prefix, "", "etcd key prefix to register under (with --etcd)");
+ABSL_FLAG(absl::Duration, etcd_ttl, absl::Seconds(10),
+          "lease TTL of the etcd registration: how long a crashed server stays listed");
 ABSL_FLAG(int, io_threads, 0, "reactor threads; 0 = one per CPU");
 ABSL_FLAG(int, busy_poll_us, 0,
           "reactor busy polling after work, in microseconds (0 = off, max 1000)");
@@ -50,9 +68,26 @@ int main(int argc, char** argv) {
     std::cerr << "echo_server: --latency_ms must be >= 0\n";
     return 2;
   }
-  if (!absl::GetFlag(FLAGS_etcd).empty()) {
-    std::cerr << "echo_server: --etcd: registration in etcd is not available in this build\n";
-    return 2;
+  const std::string etcd = absl::GetFlag(FLAGS_etcd);
+  const std::string etcd_prefix = absl::GetFlag(FLAGS_etcd_prefix);
+  meshlib::etcd::RegistrarOptions registration;
+  if (!etcd.empty() || !etcd_prefix.empty()) {
+    if (etcd.empty() || etcd_prefix.empty()) {
+      std::cerr << "echo_server: --etcd and --etcd_prefix go together\n";
+      return 2;
+    }
+    registration.etcd.endpoints = absl::StrSplit(etcd, ',', absl::SkipEmpty());
+    registration.prefix = etcd_prefix;
+    registration.ttl = absl::GetFlag(FLAGS_etcd_ttl);
+    registration.endpoint.zone = absl::GetFlag(FLAGS_zone);
+    if (absl::Status st = registration.etcd.Validate(); !st.ok()) {
+      std::cerr << "echo_server: --etcd: " << st.message() << "\n";
+      return 2;
+    }
+    if (registration.ttl < absl::Seconds(1) || registration.ttl > absl::Hours(1)) {
+      std::cerr << "echo_server: --etcd_ttl must be between 1s and 1h\n";
+      return 2;
+    }
   }
 
   // Block the stop signals before any thread starts, so only sigwait sees them.
@@ -116,6 +151,15 @@ int main(int argc, char** argv) {
     name_view.store(&bound_name, std::memory_order_release);
   }
   const std::string& display = *name_view.load();
+  if (!etcd.empty()) {
+    registration.endpoint.metadata["name"] = display;
+    // Deregisters at the start of server.Shutdown, before the drain.
+    auto registrar = meshlib::server::RegisterInEtcd(server, std::move(registration));
+    if (!registrar.ok()) {
+      std::cerr << "echo_server: --etcd: " << registrar.status().message() << "\n";
+      return 2;
+    }
+  }
   std::printf("listening on %s\n", server.address().c_str());
   std::fflush(stdout);
 

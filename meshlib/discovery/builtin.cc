@@ -1,6 +1,7 @@
 #include "meshlib/discovery/builtin.h"
 
 #include "meshlib/discovery/dns_resolver.h"
+#include "meshlib/discovery/etcd_resolver.h"
 #include "meshlib/discovery/file_resolver.h"
 #include "meshlib/discovery/static_resolver.h"
 
@@ -10,6 +11,7 @@ void RegisterBuiltinResolvers(ResolverRegistry& registry) {
   registry.Register(MakeStaticResolverFactory());
   registry.Register(MakeFileResolverFactory());
   registry.Register(MakeDnsResolverFactory());
+  registry.Register(MakeEtcdResolverFactory());
 }
 
 ResolverRegistry& ResolverRegistry::Global() {

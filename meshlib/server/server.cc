@@ -488,12 +488,20 @@ void Server::OnConnectionClosed(ServerConnection* conn) {
   conns_.erase(conn);
 }
 
+void Server::AddPreShutdownHook(absl::AnyInvocable<void()> hook) {
+  core::MutexLock lock(&mu_);
+  if (!shut_down_) pre_shutdown_hooks_.push_back(std::move(hook));
+}
+
 void Server::Shutdown(absl::Duration drain_timeout) {
+  std::vector<absl::AnyInvocable<void()>> hooks;
   {
     core::MutexLock lock(&mu_);
     if (shut_down_) return;
     shut_down_ = true;
+    hooks.swap(pre_shutdown_hooks_);
   }
+  for (auto& hook : hooks) hook();
   if (!started_ || !runtime_) return;
   if (acceptor_) {
     runtime_->loop(0).RunAndWait([&] { acceptor_->Stop(); });

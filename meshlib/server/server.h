@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -145,6 +146,14 @@ class Server {
   // idempotent; must not be called from a handler.
   void Shutdown(absl::Duration drain_timeout);
 
+  // Runs `hook` at the start of Shutdown, before the server stops accepting
+  // and drains: the place to leave service discovery (see
+  // server::RegisterInEtcd), so that clients stop picking this instance
+  // while it still answers. Hooks run once, in the order added, on the
+  // thread calling Shutdown, and should bound their own waits. A hook added
+  // after Shutdown began never runs. Thread-safe.
+  void AddPreShutdownHook(absl::AnyInvocable<void()> hook);
+
   // Calls being served right now, across connections.
   int64_t active_calls() const;
   size_t connection_count();
@@ -175,6 +184,7 @@ class Server {
   absl::flat_hash_map<ServerConnection*, std::shared_ptr<ServerConnection>> conns_
       ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<absl::AnyInvocable<void()>> pre_shutdown_hooks_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace meshlib::server
