@@ -31,14 +31,7 @@ namespace {
 using json = nlohmann::json;
 using testing::Subprocess;
 
-bool Eventually(const std::function<bool()>& pred, absl::Duration timeout) {
-  absl::Time give_up = absl::Now() + timeout;
-  while (absl::Now() < give_up) {
-    if (pred()) return true;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return pred();
-}
+using testing::Eventually;
 
 std::string EchoServerPath() { return testing::Runfile("examples/echo/echo_server"); }
 

@@ -30,14 +30,7 @@ using ::testing::HasSubstr;
 
 using discovery_testing::kDnsmasq;
 
-bool Eventually(const std::function<bool()>& cond, absl::Duration timeout = absl::Seconds(10)) {
-  absl::Time give_up = absl::Now() + timeout;
-  while (!cond()) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
-}
+using meshlib::testing::Eventually;
 
 std::string Describe(const std::shared_ptr<const EndpointSet>& set) {
   if (set == nullptr) return "(no set)";

@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "meshlib/testing/subprocess.h"
 #include "meshlib/discovery/dns_message.h"
 #include "meshlib/discovery/dns_testing.h"
 #include "meshlib/discovery/resolver.h"
@@ -36,14 +37,7 @@ using ::testing::HasSubstr;
 
 constexpr char kSrvName[] = "_svc._tcp.fake.test";
 
-bool Eventually(const std::function<bool()>& cond, absl::Duration timeout = absl::Seconds(10)) {
-  absl::Time give_up = absl::Now() + timeout;
-  while (!cond()) {
-    if (absl::Now() > give_up) return false;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return true;
-}
+using meshlib::testing::Eventually;
 
 // "addr p=priority w=weight target", one per endpoint, for readable failures.
 std::string Describe(const std::shared_ptr<const EndpointSet>& set) {

@@ -17,14 +17,7 @@ namespace {
 
 using json = nlohmann::json;
 
-bool Eventually(const std::function<bool()>& pred, absl::Duration timeout) {
-  absl::Time give_up = absl::Now() + timeout;
-  while (absl::Now() < give_up) {
-    if (pred()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return pred();
-}
+using testing::Eventually;
 
 void WriteFile(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::trunc) << text;

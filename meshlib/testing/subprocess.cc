@@ -176,6 +176,15 @@ std::string MakeTempDir(absl::string_view prefix) {
   return templ;
 }
 
+bool Eventually(const std::function<bool()>& pred, absl::Duration timeout) {
+  absl::Time give_up = absl::Now() + timeout;
+  while (absl::Now() < give_up) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return pred();
+}
+
 std::string Runfile(absl::string_view path) {
   const char* dir = std::getenv("TEST_SRCDIR");
   return absl::StrCat(dir ? dir : ".", "/meshlib/", path);

@@ -1,6 +1,6 @@
 // Test helpers for real processes: spawn a child with its output captured,
 // wait for a line it prints, signal it, reap it; pick a free loopback port;
-// make a scratch directory.
+// make a scratch directory; wait for a condition.
 //
 //   testing::Subprocess dns({"/usr/sbin/dnsmasq", "--no-daemon", ...});
 //   std::string line = p.WaitForLine("listening on ", absl::Seconds(10));
@@ -13,6 +13,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,9 @@ int PickFreePort();
 
 // A fresh directory under TEST_TMPDIR (or /tmp).
 std::string MakeTempDir(absl::string_view prefix);
+
+// Polls `pred` every 5ms until it holds (true) or `timeout` passes (false).
+bool Eventually(const std::function<bool()>& pred, absl::Duration timeout = absl::Seconds(10));
 
 // Path of a runfile of this workspace, e.g. "examples/echo/echo_server".
 std::string Runfile(absl::string_view path);
