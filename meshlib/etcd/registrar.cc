@@ -1,5 +1,6 @@
 #include "meshlib/etcd/registrar.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -44,7 +45,13 @@ absl::StatusOr<std::unique_ptr<Registrar>> Registrar::Create(RegistrarOptions op
     loop = own.get();
   }
   std::unique_ptr<Registrar> r(new Registrar(std::move(options), std::move(own), loop));
-  auto client = EtcdClient::Create(loop, r->options_.etcd);
+  // A request that hangs must give up in time for another try before the
+  // lease runs out: no request outlives one keepalive interval.
+  EtcdClientOptions client_options = r->options_.etcd;
+  client_options.request_timeout =
+      std::min(client_options.request_timeout, r->keepalive_interval_);
+  client_options.dial_timeout = std::min(client_options.dial_timeout, r->keepalive_interval_);
+  auto client = EtcdClient::Create(loop, client_options);
   if (!client.ok()) return client.status();
   Registrar* raw = r.get();
   loop->Post([raw, client = *std::move(client)]() mutable {
