@@ -1,0 +1,48 @@
+#include "meshlib/lb/endpoint_stats.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace meshlib::lb {
+
+EndpointStats::EndpointStats(absl::Duration decay, absl::Duration initial)
+    : decay_ns_(std::max<double>(1.0, absl::ToDoubleNanoseconds(decay))),
+      ewma_ns_(absl::ToDoubleNanoseconds(initial)) {}
+
+void EndpointStats::OnCallEnd(absl::Duration latency, bool success, absl::Time now) {
+  in_flight_.fetch_sub(1, std::memory_order_relaxed);
+  calls_.fetch_add(1, std::memory_order_relaxed);
+  double sample = std::max(0.0, absl::ToDoubleNanoseconds(latency));
+  if (success) {
+    consecutive_failures_.store(0, std::memory_order_relaxed);
+  } else {
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    consecutive_failures_.fetch_add(1, std::memory_order_relaxed);
+    sample = std::max(sample, static_cast<double>(
+                                  failure_penalty_ns_.load(std::memory_order_relaxed)));
+  }
+  int64_t now_ns = absl::ToUnixNanos(now);
+  int64_t last = stamp_ns_.exchange(now_ns, std::memory_order_relaxed);
+  double prev = ewma_ns_.load(std::memory_order_relaxed);
+  double next;
+  if (sample > prev || last == 0) {
+    next = sample;  // the peak, or the first sample
+  } else {
+    double elapsed = static_cast<double>(std::max<int64_t>(0, now_ns - last));
+    double w = std::exp(-elapsed / decay_ns_);
+    next = prev * w + sample * (1 - w);
+  }
+  ewma_ns_.store(next, std::memory_order_relaxed);
+}
+
+double EndpointStats::PeakEwmaNanos(absl::Time now) const {
+  double v = ewma_ns_.load(std::memory_order_relaxed);
+  int64_t last = stamp_ns_.load(std::memory_order_relaxed);
+  if (last == 0) return v;
+  double elapsed = static_cast<double>(std::max<int64_t>(0, absl::ToUnixNanos(now) - last));
+  // With no new sample the average decays toward zero, so an endpoint that
+  // was slow once is tried again eventually (Finagle's behaviour).
+  return v * std::exp(-elapsed / decay_ns_);
+}
+
+}  // namespace meshlib::lb

@@ -1,0 +1,73 @@
+// EndpointStats: the load signals of one endpoint, shared by the balancer's
+// policies and the client stack that reports each call's outcome.
+//
+//   stats->OnCallStart();
+//   ... the call ...
+//   stats->OnCallEnd(latency, /*success=*/r.status.ok(), clock.Now());
+//   int64_t busy = stats->in_flight();
+//   double cost = stats->PeakEwmaNanos(now);   // decays toward zero when idle
+//
+// Threading: every method is thread-safe and lock-free (relaxed atomics). The
+// latency EWMA is a read-modify-write of two atomics without a lock, so two
+// completions racing on the same endpoint may lose one sample; for a
+// load-balancing signal that is noise, and it keeps the call path free of
+// locks.
+#ifndef MESHLIB_LB_ENDPOINT_STATS_H_
+#define MESHLIB_LB_ENDPOINT_STATS_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/time/time.h"
+
+namespace meshlib::lb {
+
+class EndpointStats {
+ public:
+  // `decay`: the EWMA's time constant (Finagle's default 10s); `initial`:
+  // the latency assumed for an endpoint nothing is known about yet.
+  explicit EndpointStats(absl::Duration decay = absl::Seconds(10),
+                         absl::Duration initial = absl::Milliseconds(1));
+
+  void OnCallStart() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
+  // `latency` from the call's start to its end. A failure counts as a
+  // sample too (with the failure penalty, see below).
+  void OnCallEnd(absl::Duration latency, bool success, absl::Time now);
+
+  int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
+  uint64_t calls() const { return calls_.load(std::memory_order_relaxed); }
+  uint64_t failures() const { return failures_.load(std::memory_order_relaxed); }
+  // Failures in a row since the last success.
+  uint64_t consecutive_failures() const {
+    return consecutive_failures_.load(std::memory_order_relaxed);
+  }
+
+  // Peak-sensitive EWMA of latency, in nanoseconds, decayed to `now`: a
+  // sample above the average replaces it at once (the peak), one below
+  // pulls it down with weight 1 - exp(-elapsed / decay). A failed call is
+  // recorded as max(latency, failure_penalty) so that an endpoint that
+  // fails fast does not look fast.
+  double PeakEwmaNanos(absl::Time now) const;
+  // The raw stored EWMA without decay (for tests and Describe()).
+  double EwmaNanosForTesting() const { return ewma_ns_.load(std::memory_order_relaxed); }
+
+  // Latency charged for a failed call; default 0 (off). Policies that rank
+  // by latency set it (p2c_peak_ewma: its "failure_penalty").
+  void set_failure_penalty(absl::Duration d) {
+    failure_penalty_ns_.store(absl::ToInt64Nanoseconds(d), std::memory_order_relaxed);
+  }
+
+ private:
+  const double decay_ns_;
+  std::atomic<int64_t> in_flight_{0};
+  std::atomic<uint64_t> calls_{0};
+  std::atomic<uint64_t> failures_{0};
+  std::atomic<uint64_t> consecutive_failures_{0};
+  std::atomic<double> ewma_ns_;
+  std::atomic<int64_t> stamp_ns_{0};  // when ewma_ns_ was last updated (unix ns; 0 = never)
+  std::atomic<int64_t> failure_penalty_ns_{0};
+};
+
+}  // namespace meshlib::lb
+
+#endif  // MESHLIB_LB_ENDPOINT_STATS_H_
