@@ -49,6 +49,11 @@ struct CallOptions {
   absl::Duration timeout = absl::ZeroDuration();
   // Request metadata (key/value pairs), sent with the call.
   Metadata metadata;
+  // For hash-based balancing (ring_hash, maglev): calls with the same key go
+  // to the same endpoint while the set allows. See lb::Hash64 for keys made
+  // of bytes. Ignored by a single Channel.
+  uint64_t hash_key = 0;
+  bool has_hash_key = false;
 };
 
 struct CallResult {

@@ -9,8 +9,21 @@
 namespace meshlib::client {
 
 namespace {
+
 constexpr absl::Duration kDrainCheck = absl::Milliseconds(50);
+
+// Whether a failed attempt may go once more to another endpoint without any
+// retry policy: the request provably never reached a handler (refused by a
+// draining server, connection never established), so even a call that is
+// not idempotent is safe to send again. gRPC calls this a transparent retry.
+bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
+
+absl::Duration Remaining(const CallOptions& o, absl::Duration default_timeout, absl::Time start) {
+  absl::Duration total = o.timeout > absl::ZeroDuration() ? o.timeout : default_timeout;
+  return total - (absl::Now() - start);
 }
+
+}  // namespace
 
 ServiceChannel::ServiceChannel(std::string service, ServiceChannelOptions options)
     : service_(std::move(service)), options_(std::move(options)) {}
@@ -21,6 +34,15 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   if (options.drain_timeout <= absl::ZeroDuration()) {
     options.drain_timeout = std::min(options.channel.default_timeout, absl::Minutes(5));
   }
+  if (options.config_path.empty()) options.config_path = absl::StrCat("services.", service);
+  if (options.lb_context.clock == nullptr) options.lb_context.clock = &runtime::RealClock();
+  if (options.lb_context.seed == 0) options.lb_context.seed = options.seed;
+  auto choice = lb::PolicyRegistry::Global().Select(
+      options.load_balancer, absl::StrCat(options.config_path, ".load_balancer"));
+  if (!choice.ok()) return choice.status();
+  auto policy = choice->factory->Create(choice->config, choice->path, options.lb_context);
+  if (!policy.ok()) return policy.status();
+
   if (options.channel.runtime == nullptr) {
     auto rt = runtime::Runtime::Create(options.channel.io_threads, absl::StrCat(service, "-io"),
                                        runtime::EventLoopOptions{options.channel.busy_poll});
@@ -28,6 +50,7 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     options.channel.runtime = *std::move(rt);
   }
   std::unique_ptr<ServiceChannel> sc(new ServiceChannel(service, options));
+  sc->policy_ = *std::move(policy);
   if (options.control_loop != nullptr) {
     sc->control_ = options.control_loop;
   } else {
@@ -36,7 +59,7 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     sc->control_ = std::shared_ptr<runtime::EventLoop>(std::move(*loop));
   }
   auto d = discovery::Discovery::Create(service, discovery, sc->control_.get(),
-                                        options.config_path,
+                                        absl::StrCat(options.config_path, ".discovery"),
                                         discovery::ResolverRegistry::Global(), options.seed);
   if (!d.ok()) return d.status();
   sc->discovery_ = *std::move(d);
@@ -53,20 +76,23 @@ ServiceChannel::~ServiceChannel() {
     control_->Cancel(drain_timer_);
     // Channels close here, off the request path; calls still in flight on
     // them complete with CANCELLED.
-    std::atomic_store(&snapshot_, std::shared_ptr<const Snapshot>());
-    channels_.clear();
+    snapshot_.Update(nullptr);
+    members_.clear();
     draining_.clear();
   });
 }
 
 void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
-  auto snap = std::make_shared<Snapshot>();
-  snap->channels.reserve(set->size());
-  std::map<std::string, std::shared_ptr<Channel>, std::less<>> next;
+  auto snap = std::make_unique<Snapshot>();
+  std::map<std::string, Member, std::less<>> next;
+  std::vector<discovery::Endpoint> kept;
+  std::vector<lb::LbEndpoint> lb_endpoints;
+  kept.reserve(set->size());
+  lb_endpoints.reserve(set->size());
   for (const discovery::Endpoint& e : set->endpoints()) {
-    std::shared_ptr<Channel> ch;
-    if (auto it = channels_.find(e.address); it != channels_.end()) {
-      ch = it->second;
+    Member m;
+    if (auto it = members_.find(e.address); it != members_.end()) {
+      m = it->second;
     } else {
       auto created = Channel::Create(e.address, options_.channel);
       if (!created.ok()) {
@@ -76,28 +102,36 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
                                created.status().ToString()));
         continue;
       }
-      ch = std::shared_ptr<Channel>(std::move(*created));
-      ch->Connect();
+      m.channel = std::shared_ptr<Channel>(std::move(*created));
+      m.channel->Connect();
+      m.stats = std::make_shared<lb::EndpointStats>();
     }
-    snap->channels.push_back(ch);
-    next.emplace(e.address, std::move(ch));
+    kept.push_back(e);
+    lb_endpoints.push_back(lb::LbEndpoint{e, m.stats, true});
+    snap->members.push_back(m);
+    next.emplace(e.address, std::move(m));
   }
-  // Keep the set consistent with the channels actually held.
-  if (snap->channels.size() != set->size()) {
-    std::vector<discovery::Endpoint> kept;
-    for (const discovery::Endpoint& e : set->endpoints()) {
-      if (next.count(e.address)) kept.push_back(e);
-    }
-    set = discovery::EndpointSet::Create(std::move(kept));
+  if (kept.size() != set->size()) set = discovery::EndpointSet::Create(std::move(kept));
+  snap->set = set;
+  snap->picker = policy_->Build(lb_endpoints);
+  for (auto& [addr, m] : members_) {
+    if (!next.count(addr)) draining_.push_back({m.channel, absl::Now() + options_.drain_timeout});
   }
-  snap->set = std::move(set);
-  for (auto& [addr, ch] : channels_) {
-    if (!next.count(addr)) draining_.push_back({ch, absl::Now() + options_.drain_timeout});
+  members_ = std::move(next);
+  std::vector<std::string> addresses;
+  std::map<std::string, std::shared_ptr<lb::EndpointStats>, std::less<>> stats;
+  for (const auto& [addr, m] : members_) {
+    addresses.push_back(addr);
+    stats.emplace(addr, m.stats);
   }
-  channels_ = std::move(next);
+  size_t count = snap->members.size();
+  // Waits (briefly) for calls still picking from the old snapshot.
+  snapshot_.Update(std::move(snap));
+  endpoint_count_.store(count, std::memory_order_relaxed);
   {
     core::MutexLock lock(&mu_);
-    std::atomic_store(&snapshot_, std::shared_ptr<const Snapshot>(std::move(snap)));
+    addresses_ = std::move(addresses);
+    stats_by_address_ = std::move(stats);
   }
   cv_.notify_all();
   updates_.fetch_add(1, std::memory_order_relaxed);
@@ -107,8 +141,8 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
 void ServiceChannel::CollectDrained() {
   absl::Time now = absl::Now();
   // A draining channel is closed once nothing can start a call on it (no
-  // snapshot holds it: use_count 1) and none is outstanding, or when its
-  // drain time is up.
+  // snapshot or caller holds it: use_count 1) and none is outstanding, or
+  // when its drain time is up.
   draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
                                  [now](const Draining& d) {
                                    return (d.channel.use_count() == 1 &&
@@ -125,128 +159,156 @@ void ServiceChannel::CollectDrained() {
   }
 }
 
-Channel* ServiceChannel::Pick(const Snapshot& s) {
-  size_t n = s.channels.size();
-  uint32_t start = next_.fetch_add(1, std::memory_order_relaxed);
-  for (size_t i = 0; i < n; ++i) {
-    const auto& ch = s.channels[(start + i) % n];
-    if (ch->ReadyConnections() > 0) return ch.get();
+bool ServiceChannel::PickMember(const CallOptions& options, absl::string_view avoid,
+                                Picked* out) const {
+  core::RcuReadGuard guard(snapshot_);
+  const Snapshot* s = snapshot_.Get(guard);
+  if (s == nullptr || s->members.empty()) return false;
+  lb::PickArgs args;
+  args.hash = options.hash_key;
+  args.has_hash = options.has_hash_key;
+  int i = s->picker->Pick(args);
+  if (!avoid.empty() && s->members.size() > 1) {
+    // A second attempt: ask the policy again a few times, then take the next
+    // endpoint in order, so the retry lands elsewhere.
+    for (int tries = 0; tries < 3 && (i < 0 || s->members[i].channel->address() == avoid);
+         ++tries) {
+      args.has_hash = false;
+      i = s->picker->Pick(args);
+    }
+    if (i < 0 || s->members[i].channel->address() == avoid) {
+      i = static_cast<int>((i < 0 ? 0 : i + 1) % s->members.size());
+      if (s->members[i].channel->address() == avoid) {
+        i = static_cast<int>((i + 1) % s->members.size());
+      }
+    }
   }
-  return s.channels[start % n].get();  // none ready yet: the call waits for a connect
+  if (i < 0 || static_cast<size_t>(i) >= s->members.size()) return false;
+  out->channel = s->members[i].channel;
+  out->stats = s->members[i].stats;
+  return true;
 }
 
 CallResult ServiceChannel::NoEndpoints() const {
   discovery::DiscoveryStats ds = discovery_->stats();
   std::string why = ds.updates == 0 ? "discovery has produced no endpoints yet"
                                     : "the endpoint set is empty";
-  if (!ds.last_error.ok()) absl::StrAppend(&why, " (last discovery error: ", ds.last_error.message(), ")");
+  if (!ds.last_error.ok()) {
+    absl::StrAppend(&why, " (last discovery error: ", ds.last_error.message(), ")");
+  }
   CallResult r;
   r.status = absl::UnavailableError(absl::StrCat("service ", service_, ": ", why));
   r.not_processed = true;
   return r;
 }
 
-namespace {
-
-// Whether a failed attempt may go once more to another endpoint without any
-// retry policy: the request provably never reached a handler (refused by a
-// draining server, connection never established), so even a call that is
-// not idempotent is safe to send again. gRPC calls this a transparent retry.
-bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
-
-absl::Duration Remaining(const CallOptions& o, absl::Duration default_timeout, absl::Time start) {
-  absl::Duration total = o.timeout > absl::ZeroDuration() ? o.timeout : default_timeout;
-  return total - (absl::Now() - start);
-}
-
-}  // namespace
-
-Channel* ServiceChannel::PickOther(const Snapshot& s, const std::string& avoid) {
-  size_t n = s.channels.size();
-  uint32_t start = next_.fetch_add(1, std::memory_order_relaxed);
-  Channel* fallback = nullptr;
-  for (size_t i = 0; i < n; ++i) {
-    Channel* ch = s.channels[(start + i) % n].get();
-    if (ch->address() == avoid) continue;
-    if (ch->ReadyConnections() > 0) return ch;
-    if (fallback == nullptr) fallback = ch;
+void ServiceChannel::Start(Picked picked, absl::string_view method, absl::string_view request,
+                           const CallOptions& options, CallCallback done, bool may_retry) {
+  absl::Time start = absl::Now();
+  picked.stats->OnCallStart();
+  Channel* channel = picked.channel.get();
+  if (!may_retry) {
+    channel->Call(method, request, options,
+                  [stats = std::move(picked.stats), start, done = std::move(done)](
+                      CallResult r) mutable {
+                    absl::Time now = absl::Now();
+                    stats->OnCallEnd(now - start, r.status.ok(), now);
+                    done(std::move(r));
+                  });
+    return;
   }
-  return fallback;
-}
-
-CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
-                                const CallOptions& options, CallCallback done) {
-  std::shared_ptr<const Snapshot> s = std::atomic_load(&snapshot_);
-  if (s == nullptr || s->channels.empty()) {
-    done(NoEndpoints());
-    return CallHandle();
-  }
-  Channel* first = Pick(*s);
-  if (s->channels.size() == 1) return first->Call(method, request, options, std::move(done));
   // Keep what a second attempt needs; only used when the first is refused.
   struct Retry {
     std::string method, request, first_endpoint;
     CallOptions options;
-    absl::Time start;
   };
   auto retry = std::make_shared<Retry>(
-      Retry{std::string(method), std::string(request), first->address(), options, absl::Now()});
-  return first->Call(
-      method, request, options,
-      [this, retry, done = std::move(done)](CallResult r) mutable {
-        if (!TransparentlyRetryable(r)) return done(std::move(r));
-        std::shared_ptr<const Snapshot> now = std::atomic_load(&snapshot_);
-        Channel* other = now ? PickOther(*now, retry->first_endpoint) : nullptr;
-        absl::Duration left = Remaining(retry->options, options_.channel.default_timeout,
-                                        retry->start);
-        if (other == nullptr || left <= absl::ZeroDuration()) return done(std::move(r));
-        transparent_retries_.fetch_add(1, std::memory_order_relaxed);
-        retry->options.timeout = left;
-        other->Call(retry->method, retry->request, retry->options, std::move(done));
-      });
+      Retry{std::string(method), std::string(request), channel->address(), options});
+  channel->Call(method, request, options,
+                [this, retry, stats = std::move(picked.stats), start,
+                 done = std::move(done)](CallResult r) mutable {
+                  absl::Time now = absl::Now();
+                  stats->OnCallEnd(now - start, r.status.ok(), now);
+                  if (!TransparentlyRetryable(r)) return done(std::move(r));
+                  absl::Duration left =
+                      Remaining(retry->options, options_.channel.default_timeout, start);
+                  Picked other;
+                  if (left <= absl::ZeroDuration() ||
+                      !PickMember(retry->options, retry->first_endpoint, &other) ||
+                      other.channel->address() == retry->first_endpoint) {
+                    return done(std::move(r));
+                  }
+                  transparent_retries_.fetch_add(1, std::memory_order_relaxed);
+                  retry->options.timeout = left;
+                  Start(std::move(other), retry->method, retry->request, retry->options,
+                        std::move(done), /*may_retry=*/false);
+                });
+}
+
+CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
+                                const CallOptions& options, CallCallback done) {
+  Picked picked;
+  if (!PickMember(options, "", &picked)) {
+    done(NoEndpoints());
+    return CallHandle();
+  }
+  Start(std::move(picked), method, request, options, std::move(done),
+        endpoint_count_.load(std::memory_order_relaxed) > 1);
+  return CallHandle();
 }
 
 CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
                                         const CallOptions& options) {
-  std::shared_ptr<const Snapshot> s = std::atomic_load(&snapshot_);
-  if (s == nullptr || s->channels.empty()) return NoEndpoints();
+  Picked picked;
+  if (!PickMember(options, "", &picked)) return NoEndpoints();
   absl::Time start = absl::Now();
-  Channel* first = Pick(*s);
-  CallResult r = first->CallBlocking(method, request, options);
-  if (!TransparentlyRetryable(r) || s->channels.size() == 1) return r;
-  s = std::atomic_load(&snapshot_);
-  Channel* other = s ? PickOther(*s, first->address()) : nullptr;
+  picked.stats->OnCallStart();
+  CallResult r = picked.channel->CallBlocking(method, request, options);
+  absl::Time end = absl::Now();
+  picked.stats->OnCallEnd(end - start, r.status.ok(), end);
+  if (!TransparentlyRetryable(r) || endpoint_count_.load(std::memory_order_relaxed) < 2) return r;
   absl::Duration left = Remaining(options, options_.channel.default_timeout, start);
-  if (other == nullptr || left <= absl::ZeroDuration()) return r;
+  Picked other;
+  if (left <= absl::ZeroDuration() || !PickMember(options, picked.channel->address(), &other) ||
+      other.channel->address() == picked.channel->address()) {
+    return r;
+  }
   transparent_retries_.fetch_add(1, std::memory_order_relaxed);
   CallOptions again = options;
   again.timeout = left;
-  return other->CallBlocking(method, request, again);
+  absl::Time start2 = absl::Now();
+  other.stats->OnCallStart();
+  CallResult r2 = other.channel->CallBlocking(method, request, again);
+  absl::Time end2 = absl::Now();
+  other.stats->OnCallEnd(end2 - start2, r2.status.ok(), end2);
+  return r2;
 }
 
 bool ServiceChannel::WaitForEndpoints(absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_.native());
-  return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [this] {
-    auto s = std::atomic_load(&snapshot_);
-    return s != nullptr && !s->channels.empty();
-  });
+  return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
+                      [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return !addresses_.empty(); });
 }
 
 std::vector<std::string> ServiceChannel::Endpoints() const {
-  std::vector<std::string> out;
-  auto s = std::atomic_load(&snapshot_);
-  if (s == nullptr) return out;
-  for (const auto& e : s->set->endpoints()) out.push_back(e.address);
-  return out;
+  core::MutexLock lock(&mu_);
+  return addresses_;
+}
+
+std::shared_ptr<lb::EndpointStats> ServiceChannel::EndpointStatsFor(
+    absl::string_view address) const {
+  core::MutexLock lock(&mu_);
+  auto it = stats_by_address_.find(address);
+  return it == stats_by_address_.end() ? nullptr : it->second;
 }
 
 ServiceChannelStats ServiceChannel::stats() const {
   ServiceChannelStats st;
   st.endpoint_updates = updates_.load(std::memory_order_relaxed);
-  auto s = std::atomic_load(&snapshot_);
-  st.endpoints = s ? s->channels.size() : 0;
+  st.endpoints = endpoint_count_.load(std::memory_order_relaxed);
   st.draining = draining_count_.load(std::memory_order_relaxed);
   st.transparent_retries = transparent_retries_.load(std::memory_order_relaxed);
+  st.policy = policy_->Describe();
   st.discovery = discovery_->stats();
   return st;
 }

@@ -1,17 +1,25 @@
-// ServiceChannel: calls to a service whose endpoints come from discovery.
+// ServiceChannel: calls to a service whose endpoints come from discovery,
+// spread by a load-balancing policy.
 //
-// It subscribes to the service's Discovery and keeps one Channel per
-// endpoint. An update is applied on the control loop, off the request path:
-// channels for new endpoints start connecting, and a new immutable snapshot
-// replaces the old one for new calls. A removed endpoint's channel leaves the
-// snapshot at once but lives on until its outstanding calls have completed
-// (or `drain_timeout` passes), so an update never fails a call in flight.
+// It subscribes to the service's Discovery and keeps one Channel (and one
+// lb::EndpointStats of load signals) per endpoint. An update is applied on
+// the control loop, off the request path: channels for new endpoints start
+// connecting, the policy builds a new immutable picker, and a snapshot of
+// {picker, channels} replaces the old one through an RcuPtr, so a pick takes
+// no lock. A removed endpoint's channel leaves the snapshot at once but lives
+// on until its outstanding calls have completed (or `drain_timeout`
+// passes), so an update never fails a call in flight.
 //
+//   client::ServiceChannelOptions o;
+//   o.load_balancer = nlohmann::json::parse(R"([{"p2c_peak_ewma": {}}])");
 //   auto sc = client::ServiceChannel::Create(
 //       "echo", nlohmann::json::parse(R"({"dns": {"name": "_echo._tcp.mesh.test"}})"),
-//       client::ServiceChannelOptions{}).value();
+//       o).value();
 //   sc->WaitForEndpoints(absl::Seconds(5));
 //   client::CallResult r = sc->CallBlocking("Echo/Say", "hi");
+//
+// Every call's outcome and latency feed its endpoint's EndpointStats
+// (in-flight count, peak EWMA, failures), which the policies read.
 //
 // A call refused before any handler saw it (a draining server's refusal, a
 // connection that could not be set up: CallResult::not_processed) is sent
@@ -20,18 +28,13 @@
 // failing the calls that raced its removal. Policy-driven retries (status
 // codes, budgets) are the retry layer's job.
 //
-// Balancing here is round-robin over endpoints that have a ready connection
-// (falling back to all of them when none is ready yet), so a just-added
-// endpoint takes traffic once it is connected, not while it is still
-// connecting. Weights, priorities and the other policies belong to the
-// load-balancing layer that replaces this picker.
-//
 // Threading: all methods are thread-safe. Callbacks run on reactor threads
 // and must not block or destroy the ServiceChannel.
 #ifndef MESHLIB_CLIENT_SERVICE_CHANNEL_H_
 #define MESHLIB_CLIENT_SERVICE_CHANNEL_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <string>
@@ -41,7 +44,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
+#include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
+#include "meshlib/lb/policy.h"
 #include "nlohmann/json.hpp"
 
 namespace meshlib::client {
@@ -50,14 +55,19 @@ struct ServiceChannelOptions {
   // For every endpoint's channel. `channel.runtime` is shared by all of them
   // (created once here when not given).
   ChannelOptions channel;
+  // The service's `load_balancer` list ([{name: config}, ...]; the first
+  // name this build knows is used). Null: round_robin.
+  nlohmann::json load_balancer;
+  // Given to the policy (zone-aware routing, aperture).
+  lb::PolicyContext lb_context;
   // The control-plane loop for discovery and updates; default: own one.
   std::shared_ptr<runtime::EventLoop> control_loop;
   // How long a removed endpoint's channel may keep calls in flight before it
   // is closed (and they fail with CANCELLED). Default: channel.default_timeout
   // (no call can outlive it anyway), at most 5 minutes.
   absl::Duration drain_timeout = absl::ZeroDuration();
-  // Path of `discovery` in the config, for messages. Default
-  // "services.<service>.discovery".
+  // Path of the service in the config, for messages. Default
+  // "services.<service>".
   std::string config_path;
   uint64_t seed = 0;
 };
@@ -67,6 +77,7 @@ struct ServiceChannelStats {
   size_t endpoints = 0;           // in the current snapshot
   size_t draining = 0;            // removed channels still finishing calls
   uint64_t transparent_retries = 0;
+  std::string policy;             // the policy in use
   discovery::DiscoveryStats discovery;
 };
 
@@ -90,46 +101,64 @@ class ServiceChannel {
   ServiceChannelStats stats() const;
   const std::string& service() const { return service_; }
   const discovery::Discovery& discovery() const { return *discovery_; }
+  // The load signals of an endpoint in the current set (nullptr if absent).
+  std::shared_ptr<lb::EndpointStats> EndpointStatsFor(absl::string_view address) const;
 
  private:
+  struct Member {
+    std::shared_ptr<Channel> channel;
+    std::shared_ptr<lb::EndpointStats> stats;
+  };
   struct Snapshot {
     std::shared_ptr<const discovery::EndpointSet> set;
-    std::vector<std::shared_ptr<Channel>> channels;  // parallel to set->endpoints()
+    std::vector<Member> members;  // parallel to set->endpoints()
+    std::unique_ptr<lb::Picker> picker;
   };
   struct Draining {
     std::shared_ptr<Channel> channel;
     absl::Time deadline;
   };
+  // What a call holds after the pick: keeps the channel alive without the
+  // snapshot (a blocking call must not hold a read guard while it waits).
+  struct Picked {
+    std::shared_ptr<Channel> channel;
+    std::shared_ptr<lb::EndpointStats> stats;
+  };
 
   ServiceChannel(std::string service, ServiceChannelOptions options);
   void Apply(std::shared_ptr<const discovery::EndpointSet> set);  // control loop
   void CollectDrained();                                            // control loop
-  // The returned channel stays alive while `s` is held.
-  Channel* Pick(const Snapshot& s);
-  // Another endpoint than `avoid`, ready ones first; nullptr when none.
-  Channel* PickOther(const Snapshot& s, const std::string& avoid);
+  // A pick by the policy; `avoid` (an address) is skipped when another
+  // endpoint exists. False when the set is empty.
+  bool PickMember(const CallOptions& options, absl::string_view avoid, Picked* out) const;
   CallResult NoEndpoints() const;
+  void Start(Picked picked, absl::string_view method, absl::string_view request,
+             const CallOptions& options, CallCallback done, bool may_retry);
 
   const std::string service_;
   ServiceChannelOptions options_;
   std::shared_ptr<runtime::EventLoop> control_;
   std::unique_ptr<discovery::Discovery> discovery_;
+  std::unique_ptr<lb::Policy> policy_;  // control loop only
   uint64_t subscription_ = 0;
 
-  // Read by every call (std::atomic_load/atomic_store); replaced by Apply.
-  std::shared_ptr<const Snapshot> snapshot_;
-  std::atomic<uint32_t> next_{0};
+  // Read by every call under an RcuReadGuard; replaced by Apply.
+  core::RcuPtr<Snapshot> snapshot_;
 
   // Control loop only.
-  std::map<std::string, std::shared_ptr<Channel>, std::less<>> channels_;
+  std::map<std::string, Member, std::less<>> members_;
   std::vector<Draining> draining_;
   runtime::TimerId drain_timer_;
   std::atomic<uint64_t> updates_{0};
   std::atomic<size_t> draining_count_{0};
+  std::atomic<size_t> endpoint_count_{0};
   std::atomic<uint64_t> transparent_retries_{0};
 
-  core::Mutex mu_;
+  mutable core::Mutex mu_;
   std::condition_variable cv_;  // with mu_.native(): a snapshot arrived
+  std::vector<std::string> addresses_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<lb::EndpointStats>, std::less<>> stats_by_address_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace meshlib::client
