@@ -162,6 +162,7 @@ int main(int argc, char** argv) {
   sopts.channel.io_threads = 1;
   sopts.channel.connections = absl::GetFlag(FLAGS_connections);
   sopts.channel.default_timeout = svc->timeout;
+  if (auto lb = svc->raw.find("load_balancer"); lb != svc->raw.end()) sopts.load_balancer = *lb;
   auto target_or =
       meshlib::client::ServiceChannel::Create(svc->name, svc->discovery, std::move(sopts));
   if (!target_or.ok()) return Fail(std::string(target_or.status().message()));

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "meshlib/discovery/resolver.h"
+#include "meshlib/lb/policy.h"
 
 namespace meshlib::config {
 namespace {
@@ -74,16 +75,9 @@ absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view text) {
       }
     }
     if (auto lb = s.find("load_balancer"); lb != s.end()) {
-      if (!lb->is_array()) {
-        return FieldError(absl::StrCat(path, ".load_balancer"),
-                          "must be a list of {name: config} objects");
-      }
-      for (size_t i = 0; i < lb->size(); ++i) {
-        if (!(*lb)[i].is_object() || (*lb)[i].size() != 1) {
-          return FieldError(absl::StrCat(path, ".load_balancer[", i, "]"),
-                            "must be an object with exactly one policy name");
-        }
-      }
+      auto choice = lb::PolicyRegistry::Global().Select(*lb, absl::StrCat(path, ".load_balancer"));
+      if (!choice.ok()) return choice.status();
+      sc.load_balancer = choice->factory->name();
     }
     cfg.services.emplace(sc.name, std::move(sc));
   }

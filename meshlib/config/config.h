@@ -34,6 +34,9 @@ struct ServiceConfig {
   // resolver factory; discovery::Discovery::Create takes it as it is.
   nlohmann::json discovery;
   std::string discovery_kind;  // "static", "file", "dns", "etcd", ...
+  // The policy chosen from `load_balancer` (the first known name);
+  // "round_robin" when the list is absent.
+  std::string load_balancer = "round_robin";
   // Per-call timeout. Default 1s.
   absl::Duration timeout = absl::Seconds(1);
   // The service's whole JSON object, for layers that parse their own section.

@@ -26,6 +26,7 @@ TEST(ConfigTest, ParsesDesignDocExample) {
   EXPECT_EQ(echo->discovery_kind, "static");
   EXPECT_EQ(echo->discovery["static"]["endpoints"][1], "[::1]:7002");
   EXPECT_EQ(echo->timeout, absl::Milliseconds(250));
+  EXPECT_FALSE(echo->load_balancer.empty());
   EXPECT_EQ(cfg->Find("other"), nullptr);
 }
 
@@ -68,11 +69,17 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{R"({"services": {"echo": {"discovery": {"zookeeper": {}}}}})",
                 "services.echo.discovery.zookeeper: unknown discovery kind"},
         BadCase{R"({"servics": {}})", "servics: unknown key"},
+        BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+                 "load_balancer": [{"coin_toss": {}}]}}})",
+                "services.echo.load_balancer: no known policy (listed: coin_toss"},
+        BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+                 "load_balancer": [{"round_robin": {"x": 1}}]}}})",
+                "services.echo.load_balancer[0].round_robin.x: unknown key"},
         BadCase{R"({"services": {"echo": {"discovery": {"file": {"path": 7}}}}})",
                 "services.echo.discovery.file.path: must be a non-empty string"},
         BadCase{R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
                  "load_balancer": {"round_robin": {}}}}})",
-                "services.echo.load_balancer: must be a list"},
+                "services.echo.load_balancer: must be a non-empty list"},
         BadCase{"{\"services\": {\n  \"echo\": [1,}\n}", "mesh config is not valid JSON at line 2"}));
 
 }  // namespace
