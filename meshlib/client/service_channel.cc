@@ -104,7 +104,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
       }
       m.channel = std::shared_ptr<Channel>(std::move(*created));
       m.channel->Connect();
-      m.stats = std::make_shared<lb::EndpointStats>();
+      m.stats = std::make_shared<lb::EndpointStats>(policy_->StatsOptions());
     }
     kept.push_back(e);
     lb_endpoints.push_back(lb::LbEndpoint{e, m.stats, true});

@@ -9,6 +9,11 @@ EndpointStats::EndpointStats(absl::Duration decay, absl::Duration initial)
     : decay_ns_(std::max<double>(1.0, absl::ToDoubleNanoseconds(decay))),
       ewma_ns_(absl::ToDoubleNanoseconds(initial)) {}
 
+EndpointStats::EndpointStats(const EndpointStatsOptions& options)
+    : EndpointStats(options.decay, options.initial) {
+  set_failure_penalty(options.failure_penalty);
+}
+
 void EndpointStats::OnCallEnd(absl::Duration latency, bool success, absl::Time now) {
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
   calls_.fetch_add(1, std::memory_order_relaxed);

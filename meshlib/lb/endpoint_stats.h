@@ -1,6 +1,7 @@
 // EndpointStats: the load signals of one endpoint, shared by the balancer's
 // policies and the client stack that reports each call's outcome.
 //
+//   auto stats = std::make_shared<EndpointStats>(policy->StatsOptions());
 //   stats->OnCallStart();
 //   ... the call ...
 //   stats->OnCallEnd(latency, /*success=*/r.status.ok(), clock.Now());
@@ -22,12 +23,26 @@
 
 namespace meshlib::lb {
 
+// How the client should make an endpoint's EndpointStats; a policy states
+// its wishes through Policy::StatsOptions().
+struct EndpointStatsOptions {
+  // The latency EWMA's time constant. Default 10s (Finagle's). > 0.
+  absl::Duration decay = absl::Seconds(10);
+  // The latency assumed for an endpoint nothing is known about yet.
+  // Default 1ms. >= 0.
+  absl::Duration initial = absl::Milliseconds(1);
+  // Latency charged for a failed call (see set_failure_penalty). Default 0
+  // (off). >= 0.
+  absl::Duration failure_penalty = absl::ZeroDuration();
+};
+
 class EndpointStats {
  public:
   // `decay`: the EWMA's time constant (Finagle's default 10s); `initial`:
   // the latency assumed for an endpoint nothing is known about yet.
   explicit EndpointStats(absl::Duration decay = absl::Seconds(10),
                          absl::Duration initial = absl::Milliseconds(1));
+  explicit EndpointStats(const EndpointStatsOptions& options);
 
   void OnCallStart() { in_flight_.fetch_add(1, std::memory_order_relaxed); }
   // `latency` from the call's start to its end. A failure counts as a
@@ -50,11 +65,23 @@ class EndpointStats {
   double PeakEwmaNanos(absl::Time now) const;
   // The raw stored EWMA without decay (for tests and Describe()).
   double EwmaNanosForTesting() const { return ewma_ns_.load(std::memory_order_relaxed); }
+  // The parts of PeakEwmaNanos(now): the stored average, when it was last
+  // updated (unix ns; 0 = never, and then it does not decay) and the decay
+  // constant, so that PeakEwmaNanos(now) = ewma_nanos() *
+  // exp(-(now - last_update_unix_nanos()) / decay_nanos()). A picker that
+  // compares two endpoints can then use the ratio of their costs: one exp,
+  // no clock read (p2c_peak_ewma).
+  double ewma_nanos() const { return ewma_ns_.load(std::memory_order_relaxed); }
+  int64_t last_update_unix_nanos() const { return stamp_ns_.load(std::memory_order_relaxed); }
+  double decay_nanos() const { return decay_ns_; }
 
   // Latency charged for a failed call; default 0 (off). Policies that rank
   // by latency set it (p2c_peak_ewma: its "failure_penalty").
   void set_failure_penalty(absl::Duration d) {
     failure_penalty_ns_.store(absl::ToInt64Nanoseconds(d), std::memory_order_relaxed);
+  }
+  absl::Duration failure_penalty() const {
+    return absl::Nanoseconds(failure_penalty_ns_.load(std::memory_order_relaxed));
   }
 
  private:

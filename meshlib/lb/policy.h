@@ -89,6 +89,10 @@ class Policy {
   virtual std::unique_ptr<Picker> Build(const std::vector<LbEndpoint>& endpoints) = 0;
   // Effective settings, for Describe().
   virtual std::string Describe() const { return name(); }
+  // How the client should make EndpointStats for this policy's endpoints
+  // (EWMA decay, latency assumed for a new endpoint, failure penalty).
+  // Policies that do not rank by latency keep the defaults.
+  virtual EndpointStatsOptions StatsOptions() const { return EndpointStatsOptions(); }
 };
 
 class PolicyFactory {
