@@ -54,6 +54,11 @@ struct CallOptions {
   // of bytes. Ignored by a single Channel.
   uint64_t hash_key = 0;
   bool has_hash_key = false;
+  // The call is safe to repeat (no effect beyond the first), so a
+  // ServiceChannel with a retry policy may retry it on the policy's status
+  // codes. Calls that provably never reached a handler are retried either
+  // way. Ignored by a single Channel.
+  bool idempotent = false;
 };
 
 struct CallResult {

@@ -18,11 +18,6 @@ constexpr absl::Duration kDrainCheck = absl::Milliseconds(50);
 // not idempotent is safe to send again. gRPC calls this a transparent retry.
 bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
 
-absl::Duration Remaining(const CallOptions& o, absl::Duration default_timeout, absl::Time start) {
-  absl::Duration total = o.timeout > absl::ZeroDuration() ? o.timeout : default_timeout;
-  return total - (absl::Now() - start);
-}
-
 }  // namespace
 
 ServiceChannel::ServiceChannel(std::string service, ServiceChannelOptions options)
@@ -42,6 +37,13 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   if (!choice.ok()) return choice.status();
   auto policy = choice->factory->Create(choice->config, choice->path, options.lb_context);
   if (!policy.ok()) return policy.status();
+  resilience::RetryPolicy retry;
+  if (!options.retry.is_null()) {
+    auto parsed = resilience::ParseRetryPolicy(options.retry,
+                                               absl::StrCat(options.config_path, ".retry"));
+    if (!parsed.ok()) return parsed.status();
+    retry = *std::move(parsed);
+  }
 
   if (options.channel.runtime == nullptr) {
     auto rt = runtime::Runtime::Create(options.channel.io_threads, absl::StrCat(service, "-io"),
@@ -51,6 +53,8 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   }
   std::unique_ptr<ServiceChannel> sc(new ServiceChannel(service, options));
   sc->policy_ = *std::move(policy);
+  sc->retry_ = retry;
+  sc->budget_ = std::make_unique<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
   if (options.control_loop != nullptr) {
     sc->control_ = options.control_loop;
   } else {
@@ -70,6 +74,13 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
 }
 
 ServiceChannel::~ServiceChannel() {
+  // Retries waiting out their backoff end with CANCELLED instead of
+  // starting; wait for their timers (each at most one backoff away).
+  closing_.store(true, std::memory_order_release);
+  absl::Time give_up = absl::Now() + retry_.backoff_max + absl::Seconds(1);
+  while (pending_retries_.load(std::memory_order_acquire) > 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
   discovery_->Unsubscribe(subscription_);
   discovery_.reset();
   control_->RunAndWait([this] {
@@ -159,27 +170,34 @@ void ServiceChannel::CollectDrained() {
   }
 }
 
-bool ServiceChannel::PickMember(const CallOptions& options, absl::string_view avoid,
-                                Picked* out) const {
+bool ServiceChannel::PickMember(const CallOptions& options,
+                                const std::vector<std::string>& avoid, Picked* out) const {
   core::RcuReadGuard guard(snapshot_);
   const Snapshot* s = snapshot_.Get(guard);
   if (s == nullptr || s->members.empty()) return false;
+  auto avoided = [&](int i) {
+    return std::find(avoid.begin(), avoid.end(), s->members[i].channel->address()) != avoid.end();
+  };
   lb::PickArgs args;
   args.hash = options.hash_key;
   args.has_hash = options.has_hash_key;
   int i = s->picker->Pick(args);
   if (!avoid.empty() && s->members.size() > 1) {
-    // A second attempt: ask the policy again a few times, then take the next
-    // endpoint in order, so the retry lands elsewhere.
-    for (int tries = 0; tries < 3 && (i < 0 || s->members[i].channel->address() == avoid);
-         ++tries) {
+    // A retry: ask the policy again a few times, then take the next endpoint
+    // in order that was not tried, so the retry lands elsewhere.
+    for (int tries = 0; tries < 3 && (i < 0 || avoided(i)); ++tries) {
       args.has_hash = false;
       i = s->picker->Pick(args);
     }
-    if (i < 0 || s->members[i].channel->address() == avoid) {
-      i = static_cast<int>((i < 0 ? 0 : i + 1) % s->members.size());
-      if (s->members[i].channel->address() == avoid) {
-        i = static_cast<int>((i + 1) % s->members.size());
+    if (i < 0 || avoided(i)) {
+      int n = static_cast<int>(s->members.size());
+      int from = i < 0 ? 0 : i;
+      for (int k = 1; k <= n; ++k) {
+        int j = (from + k) % n;
+        if (!avoided(j)) {
+          i = j;
+          break;
+        }
       }
     }
   }
@@ -202,86 +220,157 @@ CallResult ServiceChannel::NoEndpoints() const {
   return r;
 }
 
-void ServiceChannel::Start(Picked picked, absl::string_view method, absl::string_view request,
-                           const CallOptions& options, CallCallback done, bool may_retry) {
+ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptions& options,
+                                            int attempts, bool* transparent_used,
+                                            absl::Time deadline) {
+  if (r.status.ok() || absl::Now() >= deadline) return Next::kDone;
+  bool several = endpoint_count_.load(std::memory_order_relaxed) > 1;
+  if (TransparentlyRetryable(r) && !*transparent_used && several) {
+    *transparent_used = true;
+    transparent_retries_.fetch_add(1, std::memory_order_relaxed);
+    return Next::kTransparent;
+  }
+  bool retryable = (options.idempotent && retry_.RetriesOn(r.status.code())) ||
+                   TransparentlyRetryable(r);
+  if (!retryable || attempts >= retry_.max_attempts) return Next::kDone;
+  if (!budget_->TryWithdraw()) {
+    retries_denied_.fetch_add(1, std::memory_order_relaxed);
+    return Next::kDone;
+  }
+  retries_.fetch_add(1, std::memory_order_relaxed);
+  return Next::kRetry;
+}
+
+// One asynchronous call across its attempts. If it is destroyed before it
+// completed (its retry timer dropped with a stopping runtime), the caller
+// still hears of it: CANCELLED.
+struct ServiceChannel::CallState {
+  std::string method, request;
+  CallOptions options;
+  CallCallback done;
+  absl::Time deadline;
+  int attempts = 0;  // made by the retry policy's count
+  bool transparent_used = false;
+  std::vector<std::string> tried;
+  runtime::EventLoop* timer_loop = nullptr;
+
+  void Finish(CallResult r) {
+    if (done) {
+      CallCallback d = std::move(done);
+      done = nullptr;
+      d(std::move(r));
+    }
+  }
+  ~CallState() {
+    if (done) {
+      CallResult r;
+      r.status = absl::CancelledError("call abandoned while waiting to retry");
+      Finish(std::move(r));
+    }
+  }
+};
+
+void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
+  absl::Duration left = st->deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) {
+    CallResult r;
+    r.status = absl::DeadlineExceededError(
+        absl::StrCat("deadline passed after ", st->attempts, " attempt(s)"));
+    return st->Finish(std::move(r));
+  }
+  Picked picked;
+  if (!PickMember(st->options, st->tried, &picked)) return st->Finish(NoEndpoints());
+  CallOptions attempt = st->options;
+  attempt.timeout = left;
+  if (retry_.per_try_timeout > absl::ZeroDuration()) {
+    attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
+  }
+  st->tried.push_back(picked.channel->address());
   absl::Time start = absl::Now();
   picked.stats->OnCallStart();
   Channel* channel = picked.channel.get();
-  if (!may_retry) {
-    channel->Call(method, request, options,
-                  [stats = std::move(picked.stats), start, done = std::move(done)](
-                      CallResult r) mutable {
-                    absl::Time now = absl::Now();
-                    stats->OnCallEnd(now - start, r.status.ok(), now);
-                    done(std::move(r));
-                  });
-    return;
-  }
-  // Keep what a second attempt needs; only used when the first is refused.
-  struct Retry {
-    std::string method, request, first_endpoint;
-    CallOptions options;
-  };
-  auto retry = std::make_shared<Retry>(
-      Retry{std::string(method), std::string(request), channel->address(), options});
-  channel->Call(method, request, options,
-                [this, retry, stats = std::move(picked.stats), start,
-                 done = std::move(done)](CallResult r) mutable {
-                  absl::Time now = absl::Now();
-                  stats->OnCallEnd(now - start, r.status.ok(), now);
-                  if (!TransparentlyRetryable(r)) return done(std::move(r));
-                  absl::Duration left =
-                      Remaining(retry->options, options_.channel.default_timeout, start);
-                  Picked other;
-                  if (left <= absl::ZeroDuration() ||
-                      !PickMember(retry->options, retry->first_endpoint, &other) ||
-                      other.channel->address() == retry->first_endpoint) {
-                    return done(std::move(r));
-                  }
-                  transparent_retries_.fetch_add(1, std::memory_order_relaxed);
-                  retry->options.timeout = left;
-                  Start(std::move(other), retry->method, retry->request, retry->options,
-                        std::move(done), /*may_retry=*/false);
-                });
+  channel->Call(
+      st->method, st->request, attempt,
+      [this, st, stats = std::move(picked.stats), start](CallResult r) mutable {
+        absl::Time now = absl::Now();
+        stats->OnCallEnd(now - start, r.status.ok(), now);
+        if (closing_.load(std::memory_order_acquire)) return st->Finish(std::move(r));
+        bool transparent_before = st->transparent_used;
+        Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline);
+        if (next == Next::kDone) return st->Finish(std::move(r));
+        if (next == Next::kTransparent && !transparent_before) return Attempt(std::move(st));
+        ++st->attempts;
+        absl::Duration delay = retry_.Backoff(st->attempts - 1, lb::ThreadRandom().Next());
+        runtime::EventLoop* loop = st->timer_loop;
+        pending_retries_.fetch_add(1, std::memory_order_acq_rel);
+        loop->RunAfter(delay, [this, st = std::move(st)]() mutable {
+          if (closing_.load(std::memory_order_acquire)) {
+            CallResult closed;
+            closed.status = absl::CancelledError("service channel closed before the retry");
+            st->Finish(std::move(closed));
+          } else {
+            Attempt(std::move(st));
+          }
+          pending_retries_.fetch_sub(1, std::memory_order_acq_rel);
+        });
+      });
 }
 
 CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
                                 const CallOptions& options, CallCallback done) {
-  Picked picked;
-  if (!PickMember(options, "", &picked)) {
-    done(NoEndpoints());
-    return CallHandle();
-  }
-  Start(std::move(picked), method, request, options, std::move(done),
-        endpoint_count_.load(std::memory_order_relaxed) > 1);
+  budget_->Deposit();
+  auto st = std::make_shared<CallState>();
+  st->method = std::string(method);
+  st->request = std::string(request);
+  st->options = options;
+  st->done = std::move(done);
+  st->deadline = absl::Now() + (options.timeout > absl::ZeroDuration()
+                                    ? options.timeout
+                                    : options_.channel.default_timeout);
+  st->attempts = 1;
+  st->timer_loop = &options_.channel.runtime->NextLoop();
+  Attempt(std::move(st));
   return CallHandle();
 }
 
 CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
                                         const CallOptions& options) {
-  Picked picked;
-  if (!PickMember(options, "", &picked)) return NoEndpoints();
-  absl::Time start = absl::Now();
-  picked.stats->OnCallStart();
-  CallResult r = picked.channel->CallBlocking(method, request, options);
-  absl::Time end = absl::Now();
-  picked.stats->OnCallEnd(end - start, r.status.ok(), end);
-  if (!TransparentlyRetryable(r) || endpoint_count_.load(std::memory_order_relaxed) < 2) return r;
-  absl::Duration left = Remaining(options, options_.channel.default_timeout, start);
-  Picked other;
-  if (left <= absl::ZeroDuration() || !PickMember(options, picked.channel->address(), &other) ||
-      other.channel->address() == picked.channel->address()) {
-    return r;
+  budget_->Deposit();
+  absl::Time deadline = absl::Now() + (options.timeout > absl::ZeroDuration()
+                                           ? options.timeout
+                                           : options_.channel.default_timeout);
+  std::vector<std::string> tried;
+  bool transparent_used = false;
+  int attempts = 1;
+  for (;;) {
+    absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      CallResult r;
+      r.status = absl::DeadlineExceededError(
+          absl::StrCat("deadline passed after ", attempts, " attempt(s)"));
+      return r;
+    }
+    Picked picked;
+    if (!PickMember(options, tried, &picked)) return NoEndpoints();
+    CallOptions attempt = options;
+    attempt.timeout = left;
+    if (retry_.per_try_timeout > absl::ZeroDuration()) {
+      attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
+    }
+    tried.push_back(picked.channel->address());
+    absl::Time start = absl::Now();
+    picked.stats->OnCallStart();
+    CallResult r = picked.channel->CallBlocking(method, request, attempt);
+    absl::Time end = absl::Now();
+    picked.stats->OnCallEnd(end - start, r.status.ok(), end);
+    bool transparent_before = transparent_used;
+    Next next = Decide(r, options, attempts, &transparent_used, deadline);
+    if (next == Next::kDone) return r;
+    if (next == Next::kTransparent && !transparent_before) continue;
+    ++attempts;
+    absl::SleepFor(std::min(retry_.Backoff(attempts - 1, lb::ThreadRandom().Next()),
+                            deadline - absl::Now()));
   }
-  transparent_retries_.fetch_add(1, std::memory_order_relaxed);
-  CallOptions again = options;
-  again.timeout = left;
-  absl::Time start2 = absl::Now();
-  other.stats->OnCallStart();
-  CallResult r2 = other.channel->CallBlocking(method, request, again);
-  absl::Time end2 = absl::Now();
-  other.stats->OnCallEnd(end2 - start2, r2.status.ok(), end2);
-  return r2;
 }
 
 bool ServiceChannel::WaitForEndpoints(absl::Duration timeout) {
@@ -308,6 +397,8 @@ ServiceChannelStats ServiceChannel::stats() const {
   st.endpoints = endpoint_count_.load(std::memory_order_relaxed);
   st.draining = draining_count_.load(std::memory_order_relaxed);
   st.transparent_retries = transparent_retries_.load(std::memory_order_relaxed);
+  st.retries = retries_.load(std::memory_order_relaxed);
+  st.retries_denied = retries_denied_.load(std::memory_order_relaxed);
   st.policy = policy_->Describe();
   st.discovery = discovery_->stats();
   return st;

@@ -25,8 +25,10 @@
 // connection that could not be set up: CallResult::not_processed) is sent
 // once more to another endpoint within its deadline, as gRPC's transparent
 // retry does; that is what keeps a deregistering, draining instance from
-// failing the calls that raced its removal. Policy-driven retries (status
-// codes, budgets) are the retry layer's job.
+// failing the calls that raced its removal. Beyond that, the service's
+// retry policy (resilience::RetryPolicy) retries failed attempts on its
+// status codes for idempotent calls, after a full-jitter backoff, on an
+// endpoint not tried yet, within the call's deadline and the retry budget.
 //
 // Threading: all methods are thread-safe. Callbacks run on reactor threads
 // and must not block or destroy the ServiceChannel.
@@ -47,6 +49,8 @@
 #include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
+#include "meshlib/resilience/retry_budget.h"
+#include "meshlib/resilience/retry_policy.h"
 #include "nlohmann/json.hpp"
 
 namespace meshlib::client {
@@ -58,6 +62,9 @@ struct ServiceChannelOptions {
   // The service's `load_balancer` list ([{name: config}, ...]; the first
   // name this build knows is used). Null: round_robin.
   nlohmann::json load_balancer;
+  // The service's `retry` object (see resilience::RetryPolicy). Null: no
+  // retries beyond the transparent one.
+  nlohmann::json retry;
   // Given to the policy (zone-aware routing, aperture).
   lb::PolicyContext lb_context;
   // The control-plane loop for discovery and updates; default: own one.
@@ -77,6 +84,8 @@ struct ServiceChannelStats {
   size_t endpoints = 0;           // in the current snapshot
   size_t draining = 0;            // removed channels still finishing calls
   uint64_t transparent_retries = 0;
+  uint64_t retries = 0;           // by the retry policy
+  uint64_t retries_denied = 0;    // wanted, but the budget was spent
   std::string policy;             // the policy in use
   discovery::DiscoveryStats discovery;
 };
@@ -128,12 +137,19 @@ class ServiceChannel {
   ServiceChannel(std::string service, ServiceChannelOptions options);
   void Apply(std::shared_ptr<const discovery::EndpointSet> set);  // control loop
   void CollectDrained();                                            // control loop
-  // A pick by the policy; `avoid` (an address) is skipped when another
-  // endpoint exists. False when the set is empty.
-  bool PickMember(const CallOptions& options, absl::string_view avoid, Picked* out) const;
+  struct CallState;
+  // A pick by the policy; endpoints in `avoid` (addresses) are skipped when
+  // another exists. False when the set is empty.
+  bool PickMember(const CallOptions& options, const std::vector<std::string>& avoid,
+                  Picked* out) const;
   CallResult NoEndpoints() const;
-  void Start(Picked picked, absl::string_view method, absl::string_view request,
-             const CallOptions& options, CallCallback done, bool may_retry);
+  // Starts the next attempt of an asynchronous call.
+  void Attempt(std::shared_ptr<CallState> st);
+  // What to do after a failed attempt: retry now (transparent), after a
+  // backoff, or not at all.
+  enum class Next { kDone, kTransparent, kRetry };
+  Next Decide(const CallResult& r, const CallOptions& options, int attempts,
+              bool* transparent_used, absl::Time deadline);
 
   const std::string service_;
   ServiceChannelOptions options_;
@@ -153,6 +169,12 @@ class ServiceChannel {
   std::atomic<size_t> draining_count_{0};
   std::atomic<size_t> endpoint_count_{0};
   std::atomic<uint64_t> transparent_retries_{0};
+  std::atomic<uint64_t> retries_{0};
+  std::atomic<bool> closing_{false};
+  std::atomic<int> pending_retries_{0};
+  std::atomic<uint64_t> retries_denied_{0};
+  resilience::RetryPolicy retry_;
+  std::unique_ptr<resilience::RetryBudget> budget_;
 
   mutable core::Mutex mu_;
   std::condition_variable cv_;  // with mu_.native(): a snapshot arrived

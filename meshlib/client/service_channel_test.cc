@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -20,12 +21,15 @@ using testing::Eventually;
 
 // An in-process echo server that can delay its answers.
 struct EchoServer {
-  explicit EchoServer(absl::Duration delay = absl::ZeroDuration(), uint32_t max_streams = 1000)
+  explicit EchoServer(absl::Duration delay = absl::ZeroDuration(), uint32_t max_streams = 1000,
+                      bool fail = false)
       : server(Options(max_streams)) {
     EXPECT_TRUE(server
                     .RegisterSync("Echo/Say",
-                                  [delay](server::ServerCall& call, std::string* out) {
+                                  [this, delay, fail](server::ServerCall& call, std::string* out) {
+                                    ++handled;
                                     if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
+                                    if (fail) return absl::UnavailableError("failing on purpose");
                                     *out = call.request();
                                     return absl::OkStatus();
                                   })
@@ -39,6 +43,7 @@ struct EchoServer {
     return o;
   }
   std::string address() const { return server.address(); }
+  std::atomic<int> handled{0};
   server::Server server;
 };
 
@@ -52,9 +57,10 @@ class ServiceChannelTest : public ::testing::Test {
     std::ofstream(path_ + ".tmp", std::ios::trunc) << j.dump();
     ASSERT_EQ(rename((path_ + ".tmp").c_str(), path_.c_str()), 0);
   }
-  std::unique_ptr<ServiceChannel> Open() {
+  std::unique_ptr<ServiceChannel> Open(json retry = json()) {
     ServiceChannelOptions o;
     o.channel.default_timeout = absl::Seconds(5);
+    o.retry = std::move(retry);
     auto sc = ServiceChannel::Create(
         "echo", json{{"file", {{"path", path_}, {"poll_interval", "50ms"}}}}, o);
     EXPECT_TRUE(sc.ok()) << sc.status();
@@ -214,6 +220,59 @@ TEST_F(ServiceChannelTest, RefusedCallGoesOnceToAnotherEndpoint) {
   CallResult r = sc->CallBlocking("Echo/Say", "x");
   EXPECT_EQ(r.status.code(), absl::StatusCode::kResourceExhausted) << r.status;
   EXPECT_TRUE(r.not_processed);
+}
+
+TEST_F(ServiceChannelTest, IdempotentCallsAreRetriedElsewhereOnTheirCodes) {
+  EchoServer good;
+  EchoServer bad(absl::ZeroDuration(), 1000, /*fail=*/true);
+  SetEndpoints({good.address(), bad.address()});
+  auto sc = Open(json::parse(
+      R"({"max_attempts": 3, "retry_on": ["UNAVAILABLE"], "backoff": {"base": "1ms", "max": "5ms"}})"));
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  CallOptions idem;
+  idem.idempotent = true;
+  for (int i = 0; i < 40; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "x", idem);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.endpoint, good.address());
+    core::Notification done;
+    sc->Call("Echo/Say", "y", idem, [&](CallResult r) {
+      EXPECT_TRUE(r.status.ok()) << r.status;
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  }
+  uint64_t retried = sc->stats().retries;
+  EXPECT_GT(retried, 10u);  // about half the first attempts hit the failing one
+  EXPECT_GT(bad.handled.load(), 10);
+
+  // Not idempotent: the handler ran, so the failure stands.
+  int failed = 0;
+  for (int i = 0; i < 40; ++i) failed += sc->CallBlocking("Echo/Say", "x").status.ok() ? 0 : 1;
+  EXPECT_GT(failed, 5);
+  EXPECT_EQ(sc->stats().retries, retried);
+}
+
+TEST_F(ServiceChannelTest, RetryBudgetBoundsAmplificationWhenEverythingFails) {
+  EchoServer a(absl::ZeroDuration(), 1000, true), b(absl::ZeroDuration(), 1000, true);
+  SetEndpoints({a.address(), b.address()});
+  auto sc = Open(json::parse(R"({"max_attempts": 5, "backoff": {"base": "1ms", "max": "1ms"},
+                                  "budget": {"ratio": 0.2, "min_per_second": 1, "ttl": "10s"}})"));
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  CallOptions idem;
+  idem.idempotent = true;
+  const int kCalls = 1000;
+  for (int i = 0; i < kCalls; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "x", idem);
+    ASSERT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  }
+  int attempts = a.handled.load() + b.handled.load();
+  double amplification = static_cast<double>(attempts) / kCalls;
+  // Without a budget this would be 5x; the budget allows 0.2 of the calls
+  // plus 1/s over 10s.
+  EXPECT_LE(attempts, kCalls + kCalls / 5 + 10 + 1);
+  EXPECT_GT(sc->stats().retries_denied, 0u);
+  std::cout << "attempts per call with every endpoint failing: " << amplification << "\n";
 }
 
 TEST_F(ServiceChannelTest, BadUpdateKeepsServingFromTheLastGoodSet) {
