@@ -122,6 +122,27 @@ TEST(ExamplesTest, DiscoveryThatNeverResolvesExitsNonZeroNamingTheSource) {
   EXPECT_TRUE(absl::StrContains(call.err(), "/nonexistent/echo.json\" does not exist")) << call.err();
 }
 
+TEST(ExamplesTest, IdempotentCallsAreRetriedAroundAFailingServer) {
+  Process good({EchoServer(), "--port=0", "--name=good"});
+  Process bad({EchoServer(), "--port=0", "--name=bad", "--error_rate=1"});
+  std::string addr_good = StartServer(&good), addr_bad = StartServer(&bad);
+  std::string config = WriteConfig(absl::StrCat(
+      R"({"services": {"echo": {"discovery": {"static": {"endpoints": [")", addr_good, R"(", ")",
+      addr_bad, R"("]}}, "retry": {"max_attempts": 3, "retry_on": ["UNAVAILABLE"],)"
+      R"("budget": {"ratio": 1.0}}}}})"));
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + config, "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=200",
+                              "--concurrency=4", "--idempotent", "--json"});
+  EXPECT_EQ(j["ok"], 200) << j.dump();
+  EXPECT_GT(j["retries"].get<int>(), 20) << j.dump();
+  // Without --idempotent the failures stand.
+  nlohmann::json k = RunJson({Meshcall(), "--config=" + config, "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=200",
+                              "--concurrency=4", "--json"});
+  EXPECT_LT(k["ok"].get<int>(), 190) << k.dump();
+  EXPECT_EQ(k["retries"], 0) << k.dump();
+}
+
 TEST(ExamplesTest, ErrorRateAnswersUnavailable) {
   Process server({EchoServer(), "--port=0", "--error_rate=1"});
   std::string addr = StartServer(&server);

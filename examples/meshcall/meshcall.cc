@@ -101,8 +101,8 @@ class Recorder {
     for (const auto& [k, v] : errors_) j["errors"][k] = v;
     j["by_endpoint"] = nlohmann::json::object();
     for (const auto& [k, v] : by_endpoint_) j["by_endpoint"][k] = v;
-    j["retries"] = 0;  // no retry layer in this build
-    j["hedges"] = 0;
+    j["retries"] = 0;  // filled in by main() from the client's counters
+    j["hedges"] = 0;   // no hedging layer in this build
     double secs = absl::ToDoubleSeconds(elapsed);
     j["qps"] = secs > 0 ? static_cast<double>(done_) / secs : 0.0;
     j["latency_us"] = {{"p50", pct(0.50)},   {"p90", pct(0.90)}, {"p99", pct(0.99)},
@@ -163,6 +163,7 @@ int main(int argc, char** argv) {
   sopts.channel.connections = absl::GetFlag(FLAGS_connections);
   sopts.channel.default_timeout = svc->timeout;
   if (auto lb = svc->raw.find("load_balancer"); lb != svc->raw.end()) sopts.load_balancer = *lb;
+  if (auto retry = svc->raw.find("retry"); retry != svc->raw.end()) sopts.retry = *retry;
   auto target_or =
       meshlib::client::ServiceChannel::Create(svc->name, svc->discovery, std::move(sopts));
   if (!target_or.ok()) return Fail(std::string(target_or.status().message()));
@@ -185,6 +186,7 @@ int main(int argc, char** argv) {
   const std::string data = absl::GetFlag(FLAGS_data);
   CallOptions call_opts;
   call_opts.timeout = svc->timeout;
+  call_opts.idempotent = absl::GetFlag(FLAGS_idempotent);
 
   // One-off call: readable output, exit status says how it went.
   if (requests == 1 && !absl::GetFlag(FLAGS_json)) {
@@ -295,6 +297,12 @@ int main(int argc, char** argv) {
   if (tty) std::fprintf(stderr, "\n");
   absl::Duration elapsed = absl::Now() - start;
   nlohmann::json out = rec.ToJson(elapsed);
+  {
+    auto st = target->stats();
+    out["retries"] = st.retries + st.transparent_retries;
+    out["retries_denied_by_budget"] = st.retries_denied;
+    out["policy"] = st.policy;
+  }
   if (absl::GetFlag(FLAGS_json)) {
     std::cout << out.dump() << "\n";
   } else {

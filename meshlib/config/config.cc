@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
+#include "meshlib/resilience/retry_policy.h"
 
 namespace meshlib::config {
 namespace {
@@ -69,7 +70,11 @@ absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view text) {
       if (*d <= absl::ZeroDuration()) return FieldError(absl::StrCat(path, ".timeout"), "must be > 0");
       sc.timeout = *d;
     }
-    for (const char* key : {"retry", "hedging", "circuit_breaker", "outlier_detection"}) {
+    if (auto r = s.find("retry"); r != s.end()) {
+      auto policy = resilience::ParseRetryPolicy(*r, absl::StrCat(path, ".retry"));
+      if (!policy.ok()) return policy.status();
+    }
+    for (const char* key : {"hedging", "circuit_breaker", "outlier_detection"}) {
       if (auto f = s.find(key); f != s.end() && !f->is_object()) {
         return FieldError(absl::StrCat(path, ".", key), "must be an object");
       }
