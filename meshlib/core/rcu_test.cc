@@ -33,6 +33,8 @@ TEST(RcuPtrTest, ReadersNeverSeeADeletedObject) {
       }
     });
   }
+  // Let every reader start (slow under sanitizers) before updating.
+  while (reads.load() < 1000) std::this_thread::yield();
   for (int i = 1; i <= 2000; ++i) ptr.Update(std::make_unique<Tracked>(i));
   stop = true;
   for (auto& t : readers) t.join();

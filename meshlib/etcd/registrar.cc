@@ -46,11 +46,11 @@ absl::StatusOr<std::unique_ptr<Registrar>> Registrar::Create(RegistrarOptions op
   }
   std::unique_ptr<Registrar> r(new Registrar(std::move(options), std::move(own), loop));
   // A request that hangs must give up in time for another try before the
-  // lease runs out: no request outlives one keepalive interval.
+  // lease runs out: a keepalive sent at ttl/3 that times out at ttl/3 +
+  // ttl/2 still leaves a retry before the lease expires.
   EtcdClientOptions client_options = r->options_.etcd;
-  client_options.request_timeout =
-      std::min(client_options.request_timeout, r->keepalive_interval_);
-  client_options.dial_timeout = std::min(client_options.dial_timeout, r->keepalive_interval_);
+  client_options.request_timeout = std::min(client_options.request_timeout, r->options_.ttl / 2);
+  client_options.dial_timeout = std::min(client_options.dial_timeout, r->options_.ttl / 2);
   auto client = EtcdClient::Create(loop, client_options);
   if (!client.ok()) return client.status();
   Registrar* raw = r.get();

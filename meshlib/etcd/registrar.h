@@ -48,8 +48,8 @@ namespace meshlib::etcd {
 
 struct RegistrarOptions {
   // Where etcd is, and request timeouts (see EtcdClientOptions). Required.
-  // The timeouts are capped at the keepalive interval, so that a request
-  // that hangs gives up in time for another try before the lease expires.
+  // The timeouts are capped at ttl/2, so that a request that hangs gives up
+  // in time for another try before the lease expires.
   EtcdClientOptions etcd;
   // Key prefix of the service, e.g. "/meshlib/services/echo/". Required.
   std::string prefix;
