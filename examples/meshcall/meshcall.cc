@@ -164,6 +164,9 @@ int main(int argc, char** argv) {
   sopts.channel.default_timeout = svc->timeout;
   if (auto lb = svc->raw.find("load_balancer"); lb != svc->raw.end()) sopts.load_balancer = *lb;
   if (auto retry = svc->raw.find("retry"); retry != svc->raw.end()) sopts.retry = *retry;
+  if (auto cb = svc->raw.find("circuit_breaker"); cb != svc->raw.end()) {
+    sopts.circuit_breaker = *cb;
+  }
   auto target_or =
       meshlib::client::ServiceChannel::Create(svc->name, svc->discovery, std::move(sopts));
   if (!target_or.ok()) return Fail(std::string(target_or.status().message()));

@@ -37,6 +37,13 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   if (!choice.ok()) return choice.status();
   auto policy = choice->factory->Create(choice->config, choice->path, options.lb_context);
   if (!policy.ok()) return policy.status();
+  resilience::CircuitBreakerOptions breaker;
+  if (!options.circuit_breaker.is_null()) {
+    auto parsed = resilience::ParseCircuitBreaker(
+        options.circuit_breaker, absl::StrCat(options.config_path, ".circuit_breaker"));
+    if (!parsed.ok()) return parsed.status();
+    breaker = *parsed;
+  }
   resilience::RetryPolicy retry;
   if (!options.retry.is_null()) {
     auto parsed = resilience::ParseRetryPolicy(options.retry,
@@ -55,6 +62,7 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   sc->policy_ = *std::move(policy);
   sc->retry_ = retry;
   sc->budget_ = std::make_unique<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
+  sc->breaker_ = std::make_unique<resilience::CircuitBreaker>(breaker, service);
   if (options.control_loop != nullptr) {
     sc->control_ = options.control_loop;
   } else {
@@ -233,7 +241,9 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
   bool retryable = (options.idempotent && retry_.RetriesOn(r.status.code())) ||
                    TransparentlyRetryable(r);
   if (!retryable || attempts >= retry_.max_attempts) return Next::kDone;
+  if (!breaker_->TryStartRetry()) return Next::kDone;  // max_retries outstanding
   if (!budget_->TryWithdraw()) {
+    breaker_->EndRetry();
     retries_denied_.fetch_add(1, std::memory_order_relaxed);
     return Next::kDone;
   }
@@ -253,8 +263,18 @@ struct ServiceChannel::CallState {
   bool transparent_used = false;
   std::vector<std::string> tried;
   runtime::EventLoop* timer_loop = nullptr;
+  resilience::CircuitBreaker* breaker = nullptr;  // counts this call active
+  bool retry_outstanding = false;                 // holds a max_retries slot
 
   void Finish(CallResult r) {
+    if (retry_outstanding) {
+      retry_outstanding = false;
+      breaker->EndRetry();
+    }
+    if (breaker != nullptr) {
+      breaker->EndRequest();
+      breaker = nullptr;
+    }
     if (done) {
       CallCallback d = std::move(done);
       done = nullptr;
@@ -285,21 +305,36 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
   if (retry_.per_try_timeout > absl::ZeroDuration()) {
     attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
   }
+  bool pending = picked.channel->ReadyConnections() == 0;
+  if (pending) {
+    if (absl::Status st_pending = breaker_->TryStartPending(); !st_pending.ok()) {
+      CallResult r;
+      r.status = st_pending;
+      r.not_processed = true;
+      return st->Finish(std::move(r));
+    }
+  }
   st->tried.push_back(picked.channel->address());
   absl::Time start = absl::Now();
   picked.stats->OnCallStart();
   Channel* channel = picked.channel.get();
   channel->Call(
       st->method, st->request, attempt,
-      [this, st, stats = std::move(picked.stats), start](CallResult r) mutable {
+      [this, st, stats = std::move(picked.stats), start, pending](CallResult r) mutable {
         absl::Time now = absl::Now();
         stats->OnCallEnd(now - start, r.status.ok(), now);
+        if (pending) breaker_->EndPending();
+        if (st->retry_outstanding) {
+          st->retry_outstanding = false;
+          breaker_->EndRetry();
+        }
         if (closing_.load(std::memory_order_acquire)) return st->Finish(std::move(r));
         bool transparent_before = st->transparent_used;
         Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline);
         if (next == Next::kDone) return st->Finish(std::move(r));
         if (next == Next::kTransparent && !transparent_before) return Attempt(std::move(st));
         ++st->attempts;
+        st->retry_outstanding = true;  // Decide took a max_retries slot
         absl::Duration delay = retry_.Backoff(st->attempts - 1, lb::ThreadRandom().Next());
         runtime::EventLoop* loop = st->timer_loop;
         pending_retries_.fetch_add(1, std::memory_order_acq_rel);
@@ -318,8 +353,16 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
 
 CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
                                 const CallOptions& options, CallCallback done) {
+  if (absl::Status admitted = breaker_->TryStartRequest(); !admitted.ok()) {
+    CallResult r;
+    r.status = admitted;
+    r.not_processed = true;
+    done(std::move(r));
+    return CallHandle();
+  }
   budget_->Deposit();
   auto st = std::make_shared<CallState>();
+  st->breaker = breaker_.get();
   st->method = std::string(method);
   st->request = std::string(request);
   st->options = options;
@@ -335,6 +378,20 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
 
 CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
                                         const CallOptions& options) {
+  if (absl::Status admitted = breaker_->TryStartRequest(); !admitted.ok()) {
+    CallResult r;
+    r.status = admitted;
+    r.not_processed = true;
+    return r;
+  }
+  struct Active {
+    resilience::CircuitBreaker* b;
+    bool retry = false;
+    ~Active() {
+      if (retry) b->EndRetry();
+      b->EndRequest();
+    }
+  } active{breaker_.get()};
   budget_->Deposit();
   absl::Time deadline = absl::Now() + (options.timeout > absl::ZeroDuration()
                                            ? options.timeout
@@ -357,16 +414,31 @@ CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_v
     if (retry_.per_try_timeout > absl::ZeroDuration()) {
       attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
     }
+    bool pending = picked.channel->ReadyConnections() == 0;
+    if (pending) {
+      if (absl::Status st_pending = breaker_->TryStartPending(); !st_pending.ok()) {
+        CallResult r;
+        r.status = st_pending;
+        r.not_processed = true;
+        return r;
+      }
+    }
     tried.push_back(picked.channel->address());
     absl::Time start = absl::Now();
     picked.stats->OnCallStart();
     CallResult r = picked.channel->CallBlocking(method, request, attempt);
     absl::Time end = absl::Now();
     picked.stats->OnCallEnd(end - start, r.status.ok(), end);
+    if (pending) breaker_->EndPending();
+    if (active.retry) {
+      active.retry = false;
+      breaker_->EndRetry();
+    }
     bool transparent_before = transparent_used;
     Next next = Decide(r, options, attempts, &transparent_used, deadline);
     if (next == Next::kDone) return r;
     if (next == Next::kTransparent && !transparent_before) continue;
+    active.retry = true;  // Decide took a max_retries slot
     ++attempts;
     absl::SleepFor(std::min(retry_.Backoff(attempts - 1, lb::ThreadRandom().Next()),
                             deadline - absl::Now()));
@@ -399,6 +471,7 @@ ServiceChannelStats ServiceChannel::stats() const {
   st.transparent_retries = transparent_retries_.load(std::memory_order_relaxed);
   st.retries = retries_.load(std::memory_order_relaxed);
   st.retries_denied = retries_denied_.load(std::memory_order_relaxed);
+  st.breaker_overflows = breaker_->overflows();
   st.policy = policy_->Describe();
   st.discovery = discovery_->stats();
   return st;

@@ -49,6 +49,7 @@
 #include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
+#include "meshlib/resilience/circuit_breaker.h"
 #include "meshlib/resilience/retry_budget.h"
 #include "meshlib/resilience/retry_policy.h"
 #include "nlohmann/json.hpp"
@@ -65,6 +66,9 @@ struct ServiceChannelOptions {
   // The service's `retry` object (see resilience::RetryPolicy). Null: no
   // retries beyond the transparent one.
   nlohmann::json retry;
+  // The service's `circuit_breaker` object (see resilience::CircuitBreaker).
+  // Null: Envoy's defaults (1024 / 1024 / 3).
+  nlohmann::json circuit_breaker;
   // Given to the policy (zone-aware routing, aperture).
   lb::PolicyContext lb_context;
   // The control-plane loop for discovery and updates; default: own one.
@@ -86,6 +90,7 @@ struct ServiceChannelStats {
   uint64_t transparent_retries = 0;
   uint64_t retries = 0;           // by the retry policy
   uint64_t retries_denied = 0;    // wanted, but the budget was spent
+  uint64_t breaker_overflows = 0; // calls or retries refused by the circuit breaker
   std::string policy;             // the policy in use
   discovery::DiscoveryStats discovery;
 };
@@ -175,6 +180,7 @@ class ServiceChannel {
   std::atomic<uint64_t> retries_denied_{0};
   resilience::RetryPolicy retry_;
   std::unique_ptr<resilience::RetryBudget> budget_;
+  std::unique_ptr<resilience::CircuitBreaker> breaker_;
 
   mutable core::Mutex mu_;
   std::condition_variable cv_;  // with mu_.native(): a snapshot arrived

@@ -57,10 +57,11 @@ class ServiceChannelTest : public ::testing::Test {
     std::ofstream(path_ + ".tmp", std::ios::trunc) << j.dump();
     ASSERT_EQ(rename((path_ + ".tmp").c_str(), path_.c_str()), 0);
   }
-  std::unique_ptr<ServiceChannel> Open(json retry = json()) {
+  std::unique_ptr<ServiceChannel> Open(json retry = json(), json breaker = json()) {
     ServiceChannelOptions o;
     o.channel.default_timeout = absl::Seconds(5);
     o.retry = std::move(retry);
+    o.circuit_breaker = std::move(breaker);
     auto sc = ServiceChannel::Create(
         "echo", json{{"file", {{"path", path_}, {"poll_interval", "50ms"}}}}, o);
     EXPECT_TRUE(sc.ok()) << sc.status();
@@ -273,6 +274,49 @@ TEST_F(ServiceChannelTest, RetryBudgetBoundsAmplificationWhenEverythingFails) {
   EXPECT_LE(attempts, kCalls + kCalls / 5 + 10 + 1);
   EXPECT_GT(sc->stats().retries_denied, 0u);
   std::cout << "attempts per call with every endpoint failing: " << amplification << "\n";
+}
+
+TEST_F(ServiceChannelTest, CircuitBreakerFailsFastOverMaxRequests) {
+  EchoServer slow(absl::Milliseconds(300));
+  SetEndpoints({slow.address()});
+  auto sc = Open(json(), json::parse(R"({"max_requests": 2})"));
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  core::Notification first, second;
+  sc->Call("Echo/Say", "1", CallOptions{}, [&](CallResult r) {
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    first.Notify();
+  });
+  sc->Call("Echo/Say", "2", CallOptions{}, [&](CallResult r) {
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    second.Notify();
+  });
+  absl::Time t0 = absl::Now();
+  CallResult over = sc->CallBlocking("Echo/Say", "3");
+  EXPECT_LT(absl::Now() - t0, absl::Milliseconds(100));  // at once, not after the slow ones
+  EXPECT_EQ(over.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(over.status.message(), "max_requests (2)")) << over.status;
+  ASSERT_TRUE(first.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  ASSERT_TRUE(second.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  // Slots come back as calls finish.
+  EXPECT_TRUE(sc->CallBlocking("Echo/Say", "4").status.ok());
+  EXPECT_EQ(sc->stats().breaker_overflows, 1u);
+}
+
+TEST_F(ServiceChannelTest, MaxRetriesBoundsConcurrentRetries) {
+  EchoServer a(absl::ZeroDuration(), 1000, true), b(absl::ZeroDuration(), 1000, true);
+  SetEndpoints({a.address(), b.address()});
+  auto sc = Open(json::parse(R"({"max_attempts": 3, "budget": {"ratio": 10}})"),
+                 json::parse(R"({"max_retries": 0})"));
+  ASSERT_TRUE(sc->WaitForEndpoints(absl::Seconds(5)));
+  CallOptions idem;
+  idem.idempotent = true;
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(sc->CallBlocking("Echo/Say", "x", idem).status.code(),
+              absl::StatusCode::kUnavailable);
+  }
+  EXPECT_EQ(sc->stats().retries, 0u);
+  EXPECT_EQ(a.handled.load() + b.handled.load(), 20);
+  EXPECT_EQ(sc->stats().breaker_overflows, 20u);
 }
 
 TEST_F(ServiceChannelTest, BadUpdateKeepsServingFromTheLastGoodSet) {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
+#include "meshlib/resilience/circuit_breaker.h"
 #include "meshlib/resilience/retry_policy.h"
 
 namespace meshlib::config {
@@ -74,7 +75,11 @@ absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view text) {
       auto policy = resilience::ParseRetryPolicy(*r, absl::StrCat(path, ".retry"));
       if (!policy.ok()) return policy.status();
     }
-    for (const char* key : {"hedging", "circuit_breaker", "outlier_detection"}) {
+    if (auto cb = s.find("circuit_breaker"); cb != s.end()) {
+      auto parsed = resilience::ParseCircuitBreaker(*cb, absl::StrCat(path, ".circuit_breaker"));
+      if (!parsed.ok()) return parsed.status();
+    }
+    for (const char* key : {"hedging", "outlier_detection"}) {
       if (auto f = s.find(key); f != s.end() && !f->is_object()) {
         return FieldError(absl::StrCat(path, ".", key), "must be an object");
       }
