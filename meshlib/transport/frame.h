@@ -49,6 +49,15 @@ enum class FrameType : uint8_t {
 inline constexpr uint16_t kFlagPingAck = 0x1;   // PING: this is the reply
 inline constexpr uint16_t kFlagRefused = 0x1;   // RESPONSE: never processed, safe to retry
 
+// Response metadata a server sets to steer the client's retries (as gRPC's
+// grpc-retry-pushback-ms): a decimal count of milliseconds to wait before
+// retrying this call, or a negative number (or anything unparseable) for
+// "do not retry it". Absent: the client's own backoff applies.
+inline constexpr char kRetryPushbackKey[] = "meshlib-retry-pushback-ms";
+// The method every meshlib server answers for active health checks: OK
+// with payload "SERVING", or UNAVAILABLE "NOT_SERVING" while it drains.
+inline constexpr char kHealthCheckMethod[] = "meshlib.Health/Check";
+
 // Limits applied while decoding; a frame over a limit is an error.
 struct FrameLimits {
   // Largest body accepted, in bytes. Default 16 MiB; at most 2^31.
