@@ -4,6 +4,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <mutex>
 #include <utility>
 
@@ -11,6 +12,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/deadline_context.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/core/log.h"
 #include "meshlib/transport/connection.h"
@@ -742,7 +744,24 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
   call->address = address_;
   call->timeout = options.timeout > absl::ZeroDuration() ? options.timeout
                                                          : options_.default_timeout;
-  call->deadline = sc->loop()->Now() + call->timeout;
+  const absl::Time now = sc->loop()->Now();
+  call->deadline = now + call->timeout;
+  // The earlier of the call's own deadline, an explicit one, and the one of
+  // the call this thread is serving.
+  const absl::Time inherited = std::min(options.deadline, core::CurrentDeadline());
+  if (inherited < call->deadline) {
+    if (inherited <= now) {
+      CallResult r = Failure(
+          absl::DeadlineExceededError(absl::StrCat(
+              "deadline of the calling context passed ", absl::FormatDuration(now - inherited),
+              " ago; ", method, " to ", address_, " not sent")),
+          /*not_processed=*/true);
+      done(std::move(r));
+      return CallHandle();
+    }
+    call->deadline = inherited;
+    call->timeout = inherited - now;
+  }
   call->done = std::move(done);
   call->want_inline_read = want_inline_read;
   call->loop = sc->loop();

@@ -47,6 +47,13 @@ struct CallOptions {
   // How long the caller waits, from the call's start. Default: the channel's
   // default_timeout. The remaining time travels to the server.
   absl::Duration timeout = absl::ZeroDuration();
+  // An absolute deadline on top of `timeout`: the call ends at the earlier of
+  // the two. Pass an incoming call's deadline (server::ServerCall::deadline)
+  // here when calling out from a thread where it is not installed. Calls made
+  // while a handler runs take the handler's deadline by themselves (see
+  // core::ScopedDeadline). A call whose deadline has already passed is not
+  // sent: it fails at once with DEADLINE_EXCEEDED.
+  absl::Time deadline = absl::InfiniteFuture();
   // Request metadata (key/value pairs), sent with the call.
   Metadata metadata;
   // For hash-based balancing (ring_hash, maglev): calls with the same key go

@@ -1,10 +1,16 @@
 #include "meshlib/client/service_channel.h"
 
 #include <algorithm>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
+#include "meshlib/core/sync.h"
 
 namespace meshlib::client {
 
@@ -19,6 +25,13 @@ constexpr absl::Duration kDrainCheck = absl::Milliseconds(50);
 bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
 
 }  // namespace
+
+// Keeps timers from touching a ServiceChannel that is gone: they hold this,
+// and run only under a shared lock while `sc` is set.
+struct ServiceChannel::Lifeline {
+  std::shared_mutex mu;
+  ServiceChannel* sc = nullptr;
+};
 
 ServiceChannel::ServiceChannel(std::string service, ServiceChannelOptions options)
     : service_(std::move(service)), options_(std::move(options)) {}
@@ -52,6 +65,21 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     retry = *std::move(parsed);
   }
 
+  resilience::HedgingPolicy hedging;
+  if (!options.hedging.is_null()) {
+    auto parsed = resilience::ParseHedgingPolicy(options.hedging,
+                                                 absl::StrCat(options.config_path, ".hedging"));
+    if (!parsed.ok()) return parsed.status();
+    hedging = *parsed;
+  }
+  resilience::FaultInjection fault;
+  if (!options.fault.is_null()) {
+    auto parsed =
+        resilience::ParseFaultInjection(options.fault, absl::StrCat(options.config_path, ".fault"));
+    if (!parsed.ok()) return parsed.status();
+    fault = *parsed;
+  }
+
   if (options.channel.runtime == nullptr) {
     auto rt = runtime::Runtime::Create(options.channel.io_threads, absl::StrCat(service, "-io"),
                                        runtime::EventLoopOptions{options.channel.busy_poll});
@@ -61,8 +89,17 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   std::unique_ptr<ServiceChannel> sc(new ServiceChannel(service, options));
   sc->policy_ = *std::move(policy);
   sc->retry_ = retry;
+  sc->hedging_ = hedging;
+  sc->fault_ = fault;
   sc->budget_ = std::make_unique<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
-  sc->breaker_ = std::make_unique<resilience::CircuitBreaker>(breaker, service);
+  sc->breaker_ = std::make_shared<resilience::CircuitBreaker>(breaker, service);
+  if (hedging.enabled && hedging.percentile > 0) {
+    resilience::LatencyTrackerOptions lt;
+    lt.min_samples = hedging.min_samples;
+    sc->latency_ = std::make_unique<resilience::LatencyTracker>(lt, &runtime::RealClock());
+  }
+  sc->lifeline_ = std::make_shared<Lifeline>();
+  sc->lifeline_->sc = sc.get();
   if (options.control_loop != nullptr) {
     sc->control_ = options.control_loop;
   } else {
@@ -82,12 +119,13 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
 }
 
 ServiceChannel::~ServiceChannel() {
-  // Retries waiting out their backoff end with CANCELLED instead of
-  // starting; wait for their timers (each at most one backoff away).
+  // Calls waiting on a timer (a retry's backoff, a hedge delay, an injected
+  // delay) end with CANCELLED when it fires (or when a runtime of our own
+  // stops) instead of going on; a timer running right now is waited for.
   closing_.store(true, std::memory_order_release);
-  absl::Time give_up = absl::Now() + retry_.backoff_max + absl::Seconds(1);
-  while (pending_retries_.load(std::memory_order_acquire) > 0 && absl::Now() < give_up) {
-    absl::SleepFor(absl::Milliseconds(1));
+  {
+    std::unique_lock<std::shared_mutex> lock(lifeline_->mu);
+    lifeline_->sc = nullptr;
   }
   discovery_->Unsubscribe(subscription_);
   discovery_.reset();
@@ -228,19 +266,57 @@ CallResult ServiceChannel::NoEndpoints() const {
   return r;
 }
 
+namespace {
+
+// The server's retry pushback in a reply: nullopt when absent; a negative
+// duration for "do not retry".
+std::optional<absl::Duration> Pushback(const CallResult& r) {
+  for (const auto& [k, v] : r.metadata) {
+    if (k != transport::kRetryPushbackKey) continue;
+    int64_t ms = 0;
+    if (!absl::SimpleAtoi(v, &ms) || ms < 0) return absl::Milliseconds(-1);
+    return absl::Milliseconds(std::min<int64_t>(ms, 3600 * 1000));
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+bool IsEndpointFailure(const CallResult& r) {
+  switch (r.status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kDataLoss:
+    case absl::StatusCode::kDeadlineExceeded:
+      return true;
+    default:
+      return false;
+  }
+}
+
 ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptions& options,
                                             int attempts, bool* transparent_used,
-                                            absl::Time deadline) {
+                                            absl::Time deadline, absl::Duration* delay) {
   if (r.status.ok() || absl::Now() >= deadline) return Next::kDone;
   bool several = endpoint_count_.load(std::memory_order_relaxed) > 1;
-  if (TransparentlyRetryable(r) && !*transparent_used && several) {
+  bool transparent = TransparentlyRetryable(r) && !*transparent_used && several;
+  bool retryable = ((options.idempotent && retry_.RetriesOn(r.status.code())) ||
+                    TransparentlyRetryable(r)) &&
+                   attempts < retry_.max_attempts;
+  if (!transparent && !retryable) return Next::kDone;
+  std::optional<absl::Duration> pushback = Pushback(r);
+  if (pushback.has_value() && *pushback < absl::ZeroDuration()) {
+    pushback_stops_.fetch_add(1, std::memory_order_relaxed);
+    return Next::kDone;  // the server asked for no retry
+  }
+  if (transparent) {
     *transparent_used = true;
     transparent_retries_.fetch_add(1, std::memory_order_relaxed);
+    *delay = absl::ZeroDuration();
     return Next::kTransparent;
   }
-  bool retryable = (options.idempotent && retry_.RetriesOn(r.status.code())) ||
-                   TransparentlyRetryable(r);
-  if (!retryable || attempts >= retry_.max_attempts) return Next::kDone;
   if (!breaker_->TryStartRetry()) return Next::kDone;  // max_retries outstanding
   if (!budget_->TryWithdraw()) {
     breaker_->EndRetry();
@@ -248,107 +324,237 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
     return Next::kDone;
   }
   retries_.fetch_add(1, std::memory_order_relaxed);
+  *delay = pushback.has_value() ? *pushback
+                                : retry_.Backoff(attempts, lb::ThreadRandom().Next());
   return Next::kRetry;
 }
 
-// One asynchronous call across its attempts. If it is destroyed before it
-// completed (its retry timer dropped with a stopping runtime), the caller
-// still hears of it: CANCELLED.
+void ServiceChannel::RecordAttempt(const Picked& picked, const CallResult& r,
+                                   absl::Duration latency, absl::Time now) {
+  picked.stats->OnCallEnd(latency, !IsEndpointFailure(r), now);
+  // A hedge cancelled because another attempt won took at least this long:
+  // keeping that lower bound keeps the slow tail in the percentile.
+  if (latency_ != nullptr &&
+      (r.status.ok() || r.status.code() == absl::StatusCode::kCancelled)) {
+    latency_->Record(latency);
+  }
+}
+
+absl::Time ServiceChannel::DeadlineOf(const CallOptions& options) const {
+  absl::Time deadline = absl::Now() + (options.timeout > absl::ZeroDuration()
+                                           ? options.timeout
+                                           : options_.channel.default_timeout);
+  return std::min({deadline, options.deadline, core::CurrentDeadline()});
+}
+
+// One asynchronous call across its attempts (one at a time, or several when
+// hedged). If it is destroyed before it completed (its timer dropped with a
+// stopping runtime), the caller still hears of it: CANCELLED.
 struct ServiceChannel::CallState {
   std::string method, request;
   CallOptions options;
-  CallCallback done;
   absl::Time deadline;
-  int attempts = 0;  // made by the retry policy's count
+  runtime::EventLoop* timer_loop = nullptr;
+  bool hedged = false;  // hedging applies to this call
+
+  std::mutex mu;
+  CallCallback done;     // guarded by mu; empty once finished
+  int attempts = 1;      // counted against the retry policy's max_attempts
   bool transparent_used = false;
   std::vector<std::string> tried;
-  runtime::EventLoop* timer_loop = nullptr;
-  resilience::CircuitBreaker* breaker = nullptr;  // counts this call active
-  bool retry_outstanding = false;                 // holds a max_retries slot
+  struct InFlight {
+    uint64_t id;
+    CallHandle handle;
+    bool retry_slot;  // holds a circuit-breaker max_retries slot
+  };
+  std::vector<InFlight> in_flight;
+  uint64_t next_attempt_id = 1;
+  bool next_holds_retry_slot = false;  // the next attempt is a policy retry
+  std::shared_ptr<resilience::CircuitBreaker> breaker;  // counts this call active
 
+  bool finished() const { return !done; }
+  // Ends the call; call without `mu` held.
   void Finish(CallResult r) {
-    if (retry_outstanding) {
-      retry_outstanding = false;
-      breaker->EndRetry();
-    }
-    if (breaker != nullptr) {
-      breaker->EndRequest();
-      breaker = nullptr;
-    }
-    if (done) {
-      CallCallback d = std::move(done);
+    CallCallback d;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!done) return;
+      d = std::move(done);
       done = nullptr;
-      d(std::move(r));
+      if (next_holds_retry_slot) {
+        next_holds_retry_slot = false;
+        breaker->EndRetry();
+      }
     }
+    breaker->EndRequest();
+    d(std::move(r));
   }
   ~CallState() {
     if (done) {
       CallResult r;
-      r.status = absl::CancelledError("call abandoned while waiting to retry");
+      r.status = absl::CancelledError("call abandoned while waiting for a timer");
       Finish(std::move(r));
     }
   }
 };
 
+void ServiceChannel::RunLater(
+    runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
+    absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn) {
+  loop->RunAfter(delay, [life = lifeline_, st = std::move(st), fn = std::move(fn)]() mutable {
+    std::shared_lock<std::shared_mutex> lock(life->mu);
+    if (life->sc == nullptr || life->sc->closing_.load(std::memory_order_acquire)) {
+      CallResult closed;
+      closed.status = absl::CancelledError("service channel closed while the call waited");
+      st->Finish(std::move(closed));
+      return;
+    }
+    fn(life->sc, std::move(st));
+  });
+}
+
 void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
-  absl::Duration left = st->deadline - absl::Now();
-  if (left <= absl::ZeroDuration()) {
-    CallResult r;
-    r.status = absl::DeadlineExceededError(
-        absl::StrCat("deadline passed after ", st->attempts, " attempt(s)"));
-    return st->Finish(std::move(r));
-  }
   Picked picked;
-  if (!PickMember(st->options, st->tried, &picked)) return st->Finish(NoEndpoints());
-  CallOptions attempt = st->options;
-  attempt.timeout = left;
-  if (retry_.per_try_timeout > absl::ZeroDuration()) {
-    attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
-  }
-  bool pending = picked.channel->ReadyConnections() == 0;
-  if (pending) {
-    if (absl::Status st_pending = breaker_->TryStartPending(); !st_pending.ok()) {
+  CallOptions attempt;
+  uint64_t id;
+  bool retry_slot;
+  bool pending;
+  {
+    std::unique_lock<std::mutex> lock(st->mu);
+    if (st->finished()) return;
+    absl::Duration left = st->deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      if (!st->in_flight.empty()) return;  // a hedge too late; the others decide
+      lock.unlock();
       CallResult r;
-      r.status = st_pending;
-      r.not_processed = true;
+      r.status = absl::DeadlineExceededError(
+          absl::StrCat("deadline passed after ", st->attempts, " attempt(s)"));
       return st->Finish(std::move(r));
     }
+    if (!PickMember(st->options, st->tried, &picked)) {
+      if (!st->in_flight.empty()) return;
+      lock.unlock();
+      return st->Finish(NoEndpoints());
+    }
+    pending = picked.channel->ReadyConnections() == 0;
+    if (pending) {
+      if (absl::Status over = breaker_->TryStartPending(); !over.ok()) {
+        if (!st->in_flight.empty()) return;
+        lock.unlock();
+        CallResult r;
+        r.status = over;
+        r.not_processed = true;
+        return st->Finish(std::move(r));
+      }
+    }
+    attempt = st->options;
+    attempt.deadline = st->deadline;
+    attempt.timeout = left;
+    if (retry_.per_try_timeout > absl::ZeroDuration()) {
+      attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
+    }
+    st->tried.push_back(picked.channel->address());
+    id = st->next_attempt_id++;
+    retry_slot = st->next_holds_retry_slot;
+    st->next_holds_retry_slot = false;
+    st->in_flight.push_back({id, CallHandle(), retry_slot});
   }
-  st->tried.push_back(picked.channel->address());
   absl::Time start = absl::Now();
   picked.stats->OnCallStart();
   Channel* channel = picked.channel.get();
-  channel->Call(
+  CallHandle handle = channel->Call(
       st->method, st->request, attempt,
-      [this, st, stats = std::move(picked.stats), start, pending](CallResult r) mutable {
+      [this, st, picked = std::move(picked), start, pending, id](CallResult r) mutable {
         absl::Time now = absl::Now();
-        stats->OnCallEnd(now - start, r.status.ok(), now);
+        RecordAttempt(picked, r, now - start, now);
         if (pending) breaker_->EndPending();
-        if (st->retry_outstanding) {
-          st->retry_outstanding = false;
-          breaker_->EndRetry();
-        }
-        if (closing_.load(std::memory_order_acquire)) return st->Finish(std::move(r));
-        bool transparent_before = st->transparent_used;
-        Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline);
-        if (next == Next::kDone) return st->Finish(std::move(r));
-        if (next == Next::kTransparent && !transparent_before) return Attempt(std::move(st));
-        ++st->attempts;
-        st->retry_outstanding = true;  // Decide took a max_retries slot
-        absl::Duration delay = retry_.Backoff(st->attempts - 1, lb::ThreadRandom().Next());
-        runtime::EventLoop* loop = st->timer_loop;
-        pending_retries_.fetch_add(1, std::memory_order_acq_rel);
-        loop->RunAfter(delay, [this, st = std::move(st)]() mutable {
-          if (closing_.load(std::memory_order_acquire)) {
-            CallResult closed;
-            closed.status = absl::CancelledError("service channel closed before the retry");
-            st->Finish(std::move(closed));
-          } else {
-            Attempt(std::move(st));
-          }
-          pending_retries_.fetch_sub(1, std::memory_order_acq_rel);
-        });
+        OnAttemptDone(std::move(st), id, std::move(r));
       });
+  bool cancel = false;
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    for (auto& f : st->in_flight) {
+      if (f.id == id) f.handle = handle;
+    }
+    // Finished meanwhile (another attempt won): this one is not needed.
+    cancel = st->finished();
+  }
+  if (cancel) handle.Cancel();
+}
+
+void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attempt_id,
+                                   CallResult r) {
+  std::vector<CallHandle> losers;
+  std::unique_lock<std::mutex> lock(st->mu);
+  for (auto it = st->in_flight.begin(); it != st->in_flight.end(); ++it) {
+    if (it->id != attempt_id) continue;
+    if (it->retry_slot) breaker_->EndRetry();
+    st->in_flight.erase(it);
+    break;
+  }
+  if (st->finished()) return;  // a hedge that lost
+  bool closing = closing_.load(std::memory_order_acquire);
+  if (r.status.ok() || closing) {
+    for (auto& f : st->in_flight) losers.push_back(f.handle);
+    lock.unlock();
+    st->Finish(std::move(r));
+    for (CallHandle& h : losers) h.Cancel();  // their results are dropped
+    return;
+  }
+  // A failed attempt while another is in flight: that one may still answer.
+  if (!st->in_flight.empty()) return;
+  bool transparent_before = st->transparent_used;
+  absl::Duration delay;
+  Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline, &delay);
+  if (next == Next::kDone) {
+    lock.unlock();
+    return st->Finish(std::move(r));
+  }
+  if (next == Next::kTransparent && !transparent_before) {
+    lock.unlock();
+    return Attempt(std::move(st));
+  }
+  ++st->attempts;
+  st->next_holds_retry_slot = true;  // Decide took a max_retries slot
+  lock.unlock();
+  runtime::EventLoop* loop = st->timer_loop;
+  RunLater(loop, delay, std::move(st), [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
+    sc->Attempt(s);
+    if (s->hedged) sc->ArmHedge(s);
+  });
+}
+
+void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
+  std::optional<absl::Duration> tracked;
+  if (latency_ != nullptr) tracked = latency_->Percentile(hedging_.percentile);
+  std::optional<absl::Duration> delay = hedging_.DelayFor(tracked);
+  if (!delay.has_value()) return;
+  if (st->deadline - absl::Now() <= *delay) return;  // no time for it to help
+  RunLater(st->timer_loop, *delay, st, [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
+    sc->OnHedgeTimer(std::move(s));
+  });
+}
+
+void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    // Finished, or between attempts (a retry's backoff re-arms it).
+    if (st->finished() || st->in_flight.empty()) return;
+    if (static_cast<int>(st->in_flight.size()) >= hedging_.max_attempts) return;
+    if (endpoint_count_.load(std::memory_order_relaxed) <= st->tried.size()) return;
+  }
+  if (!budget_->TryWithdraw()) {
+    hedges_denied_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  hedges_.fetch_add(1, std::memory_order_relaxed);
+  Attempt(st);
+  ArmHedge(st);  // the next one, if max_attempts allows
+}
+
+void ServiceChannel::StartAsync(std::shared_ptr<CallState> st) {
+  Attempt(st);
+  if (st->hedged) ArmHedge(st);
 }
 
 CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
@@ -362,22 +568,57 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
   }
   budget_->Deposit();
   auto st = std::make_shared<CallState>();
-  st->breaker = breaker_.get();
+  st->breaker = breaker_;
   st->method = std::string(method);
   st->request = std::string(request);
   st->options = options;
   st->done = std::move(done);
-  st->deadline = absl::Now() + (options.timeout > absl::ZeroDuration()
-                                    ? options.timeout
-                                    : options_.channel.default_timeout);
-  st->attempts = 1;
+  st->deadline = DeadlineOf(options);
   st->timer_loop = &options_.channel.runtime->NextLoop();
-  Attempt(std::move(st));
+  st->hedged = hedging_.enabled && options.idempotent;
+  if (fault_.enabled()) {
+    resilience::FaultInjection::Decision f =
+        fault_.Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
+    if (f.delay > absl::ZeroDuration()) {
+      faults_delayed_.fetch_add(1, std::memory_order_relaxed);
+      bool abort = f.abort;
+      RunLater(st->timer_loop, std::min(f.delay, st->deadline - absl::Now()), std::move(st),
+               [abort](ServiceChannel* sc, std::shared_ptr<CallState> s) {
+                 if (abort) {
+                   sc->faults_aborted_.fetch_add(1, std::memory_order_relaxed);
+                   CallResult r;
+                   r.status = sc->fault_.AbortStatus();
+                   return s->Finish(std::move(r));
+                 }
+                 sc->StartAsync(std::move(s));
+               });
+      return CallHandle();
+    }
+    if (f.abort) {
+      faults_aborted_.fetch_add(1, std::memory_order_relaxed);
+      CallResult r;
+      r.status = fault_.AbortStatus();
+      st->Finish(std::move(r));
+      return CallHandle();
+    }
+  }
+  StartAsync(std::move(st));
   return CallHandle();
 }
 
 CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
                                         const CallOptions& options) {
+  if ((hedging_.enabled && options.idempotent) || fault_.enabled()) {
+    // Several attempts at once, or a timer: the asynchronous path does it.
+    CallResult result;
+    core::Notification done;
+    Call(method, request, options, [&](CallResult r) {
+      result = std::move(r);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return result;
+  }
   if (absl::Status admitted = breaker_->TryStartRequest(); !admitted.ok()) {
     CallResult r;
     r.status = admitted;
@@ -393,9 +634,7 @@ CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_v
     }
   } active{breaker_.get()};
   budget_->Deposit();
-  absl::Time deadline = absl::Now() + (options.timeout > absl::ZeroDuration()
-                                           ? options.timeout
-                                           : options_.channel.default_timeout);
+  absl::Time deadline = DeadlineOf(options);
   std::vector<std::string> tried;
   bool transparent_used = false;
   int attempts = 1;
@@ -410,6 +649,7 @@ CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_v
     Picked picked;
     if (!PickMember(options, tried, &picked)) return NoEndpoints();
     CallOptions attempt = options;
+    attempt.deadline = deadline;
     attempt.timeout = left;
     if (retry_.per_try_timeout > absl::ZeroDuration()) {
       attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
@@ -428,20 +668,20 @@ CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_v
     picked.stats->OnCallStart();
     CallResult r = picked.channel->CallBlocking(method, request, attempt);
     absl::Time end = absl::Now();
-    picked.stats->OnCallEnd(end - start, r.status.ok(), end);
+    RecordAttempt(picked, r, end - start, end);
     if (pending) breaker_->EndPending();
     if (active.retry) {
       active.retry = false;
       breaker_->EndRetry();
     }
     bool transparent_before = transparent_used;
-    Next next = Decide(r, options, attempts, &transparent_used, deadline);
+    absl::Duration delay;
+    Next next = Decide(r, options, attempts, &transparent_used, deadline, &delay);
     if (next == Next::kDone) return r;
     if (next == Next::kTransparent && !transparent_before) continue;
     active.retry = true;  // Decide took a max_retries slot
     ++attempts;
-    absl::SleepFor(std::min(retry_.Backoff(attempts - 1, lb::ThreadRandom().Next()),
-                            deadline - absl::Now()));
+    absl::SleepFor(std::min(delay, deadline - absl::Now()));
   }
 }
 
@@ -472,6 +712,11 @@ ServiceChannelStats ServiceChannel::stats() const {
   st.retries = retries_.load(std::memory_order_relaxed);
   st.retries_denied = retries_denied_.load(std::memory_order_relaxed);
   st.breaker_overflows = breaker_->overflows();
+  st.hedges = hedges_.load(std::memory_order_relaxed);
+  st.hedges_denied = hedges_denied_.load(std::memory_order_relaxed);
+  st.pushback_stops = pushback_stops_.load(std::memory_order_relaxed);
+  st.faults_delayed = faults_delayed_.load(std::memory_order_relaxed);
+  st.faults_aborted = faults_aborted_.load(std::memory_order_relaxed);
   st.policy = policy_->Describe();
   st.discovery = discovery_->stats();
   return st;

@@ -29,6 +29,24 @@
 // retry policy (resilience::RetryPolicy) retries failed attempts on its
 // status codes for idempotent calls, after a full-jitter backoff, on an
 // endpoint not tried yet, within the call's deadline and the retry budget.
+// A server's retry pushback (transport::kRetryPushbackKey in the reply)
+// overrides the backoff, or forbids the retry when negative.
+//
+// Idempotent calls of a service with a hedging policy that have not
+// answered after the hedge delay are sent again to another endpoint (the
+// first good answer wins, the others are cancelled); hedges draw on the
+// retry budget. A `fault` config delays or fails a share of calls before
+// they are sent.
+//
+// Deadlines: a call ends at the earliest of its timeout, CallOptions::
+// deadline and the deadline of the call being served on this thread
+// (core::CurrentDeadline), and every attempt sends what is left of it.
+//
+// Endpoint health signals count only failures that say something about the
+// endpoint (IsEndpointFailure): UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL,
+// UNKNOWN, DATA_LOSS and DEADLINE_EXCEEDED; an application's NOT_FOUND or
+// INVALID_ARGUMENT, or a hedge cancelled because another attempt won, do
+// not.
 //
 // Threading: all methods are thread-safe. Callbacks run on reactor threads
 // and must not block or destroy the ServiceChannel.
@@ -50,6 +68,9 @@
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
 #include "meshlib/resilience/circuit_breaker.h"
+#include "meshlib/resilience/fault_injection.h"
+#include "meshlib/resilience/hedging_policy.h"
+#include "meshlib/resilience/latency_tracker.h"
 #include "meshlib/resilience/retry_budget.h"
 #include "meshlib/resilience/retry_policy.h"
 #include "nlohmann/json.hpp"
@@ -69,6 +90,11 @@ struct ServiceChannelOptions {
   // The service's `circuit_breaker` object (see resilience::CircuitBreaker).
   // Null: Envoy's defaults (1024 / 1024 / 3).
   nlohmann::json circuit_breaker;
+  // The service's `hedging` object (see resilience::HedgingPolicy). Null: no
+  // hedging.
+  nlohmann::json hedging;
+  // The service's `fault` object (see resilience::FaultInjection). Null: none.
+  nlohmann::json fault;
   // Given to the policy (zone-aware routing, aperture).
   lb::PolicyContext lb_context;
   // The control-plane loop for discovery and updates; default: own one.
@@ -91,9 +117,19 @@ struct ServiceChannelStats {
   uint64_t retries = 0;           // by the retry policy
   uint64_t retries_denied = 0;    // wanted, but the budget was spent
   uint64_t breaker_overflows = 0; // calls or retries refused by the circuit breaker
+  uint64_t hedges = 0;            // hedged attempts sent
+  uint64_t hedges_denied = 0;     // hedges due but refused by the retry budget
+  uint64_t pushback_stops = 0;    // retries not made because the server said so
+  uint64_t faults_delayed = 0;    // calls delayed by fault injection
+  uint64_t faults_aborted = 0;    // calls failed by fault injection
   std::string policy;             // the policy in use
   discovery::DiscoveryStats discovery;
 };
+
+// Whether a failed attempt counts against the endpoint that answered it (in
+// its load-balancing signals and health), as opposed to an answer about the
+// request (NOT_FOUND, INVALID_ARGUMENT, ...) or a cancellation by the caller.
+bool IsEndpointFailure(const CallResult& r);
 
 class ServiceChannel {
  public:
@@ -143,6 +179,20 @@ class ServiceChannel {
   void Apply(std::shared_ptr<const discovery::EndpointSet> set);  // control loop
   void CollectDrained();                                            // control loop
   struct CallState;
+  struct Lifeline;
+  // Runs `fn(this)` after `delay` on `loop`, unless this channel is gone by
+  // then; then `st` ends with CANCELLED instead.
+  void RunLater(runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
+                absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn);
+  // Starts a call's first attempt (after any injected delay).
+  void StartAsync(std::shared_ptr<CallState> st);
+  void ArmHedge(const std::shared_ptr<CallState>& st);
+  void OnHedgeTimer(std::shared_ptr<CallState> st);
+  void OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attempt_id, CallResult r);
+  // Bookkeeping common to every completed attempt.
+  void RecordAttempt(const Picked& picked, const CallResult& r, absl::Duration latency,
+                     absl::Time now);
+  absl::Time DeadlineOf(const CallOptions& options) const;
   // A pick by the policy; endpoints in `avoid` (addresses) are skipped when
   // another exists. False when the set is empty.
   bool PickMember(const CallOptions& options, const std::vector<std::string>& avoid,
@@ -153,8 +203,9 @@ class ServiceChannel {
   // What to do after a failed attempt: retry now (transparent), after a
   // backoff, or not at all.
   enum class Next { kDone, kTransparent, kRetry };
+  // For kRetry, `*delay` is the wait before it (backoff or pushback).
   Next Decide(const CallResult& r, const CallOptions& options, int attempts,
-              bool* transparent_used, absl::Time deadline);
+              bool* transparent_used, absl::Time deadline, absl::Duration* delay);
 
   const std::string service_;
   ServiceChannelOptions options_;
@@ -176,11 +227,20 @@ class ServiceChannel {
   std::atomic<uint64_t> transparent_retries_{0};
   std::atomic<uint64_t> retries_{0};
   std::atomic<bool> closing_{false};
-  std::atomic<int> pending_retries_{0};
   std::atomic<uint64_t> retries_denied_{0};
+  std::atomic<uint64_t> hedges_{0};
+  std::atomic<uint64_t> hedges_denied_{0};
+  std::atomic<uint64_t> pushback_stops_{0};
+  std::atomic<uint64_t> faults_delayed_{0};
+  std::atomic<uint64_t> faults_aborted_{0};
   resilience::RetryPolicy retry_;
+  resilience::HedgingPolicy hedging_;
+  resilience::FaultInjection fault_;
   std::unique_ptr<resilience::RetryBudget> budget_;
-  std::unique_ptr<resilience::CircuitBreaker> breaker_;
+  // Shared with calls still waiting on a timer when the channel goes.
+  std::shared_ptr<resilience::CircuitBreaker> breaker_;
+  std::unique_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
+  std::shared_ptr<Lifeline> lifeline_;
 
   mutable core::Mutex mu_;
   std::condition_variable cv_;  // with mu_.native(): a snapshot arrived

@@ -1,0 +1,389 @@
+// Deadlines, retry pushback, hedging and fault injection in ServiceChannel,
+// against real in-process servers over loopback.
+#include <atomic>
+#include <functional>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "meshlib/client/service_channel.h"
+#include "meshlib/core/deadline_context.h"
+#include "meshlib/server/server.h"
+#include "meshlib/testing/subprocess.h"
+#include "meshlib/transport/frame.h"
+
+namespace meshlib::client {
+namespace {
+
+using json = nlohmann::json;
+using testing::Eventually;
+
+// A server whose Echo/Say runs `fn` on a worker thread.
+struct TestServer {
+  using Fn = std::function<absl::Status(server::ServerCall&, std::string*)>;
+  explicit TestServer(Fn fn) : server(Options()) {
+    EXPECT_TRUE(server
+                    .RegisterSync("Echo/Say",
+                                  [this, fn](server::ServerCall& call, std::string* out) {
+                                    ++handled;
+                                    return fn(call, out);
+                                  })
+                    .ok());
+    EXPECT_TRUE(server.Start("127.0.0.1:0").ok());
+  }
+  static server::ServerOptions Options() {
+    server::ServerOptions o;
+    o.io_threads = 1;
+    o.worker_threads = 8;
+    return o;
+  }
+  std::string address() const { return server.address(); }
+  std::atomic<int> handled{0};
+  server::Server server;
+};
+
+absl::Status Echo(server::ServerCall& call, std::string* out) {
+  *out = call.request();
+  return absl::OkStatus();
+}
+
+// Sleeps `d` unless the call is cancelled first; counts cancellations.
+TestServer::Fn SlowEcho(absl::Duration d, std::atomic<int>* cancelled = nullptr) {
+  return [d, cancelled](server::ServerCall& call, std::string* out) {
+    absl::Time until = absl::Now() + d;
+    while (absl::Now() < until) {
+      if (call.IsCancelled()) {
+        if (cancelled != nullptr) ++*cancelled;
+        return absl::CancelledError("cancelled");
+      }
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    *out = call.request();
+    return absl::OkStatus();
+  };
+}
+
+std::unique_ptr<ServiceChannel> Open(const std::vector<std::string>& addrs, json extra = {}) {
+  ServiceChannelOptions o;
+  o.channel.default_timeout = absl::Seconds(5);
+  if (extra.contains("retry")) o.retry = extra["retry"];
+  if (extra.contains("hedging")) o.hedging = extra["hedging"];
+  if (extra.contains("fault")) o.fault = extra["fault"];
+  if (extra.contains("load_balancer")) o.load_balancer = extra["load_balancer"];
+  auto sc = ServiceChannel::Create("echo", json{{"static", {{"endpoints", addrs}}}}, o);
+  EXPECT_TRUE(sc.ok()) << sc.status();
+  if (!sc.ok()) return nullptr;
+  EXPECT_TRUE((*sc)->WaitForEndpoints(absl::Seconds(5)));
+  return *std::move(sc);
+}
+
+// Waits until every endpoint has a ready connection, so that picks are
+// not skewed by connection setup.
+void WarmUp(ServiceChannel& sc, int calls = 20) {
+  for (int i = 0; i < calls; ++i) sc.CallBlocking("Echo/Say", "warm");
+}
+
+// --- Deadlines ---
+
+TEST(ServiceChannelDeadlineTest, ExplicitDeadlineShortensTheTimeoutAndTravelsToTheServer) {
+  std::atomic<int64_t> seen_ms{-1};
+  TestServer s([&](server::ServerCall& call, std::string* out) {
+    seen_ms = absl::ToInt64Milliseconds(call.RemainingTime());
+    return Echo(call, out);
+  });
+  auto sc = Open({s.address()});
+  CallOptions o;
+  o.timeout = absl::Seconds(30);
+  o.deadline = absl::Now() + absl::Milliseconds(800);
+  CallResult r = sc->CallBlocking("Echo/Say", "x", o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_GT(seen_ms.load(), 0);
+  EXPECT_LE(seen_ms.load(), 800);  // not the 30s timeout
+}
+
+TEST(ServiceChannelDeadlineTest, DeadlineOfTheCallBeingServedIsInherited) {
+  std::atomic<int64_t> seen_ms{-1};
+  TestServer s([&](server::ServerCall& call, std::string* out) {
+    seen_ms = absl::ToInt64Milliseconds(call.RemainingTime());
+    return Echo(call, out);
+  });
+  auto sc = Open({s.address()});
+  {
+    core::ScopedDeadline scope(absl::Now() + absl::Milliseconds(600));
+    CallResult r = sc->CallBlocking("Echo/Say", "x");  // default timeout 5s
+    ASSERT_TRUE(r.status.ok()) << r.status;
+  }
+  EXPECT_GT(seen_ms.load(), 0);
+  EXPECT_LE(seen_ms.load(), 600);
+  // Outside the scope the default timeout applies again.
+  ASSERT_TRUE(sc->CallBlocking("Echo/Say", "x").status.ok());
+  EXPECT_GT(seen_ms.load(), 1000);
+}
+
+TEST(ServiceChannelDeadlineTest, PassedDeadlineFailsAtOnceWithoutSending) {
+  TestServer s(Echo);
+  auto sc = Open({s.address()});
+  WarmUp(*sc, 1);
+  int before = s.handled.load();
+  core::ScopedDeadline scope(absl::Now() - absl::Milliseconds(5));
+  for (bool blocking : {true, false}) {
+    CallResult r;
+    if (blocking) {
+      r = sc->CallBlocking("Echo/Say", "x");
+    } else {
+      core::Notification done;
+      sc->Call("Echo/Say", "x", {}, [&](CallResult res) {
+        r = std::move(res);
+        done.Notify();
+      });
+      done.WaitForNotification();
+    }
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded) << r.status;
+  }
+  // A single Channel does the same, naming the context.
+  auto ch = Channel::Create(s.address(), {}).value();
+  CallResult r = ch->CallBlocking("Echo/Say", "x");
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(absl::StrContains(r.status.message(), "calling context")) << r.status;
+  EXPECT_EQ(s.handled.load(), before);
+}
+
+// A chain: client -> A -> B. A's handler calls B with no deadline of its
+// own; when the client gives up on A, B's work is cancelled too.
+TEST(ServiceChannelDeadlineTest, ChainStopsWorkNobodyWaitsFor) {
+  std::atomic<int> b_cancelled{0};
+  std::atomic<int64_t> b_budget_ms{-1};
+  TestServer b([&](server::ServerCall& call, std::string* out) {
+    b_budget_ms = absl::ToInt64Milliseconds(call.RemainingTime());
+    return SlowEcho(absl::Seconds(5), &b_cancelled)(call, out);
+  });
+  auto to_b = Open({b.address()});
+  TestServer a([&](server::ServerCall& call, std::string* out) {
+    absl::SleepFor(absl::Milliseconds(50));  // time spent in A before calling B
+    CallResult r = to_b->CallBlocking("Echo/Say", call.request());
+    *out = r.payload;
+    return r.status;
+  });
+  auto to_a = Open({a.address()});
+  CallOptions o;
+  o.timeout = absl::Milliseconds(400);
+  absl::Time start = absl::Now();
+  CallResult r = to_a->CallBlocking("Echo/Say", "x", o);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded) << r.status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  // B got what was left of the 400ms (minus A's 50ms), not the 5s default,
+  // and stopped working when it ran out.
+  ASSERT_TRUE(Eventually([&] { return b_cancelled.load() == 1; }, absl::Seconds(3)));
+  EXPECT_GT(b_budget_ms.load(), 0);
+  EXPECT_LE(b_budget_ms.load(), 360);
+}
+
+// --- Retry pushback ---
+
+TEST(ServiceChannelPushbackTest, NegativePushbackStopsRetries) {
+  TestServer a([](server::ServerCall& call, std::string*) {
+    call.AddResponseMetadata(transport::kRetryPushbackKey, "-1");
+    return absl::UnavailableError("overloaded, do not retry");
+  });
+  TestServer b(Echo);
+  auto sc = Open({a.address(), b.address()},
+                 {{"retry", {{"max_attempts", 3}}}, {"load_balancer", json::parse(R"([{"round_robin": {}}])")}});
+  WarmUp(*sc);
+  CallOptions o;
+  o.idempotent = true;
+  int failed = 0;
+  for (int i = 0; i < 20; ++i) failed += !sc->CallBlocking("Echo/Say", "x", o).status.ok();
+  // Every call that hit `a` failed rather than being retried on `b`.
+  EXPECT_GE(failed, 5);
+  EXPECT_EQ(static_cast<uint64_t>(failed), sc->stats().pushback_stops);
+  EXPECT_EQ(sc->stats().retries, 0u);
+}
+
+TEST(ServiceChannelPushbackTest, PositivePushbackSetsTheRetryDelay) {
+  std::atomic<int> calls{0};
+  TestServer a([&](server::ServerCall& call, std::string* out) {
+    if (calls.fetch_add(1) == 0) {
+      call.AddResponseMetadata(transport::kRetryPushbackKey, "300");
+      return absl::UnavailableError("busy; come back in 300ms");
+    }
+    return Echo(call, out);
+  });
+  // Backoff alone would wait at most 5ms.
+  auto sc = Open({a.address()},
+                 {{"retry", {{"max_attempts", 2}, {"backoff", {{"base", "1ms"}, {"max", "5ms"}}}}}});
+  CallOptions o;
+  o.idempotent = true;
+  absl::Time start = absl::Now();
+  CallResult r = sc->CallBlocking("Echo/Say", "x", o);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(290));
+  EXPECT_EQ(sc->stats().retries, 1u);
+}
+
+// --- Hedging ---
+
+TEST(ServiceChannelHedgingTest, SlowAttemptIsHedgedAndTheLoserCancelled) {
+  std::atomic<int> slow_cancelled{0};
+  TestServer slow(SlowEcho(absl::Seconds(3), &slow_cancelled));
+  TestServer fast(Echo);
+  auto sc = Open({slow.address(), fast.address()},
+                 {{"hedging", {{"delay", "30ms"}}}, {"load_balancer", json::parse(R"([{"round_robin": {}}])")}});
+  ASSERT_TRUE(Eventually([&] {
+    return sc->EndpointStatsFor(slow.address()) && sc->EndpointStatsFor(fast.address());
+  }, absl::Seconds(5)));
+  CallOptions o;
+  o.idempotent = true;
+  int slow_first = 0;
+  for (int i = 0; i < 6; ++i) {
+    absl::Time start = absl::Now();
+    CallResult r = sc->CallBlocking("Echo/Say", "x", o);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.endpoint, fast.address());
+    EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+    slow_first = slow.handled.load();
+  }
+  // Round robin sent about half of the first attempts to the slow server;
+  // each was hedged to the fast one and then cancelled on the slow one.
+  EXPECT_GE(slow_first, 2);
+  EXPECT_GE(sc->stats().hedges, static_cast<uint64_t>(slow_first));
+  ASSERT_TRUE(Eventually([&] { return slow_cancelled.load() == slow_first; }, absl::Seconds(5)));
+}
+
+TEST(ServiceChannelHedgingTest, NotIdempotentIsNeverHedged) {
+  TestServer slow(SlowEcho(absl::Milliseconds(200)));
+  TestServer other(SlowEcho(absl::Milliseconds(200)));
+  auto sc = Open({slow.address(), other.address()}, {{"hedging", {{"delay", "10ms"}}}});
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(sc->CallBlocking("Echo/Say", "x").status.ok());
+  EXPECT_EQ(sc->stats().hedges, 0u);
+  EXPECT_EQ(slow.handled.load() + other.handled.load(), 4);
+}
+
+TEST(ServiceChannelHedgingTest, HedgesDrawOnTheRetryBudget) {
+  // Everything is slow: every call would like a hedge. A budget of 10% and
+  // no floor allows about one hedge per ten calls.
+  TestServer a(SlowEcho(absl::Milliseconds(40)));
+  TestServer b(SlowEcho(absl::Milliseconds(40)));
+  auto sc = Open({a.address(), b.address()},
+                 {{"hedging", {{"delay", "5ms"}}},
+                  {"retry", {{"max_attempts", 1},
+                             {"budget", {{"ratio", 0.1}, {"min_per_second", 0}}}}}});
+  CallOptions o;
+  o.idempotent = true;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) ok += sc->CallBlocking("Echo/Say", "x", o).status.ok();
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 200);
+  ServiceChannelStats st = sc->stats();
+  EXPECT_LE(st.hedges, 21u);  // 10% of 200, and one in flight at the edge
+  EXPECT_GE(st.hedges, 5u);
+  EXPECT_GT(st.hedges_denied, 100u);
+}
+
+TEST(ServiceChannelHedgingTest, TrackedPercentileHedgesOnlyTheTail) {
+  // 2% of calls are slow (300ms), the rest fast. With p90 tracking, only
+  // the slow ones wait past the delay, so hedges stay near 2% of calls.
+  std::atomic<int> n{0};
+  auto fn = [&](server::ServerCall& call, std::string* out) {
+    if (n.fetch_add(1) % 50 == 7) return SlowEcho(absl::Milliseconds(300))(call, out);
+    return Echo(call, out);
+  };
+  TestServer a(fn), b(fn), c(fn);
+  auto sc = Open({a.address(), b.address(), c.address()},
+                 {{"hedging", {{"percentile", 90}, {"min_samples", 50}}},
+                  {"retry", {{"max_attempts", 1}, {"budget", {{"min_per_second", 100}}}}}});
+  CallOptions o;
+  o.idempotent = true;
+  absl::Duration worst = absl::ZeroDuration();
+  for (int i = 0; i < 600; ++i) {
+    absl::Time start = absl::Now();
+    ASSERT_TRUE(sc->CallBlocking("Echo/Say", "x", o).status.ok());
+    if (i >= 100) worst = std::max(worst, absl::Now() - start);
+  }
+  ServiceChannelStats st = sc->stats();
+  EXPECT_GE(st.hedges, 5u);    // the slow ones after warm-up
+  EXPECT_LE(st.hedges, 60u);   // not the fast ones (10% would be 60 at worst)
+  EXPECT_LT(worst, absl::Milliseconds(250));  // no call waited out a slow answer
+}
+
+// --- Fault injection ---
+
+TEST(ServiceChannelFaultTest, AbortFailsCallsWithTheCodeWithoutReachingAnEndpoint) {
+  TestServer s(Echo);
+  auto sc = Open({s.address()},
+                 {{"fault", {{"abort", {{"percent", 100}, {"code", "RESOURCE_EXHAUSTED"}}}}},
+                  {"retry", {{"max_attempts", 3}, {"retry_on", {"RESOURCE_EXHAUSTED"}}}}});
+  CallOptions o;
+  o.idempotent = true;
+  for (int i = 0; i < 10; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "x", o);
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_TRUE(absl::StrContains(r.status.message(), "fault injected")) << r.status;
+  }
+  EXPECT_EQ(s.handled.load(), 0);
+  EXPECT_EQ(sc->stats().faults_aborted, 10u);
+  EXPECT_EQ(sc->stats().retries, 0u);
+}
+
+TEST(ServiceChannelFaultTest, DelayHoldsAShareOfCalls) {
+  TestServer s(Echo);
+  auto sc = Open({s.address()},
+                 {{"fault", {{"delay", {{"percent", 50}, {"duration", "100ms"}}}}}});
+  int delayed = 0;
+  for (int i = 0; i < 40; ++i) {
+    absl::Time start = absl::Now();
+    ASSERT_TRUE(sc->CallBlocking("Echo/Say", "x").status.ok());
+    delayed += absl::Now() - start >= absl::Milliseconds(100);
+  }
+  EXPECT_EQ(static_cast<uint64_t>(delayed), sc->stats().faults_delayed);
+  EXPECT_GE(delayed, 8);
+  EXPECT_LE(delayed, 32);
+  // A delay beyond the deadline ends the call with DEADLINE_EXCEEDED.
+  auto all = Open({s.address()}, {{"fault", {{"delay", {{"percent", 100}, {"duration", "2s"}}}}}});
+  CallOptions o;
+  o.timeout = absl::Milliseconds(100);
+  EXPECT_EQ(all->CallBlocking("Echo/Say", "x", o).status.code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+// --- What counts against an endpoint ---
+
+TEST(ServiceChannelTest, ApplicationErrorsDoNotCountAgainstTheEndpoint) {
+  TestServer s([](server::ServerCall&, std::string*) { return absl::NotFoundError("no key"); });
+  auto sc = Open({s.address()});
+  for (int i = 0; i < 5; ++i) sc->CallBlocking("Echo/Say", "x");
+  auto stats = sc->EndpointStatsFor(s.address());
+  ASSERT_NE(stats, nullptr);
+  EXPECT_EQ(stats->calls(), 5u);
+  EXPECT_EQ(stats->failures(), 0u);
+  CallResult r;
+  r.status = absl::UnavailableError("x");
+  EXPECT_TRUE(IsEndpointFailure(r));
+  r.status = absl::CancelledError("x");
+  EXPECT_FALSE(IsEndpointFailure(r));
+}
+
+// Destroying the channel while calls wait on timers ends them with CANCELLED.
+TEST(ServiceChannelTest, CallsWaitingOnTimersEndWhenTheChannelGoes) {
+  TestServer s(Echo);
+  auto sc = Open({s.address()}, {{"fault", {{"delay", {{"percent", 100}, {"duration", "500ms"}}}}}});
+  std::atomic<int> cancelled{0};
+  std::atomic<int> done{0};
+  for (int i = 0; i < 10; ++i) {
+    sc->Call("Echo/Say", "x", {}, [&](CallResult r) {
+      cancelled += r.status.code() == absl::StatusCode::kCancelled;
+      ++done;
+    });
+  }
+  sc.reset();
+  ASSERT_TRUE(Eventually([&] { return done.load() == 10; }, absl::Seconds(5)));
+  EXPECT_EQ(cancelled.load(), 10);
+}
+
+}  // namespace
+}  // namespace meshlib::client
