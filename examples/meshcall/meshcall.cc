@@ -44,6 +44,9 @@ ABSL_FLAG(int, concurrency, 1, "calls in flight (closed loop; ignored under --ra
 ABSL_FLAG(double, rate, 0, "open loop: calls per second, paced from intended send times");
 ABSL_FLAG(bool, idempotent, false, "calls are safe to retry and hedge");
 ABSL_FLAG(bool, json, false, "print one JSON object with the results");
+ABSL_FLAG(absl::Duration, timeline, absl::ZeroDuration(),
+          "with a load run: also report, per interval of this length, calls, "
+          "failures, p99 and each endpoint's share (JSON key \"timeline\")");
 ABSL_FLAG(int, connections, 1, "TCP connections per endpoint");
 ABSL_FLAG(absl::Duration, discovery_timeout, absl::Seconds(10),
           "how long to wait for discovery's first endpoint set");
@@ -65,8 +68,22 @@ std::string CodeName(absl::StatusCode code) {
 // Results of a run, filled from reactor threads.
 class Recorder {
  public:
+  Recorder(absl::Time start, absl::Duration interval) : start_(start), interval_(interval) {}
+
   void Add(const CallResult& r, absl::Duration latency) {
+    absl::Time now = absl::Now();
     meshlib::core::MutexLock lock(&mu_);
+    if (interval_ > absl::ZeroDuration()) {
+      size_t slot = static_cast<size_t>(std::max<int64_t>(0, (now - start_) / interval_));
+      if (slot < 100000) {
+        if (timeline_.size() <= slot) timeline_.resize(slot + 1);
+        Slot& t = timeline_[slot];
+        ++t.calls;
+        if (!r.status.ok()) ++t.failed;
+        if (!r.endpoint.empty()) ++t.by_endpoint[r.endpoint];
+        t.latencies_us.push_back(absl::ToDoubleMicroseconds(latency));
+      }
+    }
     ++done_;
     if (r.status.ok()) {
       ++ok_;
@@ -102,16 +119,45 @@ class Recorder {
     j["by_endpoint"] = nlohmann::json::object();
     for (const auto& [k, v] : by_endpoint_) j["by_endpoint"][k] = v;
     j["retries"] = 0;  // filled in by main() from the client's counters
-    j["hedges"] = 0;   // no hedging layer in this build
+    j["hedges"] = 0;   // filled in by main() from the client's counters
     double secs = absl::ToDoubleSeconds(elapsed);
     j["qps"] = secs > 0 ? static_cast<double>(done_) / secs : 0.0;
     j["latency_us"] = {{"p50", pct(0.50)},   {"p90", pct(0.90)}, {"p99", pct(0.99)},
                        {"p999", pct(0.999)}, {"max", latencies_us_.empty() ? 0.0 : latencies_us_.back()}};
     if (!last_error_.empty()) j["last_error"] = last_error_;
+    if (interval_ > absl::ZeroDuration()) {
+      j["timeline"] = nlohmann::json::array();
+      for (size_t i = 0; i < timeline_.size(); ++i) {
+        Slot& t = timeline_[i];
+        std::sort(t.latencies_us.begin(), t.latencies_us.end());
+        double p99 = t.latencies_us.empty()
+                         ? 0
+                         : t.latencies_us[static_cast<size_t>(
+                               0.99 * static_cast<double>(t.latencies_us.size() - 1) + 0.5)];
+        nlohmann::json share = nlohmann::json::object();
+        for (const auto& [k, v] : t.by_endpoint) {
+          share[k] = t.calls > 0 ? static_cast<double>(v) / static_cast<double>(t.calls) : 0.0;
+        }
+        j["timeline"].push_back({{"t_s", absl::ToDoubleSeconds(interval_ * static_cast<double>(i))},
+                                 {"calls", t.calls},
+                                 {"failed", t.failed},
+                                 {"p99_us", p99},
+                                 {"share", share}});
+      }
+    }
     return j;
   }
 
  private:
+  struct Slot {
+    int64_t calls = 0;
+    int64_t failed = 0;
+    std::map<std::string, int64_t> by_endpoint;
+    std::vector<double> latencies_us;
+  };
+  const absl::Time start_;
+  const absl::Duration interval_;
+  std::vector<Slot> timeline_;
   meshlib::core::Mutex mu_;
   int64_t done_ = 0;
   int64_t ok_ = 0;
@@ -167,6 +213,8 @@ int main(int argc, char** argv) {
   if (auto cb = svc->raw.find("circuit_breaker"); cb != svc->raw.end()) {
     sopts.circuit_breaker = *cb;
   }
+  if (auto h = svc->raw.find("hedging"); h != svc->raw.end()) sopts.hedging = *h;
+  if (auto f = svc->raw.find("fault"); f != svc->raw.end()) sopts.fault = *f;
   auto target_or =
       meshlib::client::ServiceChannel::Create(svc->name, svc->discovery, std::move(sopts));
   if (!target_or.ok()) return Fail(std::string(target_or.status().message()));
@@ -210,11 +258,11 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  Recorder rec;
   std::atomic<int64_t> issued{0};
   std::atomic<int64_t> in_flight{0};
   meshlib::core::Notification all_done;
   const absl::Time start = absl::Now();
+  Recorder rec(start, absl::GetFlag(FLAGS_timeline));
   const absl::Time end = duration > absl::ZeroDuration() ? start + duration : absl::InfiniteFuture();
   std::atomic<int64_t> completed{0};
 
@@ -304,6 +352,21 @@ int main(int argc, char** argv) {
     auto st = target->stats();
     out["retries"] = st.retries + st.transparent_retries;
     out["retries_denied_by_budget"] = st.retries_denied;
+    out["hedges"] = st.hedges;
+    out["hedges_denied_by_budget"] = st.hedges_denied;
+    out["retries_stopped_by_pushback"] = st.pushback_stops;
+    if (st.faults_delayed + st.faults_aborted > 0) {
+      out["faults"] = {{"delayed", st.faults_delayed}, {"aborted", st.faults_aborted}};
+    }
+    // Attempts sent per call (the mesh's added load): the first attempts,
+    // plus retries and hedges.
+    int64_t calls = out["requests"].get<int64_t>();
+    if (calls > 0) {
+      out["amplification"] =
+          static_cast<double>(calls + static_cast<int64_t>(st.retries + st.transparent_retries +
+                                                           st.hedges)) /
+          static_cast<double>(calls);
+    }
     out["policy"] = st.policy;
   }
   if (absl::GetFlag(FLAGS_json)) {

@@ -312,6 +312,13 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
     return Next::kDone;  // the server asked for no retry
   }
   if (transparent) {
+    // Cheap (nothing reached a handler), but it draws on the budget too, so
+    // that with every endpoint unreachable calls fail fast instead of
+    // doubling.
+    if (!budget_->TryWithdraw()) {
+      retries_denied_.fetch_add(1, std::memory_order_relaxed);
+      return Next::kDone;
+    }
     *transparent_used = true;
     transparent_retries_.fetch_add(1, std::memory_order_relaxed);
     *delay = absl::ZeroDuration();

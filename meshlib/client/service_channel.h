@@ -23,7 +23,9 @@
 //
 // A call refused before any handler saw it (a draining server's refusal, a
 // connection that could not be set up: CallResult::not_processed) is sent
-// once more to another endpoint within its deadline, as gRPC's transparent
+// once more to another endpoint within its deadline (drawing on the retry
+// budget, so that with every endpoint unreachable calls fail fast rather
+// than double), as gRPC's transparent
 // retry does; that is what keeps a deregistering, draining instance from
 // failing the calls that raced its removal. Beyond that, the service's
 // retry policy (resilience::RetryPolicy) retries failed attempts on its
