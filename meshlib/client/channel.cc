@@ -245,6 +245,9 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
 
   runtime::EventLoop* loop() const { return loop_; }
   bool ready() const { return state_view_.load(std::memory_order_acquire) == State::kReady; }
+  bool in_backoff() const {
+    return state_view_.load(std::memory_order_acquire) == State::kBackoff;
+  }
   size_t CallsInFlight() {
     std::shared_ptr<ClientConnection> conn;
     {
@@ -698,6 +701,13 @@ size_t Channel::CallsOutstanding() const {
   size_t n = 0;
   for (const auto& sc : subchannels_) n += sc->CallsOutstanding();
   return n;
+}
+
+bool Channel::Unreachable() const {
+  for (const auto& sc : subchannels_) {
+    if (!sc->in_backoff()) return false;
+  }
+  return true;
 }
 
 int Channel::ReadyConnections() const {

@@ -160,6 +160,9 @@ class Channel {
   const std::string& address() const { return address_; }
   // Connections that are established right now.
   int ReadyConnections() const;
+  // Every connection's last attempt to connect failed and it waits out its
+  // backoff: a call now would fail at once (gRPC's TRANSIENT_FAILURE).
+  bool Unreachable() const;
   // Calls sent and awaiting a reply, over all connections.
   size_t CallsInFlightForTesting() const;
   // Calls not yet completed: awaiting a reply, or queued while a connection

@@ -1,6 +1,7 @@
 #include "meshlib/client/service_channel.h"
 
 #include <algorithm>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -224,28 +225,38 @@ bool ServiceChannel::PickMember(const CallOptions& options,
   auto avoided = [&](int i) {
     return std::find(avoid.begin(), avoid.end(), s->members[i].channel->address()) != avoid.end();
   };
+  // An endpoint that cannot be reached right now (its connections wait out
+  // a reconnect backoff) is skipped like a tried one, as gRPC's balancers
+  // pick only READY subchannels: a call there would fail at once.
+  auto skip = [&](int i) {
+    return avoided(i) || s->members[i].channel->Unreachable();
+  };
   lb::PickArgs args;
   args.hash = options.hash_key;
   args.has_hash = options.has_hash_key;
   int i = s->picker->Pick(args);
-  if (!avoid.empty() && s->members.size() > 1) {
-    // A retry: ask the policy again a few times, then take the next endpoint
-    // in order that was not tried, so the retry lands elsewhere.
-    for (int tries = 0; tries < 3 && (i < 0 || avoided(i)); ++tries) {
+  if (s->members.size() > 1 && (i < 0 || skip(i))) {
+    // Ask the policy again a few times, then take the next endpoint in
+    // order that is neither tried nor unreachable; failing that, one not
+    // tried; failing that, the policy's pick.
+    int first = i;
+    for (int tries = 0; tries < 3 && (i < 0 || skip(i)); ++tries) {
       args.has_hash = false;
       i = s->picker->Pick(args);
     }
-    if (i < 0 || avoided(i)) {
-      int n = static_cast<int>(s->members.size());
-      int from = i < 0 ? 0 : i;
+    int n = static_cast<int>(s->members.size());
+    int from = i < 0 ? 0 : i;
+    for (auto bad : {std::function<bool(int)>(skip), std::function<bool(int)>(avoided)}) {
+      if (i >= 0 && !bad(i)) break;
       for (int k = 1; k <= n; ++k) {
         int j = (from + k) % n;
-        if (!avoided(j)) {
+        if (!bad(j)) {
           i = j;
           break;
         }
       }
     }
+    if (i < 0) i = first;
   }
   if (i < 0 || static_cast<size_t>(i) >= s->members.size()) return false;
   out->channel = s->members[i].channel;
@@ -338,7 +349,11 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
 
 void ServiceChannel::RecordAttempt(const Picked& picked, const CallResult& r,
                                    absl::Duration latency, absl::Time now) {
-  picked.stats->OnCallEnd(latency, !IsEndpointFailure(r), now);
+  if (r.status.code() == absl::StatusCode::kCancelled) {
+    picked.stats->OnCallAbandoned(latency, now);  // a losing hedge
+  } else {
+    picked.stats->OnCallEnd(latency, !IsEndpointFailure(r), now);
+  }
   // A hedge cancelled because another attempt won took at least this long:
   // keeping that lower bound keeps the slow tail in the percentile.
   if (latency_ != nullptr &&

@@ -8,6 +8,10 @@
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
 #include "meshlib/resilience/circuit_breaker.h"
+#include "meshlib/resilience/fault_injection.h"
+#include "meshlib/resilience/hedging_policy.h"
+#include "meshlib/resilience/health_check.h"
+#include "meshlib/resilience/outlier_detection.h"
 #include "meshlib/resilience/retry_policy.h"
 
 namespace meshlib::config {
@@ -18,7 +22,7 @@ using json = nlohmann::json;
 const std::vector<std::string>& KnownServiceKeys() {
   static const auto* keys = new std::vector<std::string>{
       "discovery", "load_balancer", "timeout", "retry", "hedging",
-      "circuit_breaker", "outlier_detection"};
+      "circuit_breaker", "outlier_detection", "health_check", "fault"};
   return *keys;
 }
 
@@ -79,10 +83,22 @@ absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view text) {
       auto parsed = resilience::ParseCircuitBreaker(*cb, absl::StrCat(path, ".circuit_breaker"));
       if (!parsed.ok()) return parsed.status();
     }
-    for (const char* key : {"hedging", "outlier_detection"}) {
-      if (auto f = s.find(key); f != s.end() && !f->is_object()) {
-        return FieldError(absl::StrCat(path, ".", key), "must be an object");
-      }
+    if (auto od = s.find("outlier_detection"); od != s.end()) {
+      auto parsed =
+          resilience::ParseOutlierDetection(*od, absl::StrCat(path, ".outlier_detection"));
+      if (!parsed.ok()) return parsed.status();
+    }
+    if (auto hc = s.find("health_check"); hc != s.end()) {
+      auto parsed = resilience::ParseHealthCheck(*hc, absl::StrCat(path, ".health_check"));
+      if (!parsed.ok()) return parsed.status();
+    }
+    if (auto h = s.find("hedging"); h != s.end()) {
+      auto parsed = resilience::ParseHedgingPolicy(*h, absl::StrCat(path, ".hedging"));
+      if (!parsed.ok()) return parsed.status();
+    }
+    if (auto f = s.find("fault"); f != s.end()) {
+      auto parsed = resilience::ParseFaultInjection(*f, absl::StrCat(path, ".fault"));
+      if (!parsed.ok()) return parsed.status();
     }
     if (auto lb = s.find("load_balancer"); lb != s.end()) {
       auto choice = lb::PolicyRegistry::Global().Select(*lb, absl::StrCat(path, ".load_balancer"));

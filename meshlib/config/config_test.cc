@@ -90,3 +90,71 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace meshlib::config
+
+// Outlier detection and active health checks are validated by their own
+// parsers, so their errors name the field inside the section.
+namespace meshlib::config {
+namespace {
+
+TEST(ConfigTest, OutlierDetectionAndHealthCheckErrorsNameTheFieldPath) {
+  auto ok = ParseMeshConfig(R"({"services": {"echo": {
+      "discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+      "outlier_detection": {"consecutive_failures": 5, "interval": "1s",
+                            "base_ejection_time": "30s", "max_ejection_percent": 50,
+                            "success_rate": {"enabled": false},
+                            "failure_percentage": {"threshold": 90}},
+      "health_check": {"interval": "2s", "timeout": "500ms", "unhealthy_threshold": 2}}}})");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->Find("echo")->raw["health_check"]["interval"], "2s");
+
+  struct Case {
+    const char* section;
+    const char* error;
+  };
+  const Case cases[] = {
+      {R"("outlier_detection": {"max_ejection_percent": 150})",
+       "services.echo.outlier_detection.max_ejection_percent: must be an integer between 0 and "
+       "100"},
+      {R"("outlier_detection": {"success_rate": {"stdev": 2}})",
+       "services.echo.outlier_detection.success_rate.stdev: unknown key"},
+      {R"("outlier_detection": 5)", "services.echo.outlier_detection: must be an object"},
+      {R"("health_check": {"timeout": "9s"})",
+       "services.echo.health_check.timeout: must be <= interval (5s)"},
+      {R"("health_check": {"healthy_threshold": 0})",
+       "services.echo.health_check.healthy_threshold: must be an integer between 1 and 1000"},
+  };
+  for (const Case& c : cases) {
+    auto cfg = ParseMeshConfig(
+        std::string(
+            R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}, )") +
+        c.section + "}}}");
+    ASSERT_FALSE(cfg.ok()) << c.section;
+    EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(absl::StartsWith(cfg.status().message(), c.error)) << cfg.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace meshlib::config
+
+namespace meshlib::config {
+namespace {
+
+TEST(ConfigTest, HedgingAndFaultErrorsNameTheFieldPath) {
+  auto cfg = [](const std::string& service_extra) {
+    return R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}, )" +
+           service_extra + "}}}";
+  };
+  EXPECT_TRUE(ParseMeshConfig(cfg(R"("hedging": {"percentile": 95}, "fault": {"abort": {"percent": 1}})")).ok());
+  auto bad = ParseMeshConfig(cfg(R"("hedging": {"delay": "50ms", "max_attempts": 7})"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("services.echo.hedging.max_attempts"), std::string::npos)
+      << bad.status();
+  bad = ParseMeshConfig(cfg(R"("fault": {"delay": {"percent": 200, "duration": "1s"}})"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("services.echo.fault.delay.percent"), std::string::npos)
+      << bad.status();
+}
+
+}  // namespace
+}  // namespace meshlib::config

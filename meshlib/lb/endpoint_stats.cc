@@ -40,6 +40,17 @@ void EndpointStats::OnCallEnd(absl::Duration latency, bool success, absl::Time n
   ewma_ns_.store(next, std::memory_order_relaxed);
 }
 
+void EndpointStats::OnCallAbandoned(absl::Duration elapsed, absl::Time now) {
+  in_flight_.fetch_sub(1, std::memory_order_relaxed);
+  double sample = std::max(0.0, absl::ToDoubleNanoseconds(elapsed));
+  // The call would have taken at least `elapsed`: that can raise the
+  // estimate (a peak) but says nothing that could lower it.
+  if (sample > PeakEwmaNanos(now)) {
+    stamp_ns_.store(absl::ToUnixNanos(now), std::memory_order_relaxed);
+    ewma_ns_.store(sample, std::memory_order_relaxed);
+  }
+}
+
 double EndpointStats::PeakEwmaNanos(absl::Time now) const {
   double v = ewma_ns_.load(std::memory_order_relaxed);
   int64_t last = stamp_ns_.load(std::memory_order_relaxed);

@@ -48,6 +48,11 @@ class EndpointStats {
   // `latency` from the call's start to its end. A failure counts as a
   // sample too (with the failure penalty, see below).
   void OnCallEnd(absl::Duration latency, bool success, absl::Time now);
+  // A call given up on after `elapsed` without an answer (a hedge that lost
+  // to another attempt): not a call outcome, so neither a success nor a
+  // failure; its elapsed time is a lower bound on its latency, so it can
+  // only raise the latency estimate.
+  void OnCallAbandoned(absl::Duration elapsed, absl::Time now);
 
   int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   uint64_t calls() const { return calls_.load(std::memory_order_relaxed); }

@@ -122,6 +122,22 @@ TEST(EndpointStatsTest, FailurePenaltyKeepsFastFailuresFromLookingFast) {
   EXPECT_EQ(s.consecutive_failures(), 0u);
 }
 
+TEST(EndpointStatsTest, AbandonedCallCanRaiseTheEstimateButNeverLowerIt) {
+  EndpointStats s(absl::Seconds(10), absl::Milliseconds(1));
+  absl::Time t = absl::FromUnixSeconds(1000);
+  s.OnCallStart();
+  s.OnCallEnd(absl::Milliseconds(300), true, t);
+  s.OnCallStart();
+  s.OnCallAbandoned(absl::Milliseconds(50), t);  // a lost hedge: it took > 50ms
+  EXPECT_EQ(s.in_flight(), 0);
+  EXPECT_DOUBLE_EQ(s.PeakEwmaNanos(t), 300e6);  // not pulled toward 50ms
+  EXPECT_EQ(s.calls(), 1u);                     // not an outcome
+  s.OnCallStart();
+  s.OnCallAbandoned(absl::Milliseconds(900), t);
+  EXPECT_DOUBLE_EQ(s.PeakEwmaNanos(t), 900e6);  // a lower bound above it: a peak
+  EXPECT_EQ(s.failures(), 0u);
+}
+
 TEST(Hash64Test, StableAndSpread) {
   EXPECT_EQ(Hash64("user-42"), Hash64("user-42"));
   EXPECT_NE(Hash64("user-42"), Hash64("user-43"));
