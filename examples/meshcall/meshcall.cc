@@ -215,6 +215,10 @@ int main(int argc, char** argv) {
   }
   if (auto h = svc->raw.find("hedging"); h != svc->raw.end()) sopts.hedging = *h;
   if (auto f = svc->raw.find("fault"); f != svc->raw.end()) sopts.fault = *f;
+  if (auto od = svc->raw.find("outlier_detection"); od != svc->raw.end()) {
+    sopts.outlier_detection = *od;
+  }
+  if (auto hc = svc->raw.find("health_check"); hc != svc->raw.end()) sopts.health_check = *hc;
   auto target_or =
       meshlib::client::ServiceChannel::Create(svc->name, svc->discovery, std::move(sopts));
   if (!target_or.ok()) return Fail(std::string(target_or.status().message()));
@@ -353,6 +357,12 @@ int main(int argc, char** argv) {
     out["retries"] = st.retries + st.transparent_retries;
     out["retries_denied_by_budget"] = st.retries_denied;
     out["hedges"] = st.hedges;
+    if (!st.outliers.hosts.empty()) {
+      out["ejections"] = st.outliers.ejections_consecutive_failures +
+                         st.outliers.ejections_success_rate +
+                         st.outliers.ejections_failure_percentage +
+                         st.outliers.ejections_failed_probe;
+    }
     out["hedges_denied_by_budget"] = st.hedges_denied;
     out["retries_stopped_by_pushback"] = st.pushback_stops;
     if (st.faults_delayed + st.faults_aborted > 0) {

@@ -34,6 +34,15 @@ struct ServiceChannel::Lifeline {
   ServiceChannel* sc = nullptr;
 };
 
+struct ServiceChannel::HealthProbe {
+  explicit HealthProbe(const resilience::HealthCheckOptions& o) : checker(o) {}
+  resilience::HealthChecker checker;  // control loop
+  std::atomic<bool> healthy{true};    // checker.healthy(), for any thread
+  std::weak_ptr<Channel> channel;
+  runtime::TimerId timer;             // control loop
+  bool stopped = false;               // control loop: the endpoint left
+};
+
 ServiceChannel::ServiceChannel(std::string service, ServiceChannelOptions options)
     : service_(std::move(service)), options_(std::move(options)) {}
 
@@ -73,6 +82,20 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     if (!parsed.ok()) return parsed.status();
     hedging = *parsed;
   }
+  std::optional<resilience::OutlierDetectionOptions> outlier;
+  if (!options.outlier_detection.is_null()) {
+    auto parsed = resilience::ParseOutlierDetection(
+        options.outlier_detection, absl::StrCat(options.config_path, ".outlier_detection"));
+    if (!parsed.ok()) return parsed.status();
+    outlier = *parsed;
+  }
+  std::optional<resilience::HealthCheckOptions> health;
+  if (!options.health_check.is_null()) {
+    auto parsed = resilience::ParseHealthCheck(options.health_check,
+                                               absl::StrCat(options.config_path, ".health_check"));
+    if (!parsed.ok()) return parsed.status();
+    health = *parsed;
+  }
   resilience::FaultInjection fault;
   if (!options.fault.is_null()) {
     auto parsed =
@@ -98,6 +121,14 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     resilience::LatencyTrackerOptions lt;
     lt.min_samples = hedging.min_samples;
     sc->latency_ = std::make_unique<resilience::LatencyTracker>(lt, &runtime::RealClock());
+  }
+  if (outlier.has_value()) {
+    sc->outliers_ =
+        std::make_unique<resilience::OutlierDetector>(*outlier, &runtime::RealClock());
+  }
+  if (health.has_value()) {
+    sc->health_checks_ = true;
+    sc->health_options_ = *health;
   }
   sc->lifeline_ = std::make_shared<Lifeline>();
   sc->lifeline_->sc = sc.get();
@@ -132,6 +163,10 @@ ServiceChannel::~ServiceChannel() {
   discovery_.reset();
   control_->RunAndWait([this] {
     control_->Cancel(drain_timer_);
+    control_->Cancel(outlier_timer_);
+    for (auto& [addr, m] : members_) {
+      if (m.health != nullptr) control_->Cancel(m.health->timer);
+    }
     // Channels close here, off the request path; calls still in flight on
     // them complete with CANCELLED.
     snapshot_.Update(nullptr);
@@ -140,13 +175,11 @@ ServiceChannel::~ServiceChannel() {
   });
 }
 
+
 void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
-  auto snap = std::make_unique<Snapshot>();
   std::map<std::string, Member, std::less<>> next;
   std::vector<discovery::Endpoint> kept;
-  std::vector<lb::LbEndpoint> lb_endpoints;
   kept.reserve(set->size());
-  lb_endpoints.reserve(set->size());
   for (const discovery::Endpoint& e : set->endpoints()) {
     Member m;
     if (auto it = members_.find(e.address); it != members_.end()) {
@@ -163,29 +196,36 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
       m.channel = std::shared_ptr<Channel>(std::move(*created));
       m.channel->Connect();
       m.stats = std::make_shared<lb::EndpointStats>(policy_->StatsOptions());
+      if (outliers_ != nullptr) m.outlier = outliers_->AddHost(e.address);
+      if (health_checks_) {
+        m.health = std::make_shared<HealthProbe>(health_options_);
+        m.health->channel = m.channel;
+        StartHealthProbe(e.address, m.health,
+                         m.health->checker.FirstProbeDelay(lb::ThreadRandom().Next()));
+      }
     }
     kept.push_back(e);
-    lb_endpoints.push_back(lb::LbEndpoint{e, m.stats, true});
-    snap->members.push_back(m);
     next.emplace(e.address, std::move(m));
   }
   if (kept.size() != set->size()) set = discovery::EndpointSet::Create(std::move(kept));
-  snap->set = set;
-  snap->picker = policy_->Build(lb_endpoints);
   for (auto& [addr, m] : members_) {
-    if (!next.count(addr)) draining_.push_back({m.channel, absl::Now() + options_.drain_timeout});
+    if (next.count(addr)) continue;
+    draining_.push_back({m.channel, absl::Now() + options_.drain_timeout});
+    if (outliers_ != nullptr) outliers_->RemoveHost(addr);
+    if (m.health != nullptr) {
+      m.health->stopped = true;
+      control_->Cancel(m.health->timer);
+    }
   }
   members_ = std::move(next);
-  std::vector<std::string> addresses;
+  set_ = std::move(set);
   std::map<std::string, std::shared_ptr<lb::EndpointStats>, std::less<>> stats;
+  std::vector<std::string> addresses;
   for (const auto& [addr, m] : members_) {
     addresses.push_back(addr);
     stats.emplace(addr, m.stats);
   }
-  size_t count = snap->members.size();
-  // Waits (briefly) for calls still picking from the old snapshot.
-  snapshot_.Update(std::move(snap));
-  endpoint_count_.store(count, std::memory_order_relaxed);
+  Rebuild();
   {
     core::MutexLock lock(&mu_);
     addresses_ = std::move(addresses);
@@ -194,6 +234,94 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
   cv_.notify_all();
   updates_.fetch_add(1, std::memory_order_relaxed);
   CollectDrained();
+  if (outliers_ != nullptr && !outlier_timer_.valid()) EvaluateOutliers();
+}
+
+void ServiceChannel::Rebuild() {
+  auto snap = std::make_unique<Snapshot>();
+  std::vector<lb::LbEndpoint> lb_endpoints;
+  lb_endpoints.reserve(set_->size());
+  snap->members.reserve(set_->size());
+  std::vector<std::pair<std::string, Member>> view;
+  size_t ejected = 0, unhealthy = 0;
+  for (const discovery::Endpoint& e : set_->endpoints()) {
+    const Member& m = members_.find(e.address)->second;
+    bool healthy = true;
+    if (m.outlier != nullptr && m.outlier->state() == resilience::OutlierState::kEjected) {
+      healthy = false;
+      ++ejected;
+    }
+    if (m.health != nullptr && !m.health->healthy.load(std::memory_order_relaxed)) {
+      healthy = false;
+      ++unhealthy;
+    }
+    lb_endpoints.push_back(lb::LbEndpoint{e, m.stats, healthy});
+    snap->members.push_back(m);
+    view.emplace_back(e.address, m);
+  }
+  snap->set = set_;
+  snap->picker = policy_->Build(lb_endpoints);
+  size_t count = snap->members.size();
+  // Waits (briefly) for calls still picking from the old snapshot.
+  snapshot_.Update(std::move(snap));
+  endpoint_count_.store(count, std::memory_order_relaxed);
+  ejected_count_.store(ejected, std::memory_order_relaxed);
+  unhealthy_count_.store(unhealthy, std::memory_order_relaxed);
+  core::MutexLock lock(&mu_);
+  view_ = std::move(view);
+}
+
+void ServiceChannel::RequestOutlierEvaluation() {
+  if (outlier_evaluation_posted_.exchange(true, std::memory_order_acq_rel)) return;
+  control_->Post([life = lifeline_] {
+    std::shared_lock<std::shared_mutex> lock(life->mu);
+    if (life->sc == nullptr) return;
+    life->sc->outlier_evaluation_posted_.store(false, std::memory_order_release);
+    life->sc->EvaluateOutliers();
+  });
+}
+
+void ServiceChannel::EvaluateOutliers() {
+  if (outliers_ == nullptr || set_ == nullptr) return;
+  if (outliers_->Evaluate()) Rebuild();
+  control_->Cancel(outlier_timer_);
+  outlier_timer_ = control_->RunAt(outliers_->NextEvaluation(), [this] {
+    outlier_timer_ = {};
+    EvaluateOutliers();
+  });
+}
+
+void ServiceChannel::StartHealthProbe(const std::string& address,
+                                      const std::shared_ptr<HealthProbe>& hp,
+                                      absl::Duration delay) {
+  hp->timer = control_->RunAfter(delay, [this, address, hp] {
+    hp->timer = {};
+    std::shared_ptr<Channel> channel = hp->channel.lock();
+    if (hp->stopped || channel == nullptr) return;
+    CallOptions o;
+    o.timeout = hp->checker.options().timeout;
+    core::ScopedNoDeadline no_deadline;
+    channel->Call(hp->checker.options().method, "", o,
+                  [life = lifeline_, hp, address](CallResult r) {
+                    bool ok = r.status.ok();
+                    std::shared_lock<std::shared_mutex> lock(life->mu);
+                    if (life->sc == nullptr) return;
+                    ServiceChannel* sc = life->sc;
+                    sc->control_->Post([life, hp, address, ok] {
+                      std::shared_lock<std::shared_mutex> lock(life->mu);
+                      if (life->sc == nullptr || hp->stopped) return;
+                      life->sc->OnHealthProbeResult(hp, ok);
+                      life->sc->StartHealthProbe(
+                          address, hp, hp->checker.NextProbeDelay(lb::ThreadRandom().Next()));
+                    });
+                  });
+  });
+}
+
+void ServiceChannel::OnHealthProbeResult(const std::shared_ptr<HealthProbe>& hp, bool ok) {
+  if (!hp->checker.OnProbeResult(ok)) return;
+  hp->healthy.store(hp->checker.healthy(), std::memory_order_relaxed);
+  Rebuild();
 }
 
 void ServiceChannel::CollectDrained() {
@@ -259,8 +387,30 @@ bool ServiceChannel::PickMember(const CallOptions& options,
     if (i < 0) i = first;
   }
   if (i < 0 || static_cast<size_t>(i) >= s->members.size()) return false;
+  // An endpoint back from ejection takes one probe at a time until its
+  // result is known; other calls go elsewhere.
+  auto in_probation = [&](int j) {
+    const auto& o = s->members[j].outlier;
+    return o != nullptr && o->state() == resilience::OutlierState::kProbation;
+  };
+  bool probe = false;
+  if (in_probation(i)) {
+    probe = s->members[i].outlier->TryTakeProbe();
+    if (!probe) {
+      int n = static_cast<int>(s->members.size());
+      for (int k = 1; k < n; ++k) {
+        int j = (i + k) % n;
+        if (!skip(j) && !in_probation(j)) {
+          i = j;
+          break;
+        }
+      }
+    }
+  }
   out->channel = s->members[i].channel;
   out->stats = s->members[i].stats;
+  out->outlier = s->members[i].outlier;
+  out->probe = probe;
   return true;
 }
 
@@ -351,8 +501,13 @@ void ServiceChannel::RecordAttempt(const Picked& picked, const CallResult& r,
                                    absl::Duration latency, absl::Time now) {
   if (r.status.code() == absl::StatusCode::kCancelled) {
     picked.stats->OnCallAbandoned(latency, now);  // a losing hedge
+    if (picked.probe) picked.outlier->ReleaseProbe();
   } else {
-    picked.stats->OnCallEnd(latency, !IsEndpointFailure(r), now);
+    bool failure = IsEndpointFailure(r);
+    picked.stats->OnCallEnd(latency, !failure, now);
+    if (picked.outlier != nullptr && picked.outlier->Record(failure)) {
+      RequestOutlierEvaluation();
+    }
   }
   // A hedge cancelled because another attempt won took at least this long:
   // keeping that lower bound keeps the slow tail in the percentile.
@@ -461,6 +616,7 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
     pending = picked.channel->ReadyConnections() == 0;
     if (pending) {
       if (absl::Status over = breaker_->TryStartPending(); !over.ok()) {
+        picked.Unused();
         if (!st->in_flight.empty()) return;
         lock.unlock();
         CallResult r;
@@ -604,7 +760,9 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
     if (f.delay > absl::ZeroDuration()) {
       faults_delayed_.fetch_add(1, std::memory_order_relaxed);
       bool abort = f.abort;
-      RunLater(st->timer_loop, std::min(f.delay, st->deadline - absl::Now()), std::move(st),
+      runtime::EventLoop* loop = st->timer_loop;
+      absl::Duration wait = std::min(f.delay, st->deadline - absl::Now());
+      RunLater(loop, wait, std::move(st),
                [abort](ServiceChannel* sc, std::shared_ptr<CallState> s) {
                  if (abort) {
                    sc->faults_aborted_.fetch_add(1, std::memory_order_relaxed);
@@ -679,6 +837,7 @@ CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_v
     bool pending = picked.channel->ReadyConnections() == 0;
     if (pending) {
       if (absl::Status st_pending = breaker_->TryStartPending(); !st_pending.ok()) {
+        picked.Unused();
         CallResult r;
         r.status = st_pending;
         r.not_processed = true;
@@ -725,6 +884,33 @@ std::shared_ptr<lb::EndpointStats> ServiceChannel::EndpointStatsFor(
   return it == stats_by_address_.end() ? nullptr : it->second;
 }
 
+std::vector<EndpointState> ServiceChannel::EndpointStates() const {
+  std::vector<std::pair<std::string, Member>> view;
+  {
+    core::MutexLock lock(&mu_);
+    view = view_;
+  }
+  std::sort(view.begin(), view.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  absl::Time now = absl::Now();
+  std::vector<EndpointState> out;
+  for (const auto& [addr, m] : view) {
+    EndpointState e;
+    e.address = addr;
+    if (m.outlier != nullptr) {
+      e.outlier = std::string(resilience::OutlierStateName(m.outlier->state()));
+    }
+    e.health_check_ok = m.health == nullptr || m.health->healthy.load(std::memory_order_relaxed);
+    e.healthy = e.health_check_ok && e.outlier != "ejected";
+    e.in_flight = m.stats->in_flight();
+    e.calls = m.stats->calls();
+    e.failures = m.stats->failures();
+    e.latency_ewma = absl::Nanoseconds(m.stats->PeakEwmaNanos(now));
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 ServiceChannelStats ServiceChannel::stats() const {
   ServiceChannelStats st;
   st.endpoint_updates = updates_.load(std::memory_order_relaxed);
@@ -739,6 +925,9 @@ ServiceChannelStats ServiceChannel::stats() const {
   st.pushback_stops = pushback_stops_.load(std::memory_order_relaxed);
   st.faults_delayed = faults_delayed_.load(std::memory_order_relaxed);
   st.faults_aborted = faults_aborted_.load(std::memory_order_relaxed);
+  st.ejected = ejected_count_.load(std::memory_order_relaxed);
+  st.unhealthy = unhealthy_count_.load(std::memory_order_relaxed);
+  if (outliers_ != nullptr) st.outliers = outliers_->Stats();
   st.policy = policy_->Describe();
   st.discovery = discovery_->stats();
   return st;

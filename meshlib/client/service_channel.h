@@ -71,8 +71,10 @@
 #include "meshlib/lb/policy.h"
 #include "meshlib/resilience/circuit_breaker.h"
 #include "meshlib/resilience/fault_injection.h"
+#include "meshlib/resilience/health_check.h"
 #include "meshlib/resilience/hedging_policy.h"
 #include "meshlib/resilience/latency_tracker.h"
+#include "meshlib/resilience/outlier_detection.h"
 #include "meshlib/resilience/retry_budget.h"
 #include "meshlib/resilience/retry_policy.h"
 #include "nlohmann/json.hpp"
@@ -97,6 +99,12 @@ struct ServiceChannelOptions {
   nlohmann::json hedging;
   // The service's `fault` object (see resilience::FaultInjection). Null: none.
   nlohmann::json fault;
+  // The service's `outlier_detection` object (see
+  // resilience::OutlierDetector). Null: no outlier detection.
+  nlohmann::json outlier_detection;
+  // The service's `health_check` object (see resilience::HealthChecker).
+  // Null: no active health checks.
+  nlohmann::json health_check;
   // Given to the policy (zone-aware routing, aperture).
   lb::PolicyContext lb_context;
   // The control-plane loop for discovery and updates; default: own one.
@@ -124,6 +132,9 @@ struct ServiceChannelStats {
   uint64_t pushback_stops = 0;    // retries not made because the server said so
   uint64_t faults_delayed = 0;    // calls delayed by fault injection
   uint64_t faults_aborted = 0;    // calls failed by fault injection
+  size_t ejected = 0;             // endpoints ejected by outlier detection now
+  size_t unhealthy = 0;           // endpoints failing active health checks now
+  resilience::OutlierDetectorStats outliers;  // empty without outlier detection
   std::string policy;             // the policy in use
   discovery::DiscoveryStats discovery;
 };
@@ -132,6 +143,18 @@ struct ServiceChannelStats {
 // its load-balancing signals and health), as opposed to an answer about the
 // request (NOT_FOUND, INVALID_ARGUMENT, ...) or a cancellation by the caller.
 bool IsEndpointFailure(const CallResult& r);
+
+// One endpoint as the client sees it, for visibility.
+struct EndpointState {
+  std::string address;
+  bool healthy = true;            // the balancer may pick it
+  std::string outlier = "healthy";  // healthy, ejected or probation
+  bool health_check_ok = true;    // true without active checks
+  int64_t in_flight = 0;
+  uint64_t calls = 0;
+  uint64_t failures = 0;
+  absl::Duration latency_ewma;
+};
 
 class ServiceChannel {
  public:
@@ -155,11 +178,16 @@ class ServiceChannel {
   const discovery::Discovery& discovery() const { return *discovery_; }
   // The load signals of an endpoint in the current set (nullptr if absent).
   std::shared_ptr<lb::EndpointStats> EndpointStatsFor(absl::string_view address) const;
+  // Every endpoint of the current set with its health, sorted by address.
+  std::vector<EndpointState> EndpointStates() const;
 
  private:
+  struct HealthProbe;
   struct Member {
     std::shared_ptr<Channel> channel;
     std::shared_ptr<lb::EndpointStats> stats;
+    std::shared_ptr<resilience::OutlierDetector::Host> outlier;  // null: no detection
+    std::shared_ptr<HealthProbe> health;                         // null: no checks
   };
   struct Snapshot {
     std::shared_ptr<const discovery::EndpointSet> set;
@@ -175,10 +203,24 @@ class ServiceChannel {
   struct Picked {
     std::shared_ptr<Channel> channel;
     std::shared_ptr<lb::EndpointStats> stats;
+    std::shared_ptr<resilience::OutlierDetector::Host> outlier;
+    bool probe = false;  // this attempt is the endpoint's probation probe
+    // Gives the probe back when the attempt is not sent after all.
+    void Unused() {
+      if (probe) outlier->ReleaseProbe();
+      probe = false;
+    }
   };
 
   ServiceChannel(std::string service, ServiceChannelOptions options);
   void Apply(std::shared_ptr<const discovery::EndpointSet> set);  // control loop
+  // Builds and publishes a picker for the current members and their health.
+  void Rebuild();                                                   // control loop
+  void EvaluateOutliers();                                          // control loop
+  void RequestOutlierEvaluation();                                  // any thread
+  void StartHealthProbe(const std::string& address, const std::shared_ptr<HealthProbe>& hp,
+                        absl::Duration delay);                      // control loop
+  void OnHealthProbeResult(const std::shared_ptr<HealthProbe>& hp, bool ok);  // control loop
   void CollectDrained();                                            // control loop
   struct CallState;
   struct Lifeline;
@@ -221,6 +263,8 @@ class ServiceChannel {
 
   // Control loop only.
   std::map<std::string, Member, std::less<>> members_;
+  std::shared_ptr<const discovery::EndpointSet> set_;  // what members_ follows
+  runtime::TimerId outlier_timer_;
   std::vector<Draining> draining_;
   runtime::TimerId drain_timer_;
   std::atomic<uint64_t> updates_{0};
@@ -243,12 +287,19 @@ class ServiceChannel {
   std::shared_ptr<resilience::CircuitBreaker> breaker_;
   std::unique_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
   std::shared_ptr<Lifeline> lifeline_;
+  std::unique_ptr<resilience::OutlierDetector> outliers_;  // null: no detection
+  std::atomic<bool> outlier_evaluation_posted_{false};
+  resilience::HealthCheckOptions health_options_;
+  bool health_checks_ = false;
+  std::atomic<size_t> ejected_count_{0};
+  std::atomic<size_t> unhealthy_count_{0};
 
   mutable core::Mutex mu_;
   std::condition_variable cv_;  // with mu_.native(): a snapshot arrived
   std::vector<std::string> addresses_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<lb::EndpointStats>, std::less<>> stats_by_address_
       ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<std::string, Member>> view_ ABSL_GUARDED_BY(mu_);  // for EndpointStates
 };
 
 }  // namespace meshlib::client

@@ -67,6 +67,8 @@ TestServer::Fn SlowEcho(absl::Duration d, std::atomic<int>* cancelled = nullptr)
 std::unique_ptr<ServiceChannel> Open(const std::vector<std::string>& addrs, json extra = {}) {
   ServiceChannelOptions o;
   o.channel.default_timeout = absl::Seconds(5);
+  if (extra.contains("outlier_detection")) o.outlier_detection = extra["outlier_detection"];
+  if (extra.contains("health_check")) o.health_check = extra["health_check"];
   if (extra.contains("retry")) o.retry = extra["retry"];
   if (extra.contains("hedging")) o.hedging = extra["hedging"];
   if (extra.contains("fault")) o.fault = extra["fault"];
@@ -383,6 +385,148 @@ TEST(ServiceChannelTest, CallsWaitingOnTimersEndWhenTheChannelGoes) {
   sc.reset();
   ASSERT_TRUE(Eventually([&] { return done.load() == 10; }, absl::Seconds(5)));
   EXPECT_EQ(cancelled.load(), 10);
+}
+
+// --- Outlier detection ---
+
+// A server whose Echo/Say fails while `failing` is set.
+struct Switchable {
+  std::atomic<bool> failing{false};
+  TestServer server{[this](server::ServerCall& call, std::string* out) {
+    if (failing.load()) return absl::UnavailableError("failing on purpose");
+    return Echo(call, out);
+  }};
+};
+
+TEST(ServiceChannelOutlierTest, ConsecutiveFailuresEjectThenAProbeBringsItBack) {
+  Switchable bad;
+  TestServer good1(Echo), good2(Echo);
+  auto sc = Open({bad.server.address(), good1.address(), good2.address()},
+                 {{"load_balancer", json::parse(R"([{"round_robin": {}}])")},
+                  {"outlier_detection", json::parse(R"({"consecutive_failures": 5,
+                      "interval": "100ms", "base_ejection_time": "1s",
+                      "max_ejection_percent": 50})")}});
+  WarmUp(*sc, 30);
+  bad.failing = true;
+  int failed = 0;
+  for (int i = 0; i < 300; ++i) failed += !sc->CallBlocking("Echo/Say", "x").status.ok();
+  // Five failures in a row eject it; round robin then skips it. A few more
+  // may land while the ejection is applied.
+  EXPECT_GE(failed, 5);
+  EXPECT_LE(failed, 12);
+  ServiceChannelStats st = sc->stats();
+  EXPECT_EQ(st.ejected, 1u);
+  EXPECT_EQ(st.outliers.ejections_consecutive_failures, 1u);
+  auto states = sc->EndpointStates();
+  for (const auto& e : states) {
+    EXPECT_EQ(e.healthy, e.address != bad.server.address()) << e.address;
+  }
+  // Recovered: after the ejection time, one probe, then back in rotation.
+  bad.failing = false;
+  int before = bad.server.handled.load();
+  ASSERT_TRUE(Eventually([&] {
+    sc->CallBlocking("Echo/Say", "x");
+    return sc->stats().ejected == 0 && sc->stats().outliers.probes_ok >= 1;
+  }, absl::Seconds(5)));
+  for (int i = 0; i < 60; ++i) ASSERT_TRUE(sc->CallBlocking("Echo/Say", "x").status.ok());
+  EXPECT_GE(bad.server.handled.load() - before, 15);
+}
+
+TEST(ServiceChannelOutlierTest, StillFailingEndpointGetsOneProbePerEjectionAndLongerEjections) {
+  Switchable bad;
+  TestServer good(Echo);
+  auto sc = Open({bad.server.address(), good.address()},
+                 {{"load_balancer", json::parse(R"([{"round_robin": {}}])")},
+                  {"outlier_detection", json::parse(R"({"consecutive_failures": 3,
+                      "interval": "50ms", "base_ejection_time": "300ms",
+                      "max_ejection_time": "10s", "max_ejection_percent": 50})")}});
+  WarmUp(*sc, 10);
+  bad.failing = true;
+  // Calls keep coming for 2s; the failing endpoint sees its first run of 3,
+  // then only single probes, each followed by a longer ejection
+  // (300ms, 600ms, 900ms, ...).
+  absl::Time end = absl::Now() + absl::Seconds(2);
+  int failed = 0, calls = 0;
+  while (absl::Now() < end) {
+    failed += !sc->CallBlocking("Echo/Say", "x").status.ok();
+    ++calls;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  ServiceChannelStats st = sc->stats();
+  EXPECT_GE(st.outliers.probes_failed, 1u);
+  EXPECT_LE(st.outliers.probes_failed, 5u);
+  EXPECT_EQ(static_cast<uint64_t>(failed), 3 + st.outliers.probes_failed) << calls;
+  EXPECT_EQ(st.outliers.ejections_failed_probe, st.outliers.probes_failed);
+}
+
+// The interplay with the balancer's panic threshold: when every endpoint is
+// ejected, balancers use them all again rather than fail every call without
+// trying. With nothing healthy, calls still fail fast with the servers'
+// status, and the retry budget keeps retries from multiplying the load.
+TEST(ServiceChannelOutlierTest, NoHealthyInstanceFailsFastWithinTheBudget) {
+  Switchable a, b, c;
+  a.failing = b.failing = c.failing = true;
+  auto sc = Open({a.server.address(), b.server.address(), c.server.address()},
+                 {{"retry", json::parse(R"({"max_attempts": 5, "backoff": {"base": "1ms", "max": "2ms"},
+                                            "budget": {"ratio": 0.2, "min_per_second": 10}})")},
+                  {"outlier_detection", json::parse(R"({"consecutive_failures": 5,
+                      "interval": "100ms", "base_ejection_time": "10s",
+                      "max_ejection_percent": 100})")}});
+  CallOptions o;
+  o.idempotent = true;
+  const int kCalls = 1000;
+  std::vector<absl::Duration> took;
+  for (int i = 0; i < kCalls; ++i) {
+    absl::Time start = absl::Now();
+    CallResult r = sc->CallBlocking("Echo/Say", "x", o);
+    took.push_back(absl::Now() - start);
+    ASSERT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+    ASSERT_FALSE(r.status.message().empty());
+  }
+  std::sort(took.begin(), took.end());
+  int attempts = a.server.handled + b.server.handled + c.server.handled;
+  double amplification = static_cast<double>(attempts) / kCalls;
+  std::printf("no healthy instance: %d calls, %d attempts (%.3f per call), median %s, p99 %s, "
+              "ejected %zu\n",
+              kCalls, attempts, amplification, absl::FormatDuration(took[kCalls / 2]).c_str(),
+              absl::FormatDuration(took[kCalls * 99 / 100]).c_str(), sc->stats().ejected);
+  // The budget's bound: 20% of the calls, plus its floor of 10/s over its
+  // 10s ttl (100 retries), which weighs less the longer the run.
+  EXPECT_LE(amplification, 1.0 + 0.2 + 100.0 / kCalls + 0.001);
+  EXPECT_EQ(sc->stats().ejected, 3u);
+  EXPECT_LT(took[kCalls / 2], absl::Milliseconds(50));
+}
+
+// --- Active health checks ---
+
+TEST(ServiceChannelHealthCheckTest, NotServingEndpointLeavesRotationAndComesBack) {
+  TestServer a(Echo), b(Echo);
+  auto sc = Open({a.address(), b.address()},
+                 {{"load_balancer", json::parse(R"([{"round_robin": {}}])")},
+                  {"health_check", json::parse(R"({"interval": "50ms", "timeout": "40ms",
+                      "unhealthy_threshold": 2, "healthy_threshold": 2})")}});
+  WarmUp(*sc, 10);
+  a.server.SetServing(false);
+  ASSERT_TRUE(Eventually([&] { return sc->stats().unhealthy == 1; }, absl::Seconds(5)));
+  int before = a.handled.load();
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(sc->CallBlocking("Echo/Say", "x").status.ok());
+  EXPECT_EQ(a.handled.load(), before);  // all went to b
+  a.server.SetServing(true);
+  ASSERT_TRUE(Eventually([&] { return sc->stats().unhealthy == 0; }, absl::Seconds(5)));
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(sc->CallBlocking("Echo/Say", "x").status.ok());
+  EXPECT_GE(a.handled.load() - before, 15);
+}
+
+TEST(ServiceChannelHealthCheckTest, UnreachableEndpointIsMarkedUnhealthy) {
+  TestServer a(Echo);
+  std::string dead = absl::StrCat("127.0.0.1:", testing::PickFreePort());
+  auto sc = Open({a.address(), dead},
+                 {{"health_check", json::parse(R"({"interval": "50ms", "timeout": "40ms",
+                      "unhealthy_threshold": 2})")}});
+  ASSERT_TRUE(Eventually([&] { return sc->stats().unhealthy == 1; }, absl::Seconds(5)));
+  for (const auto& e : sc->EndpointStates()) {
+    EXPECT_EQ(e.health_check_ok, e.address == a.address()) << e.address;
+  }
 }
 
 }  // namespace
