@@ -3,6 +3,8 @@
 // integration tests and the benchmarks.
 //
 //   echo_server --port=0 --name=a --latency_ms=5 --error_rate=0.1
+//   echo_server --port=0 --latency_ms=5 --tail_latency_ms=200 --tail_fraction=0.01
+//               --adaptive_concurrency
 //   echo_server --port=0 --name=a --zone=z1 --etcd=127.0.0.1:2379,127.0.0.1:22379
 //               --etcd_prefix=/meshlib/services/echo/ --etcd_ttl=10s
 //
@@ -20,6 +22,15 @@
 // it starts draining; a killed server's key goes when its lease expires.
 // It registers the address it is bound to: use --host with an address
 // clients can reach (not 0.0.0.0).
+//
+// --tail_fraction=F of the calls, chosen at random, take --tail_latency_ms
+// instead of --latency_ms: the rare slow call that, as "The Tail at Scale"
+// observes, comes to dominate a fan-out's latency. Latency is a timer on
+// the reactor; no thread sleeps. --adaptive_concurrency turns on the
+// server's adaptive concurrency limit with its defaults (calls over it are
+// refused with RESOURCE_EXHAUSTED); since latency here does not grow with
+// load, it matters only when the machine itself is saturated. Every
+// echo_server also answers meshlib.Health/Check.
 #include <signal.h>
 
 #include <atomic>
@@ -42,6 +53,13 @@ ABSL_FLAG(std::string, host, "127.0.0.1", "address to bind");
 ABSL_FLAG(std::string, name, "", "server name reported in reply metadata; default host:port");
 ABSL_FLAG(int, latency_ms, 0, "added latency per call, in milliseconds");
 ABSL_FLAG(double, error_rate, 0.0, "fraction of calls answered with UNAVAILABLE, 0..1");
+ABSL_FLAG(int, tail_latency_ms, 0,
+          "latency of the slow calls chosen by --tail_fraction, in milliseconds");
+ABSL_FLAG(double, tail_fraction, 0.0,
+          "fraction of calls, chosen at random, that take --tail_latency_ms instead of "
+          "--latency_ms, 0..1");
+ABSL_FLAG(bool, adaptive_concurrency, false,
+          "refuse calls over an adaptive concurrency limit (default settings)");
 ABSL_FLAG(std::string, zone, "", "zone label (reported in reply metadata)");
 ABSL_FLAG(std::string, etcd, "",
           "etcd HOST:PORT[,HOST:PORT...] to register in (members of one cluster)");
@@ -60,12 +78,31 @@ int main(int argc, char** argv) {
 
   const double error_rate = absl::GetFlag(FLAGS_error_rate);
   const int latency_ms = absl::GetFlag(FLAGS_latency_ms);
-  if (error_rate < 0 || error_rate > 1) {
+  if (!(error_rate >= 0 && error_rate <= 1)) {  // also rejects NaN
     std::cerr << "echo_server: --error_rate must be between 0 and 1\n";
     return 2;
   }
   if (latency_ms < 0) {
     std::cerr << "echo_server: --latency_ms must be >= 0\n";
+    return 2;
+  }
+  const int tail_latency_ms = absl::GetFlag(FLAGS_tail_latency_ms);
+  const double tail_fraction = absl::GetFlag(FLAGS_tail_fraction);
+  if (tail_latency_ms < 0) {
+    std::cerr << "echo_server: --tail_latency_ms must be >= 0\n";
+    return 2;
+  }
+  if (!(tail_fraction >= 0 && tail_fraction <= 1)) {
+    std::cerr << "echo_server: --tail_fraction must be between 0 and 1\n";
+    return 2;
+  }
+  if (tail_fraction > 0 && tail_latency_ms == 0) {
+    std::cerr << "echo_server: --tail_fraction needs --tail_latency_ms (the tail's latency)\n";
+    return 2;
+  }
+  if (tail_latency_ms > 0 && tail_fraction == 0) {
+    std::cerr << "echo_server: --tail_latency_ms needs --tail_fraction (how many calls are "
+                 "slow)\n";
     return 2;
   }
   const std::string etcd = absl::GetFlag(FLAGS_etcd);
@@ -100,6 +137,7 @@ int main(int argc, char** argv) {
   meshlib::server::ServerOptions options;
   options.io_threads = absl::GetFlag(FLAGS_io_threads);
   options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
+  options.adaptive_concurrency.enabled = absl::GetFlag(FLAGS_adaptive_concurrency);
   meshlib::server::Server server(options);
 
   // Set once before the first call can arrive, then only read.
@@ -117,19 +155,22 @@ int main(int argc, char** argv) {
         call->AddResponseMetadata("server", name);
         if (!zone.empty()) call->AddResponseMetadata("zone", zone);
         bool fail = false;
-        if (error_rate > 0) {
+        int delay_ms = latency_ms;
+        if (error_rate > 0 || tail_fraction > 0) {
           meshlib::core::MutexLock lock(&rng_mu);
-          fail = unit(rng) < error_rate;
+          fail = error_rate > 0 && unit(rng) < error_rate;
+          if (tail_fraction > 0 && unit(rng) < tail_fraction) delay_ms = tail_latency_ms;
         }
         absl::Status result =
             fail ? absl::UnavailableError(absl::StrCat("injected error from ", name,
                                                        " (--error_rate)"))
                  : absl::OkStatus();
-        if (latency_ms == 0) {
+        if (delay_ms == 0) {
           call->Finish(std::move(result), fail ? std::string() : call->request());
           return;
         }
-        call->executor().RunAfter(absl::Milliseconds(latency_ms),
+        // A timer, not a sleep: this handler runs on the reactor thread.
+        call->executor().RunAfter(absl::Milliseconds(delay_ms),
                                   [call, result = std::move(result), fail]() mutable {
                                     call->Finish(std::move(result),
                                                  fail ? std::string() : call->request());
@@ -168,6 +209,9 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "echo_server %s: signal %d, draining %lld calls in flight\n",
                display.c_str(), sig, static_cast<long long>(server.active_calls()));
   server.Shutdown(absl::GetFlag(FLAGS_drain_timeout));
-  std::fprintf(stderr, "echo_server %s: stopped\n", display.c_str());
+  const meshlib::server::ServerStats stats = server.stats();
+  std::fprintf(stderr, "echo_server %s: stopped after %lld calls (%lld shed, %lld expired)\n",
+               display.c_str(), static_cast<long long>(stats.calls),
+               static_cast<long long>(stats.shed), static_cast<long long>(stats.rejected_expired));
   return 0;
 }

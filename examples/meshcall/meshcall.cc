@@ -357,6 +357,7 @@ int main(int argc, char** argv) {
     out["retries"] = st.retries + st.transparent_retries;
     out["retries_denied_by_budget"] = st.retries_denied;
     out["hedges"] = st.hedges;
+    out["breaker_overflows"] = st.breaker_overflows;
     if (!st.outliers.hosts.empty()) {
       out["ejections"] = st.outliers.ejections_consecutive_failures +
                          st.outliers.ejections_success_rate +

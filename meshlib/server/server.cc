@@ -7,10 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <shared_mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/deadline_context.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/core/log.h"
 #include "meshlib/transport/connection.h"
@@ -25,6 +27,15 @@ using transport::FrameView;
 // Server, so that a handler finishing a call after Shutdown is safe.
 struct CallCounter {
   std::atomic<int64_t> active{0};
+  // ServerStats.
+  std::atomic<int64_t> calls{0};
+  std::atomic<int64_t> rejected_expired{0};
+  std::atomic<int64_t> shed{0};
+  std::atomic<int64_t> health_checks{0};
+  // The adaptive concurrency limit; null when disabled. Here rather than in
+  // the Server because calls release their slot when they finish, which may
+  // be after the Server is gone.
+  std::unique_ptr<ConcurrencyLimiter> limiter;
   // Finishing off the reactor touches the connection's loop; Shutdown flips
   // `loops_alive` (exclusively) before the loops may be destroyed.
   std::shared_mutex loops_mu;
@@ -86,6 +97,15 @@ class ServerConnection final : public transport::FramedConnection {
   // reply is sent, so that the client's next request, which may arrive
   // before this call is forgotten on the reactor, finds the slot free.
   void ReleaseStream() { open_streams_.fetch_sub(1, std::memory_order_acq_rel); }
+
+  // DEADLINE_EXCEEDED for a sync call whose deadline passed before a worker
+  // took it.
+  static absl::Status ExpiredInQueue(const ServerCall& call, absl::Time now) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "deadline passed before the handler of ", call.method(), " started: queued ",
+        absl::FormatDuration(now - call.arrival_), " waiting for a worker (timeout ",
+        absl::FormatDuration(call.deadline_ - call.arrival_), "); not run"));
+  }
 
   void SendReply(uint32_t stream_id, uint16_t flags, const absl::Status& status,
                  const Metadata& md, absl::string_view payload) {
@@ -181,6 +201,9 @@ class ServerConnection final : public transport::FramedConnection {
       return;
     }
     if (id > last_stream_id_) last_stream_id_ = id;
+    // The caller's timeout runs from when its request was read, not from
+    // when the reactor got to it (it may have decoded a large batch first).
+    const absl::Time arrival = last_read_time();
     absl::StatusOr<transport::Request> req =
         transport::ParseRequestBody(frame.body, options().limits);
     if (!req.ok()) {
@@ -190,6 +213,17 @@ class ServerConnection final : public transport::FramedConnection {
       core::Log(core::LogLevel::kWarning,
                 absl::StrCat("stream ", id, " from ", peer(), ": ", err.message()));
       SendReply(id, 0, err, {}, {});
+      return;
+    }
+    // Answered here, before every limit: a health check costs less than
+    // refusing it would, and a checker must see a loaded instance as alive.
+    if (server_->builtin_health_ && req->method == transport::kHealthCheckMethod) {
+      counter_->health_checks.fetch_add(1, std::memory_order_relaxed);
+      if (server_->Serving()) {
+        SendReply(id, 0, absl::OkStatus(), {}, "SERVING");
+      } else {
+        SendReply(id, 0, absl::UnavailableError("NOT_SERVING"), {}, {});
+      }
       return;
     }
     if (open_streams_.load(std::memory_order_acquire) >=
@@ -208,26 +242,81 @@ class ServerConnection final : public transport::FramedConnection {
                 {}, {});
       return;
     }
-    absl::Time deadline = req->timeout == absl::InfiniteDuration()
-                              ? absl::InfiniteFuture()
-                              : loop()->Now() + req->timeout;
-    auto call = std::make_shared<ServerCall>(self(), id, *std::move(req), deadline);
+    counter_->calls.fetch_add(1, std::memory_order_relaxed);
+    const absl::Time deadline = req->timeout == absl::InfiniteDuration()
+                                    ? absl::InfiniteFuture()
+                                    : arrival + req->timeout;
+    const absl::Time now = loop()->Now();
+    if (deadline <= now) {
+      counter_->rejected_expired.fetch_add(1, std::memory_order_relaxed);
+      SendReply(id, 0,
+                absl::DeadlineExceededError(absl::StrCat(
+                    "deadline passed before the handler of ", req->method,
+                    " started: it arrived with ", absl::FormatDuration(req->timeout),
+                    " left and waited ", absl::FormatDuration(now - arrival),
+                    " to be dispatched; not run")),
+                {}, {});
+      return;
+    }
+    ConcurrencyLimiter* const limiter = counter_->limiter.get();
+    if (limiter != nullptr && !limiter->TryAcquire()) {
+      counter_->shed.fetch_add(1, std::memory_order_relaxed);
+      SendReply(id, transport::kFlagRefused,
+                absl::ResourceExhaustedError(absl::StrCat(
+                    "adaptive concurrency limit (", limiter->limit(),
+                    " calls in flight) reached; ", req->method, " refused")),
+                {}, {});
+      return;
+    }
+    const bool sync = !method->async;
+    auto call = std::make_shared<ServerCall>(self(), id, *std::move(req), arrival, deadline,
+                                             sync, /*holds_limiter_slot=*/limiter != nullptr);
     calls_.emplace(id, call);
     open_streams_.fetch_add(1, std::memory_order_acq_rel);
     counter_->active.fetch_add(1, std::memory_order_acq_rel);
-    if (method->async) {
-      method->async(call);
+    if (!sync) {
+      {
+        core::ScopedDeadline scope(deadline);
+        method->async(call);
+      }
       // Most async handlers answer at once; only a call still open needs a
       // deadline timer, so the fast path pays for none.
       ArmDeadline(call);
     } else {
       ArmDeadline(call);
       const SyncHandler* handler = &method->sync;
-      server_->workers_->Submit([handler, call = std::move(call)] {
+      server_->workers_->Submit([handler, call = std::move(call), counter = counter_] {
+        const absl::Time start = absl::Now();
+        const bool expired = start >= call->deadline_;
+        // The deadline timer may have answered the call already (it then
+        // took it out of the queue): whoever leaves the queue answers.
+        if (expired || call->IsCancelled()) {
+          const bool mine = call->LeaveQueue(ServerCall::kNotRun);
+          call->DropLimiterRef();
+          if (!mine) return;
+          if (expired) {
+            counter->rejected_expired.fetch_add(1, std::memory_order_relaxed);
+            call->FinishInternal(ExpiredInQueue(*call, start), {}, /*from_handler=*/false);
+          } else {
+            call->FinishInternal(absl::CancelledError("cancelled before the handler started"),
+                                 {}, /*from_handler=*/false);
+          }
+          return;
+        }
+        if (!call->LeaveQueue(ServerCall::kRunning)) {
+          call->DropLimiterRef();
+          return;
+        }
         std::string out;
-        absl::Status s = call->IsCancelled() ? absl::CancelledError("cancelled before start")
-                                             : (*handler)(*call, &out);
-        call->Finish(std::move(s), std::move(out));
+        absl::Status s;
+        {
+          core::ScopedDeadline scope(call->deadline_);
+          s = (*handler)(*call, &out);
+        }
+        // The worker is free: drop its hold first, so that the reply (which
+        // drops the other) leaves with the call's slot already free.
+        call->DropLimiterRef();
+        call->FinishInternal(std::move(s), std::move(out), /*from_handler=*/true);
       });
     }
   }
@@ -240,10 +329,24 @@ class ServerConnection final : public transport::FramedConnection {
     if (call->finished_.load(std::memory_order_acquire)) return;
     std::weak_ptr<ServerCall> weak = call;
     call->deadline_timer_ = loop()->RunAt(call->deadline_, [weak] {
-      if (auto c = weak.lock()) {
-        c->Cancel();
-        c->Finish(absl::DeadlineExceededError("deadline passed while the server was working"));
-      }
+      auto c = weak.lock();
+      if (!c) return;
+      const bool cancelled_before = c->IsCancelled();
+      c->Cancel();
+      if (c->LeaveQueue(ServerCall::kNotRun)) {
+        // A sync call still waiting for a worker: its handler never runs.
+        if (cancelled_before) {
+          c->FinishInternal(absl::CancelledError("cancelled before the handler started"), {},
+                            /*from_handler=*/false);
+          return;
+        }
+        c->conn_->counter_->rejected_expired.fetch_add(1, std::memory_order_relaxed);
+        c->FinishInternal(ExpiredInQueue(*c, absl::Now()), {}, /*from_handler=*/false);
+      } else if (c->stage_.load(std::memory_order_acquire) == ServerCall::kRunning) {
+        c->FinishInternal(
+            absl::DeadlineExceededError("deadline passed while the server was working"), {},
+            /*from_handler=*/false);
+      }  // else a worker took it out of the queue and answers it
     });
   }
 
@@ -263,11 +366,41 @@ class ServerConnection final : public transport::FramedConnection {
 // --- ServerCall ---
 
 ServerCall::ServerCall(std::shared_ptr<ServerConnection> conn, uint32_t stream_id,
-                       transport::Request request, absl::Time deadline)
+                       transport::Request request, absl::Time arrival, absl::Time deadline,
+                       bool sync, bool holds_limiter_slot)
     : conn_(std::move(conn)),
       stream_id_(stream_id),
       request_(std::move(request)),
-      deadline_(deadline) {}
+      arrival_(arrival),
+      deadline_(deadline),
+      holds_limiter_slot_(holds_limiter_slot),
+      stage_(sync ? kQueued : kRunning),
+      limiter_refs_(holds_limiter_slot ? (sync ? 2 : 1) : 0) {}
+
+ServerCall::~ServerCall() {
+  // An async handler dropped its call without finishing it: give the slot
+  // back rather than lose it for good.
+  if (holds_limiter_slot_ && limiter_refs_.exchange(0, std::memory_order_acq_rel) > 0) {
+    conn_->counter_->limiter->ReleaseWithoutSample();
+  }
+}
+
+bool ServerCall::LeaveQueue(Stage to) {
+  int expected = kQueued;
+  return stage_.compare_exchange_strong(expected, to, std::memory_order_acq_rel);
+}
+
+void ServerCall::DropLimiterRef() {
+  if (!holds_limiter_slot_ || limiter_refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  ConcurrencyLimiter& limiter = *conn_->counter_->limiter;
+  if (latency_is_sample_.load(std::memory_order_relaxed)) {
+    // From arrival, so that time spent queued for a worker counts: that is
+    // where a sync server's overload shows.
+    limiter.Release(absl::Now() - arrival_);
+  } else {
+    limiter.ReleaseWithoutSample();
+  }
+}
 
 const std::string& ServerCall::peer() const { return conn_->peer(); }
 
@@ -311,8 +444,29 @@ void ServerCall::AddResponseMetadata(std::string key, std::string value) {
   response_metadata_.emplace_back(std::move(key), std::move(value));
 }
 
+void ServerCall::SetRetryPushback(absl::Duration delay) {
+  std::string value = delay < absl::ZeroDuration() || delay == absl::InfiniteDuration()
+                          ? "-1"
+                          : absl::StrCat(absl::ToInt64Milliseconds(
+                                absl::Ceil(delay, absl::Milliseconds(1))));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& md = response_metadata_;
+  md.erase(std::remove_if(md.begin(), md.end(),
+                          [](const auto& kv) { return kv.first == transport::kRetryPushbackKey; }),
+           md.end());
+  md.emplace_back(transport::kRetryPushbackKey, std::move(value));
+}
+
 void ServerCall::Finish(absl::Status status, std::string response) {
+  FinishInternal(std::move(status), std::move(response), /*from_handler=*/true);
+}
+
+void ServerCall::FinishInternal(absl::Status status, std::string response, bool from_handler) {
   if (finished_.exchange(true, std::memory_order_acq_rel)) return;
+  // A cancelled call's latency ends when its caller gave up, not when the
+  // server was done: no sample.
+  latency_is_sample_.store(from_handler && !IsCancelled(), std::memory_order_relaxed);
+  DropLimiterRef();
   // Compares pointers only: the loop may already be gone.
   const bool on_loop = runtime::EventLoop::Current() == conn_->loop();
   std::shared_lock<std::shared_mutex> guard;
@@ -392,10 +546,18 @@ class Server::Acceptor final : public runtime::FdHandler {
 
 // --- Server ---
 
-namespace {
-}  // namespace
-
-Server::Server(ServerOptions options) : options_(std::move(options)) {}
+Server::Server(ServerOptions options)
+    : options_(std::move(options)), counter_(std::make_shared<CallCounter>()) {
+  if (options_.adaptive_concurrency.enabled) {
+    auto limiter = ConcurrencyLimiter::Create(options_.adaptive_concurrency);
+    if (limiter.ok()) {
+      counter_->limiter = *std::move(limiter);
+    } else {
+      limiter_error_ = absl::InvalidArgumentError(
+          absl::StrCat("ServerOptions.", limiter.status().message()));
+    }
+  }
+}
 
 Server::~Server() { Shutdown(absl::ZeroDuration()); }
 
@@ -425,7 +587,10 @@ const Server::Method* Server::FindMethod(absl::string_view name) const {
 }
 
 absl::StatusOr<int> Server::Start(absl::string_view address) {
+  if (!limiter_error_.ok()) return limiter_error_;
   if (started_.exchange(true)) return absl::FailedPreconditionError("server already started");
+  builtin_health_ =
+      options_.health_service && !methods_.contains(transport::kHealthCheckMethod);
   absl::StatusOr<transport::SocketAddress> addr = transport::ParseHostPort(address);
   if (!addr.ok()) return addr.status();
   runtime_ = options_.runtime;
@@ -440,7 +605,6 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
   for (const auto& [name, m] : methods_) need_workers |= static_cast<bool>(m.sync);
   workers_ = std::make_unique<runtime::ThreadPool>(need_workers ? options_.worker_threads : 1,
                                                    "server-worker");
-  counter_ = std::make_shared<CallCounter>();
   absl::StatusOr<int> fd = transport::ListenTcp(*addr, options_.backlog);
   if (!fd.ok()) return fd.status();
   absl::StatusOr<transport::SocketAddress> bound = transport::LocalAddress(*fd);
@@ -459,8 +623,24 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
 
 std::string Server::address() const { return address_; }
 
-int64_t Server::active_calls() const {
-  return counter_ ? counter_->active.load(std::memory_order_acquire) : 0;
+int64_t Server::active_calls() const { return counter_->active.load(std::memory_order_acquire); }
+
+ServerStats Server::stats() const {
+  ServerStats s;
+  s.calls = counter_->calls.load(std::memory_order_relaxed);
+  s.active_calls = active_calls();
+  s.rejected_expired = counter_->rejected_expired.load(std::memory_order_relaxed);
+  s.shed = counter_->shed.load(std::memory_order_relaxed);
+  s.concurrency_limit = counter_->limiter ? counter_->limiter->limit() : 0;
+  s.health_checks = counter_->health_checks.load(std::memory_order_relaxed);
+  return s;
+}
+
+void Server::SetServing(bool serving) { serving_.store(serving, std::memory_order_release); }
+
+bool Server::Serving() const {
+  return serving_.load(std::memory_order_acquire) &&
+         !shutting_down_.load(std::memory_order_acquire);
 }
 
 size_t Server::connection_count() {
@@ -494,6 +674,9 @@ void Server::AddPreShutdownHook(absl::AnyInvocable<void()> hook) {
 }
 
 void Server::Shutdown(absl::Duration drain_timeout) {
+  // First of all, so that health checkers see a draining instance while the
+  // hooks run and the calls in flight finish.
+  shutting_down_.store(true, std::memory_order_release);
   std::vector<absl::AnyInvocable<void()>> hooks;
   {
     core::MutexLock lock(&mu_);

@@ -15,6 +15,18 @@
 // they finish the call from any thread, now or later. Sync handlers run on a
 // worker pool and may block.
 //
+// While a handler runs (a sync handler on its worker, an async handler during
+// its invocation), the call's deadline is installed as the thread's
+// core::CurrentDeadline(), so calls the handler makes inherit it. A sync call
+// whose deadline passes while it waits for a worker is answered
+// DEADLINE_EXCEEDED without running its handler, as is a call that arrives
+// with no time left.
+//
+// Protection (see docs/resilience.md, "Server-side protection"): every server
+// answers transport::kHealthCheckMethod itself (ServerOptions::health_service),
+// and can cap the calls it runs at once with an adaptive limit
+// (ServerOptions::adaptive_concurrency), refusing the excess at once.
+//
 // Threading: Register* before Start. Start, Shutdown and the accessors are
 // thread-safe. ServerCall methods are thread-safe.
 #ifndef MESHLIB_SERVER_SERVER_H_
@@ -39,6 +51,7 @@
 #include "absl/time/time.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/runtime/thread_pool.h"
+#include "meshlib/server/concurrency_limiter.h"
 #include "meshlib/transport/frame.h"
 
 namespace meshlib::server {
@@ -66,6 +79,39 @@ struct ServerOptions {
   absl::Duration idle_timeout = absl::Minutes(5);
   // listen() backlog. Default 1024.
   int backlog = 1024;
+  // Answer transport::kHealthCheckMethod ("meshlib.Health/Check") on the
+  // reactor thread: OK with payload "SERVING", or UNAVAILABLE "NOT_SERVING"
+  // after SetServing(false) and from the start of Shutdown. Health checks
+  // take no worker, no stream slot and no adaptive-limit slot, and are never
+  // shed. A handler registered for that method replaces this one. Default
+  // true.
+  bool health_service = true;
+  // Adaptive limit on the calls served at once, across connections (see
+  // concurrency_limiter.h). When enabled, a call arriving while the limit's
+  // worth of calls are in flight is refused at once with RESOURCE_EXHAUSTED,
+  // marked refused (never processed: a client may retry it elsewhere).
+  // Default off. Validated by Start.
+  AdaptiveConcurrencyOptions adaptive_concurrency;
+};
+
+// Counters since Start; see Server::stats().
+struct ServerStats {
+  // Calls received for a registered method, whatever became of them (shed
+  // and expired ones included). Not counted: built-in health checks, unknown
+  // methods, malformed requests and refusals over max_concurrent_streams.
+  int64_t calls = 0;
+  // Calls being served right now (as Server::active_calls()).
+  int64_t active_calls = 0;
+  // Calls answered DEADLINE_EXCEEDED without running their handler: they
+  // arrived with no time left, or their deadline passed while they waited
+  // for a worker.
+  int64_t rejected_expired = 0;
+  // Calls refused by the adaptive concurrency limit.
+  int64_t shed = 0;
+  // The adaptive concurrency limit now; 0 when it is disabled.
+  int64_t concurrency_limit = 0;
+  // Health checks answered by the built-in health service.
+  int64_t health_checks = 0;
 };
 
 class ServerConnection;
@@ -96,22 +142,49 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
 
   // Adds metadata to the response. Before Finish.
   void AddResponseMetadata(std::string key, std::string value);
+  // Tells the client when it may retry this call (response metadata
+  // transport::kRetryPushbackKey, as gRPC's grpc-retry-pushback-ms): wait
+  // `delay` first, rounded up to whole milliseconds. A negative or infinite
+  // `delay` sends "-1": do not retry this call at all. Meant for failures
+  // that a quick retry would only make worse (overload, a rate limit).
+  // Replaces an earlier pushback on the same call. Before Finish.
+  void SetRetryPushback(absl::Duration delay);
   // Sends the response. Once; later calls are ignored. Any thread.
   void Finish(absl::Status status, std::string response = {});
 
+  // Made by the server only.
   ServerCall(std::shared_ptr<ServerConnection> conn, uint32_t stream_id,
-             transport::Request request, absl::Time deadline);
+             transport::Request request, absl::Time arrival, absl::Time deadline,
+             bool sync, bool holds_limiter_slot);
+  ~ServerCall();
 
  private:
   friend class ServerConnection;
+  // Where a sync call is: waiting for a worker, handed to its handler, or
+  // answered without running it. Async calls start kRunning.
+  enum Stage : int { kQueued, kRunning, kNotRun };
+
   void Cancel();  // reactor thread
+  // Finish, saying whether the outcome came from the handler: only then is
+  // the call's latency a sample for the adaptive limit.
+  void FinishInternal(absl::Status status, std::string response, bool from_handler);
+  // kQueued -> `to`; false if the call already left kQueued.
+  bool LeaveQueue(Stage to);
+  // One holder of the call's adaptive-limit slot (its reply; for a sync
+  // call also its worker) is done; the last one frees the slot.
+  void DropLimiterRef();
 
   const std::shared_ptr<ServerConnection> conn_;
   const uint32_t stream_id_;
   const transport::Request request_;
+  const absl::Time arrival_;  // when the request was read
   const absl::Time deadline_;
+  const bool holds_limiter_slot_;
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> finished_{false};
+  std::atomic<int> stage_;
+  std::atomic<int> limiter_refs_;
+  std::atomic<bool> latency_is_sample_{false};
   // std::mutex rather than core::Mutex: one is made per call, and
   // core::Mutex's destructor updates its deadlock detector's graph.
   std::mutex mu_;
@@ -157,6 +230,11 @@ class Server {
   // Calls being served right now, across connections.
   int64_t active_calls() const;
   size_t connection_count();
+  ServerStats stats() const;
+
+  // What the built-in health service answers: SERVING (true, the initial
+  // state) or NOT_SERVING. Shutdown sets NOT_SERVING for good. Any thread.
+  void SetServing(bool serving);
 
  private:
   friend class ServerConnection;
@@ -170,15 +248,24 @@ class Server {
   const Method* FindMethod(absl::string_view name) const;
   void OnAccepted(int fd, std::string peer);
   void OnConnectionClosed(ServerConnection* conn);
+  bool Serving() const;
 
   const ServerOptions options_;
   std::shared_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<runtime::ThreadPool> workers_;
   absl::flat_hash_map<std::string, Method> methods_;  // frozen at Start
+  // The built-in health service answers; set at Start.
+  bool builtin_health_ = false;
   std::unique_ptr<Acceptor> acceptor_;
-  std::shared_ptr<CallCounter> counter_;
+  // Made at construction (so that the accessors never race with Start);
+  // holds the adaptive limiter when it is enabled and its options are valid.
+  const std::shared_ptr<CallCounter> counter_;
+  // Why the adaptive_concurrency options are invalid; Start returns it.
+  absl::Status limiter_error_;
   std::string address_;
   std::atomic<bool> started_{false};
+  std::atomic<bool> serving_{true};
+  std::atomic<bool> shutting_down_{false};
 
   core::Mutex mu_;
   absl::flat_hash_map<ServerConnection*, std::shared_ptr<ServerConnection>> conns_

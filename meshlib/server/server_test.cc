@@ -1,13 +1,20 @@
 // Functional tests of Server over real loopback sockets, driven by a real
 // client::Channel: handlers, metadata, deadlines, cancellation, stream limits
-// and graceful shutdown, as a user of the two would see them.
+// and graceful shutdown, as a user of the two would see them; then the
+// server's protection: deadline propagation, expired work, retry pushback,
+// the health service and the adaptive limit's refusals.
 #include "meshlib/server/server.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,6 +31,9 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "meshlib/client/channel.h"
+#include "meshlib/core/deadline_context.h"
+#include "meshlib/transport/frame.h"
+#include "meshlib/transport/socket.h"
 
 namespace meshlib::server {
 namespace {
@@ -657,6 +667,463 @@ TEST(ServerTest, FinishAfterShutdownIsSafe) {
 
   server.reset();
   held.FinishAll(absl::OkStatus(), "too late");  // must be ignored, not crash
+}
+
+// --- Server-side protection ---
+
+// A blocking connection that speaks the protocol by hand, for what a Channel
+// does not send: a call with no deadline, several requests in one write, or
+// a wait for the server's own answer past the call's deadline.
+class RawConnection {
+ public:
+  explicit RawConnection(const std::string& address) {
+    absl::StatusOr<transport::SocketAddress> addr = transport::ParseHostPort(address);
+    EXPECT_TRUE(addr.ok()) << addr.status();
+    if (!addr.ok()) return;
+    fd_ = socket(addr->storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(fd_, reinterpret_cast<const sockaddr*>(&addr->storage), addr->len) != 0) {
+      ADD_FAILURE() << "connect to " << address << " failed";
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+  ~RawConnection() {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  bool Write(const std::string& bytes) {
+    size_t off = 0;
+    while (fd_ >= 0 && off < bytes.size()) {
+      ssize_t n = write(fd_, bytes.data() + off, bytes.size() - off);
+      if (n <= 0) return false;
+      off += static_cast<size_t>(n);
+    }
+    return off == bytes.size();
+  }
+
+  // The next RESPONSE frame, or an error after `timeout`.
+  absl::StatusOr<transport::Response> ReadResponse(absl::Duration timeout,
+                                                   uint32_t* stream_id = nullptr,
+                                                   uint16_t* flags = nullptr) {
+    const absl::Time give_up = absl::Now() + timeout;
+    for (;;) {
+      transport::FrameView frame;
+      size_t used = 0;
+      absl::Status s = transport::DecodeFrame(in_, transport::FrameLimits{}, &frame, &used);
+      if (!s.ok()) return s;
+      if (used > 0) {
+        std::string body(frame.body);
+        const transport::FrameHeader header = frame.header;
+        in_.erase(0, used);
+        if (header.type != static_cast<uint8_t>(transport::FrameType::kResponse)) continue;
+        if (stream_id != nullptr) *stream_id = header.stream_id;
+        if (flags != nullptr) *flags = header.flags;
+        return transport::ParseResponseBody(body, transport::FrameLimits{});
+      }
+      const absl::Duration left = give_up - absl::Now();
+      if (fd_ < 0 || left <= absl::ZeroDuration()) {
+        return absl::DeadlineExceededError("no response from the server");
+      }
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(left)) + 1) <= 0) continue;
+      char buf[4096];
+      ssize_t n = read(fd_, buf, sizeof(buf));
+      if (n <= 0) return absl::UnavailableError("connection closed by the server");
+      in_.append(buf, static_cast<size_t>(n));
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  std::string in_;
+};
+
+std::string RequestFrame(uint32_t stream_id, absl::string_view method, absl::Duration timeout,
+                         absl::string_view payload = "") {
+  std::string out;
+  transport::AppendRequest(&out, stream_id, method, timeout, {}, payload);
+  return out;
+}
+
+// Replies whether the thread's installed deadline is the call's.
+std::string DescribeDeadline(absl::Time call_deadline) {
+  const absl::Time installed = core::CurrentDeadline();
+  if (installed == call_deadline) {
+    return call_deadline == absl::InfiniteFuture() ? "same:infinite" : "same:finite";
+  }
+  return absl::StrCat("differs: installed ", absl::FormatTime(installed), ", call ",
+                      absl::FormatTime(call_deadline));
+}
+
+// A handler's outgoing calls inherit its call's deadline: the server
+// installs it as core::CurrentDeadline() while the handler runs, and removes
+// it afterwards (a later call without a deadline sees none).
+TEST(ServerProtectionTest, HandlersRunUnderTheirCallsDeadline) {
+  ServerOptions options = TestServerOptions();
+  options.io_threads = 1;
+  options.worker_threads = 1;  // the calls below share one thread of each kind
+  std::mutex mu;
+  std::string after_async;
+  Signal after_async_done;
+  Server server(options);  // after what its handlers use, so it goes first
+  ASSERT_TRUE(server
+                  .RegisterSync("Deadline/Sync",
+                                [](ServerCall& call, std::string* out) {
+                                  *out = DescribeDeadline(call.deadline());
+                                  return absl::OkStatus();
+                                })
+                  .ok());
+  ASSERT_TRUE(server
+                  .RegisterAsync("Deadline/Async",
+                                 [&](std::shared_ptr<ServerCall> call) {
+                                   // Runs on this reactor thread once the handler
+                                   // returned. Only for the call that asks: the test
+                                   // waits for one.
+                                   if (call->request() == "check-after") {
+                                     call->executor().Post([&] {
+                                       std::lock_guard<std::mutex> lock(mu);
+                                       after_async = DescribeDeadline(absl::InfiniteFuture());
+                                       after_async_done.Notify();
+                                     });
+                                   }
+                                   call->Finish(absl::OkStatus(),
+                                                DescribeDeadline(call->deadline()));
+                                 })
+                  .ok());
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+
+  client::CallResult r = ch->CallBlocking("Deadline/Sync", "", WithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.payload, "same:finite");
+  r = ch->CallBlocking("Deadline/Async", "check-after", WithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.payload, "same:finite");
+  ASSERT_TRUE(after_async_done.WaitFor(kWaitLimit));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(after_async, "same:infinite");
+  }
+
+  // Calls with no deadline, on the same threads: nothing was left installed.
+  RawConnection raw(server.address());
+  ASSERT_TRUE(raw.Write(RequestFrame(1, "Deadline/Sync", absl::InfiniteDuration())));
+  absl::StatusOr<transport::Response> resp = raw.ReadResponse(kWaitLimit);
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(resp->payload, "same:infinite");
+  ASSERT_TRUE(raw.Write(RequestFrame(3, "Deadline/Async", absl::InfiniteDuration())));
+  resp = raw.ReadResponse(kWaitLimit);
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(resp->payload, "same:infinite");
+}
+
+// Sync handlers that block until the test opens the gate.
+class Gate {
+ public:
+  absl::Status Pass() {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++waiting_;
+    cv_.notify_all();
+    // Bounded so that a broken test ends instead of hanging.
+    if (!cv_.wait_for(lock, absl::ToChronoNanoseconds(kWaitLimit), [&] { return open_; })) {
+      return absl::InternalError("gate never opened");
+    }
+    return absl::OkStatus();
+  }
+  bool WaitForWaiting(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(kWaitLimit),
+                        [&] { return waiting_ >= n; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int waiting_ = 0;
+  bool open_ = false;
+};
+
+// A sync call stuck behind slow work until its deadline passed is answered
+// DEADLINE_EXCEEDED, saying so, and its handler never runs, not even once a
+// worker is free.
+TEST(ServerProtectionTest, QueuedSyncCallPastItsDeadlineIsNotRun) {
+  ServerOptions options = TestServerOptions();
+  options.worker_threads = 2;
+  Gate gate;
+  std::atomic<int> counted_runs{0};
+  Server server(options);
+  ASSERT_TRUE(server.RegisterSync("Slow/Gate", [&](ServerCall&, std::string*) {
+    return gate.Pass();
+  }).ok());
+  ASSERT_TRUE(server.RegisterSync("Fast/Counted", [&](ServerCall&, std::string* out) {
+    counted_runs.fetch_add(1);
+    *out = "ran";
+    return absl::OkStatus();
+  }).ok());
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+
+  ResultSlot slow1, slow2;
+  ch->Call("Slow/Gate", "", WithTimeout(absl::Seconds(60)), slow1.Callback());
+  ch->Call("Slow/Gate", "", WithTimeout(absl::Seconds(60)), slow2.Callback());
+  ASSERT_TRUE(gate.WaitForWaiting(2));  // both workers are busy
+
+  // A raw call, so that the answer read is the server's, not the client's
+  // own deadline firing.
+  RawConnection raw(server.address());
+  ASSERT_TRUE(raw.Write(RequestFrame(1, "Fast/Counted", absl::Milliseconds(200))));
+  absl::StatusOr<transport::Response> resp = raw.ReadResponse(kWaitLimit);
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(resp->code, absl::StatusCode::kDeadlineExceeded) << resp->message;
+  EXPECT_THAT(resp->message, HasSubstr("before the handler of Fast/Counted started"));
+  EXPECT_THAT(resp->message, HasSubstr("queued"));
+  EXPECT_THAT(resp->message, HasSubstr("waiting for a worker"));
+  EXPECT_EQ(server.stats().rejected_expired, 1);
+
+  gate.Open();
+  ASSERT_TRUE(slow1.WaitFor(kWaitLimit));
+  ASSERT_TRUE(slow2.WaitFor(kWaitLimit));
+  EXPECT_TRUE(slow1.result().status.ok()) << slow1.result().status;
+  // The workers went on to the queued call; it must still not run.
+  client::CallResult after = ch->CallBlocking("Fast/Counted", "", WithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  EXPECT_EQ(counted_runs.load(), 1);  // only the call just made
+  ServerStats stats = server.stats();
+  EXPECT_EQ(stats.rejected_expired, 1);
+  EXPECT_EQ(stats.calls, 4);
+}
+
+// A request that has no time left by the moment it could be dispatched (here
+// the reactor was kept busy after reading it) is answered at once and its
+// handler never runs.
+TEST(ServerProtectionTest, CallArrivingWithNoTimeLeftIsNotDispatched) {
+  ServerOptions options = TestServerOptions();
+  options.io_threads = 1;
+  std::atomic<int> counted_runs{0};
+  Server server(options);
+  ASSERT_TRUE(server.RegisterAsync("Block/Reactor", [](std::shared_ptr<ServerCall> call) {
+    absl::SleepFor(absl::Milliseconds(100));  // what an async handler must never do
+    call->Finish(absl::OkStatus(), "blocked");
+  }).ok());
+  ASSERT_TRUE(server.RegisterAsync("Fast/Counted", [&](std::shared_ptr<ServerCall> call) {
+    counted_runs.fetch_add(1);
+    call->Finish(absl::OkStatus(), "ran");
+  }).ok());
+  StartOnLoopback(server);
+
+  // One write: the server reads both requests together, so the second one's
+  // 20ms run from before the first one's handler blocked for 100ms.
+  RawConnection raw(server.address());
+  ASSERT_TRUE(raw.Write(RequestFrame(1, "Block/Reactor", absl::Seconds(10)) +
+                        RequestFrame(3, "Fast/Counted", absl::Milliseconds(20))));
+  std::map<uint32_t, transport::Response> by_stream;
+  for (int i = 0; i < 2; ++i) {
+    uint32_t id = 0;
+    absl::StatusOr<transport::Response> resp = raw.ReadResponse(kWaitLimit, &id);
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    by_stream[id] = *resp;
+  }
+  EXPECT_EQ(by_stream[1].code, absl::StatusCode::kOk);
+  EXPECT_EQ(by_stream[3].code, absl::StatusCode::kDeadlineExceeded) << by_stream[3].message;
+  EXPECT_THAT(by_stream[3].message, HasSubstr("before the handler of Fast/Counted started"));
+  EXPECT_THAT(by_stream[3].message, HasSubstr("to be dispatched"));
+  EXPECT_EQ(counted_runs.load(), 0);
+  EXPECT_EQ(server.stats().rejected_expired, 1);
+  EXPECT_EQ(server.stats().active_calls, 0);
+}
+
+// SetRetryPushback's value arrives as response metadata, in whole
+// milliseconds rounded up, "-1" for "do not retry", set once per call.
+TEST(ServerProtectionTest, RetryPushbackReachesTheClient) {
+  Server server(TestServerOptions());
+  ASSERT_TRUE(server
+                  .RegisterSync("Busy/Pushback",
+                                [](ServerCall& call, std::string*) {
+                                  absl::Duration d;
+                                  if (!absl::ParseDuration(call.request(), &d)) {
+                                    return absl::InvalidArgumentError(call.request());
+                                  }
+                                  call.SetRetryPushback(absl::Seconds(7));  // replaced below
+                                  call.SetRetryPushback(d);
+                                  return absl::UnavailableError("busy, come back later");
+                                })
+                  .ok());
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"250ms", "250"}, {"1500us", "2"}, {"0s", "0"}, {"-1s", "-1"}, {"inf", "-1"}};
+  for (const auto& [delay, want] : cases) {
+    client::CallResult r = ch->CallBlocking("Busy/Pushback", delay, WithTimeout(absl::Seconds(10)));
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+    std::vector<std::string> values;
+    for (const auto& [k, v] : r.metadata) {
+      if (k == transport::kRetryPushbackKey) values.push_back(v);
+    }
+    EXPECT_THAT(values, ::testing::ElementsAre(want)) << "SetRetryPushback(" << delay << ")";
+  }
+}
+
+TEST(ServerProtectionTest, HealthCheckFollowsSetServing) {
+  Server server(TestServerOptions());
+  ASSERT_TRUE(server.RegisterAsync("Echo/Say", [](std::shared_ptr<ServerCall> call) {
+    call->Finish(absl::OkStatus(), call->request());
+  }).ok());
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+  const client::CallOptions opts = WithTimeout(absl::Seconds(10));
+
+  client::CallResult r = ch->CallBlocking(transport::kHealthCheckMethod, "", opts);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.payload, "SERVING");
+
+  server.SetServing(false);
+  r = ch->CallBlocking(transport::kHealthCheckMethod, "", opts);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  EXPECT_EQ(r.status.message(), "NOT_SERVING");
+  // Only the health service says so: calls are still served.
+  EXPECT_TRUE(ch->CallBlocking("Echo/Say", "x", opts).status.ok());
+
+  server.SetServing(true);
+  r = ch->CallBlocking(transport::kHealthCheckMethod, "", opts);
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.payload, "SERVING");
+
+  ServerStats stats = server.stats();
+  EXPECT_EQ(stats.health_checks, 3);
+  EXPECT_EQ(stats.calls, 1);  // health checks are not calls
+}
+
+// From the moment Shutdown starts (here: while its pre-shutdown hook runs,
+// before the drain) health checks say NOT_SERVING.
+TEST(ServerProtectionTest, HealthCheckSaysNotServingOnceShutdownStarts) {
+  Server server(TestServerOptions());
+  Signal in_hook, checked;
+  server.AddPreShutdownHook([&] {
+    in_hook.Notify();
+    checked.WaitFor(kWaitLimit);
+  });
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+  client::CallResult r =
+      ch->CallBlocking(transport::kHealthCheckMethod, "", WithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+
+  BackgroundTask shutdown([&] { server.Shutdown(absl::Seconds(5)); });
+  ASSERT_TRUE(in_hook.WaitFor(kWaitLimit));
+  r = ch->CallBlocking(transport::kHealthCheckMethod, "", WithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  EXPECT_EQ(r.status.message(), "NOT_SERVING");
+  checked.Notify();
+  shutdown.JoinWithin(kWaitLimit, "Server::Shutdown");
+}
+
+// A handler registered for the health method replaces the built-in one, and
+// health_service = false removes it.
+TEST(ServerProtectionTest, HealthServiceCanBeReplacedOrTurnedOff) {
+  Server custom(TestServerOptions());
+  ASSERT_TRUE(custom.RegisterAsync(transport::kHealthCheckMethod,
+                                   [](std::shared_ptr<ServerCall> call) {
+                                     call->Finish(absl::OkStatus(), "custom");
+                                   })
+                  .ok());
+  StartOnLoopback(custom);
+  ServerOptions off_options = TestServerOptions();
+  off_options.health_service = false;
+  Server off(off_options);
+  StartOnLoopback(off);
+
+  auto ch = MakeChannel(custom.address());
+  ASSERT_NE(ch, nullptr);
+  client::CallResult r =
+      ch->CallBlocking(transport::kHealthCheckMethod, "", WithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.payload, "custom");
+  EXPECT_EQ(custom.stats().health_checks, 0);
+
+  auto off_ch = MakeChannel(off.address());
+  ASSERT_NE(off_ch, nullptr);
+  r = off_ch->CallBlocking(transport::kHealthCheckMethod, "", WithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnimplemented) << r.status;
+}
+
+// With the adaptive limit full (pinned at 1 here) a call is refused at once
+// without running its handler, marked refused and naming the limit; a health
+// check is still answered though the only worker is busy; once the call in
+// flight ends its slot serves the next call.
+TEST(ServerProtectionTest, AdaptiveLimitRefusesExcessButNotHealthChecks) {
+  ServerOptions options = TestServerOptions();
+  options.worker_threads = 1;
+  options.adaptive_concurrency.enabled = true;
+  options.adaptive_concurrency.min_limit = 1;
+  options.adaptive_concurrency.initial_limit = 1;
+  options.adaptive_concurrency.max_limit = 1;
+  Gate gate;
+  std::atomic<int> runs{0};
+  Server server(options);
+  ASSERT_TRUE(server.RegisterSync("Slow/Gate", [&](ServerCall&, std::string* out) {
+    runs.fetch_add(1);
+    *out = "done";
+    return gate.Pass();
+  }).ok());
+  StartOnLoopback(server);
+  EXPECT_EQ(server.stats().concurrency_limit, 1);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+
+  ResultSlot first;
+  ch->Call("Slow/Gate", "", WithTimeout(absl::Seconds(60)), first.Callback());
+  ASSERT_TRUE(gate.WaitForWaiting(1));
+
+  client::CallResult shed = ch->CallBlocking("Slow/Gate", "", WithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(shed.status.code(), absl::StatusCode::kResourceExhausted) << shed.status;
+  EXPECT_TRUE(shed.not_processed);
+  EXPECT_THAT(std::string(shed.status.message()),
+              HasSubstr("adaptive concurrency limit (1 calls in flight) reached"));
+  EXPECT_EQ(shed.endpoint, server.address());
+
+  client::CallResult health =
+      ch->CallBlocking(transport::kHealthCheckMethod, "", WithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(health.status.ok()) << health.status;
+  EXPECT_EQ(health.payload, "SERVING");
+
+  gate.Open();
+  ASSERT_TRUE(first.WaitFor(kWaitLimit));
+  EXPECT_TRUE(first.result().status.ok()) << first.result().status;
+  client::CallResult next = ch->CallBlocking("Slow/Gate", "", WithTimeout(absl::Seconds(10)));
+  EXPECT_TRUE(next.status.ok()) << next.status;
+  EXPECT_EQ(runs.load(), 2);
+
+  ServerStats stats = server.stats();
+  EXPECT_EQ(stats.shed, 1);
+  EXPECT_EQ(stats.calls, 3);
+  EXPECT_EQ(stats.health_checks, 1);
+  EXPECT_EQ(stats.concurrency_limit, 1);
+}
+
+TEST(ServerProtectionTest, InvalidAdaptiveOptionsFailStartNamingTheField) {
+  ServerOptions options = TestServerOptions();
+  options.adaptive_concurrency.enabled = true;
+  options.adaptive_concurrency.min_limit = 0;
+  Server server(options);
+  absl::StatusOr<int> port = server.Start("127.0.0.1:0");
+  EXPECT_EQ(port.status().code(), absl::StatusCode::kInvalidArgument) << port.status();
+  EXPECT_THAT(std::string(port.status().message()),
+              HasSubstr("ServerOptions.adaptive_concurrency.min_limit"));
+
+  Server plain(TestServerOptions());
+  EXPECT_EQ(plain.stats().concurrency_limit, 0);
+  EXPECT_EQ(plain.stats().calls, 0);
 }
 
 }  // namespace
