@@ -204,6 +204,61 @@ TEST(ExamplesTest, EchoServerRejectsBadFlags) {
   EXPECT_TRUE(absl::StrContains(server.err(), "--error_rate")) << server.err();
 }
 
+TEST(ExamplesTest, EchoServerRejectsBadTailAndConcurrencyFlags) {
+  for (std::vector<std::string> flags :
+       {std::vector<std::string>{"--tail_fraction=1.5", "--tail_latency_ms=10"},
+        std::vector<std::string>{"--tail_fraction=0.1"},
+        std::vector<std::string>{"--tail_latency_ms=-3", "--tail_fraction=0.1"}}) {
+    std::vector<std::string> argv = {EchoServer(), "--port=0"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    Process server(argv);
+    EXPECT_EQ(server.Wait(absl::Seconds(10)), 2) << flags[0];
+    EXPECT_TRUE(absl::StrContains(server.err(), "--tail_")) << server.err();
+  }
+}
+
+TEST(ExamplesTest, TailFlagsSlowARandomShareOfCalls) {
+  Process server({EchoServer(), "--port=0", "--tail_latency_ms=200", "--tail_fraction=0.1"});
+  std::string addr = StartServer(&server);
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + ConfigFor(addr), "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=200",
+                              "--concurrency=20", "--json"});
+  EXPECT_EQ(j["ok"], 200) << j.dump();
+  EXPECT_LT(j["latency_us"]["p50"].get<double>(), 100'000) << j.dump();
+  EXPECT_GE(j["latency_us"]["p99"].get<double>(), 200'000) << j.dump();
+}
+
+TEST(ExamplesTest, HedgingFaultsAndAmplificationAreReported) {
+  Process fast({EchoServer(), "--port=0", "--name=fast"});
+  Process slow({EchoServer(), "--port=0", "--name=slow", "--latency_ms=300"});
+  std::string addr_fast = StartServer(&fast), addr_slow = StartServer(&slow);
+  std::string config = WriteConfig(absl::StrCat(
+      R"({"services": {"echo": {"discovery": {"static": {"endpoints": [")", addr_fast, R"(", ")",
+      addr_slow, R"("]}}, "load_balancer": [{"round_robin": {}}],)"
+      R"("hedging": {"delay": "20ms", "max_extra_load": 1.0},)"
+      R"("fault": {"abort": {"percent": 10, "code": "ABORTED"}}}}})"));
+  nlohmann::json j = RunJson({Meshcall(), "--config=" + config, "--service=echo",
+                              "--method=Echo/Say", "--data=x", "--requests=100",
+                              "--concurrency=4", "--idempotent", "--json"});
+  // Every call that reached the slow server first was hedged to the fast
+  // one; about 10% were failed on purpose before reaching either.
+  EXPECT_GT(j["hedges"].get<int>(), 20) << j.dump();
+  EXPECT_GT(j["errors"].value("ABORTED", 0), 0) << j.dump();
+  EXPECT_EQ(j["ok"].get<int>() + j["errors"].value("ABORTED", 0), 100) << j.dump();
+  EXPECT_GT(j["amplification"].get<double>(), 1.2) << j.dump();
+  EXPECT_GT(j["faults"]["aborted"].get<int>(), 0) << j.dump();
+  EXPECT_LT(j["latency_us"]["p99"].get<double>(), 250'000) << j.dump();
+}
+
+TEST(ExamplesTest, BrokenHedgingConfigExitsNonZeroNamingTheField) {
+  std::string path = WriteConfig(
+      R"({"services": {"echo": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+          "hedging": {"delay": "10ms", "max_attempts": 9}}}})");
+  Process call({Meshcall(), "--config=" + path, "--service=echo", "--method=Echo/Say", "--data=x"});
+  EXPECT_NE(call.Wait(absl::Seconds(30)), 0);
+  EXPECT_TRUE(absl::StrContains(call.err(), "services.echo.hedging.max_attempts")) << call.err();
+}
+
 TEST(ExamplesTest, SigtermDrainsCallsInFlight) {
   Process server({EchoServer(), "--port=0", "--latency_ms=1000"});
   std::string addr = StartServer(&server);

@@ -117,6 +117,13 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   sc->fault_ = fault;
   sc->budget_ = std::make_unique<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
   sc->breaker_ = std::make_shared<resilience::CircuitBreaker>(breaker, service);
+  if (hedging.enabled) {
+    resilience::RetryBudgetOptions hb;
+    hb.ratio = hedging.max_extra_load;
+    hb.min_per_second = 1;
+    hb.ttl = retry.budget.ttl;
+    sc->hedge_budget_ = std::make_unique<resilience::RetryBudget>(hb, &runtime::RealClock());
+  }
   if (hedging.enabled && hedging.percentile > 0) {
     resilience::LatencyTrackerOptions lt;
     lt.min_samples = hedging.min_samples;
@@ -721,7 +728,7 @@ void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
     if (static_cast<int>(st->in_flight.size()) >= hedging_.max_attempts) return;
     if (endpoint_count_.load(std::memory_order_relaxed) <= st->tried.size()) return;
   }
-  if (!budget_->TryWithdraw()) {
+  if (!hedge_budget_->TryWithdraw() || !budget_->TryWithdraw()) {
     hedges_denied_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -754,6 +761,7 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
   st->deadline = DeadlineOf(options);
   st->timer_loop = &options_.channel.runtime->NextLoop();
   st->hedged = hedging_.enabled && options.idempotent;
+  if (st->hedged) hedge_budget_->Deposit();
   if (fault_.enabled()) {
     resilience::FaultInjection::Decision f =
         fault_.Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());

@@ -283,6 +283,7 @@ class ServiceChannel {
   resilience::HedgingPolicy hedging_;
   resilience::FaultInjection fault_;
   std::unique_ptr<resilience::RetryBudget> budget_;
+  std::unique_ptr<resilience::RetryBudget> hedge_budget_;  // max_extra_load
   // Shared with calls still waiting on a timer when the channel goes.
   std::shared_ptr<resilience::CircuitBreaker> breaker_;
   std::unique_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile

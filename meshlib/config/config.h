@@ -6,11 +6,11 @@
 //
 // Every error names the offending field's path and the rule it broke, e.g.
 // `services.echo.timeout: "fast" is not a duration (examples: "250ms", "1s")`.
-// This version validates discovery (every registered kind) and the per-call
-// timeout; the
-// other documented sections (load_balancer, retry, hedging, circuit_breaker,
-// outlier_detection) are checked for being JSON objects/lists and kept raw
-// for the layers that read them.
+// Every section is validated here by the parser of the layer that reads
+// it (discovery by its kind, load_balancer by its policy, retry, hedging,
+// circuit_breaker, outlier_detection, health_check, fault), so a bad file
+// fails at load; the sections are also kept raw for those layers, which
+// parse them again when they are built.
 //
 // Threading: the result is an immutable value; share it freely.
 #ifndef MESHLIB_CONFIG_CONFIG_H_

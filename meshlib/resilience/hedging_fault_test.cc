@@ -14,6 +14,13 @@ TEST(HedgingPolicyTest, FixedDelay) {
   EXPECT_EQ(p->max_attempts, 3);
   EXPECT_EQ(p->DelayFor(std::nullopt), absl::Milliseconds(50));
   EXPECT_EQ(p->DelayFor(absl::Milliseconds(7)), absl::Milliseconds(50));  // fixed wins
+  EXPECT_DOUBLE_EQ(p->max_extra_load, 0.05);
+  auto p95 = ParseHedgingPolicy(json::parse(R"({"percentile": 95})"), "h");
+  EXPECT_NEAR(p95->max_extra_load, 0.05, 1e-9);
+  auto p999 = ParseHedgingPolicy(json::parse(R"({"percentile": 99.9})"), "h");
+  EXPECT_DOUBLE_EQ(p999->max_extra_load, 0.01);
+  auto set = ParseHedgingPolicy(json::parse(R"({"percentile": 99, "max_extra_load": 0.2})"), "h");
+  EXPECT_DOUBLE_EQ(set->max_extra_load, 0.2);
 }
 
 TEST(HedgingPolicyTest, TrackedPercentileWithFallbackAndFloor) {
@@ -39,6 +46,7 @@ TEST(HedgingPolicyTest, ErrorsNameTheField) {
       {R"({"percentile": 100})", "services.e.hedging.percentile"},
       {R"({"delay": "soon"})", "services.e.hedging.delay"},
       {R"({"delay": "5ms", "hedge_on": 1})", "hedge_on"},
+      {R"({"delay": "5ms", "max_extra_load": 2})", "services.e.hedging.max_extra_load"},
   };
   for (const Case& c : cases) {
     auto p = ParseHedgingPolicy(json::parse(c.text), "services.e.hedging");

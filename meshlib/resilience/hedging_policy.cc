@@ -18,7 +18,8 @@ std::optional<absl::Duration> HedgingPolicy::DelayFor(
 absl::StatusOr<HedgingPolicy> ParseHedgingPolicy(const nlohmann::json& j,
                                                  absl::string_view path) {
   if (auto st = config::CheckObject(
-          j, path, {"delay", "percentile", "max_attempts", "min_delay", "min_samples"});
+          j, path,
+          {"delay", "percentile", "max_attempts", "min_delay", "min_samples", "max_extra_load"});
       !st.ok()) {
     return st;
   }
@@ -50,6 +51,11 @@ absl::StatusOr<HedgingPolicy> ParseHedgingPolicy(const nlohmann::json& j,
   p.min_samples = static_cast<int>(samples);
   if (p.percentile == 0 && p.delay == absl::ZeroDuration()) {
     return config::FieldError(path, "needs \"delay\" (fixed) or \"percentile\" (tracked)");
+  }
+  p.max_extra_load = p.percentile > 0 ? std::max(0.01, 1 - p.percentile / 100) : 0.05;
+  if (auto st = config::OptionalDouble(j, path, "max_extra_load", 0.0001, 1, &p.max_extra_load);
+      !st.ok()) {
+    return st;
   }
   return p;
 }
