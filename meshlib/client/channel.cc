@@ -20,6 +20,7 @@
 
 namespace meshlib::client {
 
+class ClientCall;
 class ClientConnection;
 class Subchannel;
 
@@ -32,8 +33,9 @@ static thread_local const ClientCall* inline_reader_call = nullptr;
 
 // State of one call, shared by the caller's handle, the deadline timer and
 // the connection. Whoever flips `completed` first delivers the result.
-class ClientCall {
+class ClientCall final : public Cancellable {
  public:
+  void Cancel() override;
   std::string method;
   std::string address;
   absl::Duration timeout;
@@ -210,21 +212,11 @@ void ClientCall::AbandonOnWire() {
   if (conn && conn->Forget(id)) conn->SendCancel(id);
 }
 
-std::shared_ptr<ClientConnection> CallHandle::WireConnection() const {
-  return call_ ? call_->WireConnection() : nullptr;
-}
-
-bool CallHandle::OwnsInlineRead() const {
-  return call_ && call_->inline_reading.load(std::memory_order_acquire);
-}
-
-void CallHandle::Cancel() {
-  if (!call_) return;
-  if (call_->Complete(Failure(absl::CancelledError(absl::StrCat(
-                                  "call to ", call_->method, " on ", call_->address,
-                                  " cancelled by the caller")),
-                              false))) {
-    call_->AbandonOnWire();
+void ClientCall::Cancel() {
+  if (Complete(Failure(absl::CancelledError(absl::StrCat("call to ", method, " on ", address,
+                                                         " cancelled by the caller")),
+                       false))) {
+    AbandonOnWire();
   }
 }
 
@@ -813,9 +805,10 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
   // Read the reply on this thread when the call could take over reading:
   // the reactor then neither wakes for it nor has to wake us, one thread
   // hand-off less per call.
-  if (handle.OwnsInlineRead()) {
-    std::shared_ptr<ClientConnection> conn = handle.WireConnection();
-    inline_reader_call = handle.call_.get();
+  auto* call = static_cast<ClientCall*>(handle.cancellable().get());
+  if (call != nullptr && call->inline_reading.load(std::memory_order_acquire)) {
+    std::shared_ptr<ClientConnection> conn = call->WireConnection();
+    inline_reader_call = call;
     while (conn && !ready.load(std::memory_order_acquire)) {
       if (absl::GetCurrentTimeNanos() < spin_until) {
         if (!conn->ReadInline(absl::ZeroDuration())) break;

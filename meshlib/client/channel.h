@@ -37,70 +37,11 @@
 #include "absl/time/time.h"
 #include "meshlib/core/backoff.h"
 #include "meshlib/runtime/event_loop.h"
+#include "meshlib/client/call_types.h"
+#include "meshlib/client/caller.h"
 #include "meshlib/transport/frame.h"
 
 namespace meshlib::client {
-
-using transport::Metadata;
-
-struct CallOptions {
-  // How long the caller waits, from the call's start. Default: the channel's
-  // default_timeout. The remaining time travels to the server.
-  absl::Duration timeout = absl::ZeroDuration();
-  // An absolute deadline on top of `timeout`: the call ends at the earlier of
-  // the two. Pass an incoming call's deadline (server::ServerCall::deadline)
-  // here when calling out from a thread where it is not installed. Calls made
-  // while a handler runs take the handler's deadline by themselves (see
-  // core::ScopedDeadline). A call whose deadline has already passed is not
-  // sent: it fails at once with DEADLINE_EXCEEDED.
-  absl::Time deadline = absl::InfiniteFuture();
-  // Request metadata (key/value pairs), sent with the call.
-  Metadata metadata;
-  // For hash-based balancing (ring_hash, maglev): calls with the same key go
-  // to the same endpoint while the set allows. See lb::Hash64 for keys made
-  // of bytes. Ignored by a single Channel.
-  uint64_t hash_key = 0;
-  bool has_hash_key = false;
-  // The call is safe to repeat (no effect beyond the first), so a
-  // ServiceChannel with a retry policy may retry it on the policy's status
-  // codes. Calls that provably never reached a handler are retried either
-  // way. Ignored by a single Channel.
-  bool idempotent = false;
-};
-
-struct CallResult {
-  absl::Status status;
-  std::string payload;
-  Metadata metadata;  // response metadata
-  // Address of the endpoint that answered; empty when no reply was received
-  // (connect failure, deadline, cancellation, lost connection).
-  std::string endpoint;
-  // The server (or this client) proves the request was never processed, so
-  // it is safe to retry even when not idempotent: refused by the server
-  // (draining, stream limit), never sent, or connection not established.
-  bool not_processed = false;
-};
-
-using CallCallback = absl::AnyInvocable<void(CallResult)>;
-
-class ClientCall;
-class ClientConnection;
-
-// Cancels one call. Copyable; a default-constructed handle does nothing.
-class CallHandle {
- public:
-  CallHandle() = default;
-  explicit CallHandle(std::shared_ptr<ClientCall> call) : call_(std::move(call)) {}
-  // Completes the call with CANCELLED (if it has not completed) and tells the
-  // server to stop working on it.
-  void Cancel();
-
- private:
-  friend class Channel;
-  std::shared_ptr<ClientConnection> WireConnection() const;
-  bool OwnsInlineRead() const;
-  std::shared_ptr<ClientCall> call_;
-};
 
 struct ChannelOptions {
   // Reactor threads when no runtime is given. Default 1.
@@ -143,7 +84,7 @@ struct ChannelOptions {
 
 class Subchannel;
 
-class Channel {
+class Channel final : public Caller {
  public:
   static absl::StatusOr<std::unique_ptr<Channel>> Create(std::string address,
                                                          ChannelOptions options);
@@ -153,9 +94,9 @@ class Channel {
   Channel& operator=(const Channel&) = delete;
 
   CallHandle Call(absl::string_view method, absl::string_view request,
-                  const CallOptions& options, CallCallback done);
+                  const CallOptions& options, CallCallback done) override;
   CallResult CallBlocking(absl::string_view method, absl::string_view request,
-                          const CallOptions& options = {});
+                          const CallOptions& options = {}) override;
 
   const std::string& address() const { return address_; }
   // Connections that are established right now.

@@ -534,7 +534,21 @@ absl::Time ServiceChannel::DeadlineOf(const CallOptions& options) const {
 // One asynchronous call across its attempts (one at a time, or several when
 // hedged). If it is destroyed before it completed (its timer dropped with a
 // stopping runtime), the caller still hears of it: CANCELLED.
-struct ServiceChannel::CallState {
+struct ServiceChannel::CallState final : public Cancellable {
+  // By the caller, through the CallHandle.
+  void Cancel() override {
+    std::vector<CallHandle> attempts;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!done) return;
+      for (auto& f : in_flight) attempts.push_back(f.handle);
+    }
+    CallResult r;
+    r.status = absl::CancelledError(absl::StrCat("call to ", method, " cancelled by the caller"));
+    Finish(std::move(r));
+    for (CallHandle& h : attempts) h.Cancel();
+  }
+
   std::string method, request;
   CallOptions options;
   absl::Time deadline;
@@ -770,6 +784,7 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
       bool abort = f.abort;
       runtime::EventLoop* loop = st->timer_loop;
       absl::Duration wait = std::min(f.delay, st->deadline - absl::Now());
+      CallHandle handle(st);
       RunLater(loop, wait, std::move(st),
                [abort](ServiceChannel* sc, std::shared_ptr<CallState> s) {
                  if (abort) {
@@ -780,7 +795,7 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
                  }
                  sc->StartAsync(std::move(s));
                });
-      return CallHandle();
+      return handle;
     }
     if (f.abort) {
       faults_aborted_.fetch_add(1, std::memory_order_relaxed);
@@ -790,8 +805,9 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
       return CallHandle();
     }
   }
+  CallHandle handle(st);
   StartAsync(std::move(st));
-  return CallHandle();
+  return handle;
 }
 
 CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,

@@ -156,7 +156,7 @@ struct EndpointState {
   absl::Duration latency_ewma;
 };
 
-class ServiceChannel {
+class ServiceChannel final : public Caller {
  public:
   static absl::StatusOr<std::unique_ptr<ServiceChannel>> Create(
       std::string service, const nlohmann::json& discovery, ServiceChannelOptions options);
@@ -164,10 +164,12 @@ class ServiceChannel {
   ServiceChannel(const ServiceChannel&) = delete;
   ServiceChannel& operator=(const ServiceChannel&) = delete;
 
+  // The handle cancels the call: it completes with CANCELLED and every
+  // attempt in flight is cancelled on its server.
   CallHandle Call(absl::string_view method, absl::string_view request,
-                  const CallOptions& options, CallCallback done);
+                  const CallOptions& options, CallCallback done) override;
   CallResult CallBlocking(absl::string_view method, absl::string_view request,
-                          const CallOptions& options = {});
+                          const CallOptions& options = {}) override;
 
   // Blocks until discovery has produced endpoints and they are applied.
   bool WaitForEndpoints(absl::Duration timeout);

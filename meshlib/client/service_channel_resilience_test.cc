@@ -529,5 +529,30 @@ TEST(ServiceChannelHealthCheckTest, UnreachableEndpointIsMarkedUnhealthy) {
   }
 }
 
+TEST(ServiceChannelTest, CancelEndsTheCallAndItsAttemptsOnTheServer) {
+  std::atomic<int> cancelled{0};
+  TestServer a(SlowEcho(absl::Seconds(3), &cancelled)), b(SlowEcho(absl::Seconds(3), &cancelled));
+  auto sc = Open({a.address(), b.address()}, {{"hedging", {{"delay", "20ms"}}}});
+  WarmUp(*sc, 0);
+  CallOptions o;
+  o.idempotent = true;
+  core::Notification done;
+  CallResult result;
+  CallHandle h = sc->Call("Echo/Say", "x", o, [&](CallResult r) {
+    result = std::move(r);
+    done.Notify();
+  });
+  // Both the first attempt and its hedge are running.
+  ASSERT_TRUE(Eventually([&] { return a.handled.load() + b.handled.load() == 2; },
+                         absl::Seconds(5)));
+  absl::Time start = absl::Now();
+  h.Cancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(1)));
+  EXPECT_EQ(result.status.code(), absl::StatusCode::kCancelled) << result.status;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  ASSERT_TRUE(Eventually([&] { return cancelled.load() == 2; }, absl::Seconds(3)));
+  h.Cancel();  // a second cancel does nothing
+}
+
 }  // namespace
 }  // namespace meshlib::client
