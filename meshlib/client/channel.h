@@ -39,6 +39,7 @@
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/client/call_types.h"
 #include "meshlib/client/caller.h"
+#include "meshlib/client/endpoint_channel.h"
 #include "meshlib/transport/frame.h"
 
 namespace meshlib::client {
@@ -84,7 +85,7 @@ struct ChannelOptions {
 
 class Subchannel;
 
-class Channel final : public Caller {
+class Channel final : public EndpointChannel {
  public:
   static absl::StatusOr<std::unique_ptr<Channel>> Create(std::string address,
                                                          ChannelOptions options);
@@ -98,19 +99,19 @@ class Channel final : public Caller {
   CallResult CallBlocking(absl::string_view method, absl::string_view request,
                           const CallOptions& options = {}) override;
 
-  const std::string& address() const { return address_; }
+  const std::string& address() const override { return address_; }
   // Connections that are established right now.
-  int ReadyConnections() const;
+  int ReadyConnections() const override;
   // Every connection's last attempt to connect failed and it waits out its
   // backoff: a call now would fail at once (gRPC's TRANSIENT_FAILURE).
-  bool Unreachable() const;
+  bool Unreachable() const override;
   // Calls sent and awaiting a reply, over all connections.
   size_t CallsInFlightForTesting() const;
   // Calls not yet completed: awaiting a reply, or queued while a connection
   // is set up. A channel with none can be destroyed without failing a call.
-  size_t CallsOutstanding() const;
+  size_t CallsOutstanding() const override;
   // Starts connecting now instead of at the first call.
-  void Connect();
+  void Connect() override;
 
  private:
   Channel(std::string address, ChannelOptions options);

@@ -9,6 +9,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
@@ -38,7 +39,7 @@ struct ServiceChannel::HealthProbe {
   explicit HealthProbe(const resilience::HealthCheckOptions& o) : checker(o) {}
   resilience::HealthChecker checker;  // control loop
   std::atomic<bool> healthy{true};    // checker.healthy(), for any thread
-  std::weak_ptr<Channel> channel;
+  std::weak_ptr<EndpointChannel> channel;
   runtime::TimerId timer;             // control loop
   bool stopped = false;               // control loop: the endpoint left
 };
@@ -146,11 +147,15 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     if (!loop.ok()) return loop.status();
     sc->control_ = std::shared_ptr<runtime::EventLoop>(std::move(*loop));
   }
-  auto d = discovery::Discovery::Create(service, discovery, sc->control_.get(),
-                                        absl::StrCat(options.config_path, ".discovery"),
-                                        discovery::ResolverRegistry::Global(), options.seed);
-  if (!d.ok()) return d.status();
-  sc->discovery_ = *std::move(d);
+  if (options.shared_discovery != nullptr) {
+    sc->discovery_ = options.shared_discovery;
+  } else {
+    auto d = discovery::Discovery::Create(service, discovery, sc->control_.get(),
+                                          absl::StrCat(options.config_path, ".discovery"),
+                                          discovery::ResolverRegistry::Global(), options.seed);
+    if (!d.ok()) return d.status();
+    sc->discovery_ = *std::move(d);
+  }
   ServiceChannel* raw = sc.get();
   sc->subscription_ = sc->discovery_->Subscribe(
       [raw](std::shared_ptr<const discovery::EndpointSet> set) { raw->Apply(std::move(set)); });
@@ -187,12 +192,24 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
   std::map<std::string, Member, std::less<>> next;
   std::vector<discovery::Endpoint> kept;
   kept.reserve(set->size());
+  bool filtered = false;
   for (const discovery::Endpoint& e : set->endpoints()) {
+    if (options_.endpoint_filter && !options_.endpoint_filter(e)) {
+      filtered = true;
+      continue;
+    }
     Member m;
     if (auto it = members_.find(e.address); it != members_.end()) {
       m = it->second;
     } else {
-      auto created = Channel::Create(e.address, options_.channel);
+      absl::StatusOr<std::shared_ptr<EndpointChannel>> created;
+      if (options_.channel_factory) {
+        created = options_.channel_factory(e.address);
+      } else if (auto ch = Channel::Create(e.address, options_.channel); ch.ok()) {
+        created = std::shared_ptr<EndpointChannel>(std::move(*ch));
+      } else {
+        created = ch.status();
+      }
       if (!created.ok()) {
         // Discovery validated the address; this is a resource failure.
         core::Log(core::LogLevel::kWarning,
@@ -200,7 +217,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
                                created.status().ToString()));
         continue;
       }
-      m.channel = std::shared_ptr<Channel>(std::move(*created));
+      m.channel = *std::move(created);
       m.channel->Connect();
       m.stats = std::make_shared<lb::EndpointStats>(policy_->StatsOptions());
       if (outliers_ != nullptr) m.outlier = outliers_->AddHost(e.address);
@@ -214,7 +231,9 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
     kept.push_back(e);
     next.emplace(e.address, std::move(m));
   }
-  if (kept.size() != set->size()) set = discovery::EndpointSet::Create(std::move(kept));
+  if (filtered || kept.size() != set->size()) {
+    set = discovery::EndpointSet::Create(std::move(kept));
+  }
   for (auto& [addr, m] : members_) {
     if (next.count(addr)) continue;
     draining_.push_back({m.channel, absl::Now() + options_.drain_timeout});
@@ -303,7 +322,7 @@ void ServiceChannel::StartHealthProbe(const std::string& address,
                                       absl::Duration delay) {
   hp->timer = control_->RunAfter(delay, [this, address, hp] {
     hp->timer = {};
-    std::shared_ptr<Channel> channel = hp->channel.lock();
+    std::shared_ptr<EndpointChannel> channel = hp->channel.lock();
     if (hp->stopped || channel == nullptr) return;
     CallOptions o;
     o.timeout = hp->checker.options().timeout;
@@ -660,7 +679,7 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
   }
   absl::Time start = absl::Now();
   picked.stats->OnCallStart();
-  Channel* channel = picked.channel.get();
+  EndpointChannel* channel = picked.channel.get();
   CallHandle handle = channel->Call(
       st->method, st->request, attempt,
       [this, st, picked = std::move(picked), start, pending, id](CallResult r) mutable {
@@ -753,7 +772,14 @@ void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
 
 void ServiceChannel::StartAsync(std::shared_ptr<CallState> st) {
   Attempt(st);
-  if (st->hedged) ArmHedge(st);
+  if (st->hedged) {
+    bool finished;
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      finished = st->finished();
+    }
+    if (!finished) ArmHedge(st);  // an answer already in hand needs no timer
+  }
 }
 
 CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
@@ -932,6 +958,103 @@ std::vector<EndpointState> ServiceChannel::EndpointStates() const {
     e.latency_ewma = absl::Nanoseconds(m.stats->PeakEwmaNanos(now));
     out.push_back(std::move(e));
   }
+  return out;
+}
+
+namespace {
+std::string Dur(absl::Duration d) { return absl::FormatDuration(d); }
+std::string Pct(double fraction) { return absl::StrCat(fraction * 100, "%"); }
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> ServiceChannel::Describe() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (fault_.enabled()) {
+    std::string f;
+    if (fault_.delay_percent > 0) {
+      absl::StrAppend(&f, "delay ", fault_.delay_percent, "% of calls by ", Dur(fault_.delay));
+    }
+    if (fault_.abort_percent > 0) {
+      absl::StrAppend(&f, f.empty() ? "" : "; ", "abort ", fault_.abort_percent, "% with ",
+                      absl::StatusCodeToString(fault_.abort_code));
+    }
+    out.emplace_back("fault", f);
+  } else {
+    out.emplace_back("fault", "none");
+  }
+  out.emplace_back("deadline",
+                   absl::StrCat("timeout ", Dur(options_.channel.default_timeout),
+                                " unless the call sets one; the caller's deadline is inherited",
+                                retry_.per_try_timeout > absl::ZeroDuration()
+                                    ? absl::StrCat("; each attempt at most ",
+                                                   Dur(retry_.per_try_timeout))
+                                    : ""));
+  std::vector<std::string> codes;
+  for (absl::StatusCode c : retry_.retry_on) codes.push_back(absl::StatusCodeToString(c));
+  const resilience::RetryBudgetOptions& b = retry_.budget;
+  std::string budget = absl::StrCat("budget ", Pct(b.ratio), " of calls + ", b.min_per_second,
+                                    "/s over ", Dur(b.ttl));
+  if (retry_.max_attempts > 1) {
+    out.emplace_back("retry", absl::StrCat("idempotent calls up to ", retry_.max_attempts,
+                                           " attempts on [", absl::StrJoin(codes, ", "),
+                                           "], backoff ", Dur(retry_.backoff_base), "..",
+                                           Dur(retry_.backoff_max), " full jitter; ", budget,
+                                           "; unsent calls once more elsewhere"));
+  } else {
+    out.emplace_back("retry", absl::StrCat("unsent calls once more elsewhere (", budget, ")"));
+  }
+  if (hedging_.enabled) {
+    std::string when = hedging_.percentile > 0
+                           ? absl::StrCat("p", hedging_.percentile, " of recent attempts",
+                                          hedging_.delay > absl::ZeroDuration()
+                                              ? absl::StrCat(" (", Dur(hedging_.delay),
+                                                             " until known)")
+                                              : "")
+                           : Dur(hedging_.delay);
+    out.emplace_back("hedging", absl::StrCat("idempotent calls after ", when, ", up to ",
+                                             hedging_.max_attempts, " in flight, at most ",
+                                             Pct(hedging_.max_extra_load), " extra load"));
+  } else {
+    out.emplace_back("hedging", "off");
+  }
+  const resilience::CircuitBreakerOptions& cb = breaker_->options();
+  out.emplace_back("circuit breaker",
+                   absl::StrCat("max_requests ", cb.max_requests, ", max_pending ",
+                                cb.max_pending, ", max_retries ", cb.max_retries));
+  out.emplace_back("balancer", policy_->Describe());
+  std::string health;
+  if (outliers_ != nullptr) {
+    const resilience::OutlierDetectionOptions& o = outliers_->options();
+    absl::StrAppend(&health, "outlier detection: ", o.consecutive_failures,
+                    " failures in a row, sweep every ", Dur(o.interval), ", ejection ",
+                    Dur(o.base_ejection_time), " growing to ", Dur(o.max_ejection_time),
+                    ", at most ", o.max_ejection_percent, "% out");
+    if (o.success_rate.enabled) {
+      absl::StrAppend(&health, ", success rate below mean - ", o.success_rate.stdev_factor,
+                      " stdev");
+    }
+    if (o.failure_percentage.enabled) {
+      absl::StrAppend(&health, ", failures >= ", o.failure_percentage.threshold, "%");
+    }
+  } else {
+    health = "outlier detection off";
+  }
+  if (health_checks_) {
+    absl::StrAppend(&health, "; health checks: ", health_options_.method, " every ",
+                    Dur(health_options_.interval), " (", health_options_.unhealthy_threshold,
+                    " down, ", health_options_.healthy_threshold, " up)");
+  } else {
+    absl::StrAppend(&health, "; health checks off");
+  }
+  absl::StrAppend(&health, "; unreachable endpoints skipped");
+  out.emplace_back("endpoint health", health);
+  out.emplace_back(
+      "pool", absl::StrCat(endpoint_count_.load(std::memory_order_relaxed), " endpoints (",
+                           ejected_count_.load(std::memory_order_relaxed), " ejected, ",
+                           unhealthy_count_.load(std::memory_order_relaxed), " unhealthy), ",
+                           options_.channel_factory ? "custom transport"
+                                                    : absl::StrCat(options_.channel.connections,
+                                                                   " connection(s) each"),
+                           ", connect timeout ", Dur(options_.channel.connect_timeout)));
   return out;
 }
 

@@ -56,6 +56,7 @@
 #define MESHLIB_CLIENT_SERVICE_CHANNEL_H_
 
 #include <atomic>
+#include <functional>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -66,6 +67,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
+#include "meshlib/client/endpoint_channel.h"
 #include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
@@ -116,6 +118,18 @@ struct ServiceChannelOptions {
   // Path of the service in the config, for messages. Default
   // "services.<service>".
   std::string config_path;
+  // Share a Discovery instead of creating one from the `discovery` JSON
+  // (which may then be null): several channels over one service (subsets,
+  // a configuration reload) then watch the source once. `control_loop`
+  // must be the loop the Discovery runs on.
+  std::shared_ptr<discovery::Discovery> shared_discovery;
+  // Keep only the endpoints this accepts (a subset of the service, e.g. by
+  // metadata). Null: all.
+  std::function<bool(const discovery::Endpoint&)> endpoint_filter;
+  // Makes the channel to one endpoint. Null: a client::Channel with
+  // `channel`'s options. Tests and benchmarks plug in other transports.
+  std::function<absl::StatusOr<std::shared_ptr<EndpointChannel>>(const std::string& address)>
+      channel_factory;
   uint64_t seed = 0;
 };
 
@@ -182,11 +196,15 @@ class ServiceChannel final : public Caller {
   std::shared_ptr<lb::EndpointStats> EndpointStatsFor(absl::string_view address) const;
   // Every endpoint of the current set with its health, sorted by address.
   std::vector<EndpointState> EndpointStates() const;
+  // The layers a call goes through, top to bottom, each as {role, its
+  // effective settings}: fault, deadline, retry, hedging, circuit breaker,
+  // balancer, endpoint health, pool.
+  std::vector<std::pair<std::string, std::string>> Describe() const;
 
  private:
   struct HealthProbe;
   struct Member {
-    std::shared_ptr<Channel> channel;
+    std::shared_ptr<EndpointChannel> channel;
     std::shared_ptr<lb::EndpointStats> stats;
     std::shared_ptr<resilience::OutlierDetector::Host> outlier;  // null: no detection
     std::shared_ptr<HealthProbe> health;                         // null: no checks
@@ -197,13 +215,13 @@ class ServiceChannel final : public Caller {
     std::unique_ptr<lb::Picker> picker;
   };
   struct Draining {
-    std::shared_ptr<Channel> channel;
+    std::shared_ptr<EndpointChannel> channel;
     absl::Time deadline;
   };
   // What a call holds after the pick: keeps the channel alive without the
   // snapshot (a blocking call must not hold a read guard while it waits).
   struct Picked {
-    std::shared_ptr<Channel> channel;
+    std::shared_ptr<EndpointChannel> channel;
     std::shared_ptr<lb::EndpointStats> stats;
     std::shared_ptr<resilience::OutlierDetector::Host> outlier;
     bool probe = false;  // this attempt is the endpoint's probation probe
@@ -256,7 +274,7 @@ class ServiceChannel final : public Caller {
   const std::string service_;
   ServiceChannelOptions options_;
   std::shared_ptr<runtime::EventLoop> control_;
-  std::unique_ptr<discovery::Discovery> discovery_;
+  std::shared_ptr<discovery::Discovery> discovery_;
   std::unique_ptr<lb::Policy> policy_;  // control loop only
   uint64_t subscription_ = 0;
 

@@ -10,6 +10,7 @@
 #include "meshlib/client/service_channel.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/server/server.h"
+#include "meshlib/testing/in_memory_channel.h"
 #include "meshlib/testing/subprocess.h"
 #include "meshlib/transport/frame.h"
 
@@ -552,6 +553,66 @@ TEST(ServiceChannelTest, CancelEndsTheCallAndItsAttemptsOnTheServer) {
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
   ASSERT_TRUE(Eventually([&] { return cancelled.load() == 2; }, absl::Seconds(3)));
   h.Cancel();  // a second cancel does nothing
+}
+
+// --- Seams for the mesh: a shared discovery, an endpoint filter, another
+// transport ---
+
+TEST(ServiceChannelTest, SubsetsShareOneDiscoveryOverAnInMemoryTransport) {
+  auto loop = std::shared_ptr<runtime::EventLoop>(runtime::EventLoop::Create("ctl").value());
+  json endpoints = json::parse(R"({"static": {"endpoints": [
+      {"address": "10.0.0.1:1", "metadata": {"version": "v1"}},
+      {"address": "10.0.0.2:1", "metadata": {"version": "v1"}},
+      {"address": "10.0.0.3:1", "metadata": {"version": "v2"}}]}})");
+  std::shared_ptr<discovery::Discovery> d =
+      discovery::Discovery::Create("echo", endpoints, loop.get()).value();
+  auto factory = testing::InMemoryChannel::Factory(
+      [](const std::string& address, absl::string_view, absl::string_view request,
+         const CallOptions&) {
+        CallResult r;
+        r.payload = absl::StrCat(address, ":", request);
+        return r;
+      });
+  auto open = [&](std::string version) {
+    ServiceChannelOptions o;
+    o.control_loop = loop;
+    o.shared_discovery = d;
+    o.channel_factory = factory;
+    o.endpoint_filter = [version](const discovery::Endpoint& e) {
+      auto it = e.metadata.find("version");
+      return it != e.metadata.end() && it->second == version;
+    };
+    auto sc = ServiceChannel::Create("echo", json(), o);
+    EXPECT_TRUE(sc.ok()) << sc.status();
+    EXPECT_TRUE((*sc)->WaitForEndpoints(absl::Seconds(5)));
+    return *std::move(sc);
+  };
+  auto v1 = open("v1");
+  auto v2 = open("v2");
+  EXPECT_EQ(v1->Endpoints(), (std::vector<std::string>{"10.0.0.1:1", "10.0.0.2:1"}));
+  EXPECT_EQ(v2->Endpoints(), (std::vector<std::string>{"10.0.0.3:1"}));
+  for (int i = 0; i < 10; ++i) {
+    CallResult r = v2->CallBlocking("Echo/Say", "hi");
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.payload, "10.0.0.3:1:hi");
+    EXPECT_EQ(r.endpoint, "10.0.0.3:1");
+  }
+  // Asynchronous calls over it complete at once, on this thread.
+  bool done = false;
+  v1->Call("Echo/Say", "x", {}, [&](CallResult r) { done = r.status.ok(); });
+  EXPECT_TRUE(done);
+  // Describe names every layer with its settings, top to bottom.
+  std::vector<std::string> roles;
+  for (const auto& [role, text] : v1->Describe()) {
+    roles.push_back(role);
+    EXPECT_FALSE(text.empty()) << role;
+  }
+  EXPECT_EQ(roles, (std::vector<std::string>{"fault", "deadline", "retry", "hedging",
+                                             "circuit breaker", "balancer", "endpoint health",
+                                             "pool"}));
+  v1.reset();
+  v2.reset();
+  d.reset();
 }
 
 }  // namespace

@@ -1,0 +1,34 @@
+// EndpointChannel: calls to one endpoint, as a ServiceChannel uses them.
+// client::Channel (TCP, meshlib's protocol) is the implementation; tests
+// and benchmarks plug in others (an in-memory transport) through
+// ServiceChannelOptions::channel_factory.
+//
+// Threading: implementations are thread-safe.
+#ifndef MESHLIB_CLIENT_ENDPOINT_CHANNEL_H_
+#define MESHLIB_CLIENT_ENDPOINT_CHANNEL_H_
+
+#include <cstddef>
+#include <string>
+
+#include "meshlib/client/caller.h"
+
+namespace meshlib::client {
+
+class EndpointChannel : public Caller {
+ public:
+  virtual const std::string& address() const = 0;
+  // Connections established right now.
+  virtual int ReadyConnections() const = 0;
+  // A call now would fail at once: every connection waits out a reconnect
+  // backoff after a failed attempt.
+  virtual bool Unreachable() const = 0;
+  // Calls not yet completed; a channel with none can be closed without
+  // failing a call.
+  virtual size_t CallsOutstanding() const = 0;
+  // Starts connecting now instead of at the first call.
+  virtual void Connect() = 0;
+};
+
+}  // namespace meshlib::client
+
+#endif  // MESHLIB_CLIENT_ENDPOINT_CHANNEL_H_
