@@ -1,113 +1,181 @@
 #include "meshlib/config/config.h"
 
+#include <algorithm>
 #include <fstream>
+#include <initializer_list>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
-#include "meshlib/resilience/circuit_breaker.h"
-#include "meshlib/resilience/fault_injection.h"
-#include "meshlib/resilience/hedging_policy.h"
-#include "meshlib/resilience/health_check.h"
-#include "meshlib/resilience/outlier_detection.h"
-#include "meshlib/resilience/retry_policy.h"
 
 namespace meshlib::config {
 namespace {
 
 using json = nlohmann::json;
 
-const std::vector<std::string>& KnownServiceKeys() {
-  static const auto* keys = new std::vector<std::string>{
-      "discovery", "load_balancer", "timeout", "retry", "hedging",
-      "circuit_breaker", "outlier_detection", "health_check", "fault"};
-  return *keys;
+// Reads an optional section with `parse` into `*out`; absent leaves `*out`.
+template <typename T, typename Parse>
+absl::Status Section(const json& service, absl::string_view path, absl::string_view key,
+                     Parse parse, T* out) {
+  auto it = service.find(std::string(key));
+  if (it == service.end()) return absl::OkStatus();
+  auto parsed = parse(*it, JoinPath(path, key));
+  if (!parsed.ok()) return parsed.status();
+  *out = *std::move(parsed);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MeshSettings> ParseMeshSettings(const json& j, absl::string_view path) {
+  if (auto st = CheckObject(j, path,
+                            {"zone", "io_threads", "connections_per_endpoint", "drain_timeout"});
+      !st.ok()) {
+    return st;
+  }
+  MeshSettings m;
+  if (auto z = j.find("zone"); z != j.end()) {
+    // "" is allowed: it says "unknown", as the default does.
+    if (!z->is_string()) return FieldError(JoinPath(path, "zone"), "must be a string");
+    m.zone = z->get<std::string>();
+  }
+  int64_t io_threads = m.io_threads;
+  if (auto st = OptionalInt(j, path, "io_threads", 1, 64, &io_threads); !st.ok()) return st;
+  m.io_threads = static_cast<int>(io_threads);
+  int64_t connections = m.connections_per_endpoint;
+  if (auto st = OptionalInt(j, path, "connections_per_endpoint", 1, 64, &connections); !st.ok()) {
+    return st;
+  }
+  m.connections_per_endpoint = static_cast<int>(connections);
+  if (auto st = OptionalDuration(j, path, "drain_timeout", absl::ZeroDuration(), absl::Hours(1),
+                                 &m.drain_timeout);
+      !st.ok()) {
+    return st;
+  }
+  return m;
+}
+
+absl::StatusOr<ServiceConfig> ParseService(const std::string& name, const json& s,
+                                           const std::string& path) {
+  if (name.empty()) return FieldError(path, "service name must not be empty");
+  if (auto st = CheckObject(s, path,
+                            {"discovery", "load_balancer", "timeout", "retry", "hedging",
+                             "circuit_breaker", "outlier_detection", "health_check", "fault",
+                             "subsets", "routes"});
+      !st.ok()) {
+    return st;
+  }
+  ServiceConfig sc;
+  sc.name = name;
+  sc.raw = s;
+
+  auto disc = s.find("discovery");
+  if (disc == s.end()) return FieldError(JoinPath(path, "discovery"), "required");
+  if (auto st = discovery::ResolverRegistry::Global().ValidateDiscovery(
+          *disc, JoinPath(path, "discovery"));
+      !st.ok()) {
+    return st;
+  }
+  sc.discovery = *disc;
+  sc.discovery_kind = disc->begin().key();
+
+  if (auto t = s.find("timeout"); t != s.end()) {
+    std::string tp = JoinPath(path, "timeout");
+    auto d = ParseDurationField(*t, tp);
+    if (!d.ok()) return d.status();
+    if (*d <= absl::ZeroDuration()) return FieldError(tp, "must be > 0");
+    sc.timeout = *d;
+  }
+
+  {
+    auto lb = s.find("load_balancer");
+    if (lb != s.end()) sc.load_balancer_list = *lb;
+    // Select reads null as "round_robin with defaults".
+    auto choice = lb::PolicyRegistry::Global().Select(lb != s.end() ? *lb : json(),
+                                                      JoinPath(path, "load_balancer"));
+    if (!choice.ok()) return choice.status();
+    sc.load_balancer = choice->factory->name();
+    sc.load_balancer_config = choice->config;
+    sc.load_balancer_path = choice->path;
+  }
+
+  if (auto st = Section(s, path, "retry", resilience::ParseRetryPolicy, &sc.retry); !st.ok()) {
+    return st;
+  }
+  if (auto st = Section(s, path, "hedging", resilience::ParseHedgingPolicy, &sc.hedging);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = Section(s, path, "circuit_breaker", resilience::ParseCircuitBreaker,
+                        &sc.circuit_breaker);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = Section(s, path, "outlier_detection", resilience::ParseOutlierDetection,
+                        &sc.outlier_detection);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = Section(s, path, "health_check", resilience::ParseHealthCheck, &sc.health_check);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = Section(s, path, "fault", resilience::ParseFaultInjection, &sc.fault); !st.ok()) {
+    return st;
+  }
+  if (auto st = Section(s, path, "subsets", ParseSubsets, &sc.subsets); !st.ok()) return st;
+  // After subsets: every route's subset names are checked against them.
+  if (auto st = Section(
+          s, path, "routes",
+          [&](const json& j, absl::string_view p) { return ParseRoutes(j, p, sc.subsets); },
+          &sc.routes);
+      !st.ok()) {
+    return st;
+  }
+  return sc;
 }
 
 }  // namespace
+
+const SubsetConfig* ServiceConfig::FindSubset(absl::string_view name) const {
+  for (const SubsetConfig& s : subsets) {
+    if (s.name == name) return &s;
+  }
+  return nullptr;
+}
 
 const ServiceConfig* MeshConfig::Find(absl::string_view name) const {
   auto it = services.find(std::string(name));
   return it == services.end() ? nullptr : &it->second;
 }
 
-absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view text) {
-  auto parsed = ParseJsonText(text, "mesh config");
-  if (!parsed.ok()) return parsed.status();
-  json root = *std::move(parsed);
+absl::StatusOr<MeshConfig> ParseMeshConfigJson(const json& root) {
   if (!root.is_object()) return FieldError("(root)", "must be a JSON object");
-  for (auto it = root.begin(); it != root.end(); ++it) {
-    if (it.key() != "services") return FieldError(it.key(), "unknown key (known: services)");
+  if (auto st = CheckObject(root, "", {"services", "mesh"}); !st.ok()) return st;
+  MeshConfig cfg;
+  if (auto m = root.find("mesh"); m != root.end()) {
+    auto mesh = ParseMeshSettings(*m, "mesh");
+    if (!mesh.ok()) return mesh.status();
+    cfg.mesh = *std::move(mesh);
   }
   auto services = root.find("services");
   if (services == root.end()) return FieldError("services", "required");
-  if (!services->is_object()) return FieldError("services", "must be an object");
-  MeshConfig cfg;
-  for (auto it = services->begin(); it != services->end(); ++it) {
-    std::string path = absl::StrCat("services.", it.key());
-    if (it.key().empty()) return FieldError(path, "service name must not be empty");
-    const json& s = it.value();
-    if (!s.is_object()) return FieldError(path, "must be an object");
-    ServiceConfig sc;
-    sc.name = it.key();
-    sc.raw = s;
-    for (auto f = s.begin(); f != s.end(); ++f) {
-      const auto& known = KnownServiceKeys();
-      if (std::find(known.begin(), known.end(), f.key()) == known.end()) {
-        return FieldError(absl::StrCat(path, ".", f.key()),
-                          absl::StrCat("unknown key (known: ", absl::StrJoin(known, ", "), ")"));
-      }
-    }
-    auto disc = s.find("discovery");
-    if (disc == s.end()) return FieldError(absl::StrCat(path, ".discovery"), "required");
-    if (auto st = discovery::ResolverRegistry::Global().ValidateDiscovery(
-            *disc, absl::StrCat(path, ".discovery"));
-        !st.ok()) {
-      return st;
-    }
-    sc.discovery = *disc;
-    sc.discovery_kind = disc->begin().key();
-    if (auto t = s.find("timeout"); t != s.end()) {
-      auto d = ParseDurationField(*t, absl::StrCat(path, ".timeout"));
-      if (!d.ok()) return d.status();
-      if (*d <= absl::ZeroDuration()) return FieldError(absl::StrCat(path, ".timeout"), "must be > 0");
-      sc.timeout = *d;
-    }
-    if (auto r = s.find("retry"); r != s.end()) {
-      auto policy = resilience::ParseRetryPolicy(*r, absl::StrCat(path, ".retry"));
-      if (!policy.ok()) return policy.status();
-    }
-    if (auto cb = s.find("circuit_breaker"); cb != s.end()) {
-      auto parsed = resilience::ParseCircuitBreaker(*cb, absl::StrCat(path, ".circuit_breaker"));
-      if (!parsed.ok()) return parsed.status();
-    }
-    if (auto od = s.find("outlier_detection"); od != s.end()) {
-      auto parsed =
-          resilience::ParseOutlierDetection(*od, absl::StrCat(path, ".outlier_detection"));
-      if (!parsed.ok()) return parsed.status();
-    }
-    if (auto hc = s.find("health_check"); hc != s.end()) {
-      auto parsed = resilience::ParseHealthCheck(*hc, absl::StrCat(path, ".health_check"));
-      if (!parsed.ok()) return parsed.status();
-    }
-    if (auto h = s.find("hedging"); h != s.end()) {
-      auto parsed = resilience::ParseHedgingPolicy(*h, absl::StrCat(path, ".hedging"));
-      if (!parsed.ok()) return parsed.status();
-    }
-    if (auto f = s.find("fault"); f != s.end()) {
-      auto parsed = resilience::ParseFaultInjection(*f, absl::StrCat(path, ".fault"));
-      if (!parsed.ok()) return parsed.status();
-    }
-    if (auto lb = s.find("load_balancer"); lb != s.end()) {
-      auto choice = lb::PolicyRegistry::Global().Select(*lb, absl::StrCat(path, ".load_balancer"));
-      if (!choice.ok()) return choice.status();
-      sc.load_balancer = choice->factory->name();
-    }
-    cfg.services.emplace(sc.name, std::move(sc));
+  if (!services->is_object()) {
+    return FieldError("services", "must be an object of service name -> service");
   }
+  for (auto it = services->begin(); it != services->end(); ++it) {
+    auto sc = ParseService(it.key(), it.value(), absl::StrCat("services.", it.key()));
+    if (!sc.ok()) return sc.status();
+    cfg.services.emplace(it.key(), *std::move(sc));
+  }
+  cfg.raw = root;
   return cfg;
+}
+
+absl::StatusOr<MeshConfig> ParseMeshConfig(absl::string_view text) {
+  auto parsed = ParseJsonText(text, "mesh config");
+  if (!parsed.ok()) return parsed.status();
+  return ParseMeshConfigJson(*parsed);
 }
 
 absl::StatusOr<MeshConfig> LoadMeshConfigFile(const std::string& path) {
