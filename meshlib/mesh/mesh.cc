@@ -1,0 +1,939 @@
+#include "meshlib/mesh/mesh.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "meshlib/config/routing_config.h"
+#include "meshlib/core/log.h"
+#include "meshlib/etcd/etcd_client.h"
+#include "meshlib/lb/policy.h"
+#include "meshlib/runtime/event_loop.h"
+
+namespace meshlib::mesh {
+
+using client::CallHandle;
+using client::CallOptions;
+using client::CallResult;
+using json = nlohmann::json;
+
+namespace {
+CallResult Failed(absl::Status status) {
+  CallResult r;
+  r.status = std::move(status);
+  return r;
+}
+}  // namespace
+
+namespace internal {
+
+// Counters of one Client that outlive its stacks.
+struct Counters {
+  std::atomic<uint64_t> calls{0};
+  std::atomic<uint64_t> unrouted{0};
+  std::atomic<uint64_t> faults_delayed{0};
+  std::atomic<uint64_t> faults_aborted{0};
+  std::mutex mu;
+  // By route name, and by "route/subset".
+  std::map<std::string, std::shared_ptr<std::atomic<uint64_t>>> hits;
+  // Channel counters of stacks already replaced.
+  ClientStats retired;
+
+  std::shared_ptr<std::atomic<uint64_t>> Hits(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto& p = hits[key];
+    if (p == nullptr) p = std::make_shared<std::atomic<uint64_t>>(0);
+    return p;
+  }
+};
+
+struct SubsetChannel {
+  const config::SubsetConfig* config;
+  std::shared_ptr<client::ServiceChannel> channel;
+};
+
+struct RouteRuntime {
+  const config::RouteConfig* config;
+  std::vector<int> subset_of_split;  // index into Stack::subsets, per split entry
+  std::shared_ptr<std::atomic<uint64_t>> hits;
+  std::vector<std::shared_ptr<std::atomic<uint64_t>>> split_hits;
+};
+
+// One immutable configuration of a Client's layers.
+struct Stack {
+  uint64_t generation = 0;
+  std::shared_ptr<const config::MeshConfig> mesh_config;
+  const config::ServiceConfig* service = nullptr;  // null: not in the configuration
+  std::vector<std::shared_ptr<Interceptor>> interceptors;
+  std::shared_ptr<client::ServiceChannel> all;  // every endpoint
+  std::vector<SubsetChannel> subsets;           // parallel to service->subsets
+  std::vector<RouteRuntime> routes;             // parallel to service->routes
+  std::shared_ptr<Counters> counters;
+
+  void ForEachChannel(const std::function<void(const client::ServiceChannel&)>& fn) const {
+    if (all != nullptr) fn(*all);
+    for (const SubsetChannel& s : subsets) fn(*s.channel);
+  }
+};
+
+struct MeshCore {
+  MeshOptions options;
+  std::shared_ptr<runtime::Runtime> runtime;
+  std::shared_ptr<runtime::EventLoop> control;
+
+  std::mutex apply_mu;  // one Apply or Client build at a time
+  mutable std::mutex mu;
+  std::shared_ptr<const config::MeshConfig> config;  // guarded by mu
+  ReloadStats reload;                                // guarded by mu
+  std::map<std::string, std::weak_ptr<mesh::Client>> clients;  // guarded by mu
+  std::map<std::string, std::shared_ptr<Counters>> counters;   // guarded by mu
+
+  struct DiscoveryEntry {
+    json source;
+    std::shared_ptr<discovery::Discovery> discovery;
+  };
+  std::mutex discovery_mu;
+  std::map<std::string, DiscoveryEntry> discoveries;  // guarded by discovery_mu
+
+  // Connections by endpoint address, shared by every channel of every
+  // stack, so that subsets and reloads do not open their own.
+  std::mutex pool_mu;
+  std::map<std::string, std::weak_ptr<client::Channel>> pool;  // guarded by pool_mu
+
+  // Stacks replaced by a reload (or whose Client went away), closed on the
+  // control loop once no call holds them.
+  std::mutex retire_mu;
+  std::vector<std::pair<std::shared_ptr<const Stack>, absl::Time>> retiring;  // retire_mu
+  runtime::TimerId reap_timer;                                                // retire_mu
+  bool closing = false;                                                       // retire_mu
+
+  ~MeshCore() {
+    {
+      std::lock_guard<std::mutex> lock(retire_mu);
+      closing = true;
+    }
+    control->RunAndWait([this] {
+      std::lock_guard<std::mutex> lock(retire_mu);
+      control->Cancel(reap_timer);
+    });
+    // Channels close here, cancelling calls still in flight.
+    retiring.clear();
+    discoveries.clear();
+  }
+
+  absl::StatusOr<std::shared_ptr<client::EndpointChannel>> PooledChannel(
+      const std::string& address, const client::ChannelOptions& options) {
+    std::lock_guard<std::mutex> lock(pool_mu);
+    auto& slot = pool[address];
+    if (auto ch = slot.lock()) return std::shared_ptr<client::EndpointChannel>(ch);
+    auto created = client::Channel::Create(address, options);
+    if (!created.ok()) return created.status();
+    std::shared_ptr<client::Channel> ch(std::move(*created));
+    slot = ch;
+    // Forget addresses whose channels are gone, now and then.
+    if (pool.size() > 64) {
+      for (auto it = pool.begin(); it != pool.end();) {
+        it = it->second.expired() ? pool.erase(it) : std::next(it);
+      }
+    }
+    return std::shared_ptr<client::EndpointChannel>(ch);
+  }
+
+  // The service's Discovery for `source`: the existing one when the
+  // source is unchanged (a reload then does not restart it), else a new one.
+  absl::StatusOr<std::shared_ptr<discovery::Discovery>> DiscoveryFor(const std::string& service,
+                                                                    const json& source) {
+    std::lock_guard<std::mutex> lock(discovery_mu);
+    auto it = discoveries.find(service);
+    if (it != discoveries.end() && it->second.source == source) return it->second.discovery;
+    auto d = discovery::Discovery::Create(service, source, control.get(),
+                                          absl::StrCat("services.", service, ".discovery"));
+    if (!d.ok()) return d.status();
+    std::shared_ptr<discovery::Discovery> shared(std::move(*d));
+    discoveries[service] = {source, shared};
+    return shared;
+  }
+
+  std::shared_ptr<Counters> CountersFor(const std::string& service) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto& c = counters[service];
+    if (c == nullptr) c = std::make_shared<Counters>();
+    return c;
+  }
+
+  void Retire(std::shared_ptr<const Stack> stack) {
+    if (stack == nullptr) return;
+    std::lock_guard<std::mutex> lock(retire_mu);
+    if (closing) return;  // the destructor closes everything
+    absl::Duration drain =
+        stack->mesh_config != nullptr ? stack->mesh_config->mesh.drain_timeout : absl::ZeroDuration();
+    retiring.emplace_back(std::move(stack), absl::Now() + drain);
+    if (!reap_timer.valid()) {
+      reap_timer = control->RunAfter(absl::Milliseconds(50), [this] { Reap(); });
+    }
+  }
+
+  // Control loop: closes retired stacks no call holds any longer. A stack
+  // still busy past its drain time is reported, and closed when its calls
+  // end (each is bounded by its own deadline).
+  void Reap() {
+    std::vector<std::shared_ptr<const Stack>> done;
+    {
+      std::lock_guard<std::mutex> lock(retire_mu);
+      reap_timer = {};
+      absl::Time now = absl::Now();
+      for (auto it = retiring.begin(); it != retiring.end();) {
+        if (it->first.use_count() == 1) {
+          done.push_back(std::move(it->first));
+          it = retiring.erase(it);
+          continue;
+        }
+        if (now >= it->second) {
+          core::Log(core::LogLevel::kWarning,
+                    absl::StrCat("mesh: a replaced configuration of ",
+                                 it->first->service ? it->first->service->name : "a service",
+                                 " still has calls in flight after its drain_timeout"));
+          it->second = absl::InfiniteFuture();
+        }
+        ++it;
+      }
+      if (!retiring.empty() && !closing) {
+        reap_timer = control->RunAfter(absl::Milliseconds(50), [this] { Reap(); });
+      }
+    }
+    for (auto& s : done) AddToRetiredTotals(*s);
+    done.clear();  // channels close here, on the control loop
+  }
+
+  static void AddToRetiredTotals(const Stack& s) {
+    // A stack that shares its channels with a newer one (AddInterceptor)
+    // leaves their counters to it.
+    if (s.counters == nullptr || s.all == nullptr || s.all.use_count() > 1) return;
+    ClientStats add;
+    s.ForEachChannel([&](const client::ServiceChannel& ch) {
+      client::ServiceChannelStats st = ch.stats();
+      add.retries += st.retries;
+      add.transparent_retries += st.transparent_retries;
+      add.retries_denied += st.retries_denied;
+      add.hedges += st.hedges;
+      add.hedges_denied += st.hedges_denied;
+      add.breaker_overflows += st.breaker_overflows;
+      add.pushback_stops += st.pushback_stops;
+      add.ejections += st.outliers.ejections_consecutive_failures +
+                       st.outliers.ejections_success_rate +
+                       st.outliers.ejections_failure_percentage +
+                       st.outliers.ejections_failed_probe;
+    });
+    std::lock_guard<std::mutex> lock(s.counters->mu);
+    ClientStats& r = s.counters->retired;
+    r.retries += add.retries;
+    r.transparent_retries += add.transparent_retries;
+    r.retries_denied += add.retries_denied;
+    r.hedges += add.hedges;
+    r.hedges_denied += add.hedges_denied;
+    r.breaker_overflows += add.breaker_overflows;
+    r.pushback_stops += add.pushback_stops;
+    r.ejections += add.ejections;
+  }
+};
+
+namespace {
+
+json Section(const config::ServiceConfig& s, const char* key) {
+  auto it = s.raw.find(key);
+  return it == s.raw.end() ? json() : *it;
+}
+
+// Builds a service's stack from its configuration, top to bottom (see
+// mesh.h). Not on the control loop: it waits for the new channels to take
+// their first endpoints, so that a reload never swaps in a stack that
+// would fail calls for having none yet.
+absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
+    MeshCore& core, const std::string& name, std::shared_ptr<const config::MeshConfig> cfg,
+    uint64_t generation, std::vector<std::shared_ptr<Interceptor>> interceptors) {
+  auto stack = std::make_shared<Stack>();
+  stack->generation = generation;
+  stack->mesh_config = cfg;
+  stack->interceptors = std::move(interceptors);
+  stack->counters = core.CountersFor(name);
+  const config::ServiceConfig* svc = cfg->Find(name);
+  stack->service = svc;
+  if (svc == nullptr) return stack;  // calls fail with NOT_FOUND
+
+  // Pool, endpoint health, balancer, circuit breaker, hedging, retry and
+  // deadline: one ServiceChannel per subset (and one over every endpoint).
+  auto d = core.DiscoveryFor(name, svc->discovery);
+  if (!d.ok()) return d.status();
+  client::ServiceChannelOptions o;
+  o.channel.runtime = core.runtime;
+  o.channel.default_timeout = svc->timeout;
+  o.channel.connections = cfg->mesh.connections_per_endpoint;
+  o.load_balancer = svc->load_balancer_list;
+  o.retry = Section(*svc, "retry");
+  o.hedging = Section(*svc, "hedging");
+  o.circuit_breaker = Section(*svc, "circuit_breaker");
+  o.outlier_detection = Section(*svc, "outlier_detection");
+  o.health_check = Section(*svc, "health_check");
+  // Fault injection is applied above, by the routing layer (a route's own
+  // fault replaces the service's).
+  o.lb_context.local_zone = cfg->mesh.zone;
+  o.control_loop = core.control;
+  o.shared_discovery = *d;
+  o.config_path = absl::StrCat("services.", name);
+  client::ChannelOptions channel_options = o.channel;
+  MeshCore* c = &core;
+  o.channel_factory = [c, channel_options](const std::string& address) {
+    return c->PooledChannel(address, channel_options);
+  };
+  auto all = client::ServiceChannel::Create(name, json(), o);
+  if (!all.ok()) return all.status();
+  stack->all = std::shared_ptr<client::ServiceChannel>(std::move(*all));
+  for (const config::SubsetConfig& subset : svc->subsets) {
+    client::ServiceChannelOptions so = o;
+    so.endpoint_filter = [&subset](const discovery::Endpoint& e) {
+      return config::SubsetMatches(subset, e);
+    };
+    so.config_path = absl::StrCat("services.", name, ".subsets.", subset.name);
+    auto ch = client::ServiceChannel::Create(name, json(), so);
+    if (!ch.ok()) return ch.status();
+    stack->subsets.push_back({&subset, std::shared_ptr<client::ServiceChannel>(std::move(*ch))});
+  }
+  // Routing.
+  for (const config::RouteConfig& route : svc->routes) {
+    RouteRuntime r;
+    r.config = &route;
+    r.hits = stack->counters->Hits(route.name);
+    for (const auto& [subset_name, weight] : route.split) {
+      int index = -1;
+      for (size_t i = 0; i < svc->subsets.size(); ++i) {
+        if (svc->subsets[i].name == subset_name) index = static_cast<int>(i);
+      }
+      r.subset_of_split.push_back(index);
+      r.split_hits.push_back(stack->counters->Hits(absl::StrCat(route.name, "/", subset_name)));
+    }
+    stack->routes.push_back(std::move(r));
+  }
+  // Ready: every channel has applied the source's current set. A source
+  // that has produced none yet (just started) gets ready_timeout to do so;
+  // calls made before fail with a status that names discovery.
+  if ((*d)->Current() != nullptr || (*d)->WaitForEndpoints(core.options.ready_timeout)) {
+    stack->ForEachChannel([&](const client::ServiceChannel& ch) {
+      const_cast<client::ServiceChannel&>(ch).WaitForFirstUpdate(core.options.ready_timeout);
+    });
+  }
+  return stack;
+}
+
+// What routing decided for one call.
+struct Routed {
+  client::ServiceChannel* target = nullptr;
+  const resilience::FaultInjection* fault = nullptr;
+  absl::Status error;  // not OK: fail the call with it
+};
+
+Routed Route(const Stack& s, absl::string_view method, const CallOptions& options) {
+  Routed out;
+  out.target = s.all.get();
+  const config::ServiceConfig& svc = *s.service;
+  if (svc.fault.enabled()) out.fault = &svc.fault;
+  if (s.routes.empty()) return out;
+  const config::RouteConfig* route =
+      config::FirstMatchingRoute(svc.routes, method, options.metadata);
+  if (route == nullptr) {
+    s.counters->unrouted.fetch_add(1, std::memory_order_relaxed);
+    return out;
+  }
+  const RouteRuntime& rt = s.routes[route - svc.routes.data()];
+  rt.hits->fetch_add(1, std::memory_order_relaxed);
+  int k = config::PickSplit(*route, lb::ThreadRandom().Next(), [&](int i) {
+    int subset = rt.subset_of_split[i];
+    return subset >= 0 && s.subsets[subset].channel->endpoint_count() > 0;
+  });
+  if (k < 0) {
+    std::vector<std::string> names;
+    for (const auto& [n, w] : route->split) names.push_back(n);
+    out.error = absl::UnavailableError(
+        absl::StrCat("service ", svc.name, ": route ", route->name, ": no endpoints in subset",
+                     names.size() > 1 ? "s " : " ", absl::StrJoin(names, ", ")));
+    return out;
+  }
+  rt.split_hits[k]->fetch_add(1, std::memory_order_relaxed);
+  out.target = s.subsets[rt.subset_of_split[k]].channel.get();
+  if (route->fault.has_value()) out.fault = route->fault->enabled() ? &*route->fault : nullptr;
+  return out;
+}
+
+}  // namespace
+}  // namespace internal
+
+// --- Client ---
+
+Client::Client(std::string service, std::shared_ptr<internal::MeshCore> core,
+               std::shared_ptr<const internal::Stack> stack)
+    : service_(std::move(service)), core_(std::move(core)), stack_(std::move(stack)) {}
+
+Client::~Client() { core_->Retire(std::atomic_load(&stack_)); }
+
+std::shared_ptr<const internal::Stack> Client::stack() const { return std::atomic_load(&stack_); }
+
+void Client::Replace(std::shared_ptr<const internal::Stack> next) {
+  std::shared_ptr<const internal::Stack> old = std::atomic_exchange(&stack_, std::move(next));
+  core_->Retire(std::move(old));
+}
+
+void Client::AddInterceptor(std::shared_ptr<Interceptor> interceptor) {
+  std::lock_guard<std::mutex> lock(core_->apply_mu);
+  auto next = std::make_shared<internal::Stack>(*stack());
+  next->interceptors.push_back(std::move(interceptor));
+  Replace(std::move(next));
+}
+
+CallHandle Client::Call(absl::string_view method, absl::string_view request,
+                        const CallOptions& options, client::CallCallback done) {
+  std::shared_ptr<const internal::Stack> s = stack();
+  if (s->service == nullptr) {
+    done(Failed(absl::NotFoundError(
+        absl::StrCat("service ", service_, " is not in the configuration (generation ",
+                     s->generation, ")"))));
+    return CallHandle();
+  }
+  s->counters->calls.fetch_add(1, std::memory_order_relaxed);
+  absl::Time start = absl::Now();
+  CallOptions opts = options;
+  // Interceptors, in order; one that fails the call ends it here, and those
+  // before it see the failure.
+  for (size_t i = 0; i < s->interceptors.size(); ++i) {
+    if (absl::Status st = s->interceptors[i]->Before(method, opts); !st.ok()) {
+      CallResult r = Failed(std::move(st));
+      for (size_t j = i; j-- > 0;) s->interceptors[j]->After(method, opts, r, absl::Now() - start);
+      done(std::move(r));
+      return CallHandle();
+    }
+  }
+  internal::Routed routed = internal::Route(*s, method, opts);
+  auto finish = [s, method = std::string(method), opts, start,
+                 done = std::move(done)](CallResult r) mutable {
+    for (size_t j = s->interceptors.size(); j-- > 0;) {
+      s->interceptors[j]->After(method, opts, r, absl::Now() - start);
+    }
+    done(std::move(r));
+  };
+  if (!routed.error.ok()) {
+    finish(Failed(routed.error));
+    return CallHandle();
+  }
+  if (routed.fault != nullptr) {
+    resilience::FaultInjection::Decision f =
+        routed.fault->Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
+    if (f.delay > absl::ZeroDuration()) {
+      s->counters->faults_delayed.fetch_add(1, std::memory_order_relaxed);
+      absl::Duration timeout =
+          opts.timeout > absl::ZeroDuration() ? opts.timeout : s->service->timeout;
+      if (f.delay >= timeout) {
+        core_->runtime->NextLoop().RunAfter(timeout, [finish = std::move(finish)]() mutable {
+          finish(Failed(absl::DeadlineExceededError("deadline passed during an injected delay")));
+        });
+        return CallHandle();
+      }
+      opts.timeout = timeout - f.delay;
+      core_->runtime->NextLoop().RunAfter(
+          f.delay, [s, routed, abort = f.abort, fault = routed.fault, method = std::string(method),
+                    request = std::string(request), opts, finish = std::move(finish)]() mutable {
+            if (abort) {
+              s->counters->faults_aborted.fetch_add(1, std::memory_order_relaxed);
+              return finish(Failed(fault->AbortStatus()));
+            }
+            routed.target->Call(method, request, opts, std::move(finish));
+          });
+      return CallHandle();
+    }
+    if (f.abort) {
+      s->counters->faults_aborted.fetch_add(1, std::memory_order_relaxed);
+      finish(Failed(routed.fault->AbortStatus()));
+      return CallHandle();
+    }
+  }
+  return routed.target->Call(method, request, opts, std::move(finish));
+}
+
+CallResult Client::CallBlocking(absl::string_view method, absl::string_view request,
+                                const CallOptions& options) {
+  std::shared_ptr<const internal::Stack> s = stack();
+  if (s->service == nullptr) {
+    return Failed(absl::NotFoundError(absl::StrCat(
+        "service ", service_, " is not in the configuration (generation ", s->generation, ")")));
+  }
+  s->counters->calls.fetch_add(1, std::memory_order_relaxed);
+  absl::Time start = absl::Now();
+  CallOptions opts = options;
+  size_t ran = 0;
+  CallResult r;
+  for (; ran < s->interceptors.size(); ++ran) {
+    if (absl::Status st = s->interceptors[ran]->Before(method, opts); !st.ok()) {
+      r = Failed(std::move(st));
+      break;
+    }
+  }
+  if (ran == s->interceptors.size()) {
+    internal::Routed routed = internal::Route(*s, method, opts);
+    bool sent = false;
+    if (!routed.error.ok()) {
+      r = Failed(routed.error);
+      sent = true;
+    } else if (routed.fault != nullptr) {
+      resilience::FaultInjection::Decision f =
+          routed.fault->Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
+      if (f.delay > absl::ZeroDuration()) {
+        s->counters->faults_delayed.fetch_add(1, std::memory_order_relaxed);
+        absl::Duration timeout =
+            opts.timeout > absl::ZeroDuration() ? opts.timeout : s->service->timeout;
+        absl::SleepFor(std::min(f.delay, timeout));
+        if (f.delay >= timeout) {
+          r = Failed(absl::DeadlineExceededError("deadline passed during an injected delay"));
+          sent = true;
+        } else {
+          opts.timeout = timeout - f.delay;
+        }
+      }
+      if (!sent && f.abort) {
+        s->counters->faults_aborted.fetch_add(1, std::memory_order_relaxed);
+        r = Failed(routed.fault->AbortStatus());
+        sent = true;
+      }
+    }
+    if (!sent) r = routed.target->CallBlocking(method, request, opts);
+  }
+  for (size_t j = ran; j-- > 0;) s->interceptors[j]->After(method, opts, r, absl::Now() - start);
+  return r;
+}
+
+std::string Client::Describe() const {
+  std::shared_ptr<const internal::Stack> s = stack();
+  std::ostringstream out;
+  out << "client " << service_ << ", configuration generation " << s->generation << "\n";
+  if (s->service == nullptr) {
+    out << "  (not in the configuration: calls fail with NOT_FOUND)\n";
+    return out.str();
+  }
+  auto line = [&](absl::string_view role, absl::string_view text) {
+    out << "  " << role << std::string(role.size() < 17 ? 17 - role.size() : 1, ' ') << text
+        << "\n";
+  };
+  std::vector<std::string> names;
+  for (const auto& i : s->interceptors) names.push_back(i->name());
+  line("interceptors", names.empty() ? "none" : absl::StrJoin(names, ", "));
+  const config::ServiceConfig& svc = *s->service;
+  if (svc.routes.empty()) {
+    line("routing", "none: every call may use every endpoint");
+  } else {
+    for (size_t i = 0; i < svc.routes.size(); ++i) {
+      const config::RouteConfig& r = svc.routes[i];
+      std::vector<std::string> conds;
+      if (!r.match.method.empty() || r.match.method_prefix) {
+        conds.push_back(absl::StrCat("method ", r.match.method, r.match.method_prefix ? "*" : ""));
+      }
+      for (const auto& [k, v] : r.match.metadata) conds.push_back(absl::StrCat(k, "=", v));
+      uint32_t total = 0;
+      for (const auto& [n, w] : r.split) total += w;
+      std::vector<std::string> targets;
+      for (const auto& [n, w] : r.split) {
+        targets.push_back(r.split.size() == 1
+                              ? n
+                              : absl::StrCat(n, " ", total ? 100.0 * w / total : 0.0, "%"));
+      }
+      line(i == 0 ? "routing" : "",
+           absl::StrCat(i + 1, ". ", r.name, ": ",
+                        conds.empty() ? "any call" : absl::StrJoin(conds, " and "), " -> ",
+                        absl::StrJoin(targets, ", "),
+                        r.fault.has_value() ? " (with its own fault injection)" : ""));
+    }
+    line("", "otherwise: every endpoint");
+  }
+  for (const internal::SubsetChannel& sc : s->subsets) {
+    std::vector<std::string> m;
+    for (const auto& [k, v] : sc.config->match) m.push_back(absl::StrCat(k, "=", v));
+    line(&sc == &s->subsets.front() ? "subsets" : "",
+         absl::StrCat(sc.config->name, " {", absl::StrJoin(m, ", "), "}: ",
+                      sc.channel->endpoint_count(), " endpoint(s)"));
+  }
+  for (const auto& [role, text] : s->all->Describe()) {
+    if (role == "fault") {
+      std::string f = text;
+      if (svc.fault.enabled()) {
+        f = absl::StrCat(svc.fault.delay_percent > 0
+                             ? absl::StrCat("delay ", svc.fault.delay_percent, "% by ",
+                                            absl::FormatDuration(svc.fault.delay), "; ")
+                             : "",
+                         svc.fault.abort_percent > 0
+                             ? absl::StrCat("abort ", svc.fault.abort_percent, "% with ",
+                                            absl::StatusCodeToString(svc.fault.abort_code))
+                             : "");
+      }
+      line(role, f);
+      continue;
+    }
+    line(role, text);
+  }
+  std::vector<std::string> eps;
+  for (const client::EndpointState& e : s->all->EndpointStates()) {
+    eps.push_back(absl::StrCat(e.address, " ", e.healthy ? "healthy" : "out", e.outlier != "healthy" ? absl::StrCat(" (", e.outlier, ")") : ""));
+  }
+  line("endpoints", eps.empty() ? "none yet" : absl::StrJoin(eps, "; "));
+  return out.str();
+}
+
+ClientStats Client::stats() const {
+  std::shared_ptr<const internal::Stack> s = stack();
+  ClientStats st;
+  {
+    std::lock_guard<std::mutex> lock(s->counters->mu);
+    st = s->counters->retired;
+  }
+  st.generation = s->generation;
+  st.calls = s->counters->calls.load(std::memory_order_relaxed);
+  st.unrouted = s->counters->unrouted.load(std::memory_order_relaxed);
+  st.faults_delayed = s->counters->faults_delayed.load(std::memory_order_relaxed);
+  st.faults_aborted = s->counters->faults_aborted.load(std::memory_order_relaxed);
+  for (const internal::RouteRuntime& r : s->routes) {
+    RouteStats rs;
+    rs.name = r.config->name;
+    rs.calls = r.hits->load(std::memory_order_relaxed);
+    for (size_t i = 0; i < r.config->split.size(); ++i) {
+      rs.by_subset.emplace_back(r.config->split[i].first,
+                                r.split_hits[i]->load(std::memory_order_relaxed));
+    }
+    st.routes.push_back(std::move(rs));
+  }
+  s->ForEachChannel([&](const client::ServiceChannel& ch) {
+    client::ServiceChannelStats c = ch.stats();
+    st.retries += c.retries;
+    st.transparent_retries += c.transparent_retries;
+    st.retries_denied += c.retries_denied;
+    st.hedges += c.hedges;
+    st.hedges_denied += c.hedges_denied;
+    st.breaker_overflows += c.breaker_overflows;
+    st.pushback_stops += c.pushback_stops;
+    st.ejections += c.outliers.ejections_consecutive_failures + c.outliers.ejections_success_rate +
+                    c.outliers.ejections_failure_percentage + c.outliers.ejections_failed_probe;
+  });
+  if (s->all != nullptr) st.policy = s->all->stats().policy;
+  return st;
+}
+
+std::vector<client::EndpointState> Client::EndpointStates() const {
+  std::shared_ptr<const internal::Stack> s = stack();
+  if (s->all == nullptr) return {};
+  return s->all->EndpointStates();
+}
+
+bool Client::WaitForEndpoints(absl::Duration timeout) const {
+  std::shared_ptr<const internal::Stack> s = stack();
+  if (s->all == nullptr) return false;
+  return s->all->WaitForEndpoints(timeout);
+}
+
+// --- Mesh ---
+
+namespace internal {
+
+// Watches the configuration's sources and applies what changes: the file
+// Open was given (polled: a changed size, time or inode is read again) and
+// an etcd key (range, then watch from the next revision, like discovery).
+// Documents are applied on its own thread, never on the control loop.
+class Watcher {
+ public:
+  Watcher(Mesh* mesh, std::shared_ptr<internal::MeshCore> core, std::string path)
+      : mesh_(mesh), core_(std::move(core)), path_(std::move(path)) {
+    if (!path_.empty()) last_ = Stat(path_);
+    thread_ = std::thread([this] { Run(); });
+    if (!core_->options.etcd_endpoints.empty()) StartEtcd();
+  }
+  ~Watcher() {
+    if (etcd_ != nullptr) {
+      core_->control->RunAndWait([this] {
+        etcd_call_.reset();
+        core_->control->Cancel(etcd_retry_);
+        etcd_.reset();
+      });
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  struct FileId {
+    bool exists = false;
+    int64_t size = 0, mtime_ns = 0, inode = 0;
+    bool operator==(const FileId& o) const {
+      return exists == o.exists && size == o.size && mtime_ns == o.mtime_ns && inode == o.inode;
+    }
+  };
+  static FileId Stat(const std::string& path) {
+    struct stat st;
+    FileId id;
+    if (stat(path.c_str(), &st) != 0) return id;
+    id.exists = true;
+    id.size = st.st_size;
+    id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    id.inode = static_cast<int64_t>(st.st_ino);
+    return id;
+  }
+
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(core_->options.file_poll_interval),
+                   [this] { return stop_ || !queue_.empty(); });
+      if (stop_) break;
+      std::deque<std::pair<std::string, std::string>> docs;
+      docs.swap(queue_);
+      lock.unlock();
+      if (!path_.empty()) {
+        FileId now = Stat(path_);
+        if (!(now == last_)) {
+          last_ = now;
+          if (now.exists) {
+            std::ifstream in(path_);
+            std::stringstream text;
+            text << in.rdbuf();
+            docs.emplace_back(path_, text.str());
+          }
+        }
+      }
+      for (auto& [source, text] : docs) ApplyText(source, text);
+      lock.lock();
+    }
+  }
+
+  void ApplyText(const std::string& source, const std::string& text) {
+    absl::StatusOr<config::MeshConfig> cfg = config::ParseMeshConfig(text);
+    if (!cfg.ok()) mesh_->Rejected(cfg.status());
+    absl::Status st = cfg.ok() ? mesh_->Apply(*std::move(cfg)) : cfg.status();
+    if (!st.ok()) {
+      core::Log(core::LogLevel::kWarning,
+                absl::StrCat("mesh: configuration from ", source,
+                             " rejected; keeping generation ", mesh_->reload_stats().generation,
+                             ": ", st.message()));
+    }
+  }
+
+  void Push(std::string source, std::string text) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.emplace_back(std::move(source), std::move(text));
+    }
+    cv_.notify_all();
+  }
+
+  // --- etcd (control loop) ---
+  void StartEtcd() {
+    core_->control->RunAndWait([this] {
+      etcd::EtcdClientOptions o;
+      o.endpoints = core_->options.etcd_endpoints;
+      auto c = etcd::EtcdClient::Create(core_->control.get(), o);
+      if (!c.ok()) {
+        core::Log(core::LogLevel::kWarning,
+                  absl::StrCat("mesh: etcd configuration source: ", c.status().message()));
+        return;
+      }
+      etcd_ = *std::move(c);
+      EtcdRange();
+    });
+  }
+  void EtcdRetry() {
+    etcd_call_.reset();
+    etcd_retry_ = core_->control->RunAfter(absl::Seconds(1), [this] {
+      etcd_retry_ = {};
+      EtcdRange();
+    });
+  }
+  void EtcdRange() {
+    const std::string key = core_->options.etcd_key;
+    etcd_call_ = etcd_->Range(key, "", [this, key](absl::StatusOr<etcd::RangeResponse> r) {
+      if (!r.ok()) {
+        core::Log(core::LogLevel::kWarning,
+                  absl::StrCat("mesh: reading configuration key ", key, " from etcd: ",
+                               r.status().message()));
+        return EtcdRetry();
+      }
+      for (const etcd::KeyValue& kv : r->kvs) {
+        if (kv.mod_revision != etcd_seen_) {
+          etcd_seen_ = kv.mod_revision;
+          Push(absl::StrCat("etcd key ", key), kv.value);
+        }
+      }
+      etcd::EtcdClient::WatchRequest w;
+      w.key = key;
+      w.start_revision = r->revision + 1;
+      etcd_call_ = etcd_->Watch(
+          w,
+          [this, key](const etcd::WatchResponse& resp) {
+            if (resp.compact_revision != 0) return;  // ends; on_end re-reads
+            for (const etcd::WatchEvent& e : resp.events) {
+              if (e.type != etcd::WatchEvent::Type::kPut || e.kv.mod_revision == etcd_seen_) continue;
+              etcd_seen_ = e.kv.mod_revision;
+              Push(absl::StrCat("etcd key ", key), e.kv.value);
+            }
+          },
+          [this](absl::Status) { EtcdRetry(); });
+    });
+  }
+
+  Mesh* const mesh_;
+  const std::shared_ptr<internal::MeshCore> core_;
+  const std::string path_;
+  FileId last_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;                                         // guarded by mu_
+  std::deque<std::pair<std::string, std::string>> queue_;     // guarded by mu_
+  std::thread thread_;
+  // Control loop only.
+  std::unique_ptr<etcd::EtcdClient> etcd_;
+  std::unique_ptr<etcd::EtcdCall> etcd_call_;
+  runtime::TimerId etcd_retry_;
+  int64_t etcd_seen_ = 0;
+};
+
+}  // namespace internal
+
+Mesh::Mesh(std::shared_ptr<internal::MeshCore> core) : core_(std::move(core)) {}
+
+void Mesh::Rejected(absl::Status status) {
+  std::lock_guard<std::mutex> lock(core_->mu);
+  ++core_->reload.rejected;
+  core_->reload.last_error = std::move(status);
+}
+
+absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
+                                                   MeshOptions options) {
+  auto core = std::make_shared<internal::MeshCore>();
+  core->options = options;
+  auto rt = runtime::Runtime::Create(config.mesh.io_threads, "mesh-io");
+  if (!rt.ok()) return rt.status();
+  core->runtime = *std::move(rt);
+  auto loop = runtime::EventLoop::Create("mesh-ctl");
+  if (!loop.ok()) return loop.status();
+  core->control = std::shared_ptr<runtime::EventLoop>(std::move(*loop));
+  core->config = std::make_shared<const config::MeshConfig>(std::move(config));
+  core->reload.generation = 1;
+  core->reload.last_applied = absl::Now();
+  std::unique_ptr<Mesh> mesh(new Mesh(core));
+  if (!options.etcd_endpoints.empty()) {
+    if (options.etcd_key.empty()) {
+      return absl::InvalidArgumentError("MeshOptions.etcd_key: needed with etcd_endpoints");
+    }
+    mesh->watcher_ = std::make_unique<internal::Watcher>(mesh.get(), core, "");
+  }
+  return mesh;
+}
+
+absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Open(const std::string& path, MeshOptions options) {
+  auto cfg = config::LoadMeshConfigFile(path);
+  if (!cfg.ok()) return cfg.status();
+  MeshOptions no_etcd = options;
+  no_etcd.etcd_endpoints.clear();
+  auto mesh = Create(*std::move(cfg), no_etcd);
+  if (!mesh.ok()) return mesh.status();
+  (*mesh)->core_->options = options;
+  (*mesh)->watcher_ = std::make_unique<internal::Watcher>(mesh->get(), (*mesh)->core_, path);
+  return mesh;
+}
+
+Mesh::~Mesh() {
+  watcher_.reset();  // stops watching before anything else goes
+}
+
+absl::StatusOr<std::shared_ptr<Client>> Mesh::Client(absl::string_view service) {
+  std::lock_guard<std::mutex> apply(core_->apply_mu);
+  std::shared_ptr<const config::MeshConfig> cfg;
+  uint64_t generation;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    auto it = core_->clients.find(std::string(service));
+    if (it != core_->clients.end()) {
+      if (auto c = it->second.lock()) return c;
+    }
+    cfg = core_->config;
+    generation = core_->reload.generation;
+  }
+  if (cfg->Find(service) == nullptr) {
+    std::vector<std::string> names;
+    for (const auto& [n, s] : cfg->services) names.push_back(n);
+    return absl::NotFoundError(absl::StrCat("no service \"", service,
+                                            "\" in the configuration (services: ",
+                                            absl::StrJoin(names, ", "), ")"));
+  }
+  auto stack = internal::BuildStack(*core_, std::string(service), cfg, generation, {});
+  if (!stack.ok()) return stack.status();
+  auto client = std::make_shared<mesh::Client>(std::string(service), core_, *std::move(stack));
+  std::lock_guard<std::mutex> lock(core_->mu);
+  core_->clients[std::string(service)] = client;
+  return client;
+}
+
+absl::Status Mesh::Apply(config::MeshConfig config) {
+  std::lock_guard<std::mutex> apply(core_->apply_mu);
+  auto cfg = std::make_shared<const config::MeshConfig>(std::move(config));
+  std::vector<std::shared_ptr<mesh::Client>> clients;
+  uint64_t generation;
+  {
+    std::lock_guard<std::mutex> lock(core_->mu);
+    for (auto it = core_->clients.begin(); it != core_->clients.end();) {
+      if (auto c = it->second.lock()) {
+        clients.push_back(std::move(c));
+        ++it;
+      } else {
+        it = core_->clients.erase(it);
+      }
+    }
+    generation = core_->reload.generation + 1;
+  }
+  // Build every new stack first: a document that fails to build for one
+  // service changes nothing.
+  std::vector<std::shared_ptr<const internal::Stack>> next;
+  for (const auto& c : clients) {
+    auto s = internal::BuildStack(*core_, c->service(), cfg, generation,
+                                  c->stack()->interceptors);
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> lock(core_->mu);
+      ++core_->reload.rejected;
+      core_->reload.last_error = s.status();
+      for (auto& built : next) core_->Retire(std::move(built));
+      return s.status();
+    }
+    next.push_back(*std::move(s));
+  }
+  for (size_t i = 0; i < clients.size(); ++i) clients[i]->Replace(std::move(next[i]));
+  std::lock_guard<std::mutex> lock(core_->mu);
+  core_->config = cfg;
+  core_->reload.generation = generation;
+  ++core_->reload.applied;
+  core_->reload.last_applied = absl::Now();
+  return absl::OkStatus();
+}
+
+ReloadStats Mesh::reload_stats() const {
+  std::lock_guard<std::mutex> lock(core_->mu);
+  return core_->reload;
+}
+
+std::shared_ptr<const config::MeshConfig> Mesh::config() const {
+  std::lock_guard<std::mutex> lock(core_->mu);
+  return core_->config;
+}
+
+}  // namespace meshlib::mesh

@@ -1,0 +1,297 @@
+#include "meshlib/mesh/mesh.h"
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "gtest/gtest.h"
+#include "meshlib/server/server.h"
+#include "meshlib/testing/subprocess.h"
+
+namespace meshlib::mesh {
+namespace {
+
+using client::CallOptions;
+using client::CallResult;
+using json = nlohmann::json;
+using testing::Eventually;
+
+// An in-process server whose Echo/Say answers with its name and records
+// the request metadata key "x-user".
+struct NamedServer {
+  explicit NamedServer(std::string n) : name(std::move(n)) {
+    server::ServerOptions o;
+    o.io_threads = 1;
+    server = std::make_unique<server::Server>(o);
+    EXPECT_TRUE(server
+                    ->RegisterSync("Echo/Say",
+                                   [this](server::ServerCall& call, std::string* out) {
+                                     ++handled;
+                                     if (failing.load()) return absl::UnavailableError("down");
+                                     if (!call.MetadataValue("x-user").empty()) ++with_user;
+                                     if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
+                                     *out = name;
+                                     return absl::OkStatus();
+                                   })
+                    .ok());
+    EXPECT_TRUE(server->Start("127.0.0.1:0").ok());
+  }
+  std::string address() const { return server->address(); }
+  std::string name;
+  absl::Duration delay = absl::ZeroDuration();
+  std::atomic<bool> failing{false};
+  std::atomic<int> handled{0};
+  std::atomic<int> with_user{0};
+  std::unique_ptr<server::Server> server;
+};
+
+config::MeshConfig Config(const std::string& text) {
+  auto cfg = config::ParseMeshConfig(text);
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  return *std::move(cfg);
+}
+
+std::string Endpoint(const NamedServer& s, const std::string& version) {
+  return absl::StrCat(R"({"address": ")", s.address(), R"(", "metadata": {"version": ")",
+                      version, R"("}})");
+}
+
+class MeshTest : public ::testing::Test {
+ protected:
+  MeshTest() : v1a("v1a"), v1b("v1b"), v2("v2") {}
+  std::string Endpoints() {
+    return absl::StrCat("[", Endpoint(v1a, "v1"), ",", Endpoint(v1b, "v1"), ",",
+                        Endpoint(v2, "v2"), "]");
+  }
+  std::string ServiceJson(const std::string& extra) {
+    return absl::StrCat(R"({"services": {"echo": {"discovery": {"static": {"endpoints": )",
+                        Endpoints(), R"(}}, "timeout": "2s")", extra.empty() ? "" : ", ", extra,
+                        "}}}");
+  }
+  NamedServer v1a, v1b, v2;
+};
+
+TEST_F(MeshTest, ClientCallsTheServiceAndDescribesItsStack) {
+  auto mesh = Mesh::Create(Config(ServiceJson(R"("retry": {"max_attempts": 2})"))).value();
+  auto echo = mesh->Client("echo").value();
+  EXPECT_EQ(mesh->Client("echo").value(), echo);  // one per service
+  for (int i = 0; i < 30; ++i) {
+    CallResult r = echo->CallBlocking("Echo/Say", "hi");
+    ASSERT_TRUE(r.status.ok()) << r.status;
+  }
+  std::string d = echo->Describe();
+  for (const char* role : {"interceptors", "routing", "fault", "deadline", "retry", "hedging",
+                           "circuit breaker", "balancer", "endpoint health", "pool",
+                           "endpoints"}) {
+    EXPECT_TRUE(absl::StrContains(d, absl::StrCat("  ", role))) << role << "\n" << d;
+  }
+  EXPECT_TRUE(absl::StrContains(d, "up to 2 attempts")) << d;
+  EXPECT_EQ(echo->stats().calls, 30u);
+  auto missing = mesh->Client("nope");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(absl::StrContains(missing.status().message(), "services: echo"));
+}
+
+TEST_F(MeshTest, RoutesByMetadataAndSplitsBetweenSubsets) {
+  auto mesh = Mesh::Create(Config(ServiceJson(R"(
+      "subsets": {"v1": {"version": "v1"}, "v2": {"version": "v2"}},
+      "routes": [
+        {"name": "canary-header", "match": {"metadata": {"x-canary": "true"}}, "subset": "v2"},
+        {"name": "canary-split", "split": {"v1": 80, "v2": 20}}
+      ])")))
+                  .value();
+  auto echo = mesh->Client("echo").value();
+  CallOptions canary;
+  canary.metadata.emplace_back("x-canary", "true");
+  for (int i = 0; i < 20; ++i) {
+    CallResult r = echo->CallBlocking("Echo/Say", "x", canary);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.payload, "v2");
+  }
+  std::map<std::string, int> by;
+  const int n = 1000;
+  for (int i = 0; i < n; ++i) {
+    CallResult r = echo->CallBlocking("Echo/Say", "x");
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    ++by[r.payload];
+  }
+  EXPECT_NEAR(by["v2"], 200, 60);
+  EXPECT_NEAR(by["v1a"] + by["v1b"], 800, 60);
+  ClientStats st = echo->stats();
+  ASSERT_EQ(st.routes.size(), 2u);
+  EXPECT_EQ(st.routes[0].name, "canary-header");
+  EXPECT_EQ(st.routes[0].calls, 20u);
+  EXPECT_EQ(st.routes[1].calls, static_cast<uint64_t>(n));
+  EXPECT_EQ(st.routes[1].by_subset[1].first, "v2");
+  EXPECT_EQ(st.routes[1].by_subset[1].second, static_cast<uint64_t>(by["v2"]));
+  std::string d = echo->Describe();
+  EXPECT_TRUE(absl::StrContains(d, "canary-header: x-canary=true -> v2")) << d;
+  EXPECT_TRUE(absl::StrContains(d, "canary-split: any call -> v1 80%, v2 20%")) << d;
+  EXPECT_TRUE(absl::StrContains(d, "v2 {version=v2}: 1 endpoint(s)")) << d;
+}
+
+TEST_F(MeshTest, RouteFaultAbortsOnlyItsCalls) {
+  auto mesh = Mesh::Create(Config(ServiceJson(R"(
+      "subsets": {"v2": {"version": "v2"}},
+      "routes": [{"name": "broken", "match": {"method": "Echo/*"},
+                  "subset": "v2", "fault": {"abort": {"percent": 100, "code": "ABORTED"}}}])")))
+                  .value();
+  auto echo = mesh->Client("echo").value();
+  CallResult r = echo->CallBlocking("Echo/Say", "x");
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(v2.handled.load(), 0);
+  EXPECT_EQ(echo->stats().faults_aborted, 1u);
+  // Another method matches no route: every endpoint, no fault.
+  CallResult other = echo->CallBlocking("Other/Call", "x");
+  EXPECT_EQ(other.status.code(), absl::StatusCode::kUnimplemented) << other.status;
+  EXPECT_EQ(echo->stats().unrouted, 1u);
+}
+
+struct AuthInterceptor : Interceptor {
+  std::string name() const override { return "auth"; }
+  absl::Status Before(absl::string_view method, CallOptions& o) override {
+    if (method == "Forbidden/Call") return absl::PermissionDeniedError("not allowed here");
+    o.metadata.emplace_back("x-user", "alice");
+    return absl::OkStatus();
+  }
+  void After(absl::string_view, const CallOptions&, CallResult& r, absl::Duration) override {
+    ++seen;
+    if (!r.status.ok()) ++failures;
+  }
+  std::atomic<int> seen{0}, failures{0};
+};
+
+TEST_F(MeshTest, InterceptorsAddMetadataAndSeeResults) {
+  auto mesh = Mesh::Create(Config(ServiceJson(""))).value();
+  auto echo = mesh->Client("echo").value();
+  auto auth = std::make_shared<AuthInterceptor>();
+  echo->AddInterceptor(auth);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  core::Notification done;
+  echo->Call("Echo/Say", "x", {}, [&](CallResult r) {
+    EXPECT_TRUE(r.status.ok());
+    done.Notify();
+  });
+  done.WaitForNotification();
+  EXPECT_EQ(v1a.with_user + v1b.with_user + v2.with_user, 11);
+  EXPECT_EQ(auth->seen.load(), 11);
+  CallResult denied = echo->CallBlocking("Forbidden/Call", "x");
+  EXPECT_EQ(denied.status.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(absl::StrContains(echo->Describe(), "interceptors     auth")) << echo->Describe();
+}
+
+TEST_F(MeshTest, ApplyReplacesTheStackWithoutFailingCallsInFlight) {
+  v1a.delay = v1b.delay = v2.delay = absl::Milliseconds(200);
+  auto mesh = Mesh::Create(Config(ServiceJson(""))).value();
+  auto echo = mesh->Client("echo").value();
+  ASSERT_TRUE(echo->WaitForEndpoints(absl::Seconds(5)));
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> calls;
+  for (int i = 0; i < 6; ++i) {
+    calls.emplace_back([&] {
+      CallResult r = echo->CallBlocking("Echo/Say", "x");
+      (r.status.ok() ? ok : failed)++;
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(50));  // the calls are in flight
+  ASSERT_TRUE(mesh->Apply(Config(ServiceJson(R"("retry": {"max_attempts": 3})"))).ok());
+  EXPECT_EQ(mesh->reload_stats().generation, 2u);
+  EXPECT_TRUE(absl::StrContains(echo->Describe(), "up to 3 attempts"));
+  for (auto& t : calls) t.join();
+  EXPECT_EQ(ok.load(), 6);
+  EXPECT_EQ(failed.load(), 0);
+  // A service removed by a reload answers NOT_FOUND.
+  ASSERT_TRUE(mesh->Apply(Config(R"({"services": {"other": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}}}})")).ok());
+  EXPECT_EQ(echo->CallBlocking("Echo/Say", "x").status.code(), absl::StatusCode::kNotFound);
+}
+
+// The bar: a config reload every 200ms (here; 1s in the end-to-end test)
+// under steady load, and no call fails because of it.
+TEST_F(MeshTest, ReloadsUnderLoadFailNoCall) {
+  auto mesh = Mesh::Create(Config(ServiceJson(""))).value();
+  auto echo = mesh->Client("echo").value();
+  ASSERT_TRUE(echo->WaitForEndpoints(absl::Seconds(5)));
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::string first_error;
+  std::mutex mu;
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&] {
+      while (!stop.load()) {
+        CallResult r = echo->CallBlocking("Echo/Say", "x");
+        if (r.status.ok()) {
+          ++ok;
+        } else {
+          ++failed;
+          std::lock_guard<std::mutex> lock(mu);
+          if (first_error.empty()) first_error = r.status.ToString();
+        }
+      }
+    });
+  }
+  // Async calls too.
+  std::atomic<int> async_ok{0}, async_failed{0}, async_out{0};
+  std::thread async_load([&] {
+    while (!stop.load()) {
+      ++async_out;
+      echo->Call("Echo/Say", "y", {}, [&](CallResult r) {
+        (r.status.ok() ? async_ok : async_failed)++;
+        --async_out;
+      });
+      absl::SleepFor(absl::Microseconds(500));
+    }
+  });
+  const char* variants[] = {
+      R"("load_balancer": [{"round_robin": {}}])",
+      R"("load_balancer": [{"p2c_peak_ewma": {}}], "retry": {"max_attempts": 2})",
+      R"("subsets": {"v1": {"version": "v1"}}, "routes": [{"split": {"v1": 1}}])",
+      R"("hedging": {"delay": "50ms"}, "outlier_detection": {"interval": "1s"})",
+  };
+  for (int i = 0; i < 15; ++i) {
+    absl::SleepFor(absl::Milliseconds(200));
+    ASSERT_TRUE(mesh->Apply(Config(ServiceJson(variants[i % 4]))).ok());
+  }
+  stop = true;
+  for (auto& t : load) t.join();
+  async_load.join();
+  ASSERT_TRUE(Eventually([&] { return async_out.load() == 0; }, absl::Seconds(5)));
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_EQ(async_failed.load(), 0);
+  EXPECT_GT(ok.load(), 100);
+  EXPECT_EQ(mesh->reload_stats().applied, 15u);
+}
+
+TEST_F(MeshTest, WatchedFileReloadsValidDocumentsAndRejectsBrokenOnes) {
+  std::string path = testing::MakeTempDir("mesh") + "/mesh.json";
+  auto write = [&](const std::string& text) {
+    std::ofstream(path + ".tmp", std::ios::trunc) << text;
+    ASSERT_EQ(rename((path + ".tmp").c_str(), path.c_str()), 0);
+  };
+  write(ServiceJson(""));
+  MeshOptions o;
+  o.file_poll_interval = absl::Milliseconds(20);
+  auto mesh = Mesh::Open(path, o).value();
+  auto echo = mesh->Client("echo").value();
+  ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  write(ServiceJson(R"("retry": {"max_attempts": 4})"));
+  ASSERT_TRUE(Eventually([&] { return mesh->reload_stats().generation == 2; }, absl::Seconds(5)));
+  EXPECT_TRUE(absl::StrContains(echo->Describe(), "up to 4 attempts"));
+  // Broken: rejected with the field path, the old configuration stays.
+  write(ServiceJson(R"("retry": {"max_attempts": 40})"));
+  ASSERT_TRUE(Eventually([&] { return mesh->reload_stats().rejected == 1; }, absl::Seconds(5)));
+  EXPECT_TRUE(absl::StrContains(mesh->reload_stats().last_error.message(),
+                                "services.echo.retry.max_attempts"))
+      << mesh->reload_stats().last_error;
+  EXPECT_EQ(mesh->reload_stats().generation, 2u);
+  ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  write("{ not json");
+  ASSERT_TRUE(Eventually([&] { return mesh->reload_stats().rejected == 2; }, absl::Seconds(5)));
+  ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+}
+
+}  // namespace
+}  // namespace meshlib::mesh
