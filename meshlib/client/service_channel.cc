@@ -257,8 +257,11 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
     addresses_ = std::move(addresses);
     stats_by_address_ = std::move(stats);
   }
+  {
+    core::MutexLock lock(&mu_);
+    updates_.fetch_add(1, std::memory_order_relaxed);
+  }
   cv_.notify_all();
-  updates_.fetch_add(1, std::memory_order_relaxed);
   CollectDrained();
   if (outliers_ != nullptr && !outlier_timer_.valid()) EvaluateOutliers();
 }
@@ -920,6 +923,13 @@ bool ServiceChannel::WaitForEndpoints(absl::Duration timeout) {
   std::unique_lock<std::mutex> lock(mu_.native());
   return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
                       [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return !addresses_.empty(); });
+}
+
+bool ServiceChannel::WaitForFirstUpdate(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_.native());
+  return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [this]() {
+    return updates_.load(std::memory_order_relaxed) > 0;
+  });
 }
 
 std::vector<std::string> ServiceChannel::Endpoints() const {

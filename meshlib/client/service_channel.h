@@ -189,6 +189,11 @@ class ServiceChannel final : public Caller {
   bool WaitForEndpoints(absl::Duration timeout);
   // Addresses in the current snapshot, sorted.
   std::vector<std::string> Endpoints() const;
+  // How many there are (no lock).
+  size_t endpoint_count() const { return endpoint_count_.load(std::memory_order_relaxed); }
+  // Blocks until the first endpoint set (possibly empty after filtering)
+  // has been applied, or `timeout` passes.
+  bool WaitForFirstUpdate(absl::Duration timeout);
   ServiceChannelStats stats() const;
   const std::string& service() const { return service_; }
   const discovery::Discovery& discovery() const { return *discovery_; }
