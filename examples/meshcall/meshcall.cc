@@ -25,11 +25,13 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "meshlib/core/sync.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/client/service_channel.h"
+#include "meshlib/mesh/mesh.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/config/config.h"
 #include "nlohmann/json.hpp"
@@ -44,6 +46,11 @@ ABSL_FLAG(int, concurrency, 1, "calls in flight (closed loop; ignored under --ra
 ABSL_FLAG(double, rate, 0, "open loop: calls per second, paced from intended send times");
 ABSL_FLAG(bool, idempotent, false, "calls are safe to retry and hedge");
 ABSL_FLAG(bool, json, false, "print one JSON object with the results");
+ABSL_FLAG(std::string, metadata, "",
+          "request metadata as key=value[,key=value...] (route match rules see it)");
+ABSL_FLAG(bool, describe, false,
+          "print the service's client stack (layers, effective settings, routes, endpoints) "
+          "and exit");
 ABSL_FLAG(absl::Duration, timeline, absl::ZeroDuration(),
           "with a load run: also report, per interval of this length, calls, "
           "failures, p99 and each endpoint's share (JSON key \"timeline\")");
@@ -204,31 +211,29 @@ int main(int argc, char** argv) {
                              ": no such service in ", absl::GetFlag(FLAGS_config)));
   }
 
-  meshlib::client::ServiceChannelOptions sopts;
-  sopts.channel.io_threads = 1;
-  sopts.channel.connections = absl::GetFlag(FLAGS_connections);
-  sopts.channel.default_timeout = svc->timeout;
-  if (auto lb = svc->raw.find("load_balancer"); lb != svc->raw.end()) sopts.load_balancer = *lb;
-  if (auto retry = svc->raw.find("retry"); retry != svc->raw.end()) sopts.retry = *retry;
-  if (auto cb = svc->raw.find("circuit_breaker"); cb != svc->raw.end()) {
-    sopts.circuit_breaker = *cb;
+  // The mesh: built from the file and watching it, so a load run picks up
+  // configuration changes as they are written (see --json's
+  // config_generation).
+  if (absl::GetFlag(FLAGS_connections) != 1) {
+    cfg->mesh.connections_per_endpoint = absl::GetFlag(FLAGS_connections);
   }
-  if (auto h = svc->raw.find("hedging"); h != svc->raw.end()) sopts.hedging = *h;
-  if (auto f = svc->raw.find("fault"); f != svc->raw.end()) sopts.fault = *f;
-  if (auto od = svc->raw.find("outlier_detection"); od != svc->raw.end()) {
-    sopts.outlier_detection = *od;
-  }
-  if (auto hc = svc->raw.find("health_check"); hc != svc->raw.end()) sopts.health_check = *hc;
-  auto target_or =
-      meshlib::client::ServiceChannel::Create(svc->name, svc->discovery, std::move(sopts));
+  meshlib::mesh::MeshOptions mopts;
+  mopts.watch_path = absl::GetFlag(FLAGS_config);
+  auto mesh_or = meshlib::mesh::Mesh::Create(*cfg, mopts);
+  if (!mesh_or.ok()) return Fail(std::string(mesh_or.status().message()));
+  std::unique_ptr<meshlib::mesh::Mesh> mesh = *std::move(mesh_or);
+  auto target_or = mesh->Client(svc->name);
   if (!target_or.ok()) return Fail(std::string(target_or.status().message()));
-  std::unique_ptr<meshlib::client::ServiceChannel> target = *std::move(target_or);
+  std::shared_ptr<meshlib::mesh::Client> target = *std::move(target_or);
+  if (absl::GetFlag(FLAGS_describe)) {
+    std::cout << target->Describe();
+    return 0;
+  }
   if (!target->WaitForEndpoints(absl::GetFlag(FLAGS_discovery_timeout))) {
-    auto ds = target->stats().discovery;
     return Fail(absl::StrCat("services.", svc->name, ".discovery (", svc->discovery_kind,
                              "): no endpoints after ",
-                             absl::FormatDuration(absl::GetFlag(FLAGS_discovery_timeout)),
-                             ds.last_error.ok() ? "" : ": ", ds.last_error.message()));
+                             absl::FormatDuration(absl::GetFlag(FLAGS_discovery_timeout)), "\n",
+                             target->Describe()));
   }
   // Calls that fail before reaching any endpoint complete on the caller's
   // thread; the closed loop issues the next one from here instead of
@@ -240,8 +245,12 @@ int main(int argc, char** argv) {
   const std::string method = absl::GetFlag(FLAGS_method);
   const std::string data = absl::GetFlag(FLAGS_data);
   CallOptions call_opts;
-  call_opts.timeout = svc->timeout;
   call_opts.idempotent = absl::GetFlag(FLAGS_idempotent);
+  for (absl::string_view kv : absl::StrSplit(absl::GetFlag(FLAGS_metadata), ',', absl::SkipEmpty())) {
+    std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    if (p.first.empty()) return Fail(absl::StrCat("--metadata: \"", kv, "\" is not key=value"));
+    call_opts.metadata.push_back(std::move(p));
+  }
 
   // One-off call: readable output, exit status says how it went.
   if (requests == 1 && !absl::GetFlag(FLAGS_json)) {
@@ -353,21 +362,27 @@ int main(int argc, char** argv) {
   absl::Duration elapsed = absl::Now() - start;
   nlohmann::json out = rec.ToJson(elapsed);
   {
-    auto st = target->stats();
+    meshlib::mesh::ClientStats st = target->stats();
     out["retries"] = st.retries + st.transparent_retries;
     out["retries_denied_by_budget"] = st.retries_denied;
     out["hedges"] = st.hedges;
-    out["breaker_overflows"] = st.breaker_overflows;
-    if (!st.outliers.hosts.empty()) {
-      out["ejections"] = st.outliers.ejections_consecutive_failures +
-                         st.outliers.ejections_success_rate +
-                         st.outliers.ejections_failure_percentage +
-                         st.outliers.ejections_failed_probe;
-    }
     out["hedges_denied_by_budget"] = st.hedges_denied;
     out["retries_stopped_by_pushback"] = st.pushback_stops;
+    out["breaker_overflows"] = st.breaker_overflows;
+    out["ejections"] = st.ejections;
     if (st.faults_delayed + st.faults_aborted > 0) {
       out["faults"] = {{"delayed", st.faults_delayed}, {"aborted", st.faults_aborted}};
+    }
+    // Routing decisions: calls per route and, within a split, per subset.
+    if (!st.routes.empty()) {
+      nlohmann::json routes = nlohmann::json::object();
+      for (const auto& r : st.routes) {
+        nlohmann::json subsets = nlohmann::json::object();
+        for (const auto& [name, n] : r.by_subset) subsets[name] = n;
+        routes[r.name] = {{"calls", r.calls}, {"subsets", subsets}};
+      }
+      out["routes"] = routes;
+      out["unrouted"] = st.unrouted;
     }
     // Attempts sent per call (the mesh's added load): the first attempts,
     // plus retries and hedges.
@@ -379,6 +394,11 @@ int main(int argc, char** argv) {
           static_cast<double>(calls);
     }
     out["policy"] = st.policy;
+    meshlib::mesh::ReloadStats rs = mesh->reload_stats();
+    out["config_generation"] = rs.generation;
+    out["config_reloads"] = rs.applied;
+    out["config_rejected"] = rs.rejected;
+    if (!rs.last_error.ok()) out["config_last_error"] = std::string(rs.last_error.message());
   }
   if (absl::GetFlag(FLAGS_json)) {
     std::cout << out.dump() << "\n";
@@ -387,5 +407,6 @@ int main(int argc, char** argv) {
   }
   side_loop.reset();
   target.reset();
+  mesh.reset();
   return 0;
 }

@@ -832,11 +832,11 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
   core->reload.generation = 1;
   core->reload.last_applied = absl::Now();
   std::unique_ptr<Mesh> mesh(new Mesh(core));
-  if (!options.etcd_endpoints.empty()) {
-    if (options.etcd_key.empty()) {
-      return absl::InvalidArgumentError("MeshOptions.etcd_key: needed with etcd_endpoints");
-    }
-    mesh->watcher_ = std::make_unique<internal::Watcher>(mesh.get(), core, "");
+  if (!options.etcd_endpoints.empty() && options.etcd_key.empty()) {
+    return absl::InvalidArgumentError("MeshOptions.etcd_key: needed with etcd_endpoints");
+  }
+  if (!options.etcd_endpoints.empty() || !options.watch_path.empty()) {
+    mesh->watcher_ = std::make_unique<internal::Watcher>(mesh.get(), core, options.watch_path);
   }
   return mesh;
 }
@@ -844,13 +844,8 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
 absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Open(const std::string& path, MeshOptions options) {
   auto cfg = config::LoadMeshConfigFile(path);
   if (!cfg.ok()) return cfg.status();
-  MeshOptions no_etcd = options;
-  no_etcd.etcd_endpoints.clear();
-  auto mesh = Create(*std::move(cfg), no_etcd);
-  if (!mesh.ok()) return mesh.status();
-  (*mesh)->core_->options = options;
-  (*mesh)->watcher_ = std::make_unique<internal::Watcher>(mesh->get(), (*mesh)->core_, path);
-  return mesh;
+  options.watch_path = path;
+  return Create(*std::move(cfg), std::move(options));
 }
 
 Mesh::~Mesh() {

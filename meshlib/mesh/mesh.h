@@ -152,6 +152,9 @@ class Client final : public client::Caller {
 };
 
 struct MeshOptions {
+  // A file to watch for new versions of the configuration (Open sets it to
+  // the file it loads). Empty: none.
+  std::string watch_path;
   // An etcd key holding the configuration document, watched like
   // discovery: each valid new value is applied. Empty endpoints: none.
   std::vector<std::string> etcd_endpoints;
