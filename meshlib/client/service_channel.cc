@@ -7,6 +7,7 @@
 #include <shared_mutex>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -375,7 +376,7 @@ void ServiceChannel::CollectDrained() {
 }
 
 bool ServiceChannel::PickMember(const CallOptions& options,
-                                const std::vector<std::string>& avoid, Picked* out) const {
+                                absl::Span<const std::string> avoid, Picked* out) const {
   core::RcuReadGuard guard(snapshot_);
   const Snapshot* s = snapshot_.Get(guard);
   if (s == nullptr || s->members.empty()) return false;
@@ -542,12 +543,12 @@ void ServiceChannel::RecordAttempt(const Picked& picked, const CallResult& r,
   // keeping that lower bound keeps the slow tail in the percentile.
   if (latency_ != nullptr &&
       (r.status.ok() || r.status.code() == absl::StatusCode::kCancelled)) {
-    latency_->Record(latency);
+    latency_->Record(latency, now);
   }
 }
 
-absl::Time ServiceChannel::DeadlineOf(const CallOptions& options) const {
-  absl::Time deadline = absl::Now() + (options.timeout > absl::ZeroDuration()
+absl::Time ServiceChannel::DeadlineOf(const CallOptions& options, absl::Time now) const {
+  absl::Time deadline = now + (options.timeout > absl::ZeroDuration()
                                            ? options.timeout
                                            : options_.channel.default_timeout);
   return std::min({deadline, options.deadline, core::CurrentDeadline()});
@@ -581,13 +582,13 @@ struct ServiceChannel::CallState final : public Cancellable {
   CallCallback done;     // guarded by mu; empty once finished
   int attempts = 1;      // counted against the retry policy's max_attempts
   bool transparent_used = false;
-  std::vector<std::string> tried;
+  absl::InlinedVector<std::string, 2> tried;
   struct InFlight {
     uint64_t id;
     CallHandle handle;
     bool retry_slot;  // holds a circuit-breaker max_retries slot
   };
-  std::vector<InFlight> in_flight;
+  absl::InlinedVector<InFlight, 2> in_flight;
   uint64_t next_attempt_id = 1;
   bool next_holds_retry_slot = false;  // the next attempt is a policy retry
   std::shared_ptr<resilience::CircuitBreaker> breaker;  // counts this call active
@@ -636,13 +637,15 @@ void ServiceChannel::RunLater(
 void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
   Picked picked;
   CallOptions attempt;
+  absl::Time start;
   uint64_t id;
   bool retry_slot;
   bool pending;
   {
     std::unique_lock<std::mutex> lock(st->mu);
     if (st->finished()) return;
-    absl::Duration left = st->deadline - absl::Now();
+    start = absl::Now();
+    absl::Duration left = st->deadline - start;
     if (left <= absl::ZeroDuration()) {
       if (!st->in_flight.empty()) return;  // a hedge too late; the others decide
       lock.unlock();
@@ -680,7 +683,6 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
     st->next_holds_retry_slot = false;
     st->in_flight.push_back({id, CallHandle(), retry_slot});
   }
-  absl::Time start = absl::Now();
   picked.stats->OnCallStart();
   EndpointChannel* channel = picked.channel.get();
   CallHandle handle = channel->Call(
@@ -794,17 +796,18 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
     done(std::move(r));
     return CallHandle();
   }
-  budget_->Deposit();
+  const absl::Time now = absl::Now();
+  budget_->Deposit(now);
   auto st = std::make_shared<CallState>();
   st->breaker = breaker_;
   st->method = std::string(method);
   st->request = std::string(request);
   st->options = options;
   st->done = std::move(done);
-  st->deadline = DeadlineOf(options);
+  st->deadline = DeadlineOf(options, now);
   st->timer_loop = &options_.channel.runtime->NextLoop();
   st->hedged = hedging_.enabled && options.idempotent;
-  if (st->hedged) hedge_budget_->Deposit();
+  if (st->hedged) hedge_budget_->Deposit(now);
   if (fault_.enabled()) {
     resilience::FaultInjection::Decision f =
         fault_.Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
@@ -866,9 +869,10 @@ CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_v
       b->EndRequest();
     }
   } active{breaker_.get()};
-  budget_->Deposit();
-  absl::Time deadline = DeadlineOf(options);
-  std::vector<std::string> tried;
+  const absl::Time now = absl::Now();
+  budget_->Deposit(now);
+  absl::Time deadline = DeadlineOf(options, now);
+  absl::InlinedVector<std::string, 2> tried;
   bool transparent_used = false;
   int attempts = 1;
   for (;;) {

@@ -64,6 +64,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
@@ -261,10 +262,10 @@ class ServiceChannel final : public Caller {
   // Bookkeeping common to every completed attempt.
   void RecordAttempt(const Picked& picked, const CallResult& r, absl::Duration latency,
                      absl::Time now);
-  absl::Time DeadlineOf(const CallOptions& options) const;
+  absl::Time DeadlineOf(const CallOptions& options, absl::Time now) const;
   // A pick by the policy; endpoints in `avoid` (addresses) are skipped when
   // another exists. False when the set is empty.
-  bool PickMember(const CallOptions& options, const std::vector<std::string>& avoid,
+  bool PickMember(const CallOptions& options, absl::Span<const std::string> avoid,
                   Picked* out) const;
   CallResult NoEndpoints() const;
   // Starts the next attempt of an asynchronous call.

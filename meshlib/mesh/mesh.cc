@@ -291,9 +291,13 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   o.config_path = absl::StrCat("services.", name);
   client::ChannelOptions channel_options = o.channel;
   MeshCore* c = &core;
-  o.channel_factory = [c, channel_options](const std::string& address) {
-    return c->PooledChannel(address, channel_options);
-  };
+  if (core.options.channel_factory) {
+    o.channel_factory = core.options.channel_factory;
+  } else {
+    o.channel_factory = [c, channel_options](const std::string& address) {
+      return c->PooledChannel(address, channel_options);
+    };
+  }
   auto all = client::ServiceChannel::Create(name, json(), o);
   if (!all.ok()) return all.status();
   stack->all = std::shared_ptr<client::ServiceChannel>(std::move(*all));
@@ -473,7 +477,8 @@ CallResult Client::CallBlocking(absl::string_view method, absl::string_view requ
         "service ", service_, " is not in the configuration (generation ", s->generation, ")")));
   }
   s->counters->calls.fetch_add(1, std::memory_order_relaxed);
-  absl::Time start = absl::Now();
+  // Interceptors are told each call's latency; without any, no clock read.
+  absl::Time start = s->interceptors.empty() ? absl::InfinitePast() : absl::Now();
   CallOptions opts = options;
   size_t ran = 0;
   CallResult r;

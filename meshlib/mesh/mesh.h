@@ -41,6 +41,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -162,6 +163,11 @@ struct MeshOptions {
   // How often Open's file is checked for changes (stat; read when its
   // size, time or inode changed). Default 200ms.
   absl::Duration file_poll_interval = absl::Milliseconds(200);
+  // Makes the connection to one endpoint. Null: a pooled client::Channel
+  // (TCP). Tests and benchmarks plug in other transports (e.g.
+  // testing::InMemoryChannel).
+  std::function<absl::StatusOr<std::shared_ptr<client::EndpointChannel>>(const std::string&)>
+      channel_factory;
   // Longest a new stack waits for its first endpoints before it replaces
   // the old one on a reload (the old one keeps serving meanwhile). Default
   // 2s.

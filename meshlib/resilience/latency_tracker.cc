@@ -57,8 +57,10 @@ void LatencyTracker::MaybeRotate(absl::Time now) {
   cached_at_ns_.store(INT64_MIN, std::memory_order_release);
 }
 
-void LatencyTracker::Record(absl::Duration latency) {
-  MaybeRotate(clock_->Now());
+void LatencyTracker::Record(absl::Duration latency) { Record(latency, clock_->Now()); }
+
+void LatencyTracker::Record(absl::Duration latency, absl::Time now) {
+  MaybeRotate(now);
   int64_t us = absl::ToInt64Microseconds(latency);
   if (us < 0) us = 0;
   Window& w = windows_[current_.load(std::memory_order_acquire)];

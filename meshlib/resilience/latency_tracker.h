@@ -43,6 +43,7 @@ class LatencyTracker {
   LatencyTracker& operator=(const LatencyTracker&) = delete;
 
   void Record(absl::Duration latency);
+  void Record(absl::Duration latency, absl::Time now);  // saves a clock read
   // The `p`-th percentile (0 < p < 100) of recent samples, or nullopt when
   // there are fewer than min_samples. The value is the upper edge of its
   // histogram bucket. Cached: asking for a different `p` than the cached

@@ -27,9 +27,17 @@ absl::Status RetryBudgetOptions::Validate() const {
 RetryBudget::RetryBudget(const RetryBudgetOptions& options, runtime::Clock* clock)
     : options_(options), clock_(clock), slice_(options.ttl / kSlices), slices_(kSlices) {
   current_start_ = clock_->Now();
+  slice_end_ns_.store(absl::ToUnixNanos(current_start_ + slice_), std::memory_order_relaxed);
+}
+
+void RetryBudget::FoldLocked() {
+  int64_t fresh = fresh_deposits_.exchange(0, std::memory_order_acq_rel);
+  slices_[current_].deposits += fresh;
+  deposits_ += fresh;
 }
 
 void RetryBudget::AdvanceLocked(absl::Time now) {
+  FoldLocked();
   // Age out whole slices that ended more than `ttl` ago.
   int64_t steps = (now - current_start_) / slice_;
   if (steps <= 0) return;
@@ -41,6 +49,7 @@ void RetryBudget::AdvanceLocked(absl::Time now) {
     slices_[current_] = Slice{};
   }
   current_start_ += slice_ * steps;
+  slice_end_ns_.store(absl::ToUnixNanos(current_start_ + slice_), std::memory_order_release);
 }
 
 double RetryBudget::BalanceLocked() const {
@@ -49,8 +58,13 @@ double RetryBudget::BalanceLocked() const {
          static_cast<double>(withdrawals_);
 }
 
-void RetryBudget::Deposit() {
-  absl::Time now = clock_->Now();
+void RetryBudget::Deposit() { Deposit(clock_->Now()); }
+
+void RetryBudget::Deposit(absl::Time now) {
+  if (absl::ToUnixNanos(now) < slice_end_ns_.load(std::memory_order_acquire)) {
+    fresh_deposits_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   core::MutexLock lock(&mu_);
   AdvanceLocked(now);
   ++slices_[current_].deposits;

@@ -17,6 +17,7 @@
 #ifndef MESHLIB_RESILIENCE_RETRY_BUDGET_H_
 #define MESHLIB_RESILIENCE_RETRY_BUDGET_H_
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -44,8 +45,11 @@ class RetryBudget {
   // `clock` must outlive the budget.
   RetryBudget(const RetryBudgetOptions& options, runtime::Clock* clock);
 
-  // Records a call (a first attempt): it earns `ratio` of a retry.
+  // Records a call (a first attempt): it earns `ratio` of a retry. Lock-free
+  // except once per slice (ttl / 10). `now` saves a clock read when the
+  // caller has it.
   void Deposit();
+  void Deposit(absl::Time now);
   // Takes one retry from the budget; false (and nothing taken) when the
   // budget is spent.
   bool TryWithdraw();
@@ -56,6 +60,8 @@ class RetryBudget {
 
  private:
   void AdvanceLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves deposits made without the lock into the current slice.
+  void FoldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   double BalanceLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RetryBudgetOptions options_;
@@ -71,6 +77,10 @@ class RetryBudget {
   absl::Time current_start_ ABSL_GUARDED_BY(mu_);
   int64_t deposits_ ABSL_GUARDED_BY(mu_) = 0;     // sum over the window
   int64_t withdrawals_ ABSL_GUARDED_BY(mu_) = 0;  // sum over the window
+  // Deposits made since the last fold, and the end of the current slice
+  // (unix ns) before which a deposit needs no lock.
+  std::atomic<int64_t> fresh_deposits_{0};
+  std::atomic<int64_t> slice_end_ns_{0};
 };
 
 }  // namespace meshlib::resilience
