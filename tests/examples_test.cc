@@ -259,6 +259,28 @@ TEST(ExamplesTest, BrokenHedgingConfigExitsNonZeroNamingTheField) {
   EXPECT_TRUE(absl::StrContains(call.err(), "services.echo.hedging.max_attempts")) << call.err();
 }
 
+// The README's first client: a mesh from mesh.json and typed stubs.
+TEST(ExamplesTest, TypedClientCallsEchoServerThroughTheMesh) {
+  Process a({EchoServer(), "--port=0", "--name=a"});
+  Process b({EchoServer(), "--port=0", "--name=b"});
+  std::string addr_a = StartServer(&a), addr_b = StartServer(&b);
+  std::string config = WriteConfig(absl::StrCat(
+      R"({"services": {"echo": {"discovery": {"static": {"endpoints": [")", addr_a, R"(", ")",
+      addr_b, R"("]}}, "retry": {"max_attempts": 3}}}})"));
+  Process call({Runfile("examples/typed/typed_client"), "--config=" + config});
+  EXPECT_EQ(call.Wait(absl::Seconds(30)), 0) << call.err();
+  EXPECT_TRUE(absl::StrContains(call.out(), "string reply: hello")) << call.out();
+  EXPECT_TRUE(absl::StrContains(call.out(), "struct reply: 2 x coffee (oat milk, no sugar)"))
+      << call.out();
+  EXPECT_TRUE(absl::StrContains(call.out(), "client echo, configuration generation 1"))
+      << call.out();
+  // The example config in the repository parses.
+  Process describe({Meshcall(), "--config=" + Runfile("examples/typed/mesh.json"),
+                    "--service=echo", "--method=Echo/Say", "--describe"});
+  EXPECT_EQ(describe.Wait(absl::Seconds(30)), 0) << describe.err();
+  EXPECT_TRUE(absl::StrContains(describe.out(), "p2c_peak_ewma")) << describe.out();
+}
+
 TEST(ExamplesTest, SigtermDrainsCallsInFlight) {
   Process server({EchoServer(), "--port=0", "--latency_ms=1000"});
   std::string addr = StartServer(&server);

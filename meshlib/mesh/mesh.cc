@@ -586,6 +586,13 @@ std::string Client::Describe() const {
       line(role, f);
       continue;
     }
+    if (role == "pool" && !core_->options.channel_factory) {
+      line(role, absl::StrCat(s->all->endpoint_count(), " endpoints, ",
+                              s->mesh_config->mesh.connections_per_endpoint,
+                              " connection(s) each, pooled by address (shared by the subsets "
+                              "and across reloads)"));
+      continue;
+    }
     line(role, text);
   }
   std::vector<std::string> eps;
