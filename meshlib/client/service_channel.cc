@@ -27,6 +27,12 @@ constexpr absl::Duration kDrainCheck = absl::Milliseconds(50);
 // not idempotent is safe to send again. gRPC calls this a transparent retry.
 bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
 
+CallResult ClosedWhileWaiting() {
+  CallResult r;
+  r.status = absl::CancelledError("service channel closed while the call waited");
+  return r;
+}
+
 }  // namespace
 
 // Keeps timers from touching a ServiceChannel that is gone: they hold this,
@@ -167,8 +173,9 @@ ServiceChannel::~ServiceChannel() {
   // Calls waiting on a timer (a retry's backoff, a hedge delay, an injected
   // delay) end with CANCELLED when it fires (or when a runtime of our own
   // stops) instead of going on; a timer running right now is waited for.
-  closing_.store(true, std::memory_order_release);
+  EndWaitingCalls();
   {
+    // Waits for timer callbacks running now.
     std::unique_lock<std::shared_mutex> lock(lifeline_->mu);
     lifeline_->sc = nullptr;
   }
@@ -619,19 +626,48 @@ struct ServiceChannel::CallState final : public Cancellable {
   }
 };
 
+void ServiceChannel::EndWaitingCalls() {
+  std::map<uint64_t, WaitingCall> waiting;
+  {
+    std::lock_guard<std::mutex> lock(timers_mu_);
+    closing_.store(true, std::memory_order_release);
+    waiting.swap(timers_);
+  }
+  // Every call waiting on a timer ends now, before the destructor returns,
+  // like the calls in flight on the channels.
+  for (auto& [key, w] : waiting) {
+    if (w.timer.valid()) w.loop->Cancel(w.timer);
+    w.call->Finish(ClosedWhileWaiting());
+  }
+}
+
 void ServiceChannel::RunLater(
     runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
     absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn) {
-  loop->RunAfter(delay, [life = lifeline_, st = std::move(st), fn = std::move(fn)]() mutable {
-    std::shared_lock<std::shared_mutex> lock(life->mu);
-    if (life->sc == nullptr || life->sc->closing_.load(std::memory_order_acquire)) {
-      CallResult closed;
-      closed.status = absl::CancelledError("service channel closed while the call waited");
-      st->Finish(std::move(closed));
-      return;
+  uint64_t key;
+  {
+    std::lock_guard<std::mutex> lock(timers_mu_);
+    if (closing_.load(std::memory_order_acquire)) {
+      key = 0;
+    } else {
+      key = next_timer_key_++;
+      timers_.emplace(key, WaitingCall{loop, runtime::TimerId(), st});
     }
-    fn(life->sc, std::move(st));
-  });
+  }
+  if (key == 0) return st->Finish(ClosedWhileWaiting());
+  runtime::TimerId id = loop->RunAfter(
+      delay, [life = lifeline_, key, st = std::move(st), fn = std::move(fn)]() mutable {
+        std::shared_lock<std::shared_mutex> lock(life->mu);
+        ServiceChannel* sc = life->sc;
+        if (sc == nullptr) return;  // the destructor ended the call
+        {
+          std::lock_guard<std::mutex> timers(sc->timers_mu_);
+          if (sc->timers_.erase(key) == 0) return;  // the destructor took it
+        }
+        fn(sc, std::move(st));
+      });
+  std::lock_guard<std::mutex> lock(timers_mu_);
+  if (auto it = timers_.find(key); it != timers_.end()) it->second.timer = id;
 }
 
 void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
@@ -684,12 +720,15 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
     st->in_flight.push_back({id, CallHandle(), retry_slot});
   }
   picked.stats->OnCallStart();
-  EndpointChannel* channel = picked.channel.get();
-  CallHandle handle = channel->Call(
+  // The callback keeps the endpoint's signals, not its channel: a callback
+  // must never hold the last reference to the channel that runs it.
+  Picked signals = picked;
+  signals.channel.reset();
+  CallHandle handle = picked.channel->Call(
       st->method, st->request, attempt,
-      [this, st, picked = std::move(picked), start, pending, id](CallResult r) mutable {
+      [this, st, signals = std::move(signals), start, pending, id](CallResult r) mutable {
         absl::Time now = absl::Now();
-        RecordAttempt(picked, r, now - start, now);
+        RecordAttempt(signals, r, now - start, now);
         if (pending) breaker_->EndPending();
         OnAttemptDone(std::move(st), id, std::move(r));
       });

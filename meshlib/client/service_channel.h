@@ -252,6 +252,8 @@ class ServiceChannel final : public Caller {
   struct Lifeline;
   // Runs `fn(this)` after `delay` on `loop`, unless this channel is gone by
   // then; then `st` ends with CANCELLED instead.
+  // Sets closing_ and ends every call waiting on a timer (destructor).
+  void EndWaitingCalls();
   void RunLater(runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
                 absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn);
   // Starts a call's first attempt (after any injected delay).
@@ -314,6 +316,16 @@ class ServiceChannel final : public Caller {
   std::shared_ptr<resilience::CircuitBreaker> breaker_;
   std::unique_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
   std::shared_ptr<Lifeline> lifeline_;
+  // Calls waiting on a timer (retry backoff, hedge delay, injected delay),
+  // ended by the destructor.
+  struct WaitingCall {
+    runtime::EventLoop* loop;
+    runtime::TimerId timer;
+    std::shared_ptr<CallState> call;
+  };
+  std::mutex timers_mu_;
+  std::map<uint64_t, WaitingCall> timers_;  // guarded by timers_mu_
+  uint64_t next_timer_key_ = 1;             // guarded by timers_mu_
   std::unique_ptr<resilience::OutlierDetector> outliers_;  // null: no detection
   std::atomic<bool> outlier_evaluation_posted_{false};
   resilience::HealthCheckOptions health_options_;
