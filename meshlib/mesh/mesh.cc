@@ -32,6 +32,10 @@ CallResult Failed(absl::Status status) {
   r.status = std::move(status);
   return r;
 }
+CallResult NotInConfiguration(const std::string& service, uint64_t generation) {
+  return Failed(absl::NotFoundError(absl::StrCat(
+      "service ", service, " is not in the configuration (generation ", generation, ")")));
+}
 }  // namespace
 
 namespace internal {
@@ -83,7 +87,36 @@ struct Stack {
     if (all != nullptr) fn(*all);
     for (const SubsetChannel& s : subsets) fn(*s.channel);
   }
+  // Adds the channels' retry, hedge, breaker and ejection counters.
+  void AddChannelCounters(ClientStats* out) const {
+    ForEachChannel([out](const client::ServiceChannel& ch) {
+      client::ServiceChannelStats c = ch.stats();
+      out->retries += c.retries;
+      out->transparent_retries += c.transparent_retries;
+      out->retries_denied += c.retries_denied;
+      out->hedges += c.hedges;
+      out->hedges_denied += c.hedges_denied;
+      out->breaker_overflows += c.breaker_overflows;
+      out->pushback_stops += c.pushback_stops;
+      out->ejections += c.outliers.ejections_consecutive_failures +
+                        c.outliers.ejections_success_rate +
+                        c.outliers.ejections_failure_percentage +
+                        c.outliers.ejections_failed_probe;
+    });
+  }
 };
+
+// Adds the channel counters of `add` to `to`.
+inline void AddCounters(const ClientStats& add, ClientStats* to) {
+  to->retries += add.retries;
+  to->transparent_retries += add.transparent_retries;
+  to->retries_denied += add.retries_denied;
+  to->hedges += add.hedges;
+  to->hedges_denied += add.hedges_denied;
+  to->breaker_overflows += add.breaker_overflows;
+  to->pushback_stops += add.pushback_stops;
+  to->ejections += add.ejections;
+}
 
 struct MeshCore {
   MeshOptions options;
@@ -219,31 +252,9 @@ struct MeshCore {
     // leaves their counters to it.
     if (s.counters == nullptr || s.all == nullptr || s.all.use_count() > 1) return;
     ClientStats add;
-    s.ForEachChannel([&](const client::ServiceChannel& ch) {
-      client::ServiceChannelStats st = ch.stats();
-      add.retries += st.retries;
-      add.transparent_retries += st.transparent_retries;
-      add.retries_denied += st.retries_denied;
-      add.hedges += st.hedges;
-      add.hedges_denied += st.hedges_denied;
-      add.breaker_overflows += st.breaker_overflows;
-      add.pushback_stops += st.pushback_stops;
-      add.ejections += st.outliers.ejections_consecutive_failures +
-                       st.outliers.ejections_success_rate +
-                       st.outliers.ejections_failure_percentage +
-                       st.outliers.ejections_failed_probe;
-    });
+    s.AddChannelCounters(&add);
     std::lock_guard<std::mutex> lock(s.counters->mu);
-    ClientStats& r = s.counters->retired;
-    r.retries += add.retries;
-    r.transparent_retries += add.transparent_retries;
-    r.retries_denied += add.retries_denied;
-    r.hedges += add.hedges;
-    r.hedges_denied += add.hedges_denied;
-    r.breaker_overflows += add.breaker_overflows;
-    r.pushback_stops += add.pushback_stops;
-    r.ejections += add.ejections;
-  }
+    AddCounters(add, &s.counters->retired);  }
 };
 
 namespace {
@@ -405,9 +416,7 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
                         const CallOptions& options, client::CallCallback done) {
   std::shared_ptr<const internal::Stack> s = stack();
   if (s->service == nullptr) {
-    done(Failed(absl::NotFoundError(
-        absl::StrCat("service ", service_, " is not in the configuration (generation ",
-                     s->generation, ")"))));
+    done(NotInConfiguration(service_, s->generation));
     return CallHandle();
   }
   s->counters->calls.fetch_add(1, std::memory_order_relaxed);
@@ -473,8 +482,7 @@ CallResult Client::CallBlocking(absl::string_view method, absl::string_view requ
                                 const CallOptions& options) {
   std::shared_ptr<const internal::Stack> s = stack();
   if (s->service == nullptr) {
-    return Failed(absl::NotFoundError(absl::StrCat(
-        "service ", service_, " is not in the configuration (generation ", s->generation, ")")));
+    return NotInConfiguration(service_, s->generation);
   }
   s->counters->calls.fetch_add(1, std::memory_order_relaxed);
   // Interceptors are told each call's latency; without any, no clock read.
@@ -625,18 +633,7 @@ ClientStats Client::stats() const {
     }
     st.routes.push_back(std::move(rs));
   }
-  s->ForEachChannel([&](const client::ServiceChannel& ch) {
-    client::ServiceChannelStats c = ch.stats();
-    st.retries += c.retries;
-    st.transparent_retries += c.transparent_retries;
-    st.retries_denied += c.retries_denied;
-    st.hedges += c.hedges;
-    st.hedges_denied += c.hedges_denied;
-    st.breaker_overflows += c.breaker_overflows;
-    st.pushback_stops += c.pushback_stops;
-    st.ejections += c.outliers.ejections_consecutive_failures + c.outliers.ejections_success_rate +
-                    c.outliers.ejections_failure_percentage + c.outliers.ejections_failed_probe;
-  });
+  s->AddChannelCounters(&st);
   if (s->all != nullptr) st.policy = s->all->stats().policy;
   return st;
 }
