@@ -415,6 +415,8 @@ TEST_F(EtcdIntegrationTest, RegistrarRegistersAgainWhenItsLeaseIsLost) {
                got->kvs[0].lease != 0;
       },
       absl::Seconds(10)));
+  // The key is in etcd a moment before the registrar has read etcd's answer.
+  ASSERT_TRUE(WaitFor([&] { return reg->stats().registered; }, absl::Seconds(10)));
   EXPECT_EQ(reg->stats().leases_lost, 1u);
   EXPECT_EQ(reg->stats().grants, 2u);
   EXPECT_TRUE(reg->stats().registered);
