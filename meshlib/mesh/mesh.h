@@ -189,7 +189,9 @@ class Mesh {
 
   // The client of `service` (one per service, shared). NOT_FOUND when the
   // configuration has no such service; a build error (e.g. a discovery
-  // source that cannot start) as is.
+  // source that cannot start) as is. The first call for a service waits
+  // (up to MeshOptions::ready_timeout) for its endpoints; get clients at
+  // start-up, not from a call's callback.
   absl::StatusOr<std::shared_ptr<mesh::Client>> Client(absl::string_view service);
 
   // Applies a new configuration to every client (see above). Blocking;
