@@ -828,6 +828,19 @@ void ServiceChannel::StartAsync(std::shared_ptr<CallState> st) {
 
 CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
                                 const CallOptions& options, CallCallback done) {
+  return CallWithFault(method, request, options, fault_.enabled() ? &fault_ : nullptr,
+                       std::move(done));
+}
+
+CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
+                                        const CallOptions& options) {
+  return CallBlockingWithFault(method, request, options, fault_.enabled() ? &fault_ : nullptr);
+}
+
+CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_view request,
+                                         const CallOptions& options,
+                                         const resilience::FaultInjection* fault,
+                                         CallCallback done) {
   if (absl::Status admitted = breaker_->TryStartRequest(); !admitted.ok()) {
     CallResult r;
     r.status = admitted;
@@ -847,31 +860,31 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
   st->timer_loop = &options_.channel.runtime->NextLoop();
   st->hedged = hedging_.enabled && options.idempotent;
   if (st->hedged) hedge_budget_->Deposit(now);
-  if (fault_.enabled()) {
+  if (fault != nullptr && fault->enabled()) {
     resilience::FaultInjection::Decision f =
-        fault_.Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
+        fault->Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
+    absl::Status abort = f.abort ? fault->AbortStatus() : absl::OkStatus();
     if (f.delay > absl::ZeroDuration()) {
       faults_delayed_.fetch_add(1, std::memory_order_relaxed);
-      bool abort = f.abort;
       runtime::EventLoop* loop = st->timer_loop;
       absl::Duration wait = std::min(f.delay, st->deadline - absl::Now());
       CallHandle handle(st);
       RunLater(loop, wait, std::move(st),
                [abort](ServiceChannel* sc, std::shared_ptr<CallState> s) {
-                 if (abort) {
+                 if (!abort.ok()) {
                    sc->faults_aborted_.fetch_add(1, std::memory_order_relaxed);
                    CallResult r;
-                   r.status = sc->fault_.AbortStatus();
+                   r.status = abort;
                    return s->Finish(std::move(r));
                  }
                  sc->StartAsync(std::move(s));
                });
       return handle;
     }
-    if (f.abort) {
+    if (!abort.ok()) {
       faults_aborted_.fetch_add(1, std::memory_order_relaxed);
       CallResult r;
-      r.status = fault_.AbortStatus();
+      r.status = abort;
       st->Finish(std::move(r));
       return CallHandle();
     }
@@ -881,13 +894,15 @@ CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view requ
   return handle;
 }
 
-CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
-                                        const CallOptions& options) {
-  if ((hedging_.enabled && options.idempotent) || fault_.enabled()) {
+CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
+                                                 absl::string_view request,
+                                                 const CallOptions& options,
+                                                 const resilience::FaultInjection* fault) {
+  if ((hedging_.enabled && options.idempotent) || (fault != nullptr && fault->enabled())) {
     // Several attempts at once, or a timer: the asynchronous path does it.
     CallResult result;
     core::Notification done;
-    Call(method, request, options, [&](CallResult r) {
+    CallWithFault(method, request, options, fault, [&](CallResult r) {
       result = std::move(r);
       done.Notify();
     });

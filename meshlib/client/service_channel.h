@@ -185,6 +185,15 @@ class ServiceChannel final : public Caller {
                   const CallOptions& options, CallCallback done) override;
   CallResult CallBlocking(absl::string_view method, absl::string_view request,
                           const CallOptions& options = {}) override;
+  // The same with `fault` in place of the channel's own fault injection
+  // (nullptr: none), for a routing layer above whose routes have their own.
+  // `fault` must outlive the call.
+  CallHandle CallWithFault(absl::string_view method, absl::string_view request,
+                           const CallOptions& options, const resilience::FaultInjection* fault,
+                           CallCallback done);
+  CallResult CallBlockingWithFault(absl::string_view method, absl::string_view request,
+                                   const CallOptions& options,
+                                   const resilience::FaultInjection* fault);
 
   // Blocks until discovery has produced endpoints and they are applied.
   bool WaitForEndpoints(absl::Duration timeout);

@@ -44,8 +44,6 @@ namespace internal {
 struct Counters {
   std::atomic<uint64_t> calls{0};
   std::atomic<uint64_t> unrouted{0};
-  std::atomic<uint64_t> faults_delayed{0};
-  std::atomic<uint64_t> faults_aborted{0};
   std::mutex mu;
   // By route name, and by "route/subset".
   std::map<std::string, std::shared_ptr<std::atomic<uint64_t>>> hits;
@@ -98,6 +96,8 @@ struct Stack {
       out->hedges_denied += c.hedges_denied;
       out->breaker_overflows += c.breaker_overflows;
       out->pushback_stops += c.pushback_stops;
+      out->faults_delayed += c.faults_delayed;
+      out->faults_aborted += c.faults_aborted;
       out->ejections += c.outliers.ejections_consecutive_failures +
                         c.outliers.ejections_success_rate +
                         c.outliers.ejections_failure_percentage +
@@ -115,6 +115,8 @@ inline void AddCounters(const ClientStats& add, ClientStats* to) {
   to->hedges_denied += add.hedges_denied;
   to->breaker_overflows += add.breaker_overflows;
   to->pushback_stops += add.pushback_stops;
+  to->faults_delayed += add.faults_delayed;
+  to->faults_aborted += add.faults_aborted;
   to->ejections += add.ejections;
 }
 
@@ -444,38 +446,9 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
     finish(Failed(routed.error));
     return CallHandle();
   }
-  if (routed.fault != nullptr) {
-    resilience::FaultInjection::Decision f =
-        routed.fault->Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
-    if (f.delay > absl::ZeroDuration()) {
-      s->counters->faults_delayed.fetch_add(1, std::memory_order_relaxed);
-      absl::Duration timeout =
-          opts.timeout > absl::ZeroDuration() ? opts.timeout : s->service->timeout;
-      if (f.delay >= timeout) {
-        core_->runtime->NextLoop().RunAfter(timeout, [finish = std::move(finish)]() mutable {
-          finish(Failed(absl::DeadlineExceededError("deadline passed during an injected delay")));
-        });
-        return CallHandle();
-      }
-      opts.timeout = timeout - f.delay;
-      core_->runtime->NextLoop().RunAfter(
-          f.delay, [s, routed, abort = f.abort, fault = routed.fault, method = std::string(method),
-                    request = std::string(request), opts, finish = std::move(finish)]() mutable {
-            if (abort) {
-              s->counters->faults_aborted.fetch_add(1, std::memory_order_relaxed);
-              return finish(Failed(fault->AbortStatus()));
-            }
-            routed.target->Call(method, request, opts, std::move(finish));
-          });
-      return CallHandle();
-    }
-    if (f.abort) {
-      s->counters->faults_aborted.fetch_add(1, std::memory_order_relaxed);
-      finish(Failed(routed.fault->AbortStatus()));
-      return CallHandle();
-    }
-  }
-  return routed.target->Call(method, request, opts, std::move(finish));
+  // The fault (the route's, else the service's) is applied by the channel,
+  // whose timers end with it; the stack, held by `finish`, keeps it alive.
+  return routed.target->CallWithFault(method, request, opts, routed.fault, std::move(finish));
 }
 
 CallResult Client::CallBlocking(absl::string_view method, absl::string_view request,
@@ -498,32 +471,9 @@ CallResult Client::CallBlocking(absl::string_view method, absl::string_view requ
   }
   if (ran == s->interceptors.size()) {
     internal::Routed routed = internal::Route(*s, method, opts);
-    bool sent = false;
-    if (!routed.error.ok()) {
-      r = Failed(routed.error);
-      sent = true;
-    } else if (routed.fault != nullptr) {
-      resilience::FaultInjection::Decision f =
-          routed.fault->Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
-      if (f.delay > absl::ZeroDuration()) {
-        s->counters->faults_delayed.fetch_add(1, std::memory_order_relaxed);
-        absl::Duration timeout =
-            opts.timeout > absl::ZeroDuration() ? opts.timeout : s->service->timeout;
-        absl::SleepFor(std::min(f.delay, timeout));
-        if (f.delay >= timeout) {
-          r = Failed(absl::DeadlineExceededError("deadline passed during an injected delay"));
-          sent = true;
-        } else {
-          opts.timeout = timeout - f.delay;
-        }
-      }
-      if (!sent && f.abort) {
-        s->counters->faults_aborted.fetch_add(1, std::memory_order_relaxed);
-        r = Failed(routed.fault->AbortStatus());
-        sent = true;
-      }
-    }
-    if (!sent) r = routed.target->CallBlocking(method, request, opts);
+    r = routed.error.ok()
+            ? routed.target->CallBlockingWithFault(method, request, opts, routed.fault)
+            : Failed(routed.error);
   }
   for (size_t j = ran; j-- > 0;) s->interceptors[j]->After(method, opts, r, absl::Now() - start);
   return r;
@@ -621,8 +571,6 @@ ClientStats Client::stats() const {
   st.generation = s->generation;
   st.calls = s->counters->calls.load(std::memory_order_relaxed);
   st.unrouted = s->counters->unrouted.load(std::memory_order_relaxed);
-  st.faults_delayed = s->counters->faults_delayed.load(std::memory_order_relaxed);
-  st.faults_aborted = s->counters->faults_aborted.load(std::memory_order_relaxed);
   for (const internal::RouteRuntime& r : s->routes) {
     RouteStats rs;
     rs.name = r.config->name;
