@@ -9,8 +9,9 @@
 //      serving one service, "echo": healthy ones, one slow (every call takes
 //      --slow_ms), one flaky (answers --flaky_error_rate of its calls with
 //      UNAVAILABLE).
-//   2. Phase "meshlib": a ServiceChannel built from a mesh.json the way an
-//      application would configure it (p2c_peak_ewma, retries on a budget,
+//   2. Phase "meshlib": a mesh built from a mesh.json the way an application
+//      builds its own, and its client for "echo" (mesh::Mesh, mesh::Client),
+//      configured (p2c_peak_ewma, retries on a budget,
 //      hedging at p95, outlier detection) sends --rate idempotent calls per
 //      second, open loop, for --duration. At 30% of the phase one healthy
 //      instance is SIGKILLed, as a crash would; at 65% it is started again on
@@ -23,7 +24,7 @@
 // share of the calls, their success and latency (as measured here, from each
 // call's intended send time, by the endpoint that gave the final answer, from
 // CallResult::endpoint), the attempts it took (retries and hedges included),
-// and how the client sees it (ServiceChannel::EndpointStates). On a
+// and how the client sees it (mesh::Client::EndpointStates). On a
 // terminal the table is redrawn in place; otherwise (or with --plain) each
 // refresh is printed as plain lines.
 //
@@ -66,6 +67,7 @@
 #include "meshlib/config/config.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
+#include "meshlib/mesh/mesh.h"
 #include "meshlib/runtime/event_loop.h"
 #include "nlohmann/json.hpp"
 
@@ -89,8 +91,6 @@ namespace {
 using client::CallOptions;
 using client::CallResult;
 using client::EndpointState;
-using client::ServiceChannel;
-using client::ServiceChannelStats;
 
 // The client in each phase, configured as an application would configure it
 // in mesh.json (see DESIGN.md); the endpoint list is filled in once the
@@ -175,44 +175,33 @@ std::string DefaultEchoServer() {
   return dir + "/../echo/echo_server";
 }
 
-// What meshcall does too: the service's sections of mesh.json, each handed
-// to the layer that reads it.
-client::ServiceChannelOptions OptionsFromConfig(const config::ServiceConfig& svc) {
-  client::ServiceChannelOptions o;
-  o.channel.default_timeout = svc.timeout;
-  auto section = [&](const char* key) {
-    auto it = svc.raw.find(key);
-    return it == svc.raw.end() ? nlohmann::json() : *it;
-  };
-  o.load_balancer = section("load_balancer");
-  o.retry = section("retry");
-  o.hedging = section("hedging");
-  o.circuit_breaker = section("circuit_breaker");
-  o.outlier_detection = section("outlier_detection");
-  o.health_check = section("health_check");
-  o.fault = section("fault");
-  return o;
-}
+// The client of one phase: a mesh built from the phase's mesh.json (with
+// the fleet's endpoints), as an application builds its own, and the "echo"
+// service's client from it.
+struct EchoClient {
+  std::unique_ptr<::meshlib::mesh::Mesh> mesh;
+  std::shared_ptr<::meshlib::mesh::Client> client;
+};
 
-// Parses the phase's mesh.json with the fleet's endpoints, as an
-// application reads its file, and builds the client for "echo".
-absl::StatusOr<std::unique_ptr<ServiceChannel>> ConnectToEcho(
-    const Phase& phase, const std::vector<std::string>& endpoints,
-    std::shared_ptr<runtime::Runtime> io, absl::Duration* timeout) {
+absl::StatusOr<EchoClient> ConnectToEcho(const Phase& phase,
+                                         const std::vector<std::string>& endpoints,
+                                         absl::Duration* timeout) {
   nlohmann::json doc = nlohmann::json::parse(phase.config);
   doc["services"]["echo"]["discovery"] = {{"static", {{"endpoints", endpoints}}}};
   absl::StatusOr<config::MeshConfig> cfg = config::ParseMeshConfig(doc.dump());
   if (!cfg.ok()) return cfg.status();
-  const config::ServiceConfig* echo = cfg->Find("echo");
-  *timeout = echo->timeout;
-  client::ServiceChannelOptions options = OptionsFromConfig(*echo);
-  options.channel.runtime = std::move(io);
-  auto channel = ServiceChannel::Create("echo", echo->discovery, std::move(options));
-  if (!channel.ok()) return channel.status();
-  if (!(*channel)->WaitForEndpoints(absl::Seconds(5))) {
+  *timeout = cfg->Find("echo")->timeout;
+  EchoClient out;
+  auto m = mesh::Mesh::Create(*std::move(cfg));
+  if (!m.ok()) return m.status();
+  out.mesh = *std::move(m);
+  auto client = out.mesh->Client("echo");
+  if (!client.ok()) return client.status();
+  out.client = *std::move(client);
+  if (!out.client->WaitForEndpoints(absl::Seconds(5))) {
     return absl::DeadlineExceededError("no endpoints from discovery after 5s");
   }
-  return channel;
+  return out;
 }
 
 // ---------------------------------------------------------------------------
@@ -305,7 +294,7 @@ Sample Merge(const std::map<std::string, Sample>& by_endpoint) {
 // numbers instead of slowing the load down (no coordinated omission).
 class OpenLoopLoad {
  public:
-  OpenLoopLoad(ServiceChannel* channel, std::shared_ptr<Tally> tally, double rate, absl::Time start,
+  OpenLoopLoad(client::Caller* channel, std::shared_ptr<Tally> tally, double rate, absl::Time start,
                absl::Time end, absl::Duration timeout)
       : pacer_([=] {
           CallOptions options;
@@ -406,10 +395,7 @@ struct Attempts {
   uint64_t failures = 0;
 };
 
-uint64_t Ejections(const ServiceChannelStats& st) {
-  return st.outliers.ejections_consecutive_failures + st.outliers.ejections_success_rate +
-         st.outliers.ejections_failure_percentage + st.outliers.ejections_failed_probe;
-}
+uint64_t Ejections(const mesh::ClientStats& st) { return st.ejections; }
 
 // One table: a row per instance, one for calls no endpoint answered, and a
 // footer with the whole channel's counters.
@@ -418,7 +404,7 @@ std::vector<std::string> RenderTable(const std::string& title, const Fleet& flee
                                      const std::map<std::string, Sample>& samples,
                                      const std::vector<EndpointState>& states,
                                      const std::map<std::string, Attempts>& attempts,
-                                     const ServiceChannelStats& st, const Sample& phase_so_far) {
+                                     const mesh::ClientStats& st, const Sample& phase_so_far) {
   std::vector<std::string> out;
   out.push_back(title);
   out.push_back(absl::StrFormat("  %-8s %-15s %-13s %7s %7s %7s %7s %8s %6s  %-9s %s", "instance",
@@ -488,7 +474,7 @@ struct PhaseResult {
   std::string policy;
   Sample calls;
   std::map<std::string, int64_t> errors;
-  ServiceChannelStats stats;
+  mesh::ClientStats stats;
 };
 
 struct RunSettings {
@@ -497,21 +483,20 @@ struct RunSettings {
   size_t victim = 0;
 };
 
-absl::StatusOr<PhaseResult> RunPhase(const Phase& phase, const RunSettings& run,
-                                     const std::shared_ptr<runtime::Runtime>& io, Fleet& fleet,
+absl::StatusOr<PhaseResult> RunPhase(const Phase& phase, const RunSettings& run, Fleet& fleet,
                                      Screen& screen) {
   std::vector<std::string> endpoints;
   for (size_t i = 0; i < fleet.size(); ++i) endpoints.push_back(fleet.instance(i).address);
   absl::Duration timeout;
   auto tally = std::make_shared<Tally>();
-  absl::StatusOr<std::unique_ptr<ServiceChannel>> channel_or =
-      ConnectToEcho(phase, endpoints, io, &timeout);
+  absl::StatusOr<EchoClient> channel_or = ConnectToEcho(phase, endpoints, &timeout);
   if (!channel_or.ok()) {
     return absl::Status(channel_or.status().code(),
                         absl::StrCat("phase ", phase.name,
                                      ": client setup failed: ", channel_or.status().message()));
   }
-  std::unique_ptr<ServiceChannel> channel = *std::move(channel_or);
+  EchoClient echo = *std::move(channel_or);
+  mesh::Client* channel = echo.client.get();
 
   const Instance& victim = fleet.instance(run.victim);
   std::vector<std::string> process_state;
@@ -537,7 +522,7 @@ absl::StatusOr<PhaseResult> RunPhase(const Phase& phase, const RunSettings& run,
                               absl::FormatDuration(run.duration)));
   std::map<std::string, Attempts> last_attempts;
   {
-    OpenLoopLoad load(channel.get(), tally, run.rate, start, end, timeout);
+    OpenLoopLoad load(channel, tally, run.rate, start, end, timeout);
     absl::Time next_refresh = start + absl::Seconds(1);
     for (;;) {
       const absl::Time now = absl::Now();
@@ -601,10 +586,10 @@ absl::StatusOr<PhaseResult> RunPhase(const Phase& phase, const RunSettings& run,
       title(stopped_early ? absl::Now() : end, stopped_early ? "until stopped" : "whole phase"),
       fleet, process_state, by_endpoint, states, totals, result.stats, Merge(by_endpoint)));
   screen.Keep();
-  // A call the channel's destruction cuts short while it waits on a retry
-  // or hedge timer completes with CANCELLED when that timer fires, after
-  // the destructor has returned: wait for those too.
-  channel.reset();
+  // Closing the mesh ends any call still in flight (with CANCELLED) before
+  // it returns.
+  echo.client.reset();
+  echo.mesh.reset();
   WaitForCalls(*tally, absl::Seconds(2));
   result.calls = Merge(tally->Phase());
   result.errors = tally->Errors();
@@ -768,13 +753,6 @@ int Main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  // The reactor threads of both phases' clients. An application shares one
-  // runtime between its clients; owning it here also means it is released
-  // on this thread, after the clients and their calls are gone.
-  absl::StatusOr<std::shared_ptr<runtime::Runtime>> io = runtime::Runtime::Create(1, "demo-io");
-  if (!io.ok())
-    return Fail(absl::StrCat("cannot start the client's runtime: ", io.status().message()));
-
   const Phase phases[] = {
       {"meshlib", "p2c_peak_ewma, retries, hedging at p95, outlier detection", kMeshlibConfig},
       {"round robin", "round_robin, no retries, no hedging, no outlier detection",
@@ -783,7 +761,7 @@ int Main(int argc, char** argv) {
   std::vector<PhaseResult> results;
   for (const Phase& phase : phases) {
     if (g_stop.HasBeenNotified()) break;
-    absl::StatusOr<PhaseResult> r = RunPhase(phase, run, *io, fleet, screen);
+    absl::StatusOr<PhaseResult> r = RunPhase(phase, run, fleet, screen);
     if (!r.ok()) return Fail(std::string(r.status().message()));
     results.push_back(*std::move(r));
   }
