@@ -137,6 +137,11 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     lt.min_samples = hedging.min_samples;
     sc->latency_ = std::make_unique<resilience::LatencyTracker>(lt, &runtime::RealClock());
   }
+  sc->health_source_ = options.health_source;
+  if (sc->health_source_ != nullptr) {
+    outlier.reset();  // judged by the source
+    health.reset();
+  }
   if (outlier.has_value()) {
     sc->outliers_ =
         std::make_unique<resilience::OutlierDetector>(*outlier, &runtime::RealClock());
@@ -164,6 +169,10 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     sc->discovery_ = *std::move(d);
   }
   ServiceChannel* raw = sc.get();
+  if (sc->health_source_ != nullptr) {
+    ServiceChannel* source = sc->health_source_.get();
+    source->control_->RunAndWait([source, raw] { source->dependents_.push_back(raw); });
+  }
   sc->subscription_ = sc->discovery_->Subscribe(
       [raw](std::shared_ptr<const discovery::EndpointSet> set) { raw->Apply(std::move(set)); });
   return sc;
@@ -184,8 +193,13 @@ ServiceChannel::~ServiceChannel() {
   control_->RunAndWait([this] {
     control_->Cancel(drain_timer_);
     control_->Cancel(outlier_timer_);
-    for (auto& [addr, m] : members_) {
-      if (m.health != nullptr) control_->Cancel(m.health->timer);
+    if (health_source_ != nullptr) {
+      auto& deps = health_source_->dependents_;
+      deps.erase(std::remove(deps.begin(), deps.end(), this), deps.end());
+    } else {
+      for (auto& [addr, m] : members_) {
+        if (m.health != nullptr) control_->Cancel(m.health->timer);
+      }
     }
     // Channels close here, off the request path; calls still in flight on
     // them complete with CANCELLED.
@@ -229,6 +243,13 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
       m.channel->Connect();
       m.stats = std::make_shared<lb::EndpointStats>(policy_->StatsOptions());
       if (outliers_ != nullptr) m.outlier = outliers_->AddHost(e.address);
+      if (health_source_ != nullptr) {
+        if (auto it = health_source_->members_.find(e.address);
+            it != health_source_->members_.end()) {
+          m.outlier = it->second.outlier;
+          m.health = it->second.health;
+        }
+      }
       if (health_checks_) {
         m.health = std::make_shared<HealthProbe>(health_options_);
         m.health->channel = m.channel;
@@ -246,7 +267,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
     if (next.count(addr)) continue;
     draining_.push_back({m.channel, absl::Now() + options_.drain_timeout});
     if (outliers_ != nullptr) outliers_->RemoveHost(addr);
-    if (m.health != nullptr) {
+    if (m.health != nullptr && health_source_ == nullptr) {
       m.health->stopped = true;
       control_->Cancel(m.health->timer);
     }
@@ -304,11 +325,26 @@ void ServiceChannel::Rebuild() {
   endpoint_count_.store(count, std::memory_order_relaxed);
   ejected_count_.store(ejected, std::memory_order_relaxed);
   unhealthy_count_.store(unhealthy, std::memory_order_relaxed);
-  core::MutexLock lock(&mu_);
-  view_ = std::move(view);
+  {
+    core::MutexLock lock(&mu_);
+    view_ = std::move(view);
+  }
+  for (ServiceChannel* d : dependents_) d->OnSourceHealthChanged();
+}
+
+void ServiceChannel::OnSourceHealthChanged() {
+  if (set_ == nullptr) return;
+  for (auto& [addr, m] : members_) {
+    if (auto it = health_source_->members_.find(addr); it != health_source_->members_.end()) {
+      m.outlier = it->second.outlier;
+      m.health = it->second.health;
+    }
+  }
+  Rebuild();
 }
 
 void ServiceChannel::RequestOutlierEvaluation() {
+  if (health_source_ != nullptr) return health_source_->RequestOutlierEvaluation();
   if (outlier_evaluation_posted_.exchange(true, std::memory_order_acq_rel)) return;
   control_->Post([life = lifeline_] {
     std::shared_lock<std::shared_mutex> lock(life->mu);

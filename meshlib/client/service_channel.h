@@ -84,6 +84,8 @@
 
 namespace meshlib::client {
 
+class ServiceChannel;
+
 struct ServiceChannelOptions {
   // For every endpoint's channel. `channel.runtime` is shared by all of them
   // (created once here when not given).
@@ -124,6 +126,12 @@ struct ServiceChannelOptions {
   // a configuration reload) then watch the source once. `control_loop`
   // must be the loop the Discovery runs on.
   std::shared_ptr<discovery::Discovery> shared_discovery;
+  // Take endpoint health (outlier detection, active health checks) from
+  // this channel over the same service instead of judging it again: a
+  // service's subsets then see one verdict per endpoint, and probe it once.
+  // `outlier_detection` and `health_check` are then ignored. It must use
+  // the same `control_loop`.
+  std::shared_ptr<ServiceChannel> health_source;
   // Keep only the endpoints this accepts (a subset of the service, e.g. by
   // metadata). Null: all.
   std::function<bool(const discovery::Endpoint&)> endpoint_filter;
@@ -256,6 +264,9 @@ class ServiceChannel final : public Caller {
   void StartHealthProbe(const std::string& address, const std::shared_ptr<HealthProbe>& hp,
                         absl::Duration delay);                      // control loop
   void OnHealthProbeResult(const std::shared_ptr<HealthProbe>& hp, bool ok);  // control loop
+  // With a health_source: takes its verdicts for our members, then
+  // rebuilds the picker. Called by the source when they change.
+  void OnSourceHealthChanged();                                      // control loop
   void CollectDrained();                                            // control loop
   struct CallState;
   struct Lifeline;
@@ -325,6 +336,8 @@ class ServiceChannel final : public Caller {
   std::shared_ptr<resilience::CircuitBreaker> breaker_;
   std::unique_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
   std::shared_ptr<Lifeline> lifeline_;
+  std::shared_ptr<ServiceChannel> health_source_;
+  std::vector<ServiceChannel*> dependents_;  // control loop: channels using us as health_source
   // Calls waiting on a timer (retry backoff, hedge delay, injected delay),
   // ended by the destructor.
   struct WaitingCall {

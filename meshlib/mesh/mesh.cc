@@ -316,6 +316,12 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   stack->all = std::shared_ptr<client::ServiceChannel>(std::move(*all));
   for (const config::SubsetConfig& subset : svc->subsets) {
     client::ServiceChannelOptions so = o;
+    // One verdict per endpoint for the whole service: the subsets take
+    // outlier detection and health checks from the channel over every
+    // endpoint.
+    so.health_source = stack->all;
+    so.outlier_detection = json();
+    so.health_check = json();
     so.endpoint_filter = [&subset](const discovery::Endpoint& e) {
       return config::SubsetMatches(subset, e);
     };

@@ -293,5 +293,43 @@ TEST_F(MeshTest, WatchedFileReloadsValidDocumentsAndRejectsBrokenOnes) {
   ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
 }
 
+// Subsets share the service's verdict on an endpoint: an endpoint ejected
+// by calls through one route is out for every call, and probes are sent
+// once per endpoint, not once per subset.
+TEST_F(MeshTest, SubsetsShareEndpointHealth) {
+  auto mesh = Mesh::Create(Config(ServiceJson(R"(
+      "load_balancer": [{"round_robin": {}}],
+      "outlier_detection": {"consecutive_failures": 3, "interval": "10s",
+                            "base_ejection_time": "30s", "max_ejection_percent": 50},
+      "health_check": {"interval": "50ms", "timeout": "40ms"},
+      "subsets": {"v1": {"version": "v1"}, "v2": {"version": "v2"}},
+      "routes": [{"name": "old", "match": {"metadata": {"x-old": "*"}}, "subset": "v1"}])")))
+                  .value();
+  auto echo = mesh->Client("echo").value();
+  CallOptions old;
+  old.metadata.emplace_back("x-old", "1");
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x", old).status.ok());
+  v1a.failing = true;
+  // Through the route, v1a fails three times in a row and is ejected.
+  int failed = 0;
+  for (int i = 0; i < 20; ++i) failed += !echo->CallBlocking("Echo/Say", "x", old).status.ok();
+  EXPECT_EQ(failed, 3);
+  // Calls no route matches use every endpoint: v1a is out for them too.
+  int before = v1a.handled.load();
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  EXPECT_EQ(v1a.handled.load(), before);
+  for (const client::EndpointState& e : echo->EndpointStates()) {
+    EXPECT_EQ(e.outlier, e.address == v1a.address() ? "ejected" : "healthy") << e.address;
+  }
+  EXPECT_EQ(echo->stats().ejections, 1u);
+  // One prober per endpoint: about 1s / 50ms probes of v2 in a second, not
+  // twice that (v2 is in the whole service and in subset v2).
+  int64_t probes_before = v2.server->stats().health_checks;
+  absl::SleepFor(absl::Seconds(1));
+  int64_t probes = v2.server->stats().health_checks - probes_before;
+  EXPECT_GE(probes, 8);
+  EXPECT_LE(probes, 25);
+}
+
 }  // namespace
 }  // namespace meshlib::mesh
