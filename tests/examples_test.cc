@@ -281,6 +281,29 @@ TEST(ExamplesTest, TypedClientCallsEchoServerThroughTheMesh) {
   EXPECT_TRUE(absl::StrContains(describe.out(), "p2c_peak_ewma")) << describe.out();
 }
 
+TEST(ExamplesTest, OneOffCallShowsTheRoutingDecision) {
+  Process a({EchoServer(), "--port=0", "--name=stable"});
+  Process b({EchoServer(), "--port=0", "--name=canary"});
+  std::string addr_a = StartServer(&a), addr_b = StartServer(&b);
+  std::string config = WriteConfig(absl::StrCat(
+      R"({"services": {"echo": {"discovery": {"static": {"endpoints": [)",
+      R"({"address": ")", addr_a, R"(", "metadata": {"track": "stable"}},)",
+      R"({"address": ")", addr_b, R"(", "metadata": {"track": "canary"}}]}},)",
+      R"("subsets": {"stable": {"track": "stable"}, "canary": {"track": "canary"}},)",
+      R"("routes": [{"name": "testers", "match": {"metadata": {"x-tester": "*"}},)",
+      R"("subset": "canary"}, {"name": "rest", "subset": "stable"}]}}})"));
+  Process tester({Meshcall(), "--config=" + config, "--service=echo", "--method=Echo/Say",
+                  "--data=hi", "--metadata=x-tester=1"});
+  EXPECT_EQ(tester.Wait(absl::Seconds(30)), 0) << tester.err();
+  EXPECT_TRUE(absl::StrContains(tester.out(), "(canary) via route testers to subset canary"))
+      << tester.out();
+  Process other({Meshcall(), "--config=" + config, "--service=echo", "--method=Echo/Say",
+                 "--data=hi"});
+  EXPECT_EQ(other.Wait(absl::Seconds(30)), 0) << other.err();
+  EXPECT_TRUE(absl::StrContains(other.out(), "(stable) via route rest to subset stable"))
+      << other.out();
+}
+
 TEST(ExamplesTest, SigtermDrainsCallsInFlight) {
   Process server({EchoServer(), "--port=0", "--latency_ms=1000"});
   std::string addr = StartServer(&server);

@@ -254,12 +254,26 @@ int main(int argc, char** argv) {
 
   // One-off call: readable output, exit status says how it went.
   if (requests == 1 && !absl::GetFlag(FLAGS_json)) {
+    meshlib::mesh::ClientStats before = target->stats();
     absl::Time start = absl::Now();
     CallResult r = target->CallBlocking(method, data, call_opts);
     absl::Duration took = absl::Now() - start;
+    // The routing decision, from the route counters this call moved.
+    meshlib::mesh::ClientStats after = target->stats();
+    std::string routed;
+    for (size_t i = 0; i < after.routes.size() && i < before.routes.size(); ++i) {
+      if (after.routes[i].calls == before.routes[i].calls) continue;
+      routed = absl::StrCat(" via route ", after.routes[i].name);
+      for (size_t k = 0; k < after.routes[i].by_subset.size(); ++k) {
+        if (after.routes[i].by_subset[k].second != before.routes[i].by_subset[k].second) {
+          absl::StrAppend(&routed, " to subset ", after.routes[i].by_subset[k].first);
+        }
+      }
+    }
+    if (routed.empty() && after.unrouted != before.unrouted) routed = " (no route matched)";
     if (!r.status.ok()) {
       std::cout << CodeName(r.status.code()) << ": " << r.status.message() << " ("
-                << absl::FormatDuration(took) << ")\n";
+                << absl::FormatDuration(took) << routed << ")\n";
       return 1;
     }
     std::string server;
@@ -267,7 +281,7 @@ int main(int argc, char** argv) {
       if (k == "server") server = v;
     }
     std::cout << "OK from " << r.endpoint << (server.empty() ? "" : " (" + server + ")")
-              << " in " << absl::FormatDuration(took) << ": " << r.payload << "\n";
+              << routed << " in " << absl::FormatDuration(took) << ": " << r.payload << "\n";
     return 0;
   }
 
