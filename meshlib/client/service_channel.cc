@@ -706,6 +706,38 @@ void ServiceChannel::RunLater(
   if (auto it = timers_.find(key); it != timers_.end()) it->second.timer = id;
 }
 
+std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& options,
+                                                         absl::Span<const std::string> tried,
+                                                         absl::Time deadline, int attempts,
+                                                         absl::Time now, Picked* picked,
+                                                         CallOptions* attempt, bool* pending) {
+  absl::Duration left = deadline - now;
+  if (left <= absl::ZeroDuration()) {
+    CallResult r;
+    r.status = absl::DeadlineExceededError(
+        absl::StrCat("deadline passed after ", attempts, " attempt(s)"));
+    return r;
+  }
+  if (!PickMember(options, tried, picked)) return NoEndpoints();
+  *pending = picked->channel->ReadyConnections() == 0;
+  if (*pending) {
+    if (absl::Status over = breaker_->TryStartPending(); !over.ok()) {
+      picked->Unused();
+      CallResult r;
+      r.status = std::move(over);
+      r.not_processed = true;
+      return r;
+    }
+  }
+  *attempt = options;
+  attempt->deadline = deadline;
+  attempt->timeout = left;
+  if (retry_.per_try_timeout > absl::ZeroDuration()) {
+    attempt->timeout = std::min(attempt->timeout, retry_.per_try_timeout);
+  }
+  return std::nullopt;
+}
+
 void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
   Picked picked;
   CallOptions attempt;
@@ -717,37 +749,14 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
     std::unique_lock<std::mutex> lock(st->mu);
     if (st->finished()) return;
     start = absl::Now();
-    absl::Duration left = st->deadline - start;
-    if (left <= absl::ZeroDuration()) {
-      if (!st->in_flight.empty()) return;  // a hedge too late; the others decide
-      lock.unlock();
-      CallResult r;
-      r.status = absl::DeadlineExceededError(
-          absl::StrCat("deadline passed after ", st->attempts, " attempt(s)"));
-      return st->Finish(std::move(r));
-    }
-    if (!PickMember(st->options, st->tried, &picked)) {
+    if (std::optional<CallResult> failed = PrepareAttempt(st->options, st->tried, st->deadline,
+                                                          st->attempts, start, &picked,
+                                                          &attempt, &pending)) {
+      // With other attempts in flight (a hedge too late, or with nowhere to
+      // go) those decide; otherwise this ends the call.
       if (!st->in_flight.empty()) return;
       lock.unlock();
-      return st->Finish(NoEndpoints());
-    }
-    pending = picked.channel->ReadyConnections() == 0;
-    if (pending) {
-      if (absl::Status over = breaker_->TryStartPending(); !over.ok()) {
-        picked.Unused();
-        if (!st->in_flight.empty()) return;
-        lock.unlock();
-        CallResult r;
-        r.status = over;
-        r.not_processed = true;
-        return st->Finish(std::move(r));
-      }
-    }
-    attempt = st->options;
-    attempt.deadline = st->deadline;
-    attempt.timeout = left;
-    if (retry_.per_try_timeout > absl::ZeroDuration()) {
-      attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
+      return st->Finish(*std::move(failed));
     }
     st->tried.push_back(picked.channel->address());
     id = st->next_attempt_id++;
@@ -966,33 +975,15 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
   bool transparent_used = false;
   int attempts = 1;
   for (;;) {
-    absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) {
-      CallResult r;
-      r.status = absl::DeadlineExceededError(
-          absl::StrCat("deadline passed after ", attempts, " attempt(s)"));
-      return r;
-    }
+    const absl::Time start = absl::Now();
     Picked picked;
-    if (!PickMember(options, tried, &picked)) return NoEndpoints();
-    CallOptions attempt = options;
-    attempt.deadline = deadline;
-    attempt.timeout = left;
-    if (retry_.per_try_timeout > absl::ZeroDuration()) {
-      attempt.timeout = std::min(attempt.timeout, retry_.per_try_timeout);
-    }
-    bool pending = picked.channel->ReadyConnections() == 0;
-    if (pending) {
-      if (absl::Status st_pending = breaker_->TryStartPending(); !st_pending.ok()) {
-        picked.Unused();
-        CallResult r;
-        r.status = st_pending;
-        r.not_processed = true;
-        return r;
-      }
+    CallOptions attempt;
+    bool pending;
+    if (std::optional<CallResult> failed = PrepareAttempt(options, tried, deadline, attempts,
+                                                          start, &picked, &attempt, &pending)) {
+      return *std::move(failed);
     }
     tried.push_back(picked.channel->address());
-    absl::Time start = absl::Now();
     picked.stats->OnCallStart();
     CallResult r = picked.channel->CallBlocking(method, request, attempt);
     absl::Time end = absl::Now();

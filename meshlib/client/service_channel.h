@@ -60,6 +60,7 @@
 #include <condition_variable>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -290,6 +291,14 @@ class ServiceChannel final : public Caller {
   bool PickMember(const CallOptions& options, absl::Span<const std::string> avoid,
                   Picked* out) const;
   CallResult NoEndpoints() const;
+  // Everything an attempt needs before it is sent: time left, an endpoint
+  // not in `tried` where one exists, a pending slot when it has no ready
+  // connection, its options (deadline, per-try timeout). The failure that
+  // ends the call instead, if any.
+  std::optional<CallResult> PrepareAttempt(const CallOptions& options,
+                                           absl::Span<const std::string> tried,
+                                           absl::Time deadline, int attempts, absl::Time now,
+                                           Picked* picked, CallOptions* attempt, bool* pending);
   // Starts the next attempt of an asynchronous call.
   void Attempt(std::shared_ptr<CallState> st);
   // What to do after a failed attempt: retry now (transparent), after a

@@ -85,6 +85,15 @@ absl::Status OptionalDouble(const json& obj, absl::string_view path, absl::strin
   return absl::OkStatus();
 }
 
+absl::Status OptionalBool(const json& obj, absl::string_view path, absl::string_view key,
+                          bool* out) {
+  auto it = obj.find(std::string(key));
+  if (it == obj.end()) return absl::OkStatus();
+  if (!it->is_boolean()) return FieldError(JoinPath(path, key), "must be true or false");
+  *out = it->get<bool>();
+  return absl::OkStatus();
+}
+
 absl::Status OptionalString(const json& obj, absl::string_view path, absl::string_view key,
                             std::string* out) {
   auto it = obj.find(std::string(key));

@@ -48,6 +48,8 @@ absl::Status OptionalInt(const nlohmann::json& obj, absl::string_view path,
                          absl::string_view key, int64_t min, int64_t max, int64_t* out);
 absl::Status OptionalDouble(const nlohmann::json& obj, absl::string_view path,
                             absl::string_view key, double min, double max, double* out);
+absl::Status OptionalBool(const nlohmann::json& obj, absl::string_view path,
+                          absl::string_view key, bool* out);
 absl::Status OptionalString(const nlohmann::json& obj, absl::string_view path,
                             absl::string_view key, std::string* out);
 // A non-empty list of non-empty strings.

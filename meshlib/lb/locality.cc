@@ -269,15 +269,6 @@ class Locality final : public Policy {
   ChildPolicies children_;
 };
 
-absl::Status OptionalBool(const json& obj, absl::string_view path, absl::string_view key,
-                          bool* out) {
-  auto it = obj.find(std::string(key));
-  if (it == obj.end()) return absl::OkStatus();
-  if (!it->is_boolean()) return config::FieldError(config::JoinPath(path, key), "must be true or false");
-  *out = it->get<bool>();
-  return absl::OkStatus();
-}
-
 absl::StatusOr<LocalityOptions> ParseOptions(const json& config, absl::string_view path) {
   if (auto st = config::CheckObject(config, path,
                                     {"policy", "panic_threshold", "overprovisioning_factor",
@@ -295,7 +286,9 @@ absl::StatusOr<LocalityOptions> ParseOptions(const json& config, absl::string_vi
       !st.ok()) {
     return st;
   }
-  if (auto st = OptionalBool(config, path, "zone_aware", &o.zone_aware); !st.ok()) return st;
+  if (auto st = config::OptionalBool(config, path, "zone_aware", &o.zone_aware); !st.ok()) {
+    return st;
+  }
   if (auto st = config::OptionalString(config, path, "local_zone", &o.local_zone); !st.ok()) {
     return st;
   }

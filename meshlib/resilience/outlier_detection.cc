@@ -23,15 +23,6 @@ const absl::Duration kMaxInterval = absl::Hours(1);
 const absl::Duration kMinEjection = absl::Milliseconds(1);
 const absl::Duration kMaxEjection = absl::Hours(24);
 
-absl::Status OptionalBool(const json& obj, absl::string_view path, absl::string_view key,
-                          bool* out) {
-  auto it = obj.find(std::string(key));
-  if (it == obj.end()) return absl::OkStatus();
-  if (!it->is_boolean()) return config::FieldError(config::JoinPath(path, key), "must be true or false");
-  *out = it->get<bool>();
-  return absl::OkStatus();
-}
-
 
 }  // namespace
 
@@ -146,7 +137,9 @@ absl::StatusOr<OutlierDetectionOptions> ParseOutlierDetection(const json& j,
         !st.ok()) {
       return st;
     }
-    if (auto st = OptionalBool(*sr, p, "enabled", &o.success_rate.enabled); !st.ok()) return st;
+    if (auto st = config::OptionalBool(*sr, p, "enabled", &o.success_rate.enabled); !st.ok()) {
+      return st;
+    }
     if (auto st = config::OptionalDouble(*sr, p, "stdev_factor", 0, kMaxStdevFactor,
                                          &o.success_rate.stdev_factor);
         !st.ok()) {
@@ -171,7 +164,7 @@ absl::StatusOr<OutlierDetectionOptions> ParseOutlierDetection(const json& j,
       return st;
     }
     o.failure_percentage.enabled = true;  // present means on
-    if (auto st = OptionalBool(*fp, p, "enabled", &o.failure_percentage.enabled); !st.ok()) {
+    if (auto st = config::OptionalBool(*fp, p, "enabled", &o.failure_percentage.enabled); !st.ok()) {
       return st;
     }
     if (auto st = config::OptionalInt(*fp, p, "threshold", 0, 100,
