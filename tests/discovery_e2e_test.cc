@@ -124,7 +124,7 @@ class Load {
   std::vector<std::string> errors_;
 };
 
-std::unique_ptr<client::ServiceChannel> OpenService(const json& discovery) {
+std::shared_ptr<client::ServiceChannel> OpenService(const json& discovery) {
   client::ServiceChannelOptions o;
   o.channel.default_timeout = absl::Seconds(2);
   auto sc = client::ServiceChannel::Create("echo", discovery, o);

@@ -679,6 +679,28 @@ Channel::~Channel() {
   for (auto& sc : subchannels_) sc->loop()->RunAndWait([] {});
 }
 
+void Channel::Shutdown() {
+  const bool on_loop = runtime::EventLoop::Current() != nullptr;
+  for (auto& sc : subchannels_) {
+    if (on_loop && !sc->loop()->InExecutorThread()) {
+      sc->loop()->Post([sc] { sc->Shutdown(); });
+    } else {
+      sc->loop()->RunAndWait([&] { sc->Shutdown(); });
+    }
+  }
+}
+
+std::optional<CallResult> RefuseBlockingOnReactor(absl::string_view method) {
+  runtime::EventLoop* loop = runtime::EventLoop::Current();
+  if (loop == nullptr) return std::nullopt;
+  return Failure(
+      absl::FailedPreconditionError(absl::StrCat(
+          "blocking call to ", method, " on reactor thread ", loop->name(),
+          " (inside a callback or an async handler): it would wait for a reply this thread "
+          "has to read; use Call with a callback, or block on another thread")),
+      /*not_processed=*/true);
+}
+
 void Channel::Connect() {
   for (auto& sc : subchannels_) sc->RequestConnect();
 }
@@ -785,6 +807,7 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
 
 CallResult Channel::CallBlocking(absl::string_view method, absl::string_view request,
                                  const CallOptions& options) {
+  if (std::optional<CallResult> refused = RefuseBlockingOnReactor(method)) return *refused;
   CallResult result;
   std::atomic<bool> ready{false};
   core::Notification done;

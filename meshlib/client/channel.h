@@ -27,6 +27,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,12 @@ struct ChannelOptions {
   absl::Status Validate() const;
 };
 
+// A blocking call on a reactor thread (inside a callback, or an async
+// handler) would wait for a reply that this very thread has to read: such a
+// call gets FAILED_PRECONDITION at once instead of hanging. nullopt off
+// reactor threads.
+std::optional<CallResult> RefuseBlockingOnReactor(absl::string_view method);
+
 class Subchannel;
 
 class Channel final : public EndpointChannel {
@@ -112,6 +119,10 @@ class Channel final : public EndpointChannel {
   size_t CallsOutstanding() const override;
   // Starts connecting now instead of at the first call.
   void Connect() override;
+  // Closes every connection (calls in flight and queued end with
+  // CANCELLED); later calls fail at once. Any thread; on a reactor thread
+  // the closing is posted to the connections' loops.
+  void Shutdown() override;
 
  private:
   Channel(std::string address, ChannelOptions options);

@@ -27,6 +27,9 @@ class EndpointChannel : public Caller {
   virtual size_t CallsOutstanding() const = 0;
   // Starts connecting now instead of at the first call.
   virtual void Connect() = 0;
+  // Ends every call in flight with CANCELLED and refuses new ones: for an
+  // owner going away while others may still hold the channel. Any thread.
+  virtual void Shutdown() {}
 };
 
 }  // namespace meshlib::client

@@ -27,9 +27,9 @@ constexpr absl::Duration kDrainCheck = absl::Milliseconds(50);
 // not idempotent is safe to send again. gRPC calls this a transparent retry.
 bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
 
-CallResult ClosedWhileWaiting() {
+CallResult Cancelled(std::string message) {
   CallResult r;
-  r.status = absl::CancelledError("service channel closed while the call waited");
+  r.status = absl::CancelledError(std::move(message));
   return r;
 }
 
@@ -54,7 +54,7 @@ struct ServiceChannel::HealthProbe {
 ServiceChannel::ServiceChannel(std::string service, ServiceChannelOptions options)
     : service_(std::move(service)), options_(std::move(options)) {}
 
-absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
+absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     std::string service, const nlohmann::json& discovery, ServiceChannelOptions options) {
   if (auto st = options.channel.Validate(); !st.ok()) return st;
   if (options.drain_timeout <= absl::ZeroDuration()) {
@@ -151,13 +151,14 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
     sc->health_options_ = *health;
   }
   sc->lifeline_ = std::make_shared<Lifeline>();
+  sc->live_ = std::make_shared<LiveCalls>();
   sc->lifeline_->sc = sc.get();
   if (options.control_loop != nullptr) {
     sc->control_ = options.control_loop;
   } else {
     auto loop = runtime::EventLoop::Create(absl::StrCat(service, "-ctl"));
     if (!loop.ok()) return loop.status();
-    sc->control_ = std::shared_ptr<runtime::EventLoop>(std::move(*loop));
+    sc->control_ = runtime::ShareOffLoop(std::move(*loop));
   }
   if (options.shared_discovery != nullptr) {
     sc->discovery_ = options.shared_discovery;
@@ -175,14 +176,24 @@ absl::StatusOr<std::unique_ptr<ServiceChannel>> ServiceChannel::Create(
   }
   sc->subscription_ = sc->discovery_->Subscribe(
       [raw](std::shared_ptr<const discovery::EndpointSet> set) { raw->Apply(std::move(set)); });
-  return sc;
+  // Two references: the owners' (what Create returns; the last one going
+  // closes the channel, ending its calls) and the internal one, which
+  // attempts in flight share, so that the memory stays until the last
+  // attempt's callback has run.
+  std::shared_ptr<ServiceChannel> internal = runtime::ShareOffLoop(std::move(sc));
+  internal->self_ = internal;
+  return std::shared_ptr<ServiceChannel>(
+      raw, [internal = std::move(internal)](ServiceChannel* p) mutable {
+        p->Close("service channel released");
+        internal.reset();
+      });
 }
 
 ServiceChannel::~ServiceChannel() {
-  // Calls waiting on a timer (a retry's backoff, a hedge delay, an injected
-  // delay) end with CANCELLED when it fires (or when a runtime of our own
-  // stops) instead of going on; a timer running right now is waited for.
-  EndWaitingCalls();
+  // Calls in flight or waiting on a timer (a retry's backoff, a hedge
+  // delay, an injected delay) end with CANCELLED now; a timer running right
+  // now is waited for.
+  Close("service channel destroyed");
   {
     // Waits for timer callbacks running now.
     std::unique_lock<std::shared_mutex> lock(lifeline_->mu);
@@ -228,7 +239,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
       if (options_.channel_factory) {
         created = options_.channel_factory(e.address);
       } else if (auto ch = Channel::Create(e.address, options_.channel); ch.ok()) {
-        created = std::shared_ptr<EndpointChannel>(std::move(*ch));
+        created = std::shared_ptr<EndpointChannel>(runtime::ShareOffLoop(std::move(*ch)));
       } else {
         created = ch.status();
       }
@@ -534,6 +545,7 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
                                             int attempts, bool* transparent_used,
                                             absl::Time deadline, absl::Duration* delay) {
   if (r.status.ok() || absl::Now() >= deadline) return Next::kDone;
+  if (closing_.load(std::memory_order_acquire)) return Next::kDone;
   bool several = endpoint_count_.load(std::memory_order_relaxed) > 1;
   bool transparent = TransparentlyRetryable(r) && !*transparent_used && several;
   bool retryable = ((options.idempotent && retry_.RetriesOn(r.status.code())) ||
@@ -600,19 +612,26 @@ absl::Time ServiceChannel::DeadlineOf(const CallOptions& options, absl::Time now
 // One asynchronous call across its attempts (one at a time, or several when
 // hedged). If it is destroyed before it completed (its timer dropped with a
 // stopping runtime), the caller still hears of it: CANCELLED.
-struct ServiceChannel::CallState final : public Cancellable {
+struct ServiceChannel::CallState final : public Cancellable,
+                                         public std::enable_shared_from_this<CallState> {
   // By the caller, through the CallHandle.
   void Cancel() override {
-    std::vector<CallHandle> attempts;
+    CancelWith(absl::CancelledError(absl::StrCat("call to ", method, " cancelled by the caller")));
+  }
+  // Decides the outcome, stops every attempt in flight, then completes the
+  // call with `status` (unless it was already decided).
+  void CancelWith(absl::Status status) {
+    absl::InlinedVector<CallHandle, 2> attempts;
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (!done) return;
+      if (over) return;
+      over = true;
       for (auto& f : in_flight) attempts.push_back(f.handle);
     }
+    for (CallHandle& h : attempts) h.Cancel();  // their results are dropped
     CallResult r;
-    r.status = absl::CancelledError(absl::StrCat("call to ", method, " cancelled by the caller"));
+    r.status = std::move(status);
     Finish(std::move(r));
-    for (CallHandle& h : attempts) h.Cancel();
   }
 
   std::string method, request;
@@ -623,6 +642,10 @@ struct ServiceChannel::CallState final : public Cancellable {
 
   std::mutex mu;
   CallCallback done;     // guarded by mu; empty once finished
+  // Guarded by mu: the outcome is decided (an answer won, the caller
+  // cancelled, the channel closed); no attempt starts any more, and those
+  // in flight are being cancelled.
+  bool over = false;
   int attempts = 1;      // counted against the retry policy's max_attempts
   bool transparent_used = false;
   absl::InlinedVector<std::string, 2> tried;
@@ -636,23 +659,16 @@ struct ServiceChannel::CallState final : public Cancellable {
   bool next_holds_retry_slot = false;  // the next attempt is a policy retry
   std::shared_ptr<resilience::CircuitBreaker> breaker;  // counts this call active
 
-  bool finished() const { return !done; }
-  // Ends the call; call without `mu` held.
-  void Finish(CallResult r) {
-    CallCallback d;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      if (!done) return;
-      d = std::move(done);
-      done = nullptr;
-      if (next_holds_retry_slot) {
-        next_holds_retry_slot = false;
-        breaker->EndRetry();
-      }
-    }
-    breaker->EndRequest();
-    d(std::move(r));
-  }
+  // Registration in the channel's LiveCalls (links guarded by its shard's
+  // mutex).
+  std::shared_ptr<LiveCalls> live;
+  CallState* live_prev = nullptr;
+  CallState* live_next = nullptr;
+  bool live_linked = false;
+
+  bool finished() const { return over; }
+  // Ends the call; call without `mu` held. Runs the callback at most once.
+  void Finish(CallResult r);
   ~CallState() {
     if (done) {
       CallResult r;
@@ -662,7 +678,90 @@ struct ServiceChannel::CallState final : public Cancellable {
   }
 };
 
-void ServiceChannel::EndWaitingCalls() {
+// The asynchronous calls of a channel not yet completed, so that Close()
+// can end them. Sharded intrusive lists: registering a call costs one
+// uncontended lock.
+struct ServiceChannel::LiveCalls {
+  static constexpr size_t kShards = 16;
+  struct alignas(64) Shard {
+    std::mutex mu;
+    CallState* head = nullptr;
+  };
+  Shard shards[kShards];
+  std::atomic<bool> closed{false};
+
+  static Shard& ShardOf(LiveCalls* l, const CallState* st) {
+    return l->shards[(reinterpret_cast<uintptr_t>(st) >> 6) % kShards];
+  }
+  // False once closed: the call must not start.
+  bool Add(CallState* st) {
+    Shard& s = ShardOf(this, st);
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (closed.load(std::memory_order_acquire)) return false;
+    st->live_prev = nullptr;
+    st->live_next = s.head;
+    if (s.head != nullptr) s.head->live_prev = st;
+    s.head = st;
+    st->live_linked = true;
+    return true;
+  }
+  void Remove(CallState* st) {
+    Shard& s = ShardOf(this, st);
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (!st->live_linked) return;
+    if (st->live_prev != nullptr) st->live_prev->live_next = st->live_next;
+    else s.head = st->live_next;
+    if (st->live_next != nullptr) st->live_next->live_prev = st->live_prev;
+    st->live_prev = st->live_next = nullptr;
+    st->live_linked = false;
+  }
+  // Refuses new calls and returns those not yet completed.
+  std::vector<std::shared_ptr<CallState>> CloseAndTakeAll() {
+    closed.store(true, std::memory_order_release);
+    std::vector<std::shared_ptr<CallState>> out;
+    for (Shard& s : shards) {
+      std::lock_guard<std::mutex> lock(s.mu);
+      for (CallState* c = s.head; c != nullptr;) {
+        CallState* next = c->live_next;
+        c->live_prev = c->live_next = nullptr;
+        c->live_linked = false;
+        // A call being destroyed right now completes in its destructor.
+        if (auto held = c->weak_from_this().lock()) out.push_back(std::move(held));
+        c = next;
+      }
+      s.head = nullptr;
+    }
+    return out;
+  }
+};
+
+void ServiceChannel::CallState::Finish(CallResult r) {
+  CallCallback d;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!done) return;
+    d = std::move(done);
+    done = nullptr;
+    over = true;
+    if (next_holds_retry_slot) {
+      next_holds_retry_slot = false;
+      breaker->EndRetry();
+    }
+  }
+  if (live != nullptr) live->Remove(this);
+  breaker->EndRequest();
+  d(std::move(r));
+}
+
+void ServiceChannel::Close(absl::string_view reason) {
+  EndWaitingCalls(reason);
+  for (std::shared_ptr<CallState>& st : live_->CloseAndTakeAll()) {
+    st->CancelWith(absl::CancelledError(
+        absl::StrCat("service ", service_, ": ", reason, "; call to ", st->method, " ended")));
+  }
+}
+
+void ServiceChannel::EndWaitingCalls(absl::string_view reason) {
   std::map<uint64_t, WaitingCall> waiting;
   {
     std::lock_guard<std::mutex> lock(timers_mu_);
@@ -673,7 +772,8 @@ void ServiceChannel::EndWaitingCalls() {
   // like the calls in flight on the channels.
   for (auto& [key, w] : waiting) {
     if (w.timer.valid()) w.loop->Cancel(w.timer);
-    w.call->Finish(ClosedWhileWaiting());
+    w.call->CancelWith(absl::CancelledError(
+        absl::StrCat("service ", service_, ": ", reason, " while the call waited")));
   }
 }
 
@@ -690,7 +790,10 @@ void ServiceChannel::RunLater(
       timers_.emplace(key, WaitingCall{loop, runtime::TimerId(), st});
     }
   }
-  if (key == 0) return st->Finish(ClosedWhileWaiting());
+  if (key == 0) {
+    return st->CancelWith(
+        absl::CancelledError(absl::StrCat("service ", service_, ": channel closed")));
+  }
   runtime::TimerId id = loop->RunAfter(
       delay, [life = lifeline_, key, st = std::move(st), fn = std::move(fn)]() mutable {
         std::shared_lock<std::shared_mutex> lock(life->mu);
@@ -764,6 +867,25 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
     st->next_holds_retry_slot = false;
     st->in_flight.push_back({id, CallHandle(), retry_slot});
   }
+  // The attempt holds this ServiceChannel until its callback has run, so
+  // a late answer (a losing hedge, a cancelled attempt) finds it alive.
+  // None while the channel is being destroyed: its destructor ends the call.
+  std::shared_ptr<ServiceChannel> self = self_.lock();
+  if (self == nullptr) {
+    picked.Unused();
+    if (pending) breaker_->EndPending();
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      for (auto it = st->in_flight.begin(); it != st->in_flight.end(); ++it) {
+        if (it->id != id) continue;
+        if (it->retry_slot) breaker_->EndRetry();
+        st->in_flight.erase(it);
+        break;
+      }
+    }
+    return st->CancelWith(
+        absl::CancelledError(absl::StrCat("service ", service_, ": channel destroyed")));
+  }
   picked.stats->OnCallStart();
   // The callback keeps the endpoint's signals, not its channel: a callback
   // must never hold the last reference to the channel that runs it.
@@ -771,11 +893,12 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
   signals.channel.reset();
   CallHandle handle = picked.channel->Call(
       st->method, st->request, attempt,
-      [this, st, signals = std::move(signals), start, pending, id](CallResult r) mutable {
+      [self = std::move(self), st, signals = std::move(signals), start, pending,
+       id](CallResult r) mutable {
         absl::Time now = absl::Now();
-        RecordAttempt(signals, r, now - start, now);
-        if (pending) breaker_->EndPending();
-        OnAttemptDone(std::move(st), id, std::move(r));
+        self->RecordAttempt(signals, r, now - start, now);
+        if (pending) self->breaker_->EndPending();
+        self->OnAttemptDone(std::move(st), id, std::move(r));
       });
   bool cancel = false;
   {
@@ -799,13 +922,15 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attem
     st->in_flight.erase(it);
     break;
   }
-  if (st->finished()) return;  // a hedge that lost
+  if (st->finished()) return;  // a hedge that lost, or a call cancelled
   bool closing = closing_.load(std::memory_order_acquire);
   if (r.status.ok() || closing) {
+    // Decided: the other attempts are stopped before the caller hears.
+    st->over = true;
     for (auto& f : st->in_flight) losers.push_back(f.handle);
     lock.unlock();
-    st->Finish(std::move(r));
     for (CallHandle& h : losers) h.Cancel();  // their results are dropped
+    st->Finish(std::move(r));
     return;
   }
   // A failed attempt while another is in flight: that one may still answer.
@@ -814,6 +939,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attem
   absl::Duration delay;
   Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline, &delay);
   if (next == Next::kDone) {
+    st->over = true;
     lock.unlock();
     return st->Finish(std::move(r));
   }
@@ -886,6 +1012,10 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
                                          const CallOptions& options,
                                          const resilience::FaultInjection* fault,
                                          CallCallback done) {
+  if (closing_.load(std::memory_order_acquire)) {
+    done(Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent")));
+    return CallHandle();
+  }
   if (absl::Status admitted = breaker_->TryStartRequest(); !admitted.ok()) {
     CallResult r;
     r.status = admitted;
@@ -905,6 +1035,12 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
   st->timer_loop = &options_.channel.runtime->NextLoop();
   st->hedged = hedging_.enabled && options.idempotent;
   if (st->hedged) hedge_budget_->Deposit(now);
+  st->live = live_;
+  if (!live_->Add(st.get())) {
+    st->Finish(
+        Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent")));
+    return CallHandle();
+  }
   if (fault != nullptr && fault->enabled()) {
     resilience::FaultInjection::Decision f =
         fault->Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
@@ -943,6 +1079,10 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
                                                  absl::string_view request,
                                                  const CallOptions& options,
                                                  const resilience::FaultInjection* fault) {
+  if (std::optional<CallResult> refused = RefuseBlockingOnReactor(method)) return *refused;
+  if (closing_.load(std::memory_order_acquire)) {
+    return Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent"));
+  }
   if ((hedging_.enabled && options.idempotent) || (fault != nullptr && fault->enabled())) {
     // Several attempts at once, or a timer: the asynchronous path does it.
     CallResult result;
@@ -1114,7 +1254,10 @@ std::vector<std::pair<std::string, std::string>> ServiceChannel::Describe() cons
   const resilience::CircuitBreakerOptions& cb = breaker_->options();
   out.emplace_back("circuit breaker",
                    absl::StrCat("max_requests ", cb.max_requests, ", max_pending ",
-                                cb.max_pending, ", max_retries ", cb.max_retries));
+                                cb.max_pending, ", max_retries ",
+                                cb.max_retries == resilience::CircuitBreakerOptions::kNoRetryLimit
+                                    ? std::string("none (the retry budget bounds retries)")
+                                    : absl::StrCat(cb.max_retries)));
   out.emplace_back("balancer", policy_->Describe());
   std::string health;
   if (outliers_ != nullptr) {

@@ -50,8 +50,20 @@
 // INVALID_ARGUMENT, or a hedge cancelled because another attempt won, do
 // not.
 //
+// Lifetime: Create returns a shared_ptr whose last reference may drop on
+// any thread, including inside a callback. When it goes, the channel
+// closes: every asynchronous call still in flight (or waiting on a timer)
+// ends with CANCELLED, exactly once, before that returns; calls made
+// afterwards fail at once with CANCELLED. Close() does the same while
+// references remain. Attempts in flight hold an internal reference, so a
+// late answer (a losing hedge, a cancelled attempt) never touches freed
+// memory; the memory goes with the last of them, off any reactor thread
+// (see runtime::ShareOffLoop).
+//
 // Threading: all methods are thread-safe. Callbacks run on reactor threads
-// and must not block or destroy the ServiceChannel.
+// and must not block. A blocking call made on a reactor thread (inside a
+// callback, or an async handler) fails at once with FAILED_PRECONDITION:
+// it would wait for a reply that this very thread has to read.
 #ifndef MESHLIB_CLIENT_SERVICE_CHANNEL_H_
 #define MESHLIB_CLIENT_SERVICE_CHANNEL_H_
 
@@ -182,9 +194,17 @@ struct EndpointState {
 
 class ServiceChannel final : public Caller {
  public:
-  static absl::StatusOr<std::unique_ptr<ServiceChannel>> Create(
+  static absl::StatusOr<std::shared_ptr<ServiceChannel>> Create(
       std::string service, const nlohmann::json& discovery, ServiceChannelOptions options);
   ~ServiceChannel();
+
+  // Ends every asynchronous call in flight (and every call waiting on a
+  // retry backoff, hedge delay or injected delay) with CANCELLED and
+  // `reason` in its message; later calls fail at once. Blocking calls in
+  // flight end when their attempt does (a pool closing its connections
+  // ends them at once). Idempotent; any thread, including a callback's.
+  void Close(absl::string_view reason = "service channel closed");
+  bool closed() const { return closing_.load(std::memory_order_acquire); }
   ServiceChannel(const ServiceChannel&) = delete;
   ServiceChannel& operator=(const ServiceChannel&) = delete;
 
@@ -271,10 +291,11 @@ class ServiceChannel final : public Caller {
   void CollectDrained();                                            // control loop
   struct CallState;
   struct Lifeline;
+  struct LiveCalls;
   // Runs `fn(this)` after `delay` on `loop`, unless this channel is gone by
   // then; then `st` ends with CANCELLED instead.
   // Sets closing_ and ends every call waiting on a timer (destructor).
-  void EndWaitingCalls();
+  void EndWaitingCalls(absl::string_view reason);
   void RunLater(runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
                 absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn);
   // Starts a call's first attempt (after any injected delay).
@@ -345,6 +366,10 @@ class ServiceChannel final : public Caller {
   std::shared_ptr<resilience::CircuitBreaker> breaker_;
   std::unique_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
   std::shared_ptr<Lifeline> lifeline_;
+  // The internal reference (see Create), for attempts to hold.
+  std::weak_ptr<ServiceChannel> self_;
+  // Every asynchronous call not yet completed, for Close().
+  std::shared_ptr<LiveCalls> live_;
   std::shared_ptr<ServiceChannel> health_source_;
   std::vector<ServiceChannel*> dependents_;  // control loop: channels using us as health_source
   // Calls waiting on a timer (retry backoff, hedge delay, injected delay),

@@ -65,7 +65,7 @@ TestServer::Fn SlowEcho(absl::Duration d, std::atomic<int>* cancelled = nullptr)
   };
 }
 
-std::unique_ptr<ServiceChannel> Open(const std::vector<std::string>& addrs, json extra = {}) {
+std::shared_ptr<ServiceChannel> Open(const std::vector<std::string>& addrs, json extra = {}) {
   ServiceChannelOptions o;
   o.channel.default_timeout = absl::Seconds(5);
   if (extra.contains("outlier_detection")) o.outlier_detection = extra["outlier_detection"];

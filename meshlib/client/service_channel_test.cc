@@ -57,7 +57,7 @@ class ServiceChannelTest : public ::testing::Test {
     std::ofstream(path_ + ".tmp", std::ios::trunc) << j.dump();
     ASSERT_EQ(rename((path_ + ".tmp").c_str(), path_.c_str()), 0);
   }
-  std::unique_ptr<ServiceChannel> Open(json retry = json(), json breaker = json()) {
+  std::shared_ptr<ServiceChannel> Open(json retry = json(), json breaker = json()) {
     ServiceChannelOptions o;
     o.channel.default_timeout = absl::Seconds(5);
     o.retry = std::move(retry);

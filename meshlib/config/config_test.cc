@@ -180,7 +180,7 @@ TEST(ConfigTypedTest, DefaultsWhenSectionsAreAbsent) {
   EXPECT_FALSE(s.hedging.enabled);
   EXPECT_EQ(s.circuit_breaker.max_pending, 1024);
   EXPECT_EQ(s.circuit_breaker.max_requests, 1024);
-  EXPECT_EQ(s.circuit_breaker.max_retries, 3);
+  EXPECT_EQ(s.circuit_breaker.max_retries, resilience::CircuitBreakerOptions::kNoRetryLimit);
   EXPECT_FALSE(s.outlier_detection.has_value());
   EXPECT_FALSE(s.health_check.has_value());
   EXPECT_FALSE(s.fault.enabled());

@@ -58,6 +58,52 @@ struct Counters {
   }
 };
 
+// Connections by endpoint address (and connection count), shared by every
+// channel of every stack, so that subsets and reloads do not open their
+// own. Held by the channel factories of the stacks, which can outlive the
+// mesh's core by a moment.
+class ConnectionPool {
+ public:
+  absl::StatusOr<std::shared_ptr<client::EndpointChannel>> Get(
+      const std::string& address, const client::ChannelOptions& options) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shut_down_) {
+      return absl::CancelledError(absl::StrCat("mesh closed: no new connection to ", address));
+    }
+    auto& slot = pool_[absl::StrCat(address, "#", options.connections)];
+    if (auto ch = slot.lock()) return std::shared_ptr<client::EndpointChannel>(ch);
+    auto created = client::Channel::Create(address, options);
+    if (!created.ok()) return created.status();
+    std::shared_ptr<client::Channel> ch = runtime::ShareOffLoop(std::move(*created));
+    slot = ch;
+    // Forget addresses whose channels are gone, now and then.
+    if (pool_.size() > 64) {
+      for (auto it = pool_.begin(); it != pool_.end();) {
+        it = it->second.expired() ? pool_.erase(it) : std::next(it);
+      }
+    }
+    return std::shared_ptr<client::EndpointChannel>(ch);
+  }
+  // Closes every pooled connection: calls in flight on them (blocking ones
+  // included) end with CANCELLED; no new connection is made.
+  void Shutdown() {
+    std::vector<std::shared_ptr<client::Channel>> live;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      shut_down_ = true;
+      for (auto& [key, weak] : pool_) {
+        if (auto ch = weak.lock()) live.push_back(std::move(ch));
+      }
+    }
+    for (auto& ch : live) ch->Shutdown();
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::weak_ptr<client::Channel>> pool_;  // guarded by mu_
+  bool shut_down_ = false;                                       // guarded by mu_
+};
+
 struct SubsetChannel {
   const config::SubsetConfig* config;
   std::shared_ptr<client::ServiceChannel> channel;
@@ -84,6 +130,11 @@ struct Stack {
   void ForEachChannel(const std::function<void(const client::ServiceChannel&)>& fn) const {
     if (all != nullptr) fn(*all);
     for (const SubsetChannel& s : subsets) fn(*s.channel);
+  }
+  // Ends the calls in flight on this stack's channels (CANCELLED).
+  void CloseChannels(absl::string_view reason) const {
+    for (const SubsetChannel& s : subsets) s.channel->Close(reason);
+    if (all != nullptr) all->Close(reason);
   }
   // Adds the channels' retry, hedge, breaker and ejection counters.
   void AddChannelCounters(ClientStats* out) const {
@@ -139,48 +190,59 @@ struct MeshCore {
   std::mutex discovery_mu;
   std::map<std::string, DiscoveryEntry> discoveries;  // guarded by discovery_mu
 
-  // Connections by endpoint address, shared by every channel of every
-  // stack, so that subsets and reloads do not open their own.
-  std::mutex pool_mu;
-  std::map<std::string, std::weak_ptr<client::Channel>> pool;  // guarded by pool_mu
+  const std::shared_ptr<ConnectionPool> pool = std::make_shared<ConnectionPool>();
 
   // Stacks replaced by a reload (or whose Client went away), closed on the
-  // control loop once no call holds them.
+  // control loop once no call holds them, or when the mesh's drain_timeout
+  // passes (their calls then end with CANCELLED).
+  struct Retiring {
+    std::shared_ptr<const Stack> stack;
+    absl::Time deadline;
+    bool owns_channels;  // false: a newer stack shares them (AddInterceptor)
+  };
   std::mutex retire_mu;
-  std::vector<std::pair<std::shared_ptr<const Stack>, absl::Time>> retiring;  // retire_mu
-  runtime::TimerId reap_timer;                                                // retire_mu
-  bool closing = false;                                                       // retire_mu
+  std::vector<Retiring> retiring;  // guarded by retire_mu
+  runtime::TimerId reap_timer;     // guarded by retire_mu
+  bool closing = false;            // guarded by retire_mu
+  // Set by Close(): calls fail at once, nothing new is built.
+  std::atomic<bool> closed{false};
 
   ~MeshCore() {
-    {
-      std::lock_guard<std::mutex> lock(retire_mu);
-      closing = true;
-    }
+    Close();
     control->RunAndWait([this] {
       std::lock_guard<std::mutex> lock(retire_mu);
       control->Cancel(reap_timer);
     });
-    // Channels close here, cancelling calls still in flight.
     retiring.clear();
     discoveries.clear();
   }
 
-  absl::StatusOr<std::shared_ptr<client::EndpointChannel>> PooledChannel(
-      const std::string& address, const client::ChannelOptions& options) {
-    std::lock_guard<std::mutex> lock(pool_mu);
-    auto& slot = pool[address];
-    if (auto ch = slot.lock()) return std::shared_ptr<client::EndpointChannel>(ch);
-    auto created = client::Channel::Create(address, options);
-    if (!created.ok()) return created.status();
-    std::shared_ptr<client::Channel> ch(std::move(*created));
-    slot = ch;
-    // Forget addresses whose channels are gone, now and then.
-    if (pool.size() > 64) {
-      for (auto it = pool.begin(); it != pool.end();) {
-        it = it->second.expired() ? pool.erase(it) : std::next(it);
+  absl::Status Apply(config::MeshConfig config);  // Mesh::Apply
+  void Rejected(absl::Status status);              // a document that did not parse
+
+  // Ends every call in flight on every stack (CANCELLED), closes the pooled
+  // connections (which ends blocking calls too) and refuses what comes
+  // after. Any thread, including a call's callback; waits for nothing.
+  void Close() {
+    std::vector<std::shared_ptr<const Stack>> stacks;
+    {
+      std::lock_guard<std::mutex> lock(retire_mu);
+      if (closing) return;
+      closing = true;
+      closed.store(true, std::memory_order_release);
+      control->Cancel(reap_timer);
+      for (Retiring& r : retiring) {
+        if (r.owns_channels) stacks.push_back(r.stack);
       }
     }
-    return std::shared_ptr<client::EndpointChannel>(ch);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (auto& [name, weak] : clients) {
+        if (auto c = weak.lock()) stacks.push_back(c->stack());
+      }
+    }
+    for (const auto& s : stacks) s->CloseChannels("mesh closed");
+    pool->Shutdown();
   }
 
   // The service's Discovery for `source`: the existing one when the
@@ -193,7 +255,7 @@ struct MeshCore {
     auto d = discovery::Discovery::Create(service, source, control.get(),
                                           absl::StrCat("services.", service, ".discovery"));
     if (!d.ok()) return d.status();
-    std::shared_ptr<discovery::Discovery> shared(std::move(*d));
+    std::shared_ptr<discovery::Discovery> shared = runtime::ShareOffLoop(std::move(*d));
     discoveries[service] = {source, shared};
     return shared;
   }
@@ -205,39 +267,36 @@ struct MeshCore {
     return c;
   }
 
-  void Retire(std::shared_ptr<const Stack> stack) {
+  void Retire(std::shared_ptr<const Stack> stack, bool owns_channels = true) {
     if (stack == nullptr) return;
     std::lock_guard<std::mutex> lock(retire_mu);
-    if (closing) return;  // the destructor closes everything
+    if (closing) return;  // Close() ended its calls
     absl::Duration drain =
         stack->mesh_config != nullptr ? stack->mesh_config->mesh.drain_timeout : absl::ZeroDuration();
-    retiring.emplace_back(std::move(stack), absl::Now() + drain);
+    retiring.push_back({std::move(stack), absl::Now() + drain, owns_channels});
     if (!reap_timer.valid()) {
       reap_timer = control->RunAfter(absl::Milliseconds(50), [this] { Reap(); });
     }
   }
 
   // Control loop: closes retired stacks no call holds any longer. A stack
-  // still busy past its drain time is reported, and closed when its calls
-  // end (each is bounded by its own deadline).
+  // still busy when its drain_timeout passes has its calls ended
+  // (CANCELLED), as documented for drain_timeout.
   void Reap() {
-    std::vector<std::shared_ptr<const Stack>> done;
+    std::vector<std::shared_ptr<const Stack>> done, expired;
     {
       std::lock_guard<std::mutex> lock(retire_mu);
       reap_timer = {};
       absl::Time now = absl::Now();
       for (auto it = retiring.begin(); it != retiring.end();) {
-        if (it->first.use_count() == 1) {
-          done.push_back(std::move(it->first));
+        if (it->stack.use_count() == 1) {
+          done.push_back(std::move(it->stack));
           it = retiring.erase(it);
           continue;
         }
-        if (now >= it->second) {
-          core::Log(core::LogLevel::kWarning,
-                    absl::StrCat("mesh: a replaced configuration of ",
-                                 it->first->service ? it->first->service->name : "a service",
-                                 " still has calls in flight after its drain_timeout"));
-          it->second = absl::InfiniteFuture();
+        if (now >= it->deadline) {
+          if (it->owns_channels) expired.push_back(it->stack);
+          it->deadline = absl::InfiniteFuture();
         }
         ++it;
       }
@@ -245,8 +304,15 @@ struct MeshCore {
         reap_timer = control->RunAfter(absl::Milliseconds(50), [this] { Reap(); });
       }
     }
+    for (auto& s : expired) {
+      core::Log(core::LogLevel::kWarning,
+                absl::StrCat("mesh: a replaced configuration of ",
+                             s->service ? s->service->name : "a service",
+                             " still had calls in flight after its drain_timeout; they end now"));
+      s->CloseChannels("configuration replaced and drain_timeout passed");
+    }
     for (auto& s : done) AddToRetiredTotals(*s);
-    done.clear();  // channels close here, on the control loop
+    done.clear();  // channels close here (or, if a call still holds one, after it)
   }
 
   static void AddToRetiredTotals(const Stack& s) {
@@ -303,12 +369,11 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   o.shared_discovery = *d;
   o.config_path = absl::StrCat("services.", name);
   client::ChannelOptions channel_options = o.channel;
-  MeshCore* c = &core;
   if (core.options.channel_factory) {
     o.channel_factory = core.options.channel_factory;
   } else {
-    o.channel_factory = [c, channel_options](const std::string& address) {
-      return c->PooledChannel(address, channel_options);
+    o.channel_factory = [pool = core.pool, channel_options](const std::string& address) {
+      return pool->Get(address, channel_options);
     };
   }
   auto all = client::ServiceChannel::Create(name, json(), o);
@@ -408,20 +473,31 @@ Client::~Client() { core_->Retire(std::atomic_load(&stack_)); }
 
 std::shared_ptr<const internal::Stack> Client::stack() const { return std::atomic_load(&stack_); }
 
-void Client::Replace(std::shared_ptr<const internal::Stack> next) {
+void Client::Replace(std::shared_ptr<const internal::Stack> next, bool shares_channels) {
   std::shared_ptr<const internal::Stack> old = std::atomic_exchange(&stack_, std::move(next));
-  core_->Retire(std::move(old));
+  core_->Retire(std::move(old), /*owns_channels=*/!shares_channels);
 }
 
 void Client::AddInterceptor(std::shared_ptr<Interceptor> interceptor) {
   std::lock_guard<std::mutex> lock(core_->apply_mu);
   auto next = std::make_shared<internal::Stack>(*stack());
   next->interceptors.push_back(std::move(interceptor));
-  Replace(std::move(next));
+  Replace(std::move(next), /*shares_channels=*/true);
 }
+
+namespace {
+CallResult MeshClosed(const std::string& service, absl::string_view method) {
+  return Failed(absl::CancelledError(
+      absl::StrCat("mesh closed: call to ", service, " ", method, " not sent")));
+}
+}  // namespace
 
 CallHandle Client::Call(absl::string_view method, absl::string_view request,
                         const CallOptions& options, client::CallCallback done) {
+  if (core_->closed.load(std::memory_order_acquire)) {
+    done(MeshClosed(service_, method));
+    return CallHandle();
+  }
   std::shared_ptr<const internal::Stack> s = stack();
   if (s->service == nullptr) {
     done(NotInConfiguration(service_, s->generation));
@@ -459,6 +535,10 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
 
 CallResult Client::CallBlocking(absl::string_view method, absl::string_view request,
                                 const CallOptions& options) {
+  if (core_->closed.load(std::memory_order_acquire)) return MeshClosed(service_, method);
+  if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor(method)) {
+    return *refused;
+  }
   std::shared_ptr<const internal::Stack> s = stack();
   if (s->service == nullptr) {
     return NotInConfiguration(service_, s->generation);
@@ -614,8 +694,8 @@ namespace internal {
 // Documents are applied on its own thread, never on the control loop.
 class Watcher {
  public:
-  Watcher(Mesh* mesh, std::shared_ptr<internal::MeshCore> core, std::string path)
-      : mesh_(mesh), core_(std::move(core)), path_(std::move(path)) {
+  Watcher(std::shared_ptr<internal::MeshCore> core, std::string path)
+      : core_(std::move(core)), path_(std::move(path)) {
     if (!path_.empty()) last_ = Stat(path_);
     thread_ = std::thread([this] { Run(); });
     if (!core_->options.etcd_endpoints.empty()) StartEtcd();
@@ -683,13 +763,17 @@ class Watcher {
 
   void ApplyText(const std::string& source, const std::string& text) {
     absl::StatusOr<config::MeshConfig> cfg = config::ParseMeshConfig(text);
-    if (!cfg.ok()) mesh_->Rejected(cfg.status());
-    absl::Status st = cfg.ok() ? mesh_->Apply(*std::move(cfg)) : cfg.status();
+    if (!cfg.ok()) core_->Rejected(cfg.status());
+    absl::Status st = cfg.ok() ? core_->Apply(*std::move(cfg)) : cfg.status();
     if (!st.ok()) {
+      uint64_t generation;
+      {
+        std::lock_guard<std::mutex> lock(core_->mu);
+        generation = core_->reload.generation;
+      }
       core::Log(core::LogLevel::kWarning,
                 absl::StrCat("mesh: configuration from ", source,
-                             " rejected; keeping generation ", mesh_->reload_stats().generation,
-                             ": ", st.message()));
+                             " rejected; keeping generation ", generation, ": ", st.message()));
     }
   }
 
@@ -755,7 +839,6 @@ class Watcher {
     });
   }
 
-  Mesh* const mesh_;
   const std::shared_ptr<internal::MeshCore> core_;
   const std::string path_;
   FileId last_;
@@ -775,31 +858,104 @@ class Watcher {
 
 Mesh::Mesh(std::shared_ptr<internal::MeshCore> core) : core_(std::move(core)) {}
 
-void Mesh::Rejected(absl::Status status) {
-  std::lock_guard<std::mutex> lock(core_->mu);
-  ++core_->reload.rejected;
-  core_->reload.last_error = std::move(status);
+namespace internal {
+
+void MeshCore::Rejected(absl::Status status) {
+  std::lock_guard<std::mutex> lock(mu);
+  ++reload.rejected;
+  reload.last_error = std::move(status);
 }
+
+absl::Status MeshCore::Apply(config::MeshConfig config) {
+  if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor("Mesh::Apply")) {
+    return refused->status;
+  }
+  std::lock_guard<std::mutex> apply(apply_mu);
+  if (closed.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError("mesh closed: configuration not applied");
+  }
+  auto cfg = std::make_shared<const config::MeshConfig>(std::move(config));
+  std::vector<std::shared_ptr<mesh::Client>> live;
+  uint64_t generation;
+  std::shared_ptr<const config::MeshConfig> current;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto it = clients.begin(); it != clients.end();) {
+      if (auto c = it->second.lock()) {
+        live.push_back(std::move(c));
+        ++it;
+      } else {
+        it = clients.erase(it);
+      }
+    }
+    generation = reload.generation + 1;
+    current = this->config;
+  }
+  auto reject = [&](absl::Status st, std::vector<std::shared_ptr<const Stack>>* built) {
+    std::lock_guard<std::mutex> lock(mu);
+    ++reload.rejected;
+    reload.last_error = st;
+    for (auto& b : *built) Retire(std::move(b));
+    return st;
+  };
+  std::vector<std::shared_ptr<const Stack>> next;
+  // What cannot change without a restart is refused, not silently kept.
+  if (cfg->mesh.io_threads != current->mesh.io_threads) {
+    return reject(absl::FailedPreconditionError(absl::StrCat(
+                      "mesh.io_threads: cannot change while the mesh runs (", current->mesh.io_threads,
+                      " -> ", cfg->mesh.io_threads, "); restart to apply it")),
+                  &next);
+  }
+  // Build every new stack first: a document that fails to build for one
+  // service changes nothing.
+  for (const auto& c : live) {
+    auto s = BuildStack(*this, c->service(), cfg, generation, c->stack()->interceptors);
+    if (!s.ok()) return reject(s.status(), &next);
+    // A stack without endpoints replaces one with endpoints only if the
+    // service left the configuration: otherwise the source is not ready (or
+    // broken) and the old stack keeps serving.
+    std::shared_ptr<const Stack> old = c->stack();
+    if ((*s)->service != nullptr && (*s)->all->endpoint_count() == 0 && old->all != nullptr &&
+        old->all->endpoint_count() > 0) {
+      next.push_back(*std::move(s));
+      return reject(absl::UnavailableError(absl::StrCat(
+                        "services.", c->service(), ".discovery: no endpoints within ",
+                        absl::FormatDuration(options.ready_timeout),
+                        " of applying the new configuration; keeping the current one")),
+                    &next);
+    }
+    next.push_back(*std::move(s));
+  }
+  for (size_t i = 0; i < live.size(); ++i) live[i]->Replace(std::move(next[i]), false);
+  std::lock_guard<std::mutex> lock(mu);
+  this->config = cfg;
+  reload.generation = generation;
+  ++reload.applied;
+  reload.last_applied = absl::Now();
+  return absl::OkStatus();
+}
+
+}  // namespace internal
 
 absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
                                                    MeshOptions options) {
-  auto core = std::make_shared<internal::MeshCore>();
+  if (!options.etcd_endpoints.empty() && options.etcd_key.empty()) {
+    return absl::InvalidArgumentError("MeshOptions.etcd_key: needed with etcd_endpoints");
+  }
+  auto core = runtime::ShareOffLoop(std::make_unique<internal::MeshCore>());
   core->options = options;
   auto rt = runtime::Runtime::Create(config.mesh.io_threads, "mesh-io");
   if (!rt.ok()) return rt.status();
   core->runtime = *std::move(rt);
   auto loop = runtime::EventLoop::Create("mesh-ctl");
   if (!loop.ok()) return loop.status();
-  core->control = std::shared_ptr<runtime::EventLoop>(std::move(*loop));
+  core->control = runtime::ShareOffLoop(std::move(*loop));
   core->config = std::make_shared<const config::MeshConfig>(std::move(config));
   core->reload.generation = 1;
   core->reload.last_applied = absl::Now();
   std::unique_ptr<Mesh> mesh(new Mesh(core));
-  if (!options.etcd_endpoints.empty() && options.etcd_key.empty()) {
-    return absl::InvalidArgumentError("MeshOptions.etcd_key: needed with etcd_endpoints");
-  }
   if (!options.etcd_endpoints.empty() || !options.watch_path.empty()) {
-    mesh->watcher_ = std::make_unique<internal::Watcher>(mesh.get(), core, options.watch_path);
+    mesh->watcher_ = std::make_unique<internal::Watcher>(core, options.watch_path);
   }
   return mesh;
 }
@@ -812,10 +968,20 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Open(const std::string& path, MeshOp
 }
 
 Mesh::~Mesh() {
-  watcher_.reset();  // stops watching before anything else goes
+  // Calls end first (on this thread, whatever it is), then the watcher
+  // stops and the core goes; the waiting parts of that (joining the
+  // watcher's thread, the loops) move off a reactor thread.
+  core_->Close();
+  runtime::DestroyOffLoop([watcher = std::move(watcher_), core = std::move(core_)]() mutable {
+    watcher.reset();
+    core.reset();
+  });
 }
 
 absl::StatusOr<std::shared_ptr<Client>> Mesh::Client(absl::string_view service) {
+  if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor("Mesh::Client")) {
+    return refused->status;
+  }
   std::lock_guard<std::mutex> apply(core_->apply_mu);
   std::shared_ptr<const config::MeshConfig> cfg;
   uint64_t generation;
@@ -843,46 +1009,7 @@ absl::StatusOr<std::shared_ptr<Client>> Mesh::Client(absl::string_view service) 
   return client;
 }
 
-absl::Status Mesh::Apply(config::MeshConfig config) {
-  std::lock_guard<std::mutex> apply(core_->apply_mu);
-  auto cfg = std::make_shared<const config::MeshConfig>(std::move(config));
-  std::vector<std::shared_ptr<mesh::Client>> clients;
-  uint64_t generation;
-  {
-    std::lock_guard<std::mutex> lock(core_->mu);
-    for (auto it = core_->clients.begin(); it != core_->clients.end();) {
-      if (auto c = it->second.lock()) {
-        clients.push_back(std::move(c));
-        ++it;
-      } else {
-        it = core_->clients.erase(it);
-      }
-    }
-    generation = core_->reload.generation + 1;
-  }
-  // Build every new stack first: a document that fails to build for one
-  // service changes nothing.
-  std::vector<std::shared_ptr<const internal::Stack>> next;
-  for (const auto& c : clients) {
-    auto s = internal::BuildStack(*core_, c->service(), cfg, generation,
-                                  c->stack()->interceptors);
-    if (!s.ok()) {
-      std::lock_guard<std::mutex> lock(core_->mu);
-      ++core_->reload.rejected;
-      core_->reload.last_error = s.status();
-      for (auto& built : next) core_->Retire(std::move(built));
-      return s.status();
-    }
-    next.push_back(*std::move(s));
-  }
-  for (size_t i = 0; i < clients.size(); ++i) clients[i]->Replace(std::move(next[i]));
-  std::lock_guard<std::mutex> lock(core_->mu);
-  core_->config = cfg;
-  core_->reload.generation = generation;
-  ++core_->reload.applied;
-  core_->reload.last_applied = absl::Now();
-  return absl::OkStatus();
-}
+absl::Status Mesh::Apply(config::MeshConfig config) { return core_->Apply(std::move(config)); }
 
 ReloadStats Mesh::reload_stats() const {
   std::lock_guard<std::mutex> lock(core_->mu);

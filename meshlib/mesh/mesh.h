@@ -34,8 +34,12 @@
 // (ReloadStats::last_error) and the old configuration stays.
 //
 // Threading: all methods are thread-safe. A Client may be used from any
-// thread and outlives a reload; the Mesh must outlive its Clients' calls
-// (destroying it cancels calls still in flight).
+// thread and outlives a reload. Dropping a Client lets its calls in flight
+// finish on their stack (bounded by their deadlines and the mesh's
+// drain_timeout); destroying the Mesh ends them (see ~Mesh). Blocking calls
+// (CallBlocking, Mesh::Client, Mesh::Apply) made on a reactor thread, i.e.
+// inside a callback, fail at once with FAILED_PRECONDITION instead of
+// waiting on the thread that would have to answer them.
 #ifndef MESHLIB_MESH_MESH_H_
 #define MESHLIB_MESH_MESH_H_
 
@@ -145,7 +149,9 @@ class Client final : public client::Caller {
   friend struct internal::MeshCore;
   friend class Mesh;
   std::shared_ptr<const internal::Stack> stack() const;
-  void Replace(std::shared_ptr<const internal::Stack> next);
+  // `shares_channels`: `next` keeps the old stack's channels (a new
+  // interceptor), so retiring the old one must not close them.
+  void Replace(std::shared_ptr<const internal::Stack> next, bool shares_channels);
 
   const std::string service_;
   const std::shared_ptr<internal::MeshCore> core_;
@@ -182,7 +188,12 @@ class Mesh {
   // invalid one rejected (see reload_stats()).
   static absl::StatusOr<std::unique_ptr<Mesh>> Open(const std::string& path,
                                                     MeshOptions options = {});
-  // Cancels calls still in flight.
+  // Ends every call still in flight, exactly once, with CANCELLED:
+  // callback calls (their callbacks run before this returns, or are
+  // running on a reactor thread), blocking calls (they return), calls
+  // waiting on a backoff or hedge delay. Clients kept afterwards fail every
+  // call at once with CANCELLED. Any thread, including a call's callback:
+  // what must wait (joining threads) moves off a reactor thread.
   ~Mesh();
   Mesh(const Mesh&) = delete;
   Mesh& operator=(const Mesh&) = delete;
@@ -202,10 +213,7 @@ class Mesh {
   std::shared_ptr<const config::MeshConfig> config() const;
 
  private:
-  friend class internal::Watcher;
   explicit Mesh(std::shared_ptr<internal::MeshCore> core);
-  // Counts a document that could not be parsed.
-  void Rejected(absl::Status status);
 
   std::shared_ptr<internal::MeshCore> core_;
   std::unique_ptr<internal::Watcher> watcher_;

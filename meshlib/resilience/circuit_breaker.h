@@ -1,7 +1,7 @@
 // CircuitBreaker: per-service limits that make a call fail fast instead of
 // queueing behind a service that cannot keep up (Envoy's thresholds):
 //
-//   "circuit_breaker": {"max_pending": 1024, "max_requests": 1024, "max_retries": 3}
+//   "circuit_breaker": {"max_pending": 1024, "max_requests": 1024, "max_retries": 64}
 //
 //   max_requests  calls active at once (from start to final answer, retries
 //                 included). Default 1024.
@@ -9,7 +9,10 @@
 //                 to an endpoint with no ready connection; counted until the
 //                 attempt completes). Default 1024.
 //   max_retries   retries outstanding at once (waiting out their backoff or
-//                 in flight). Default 3. Over it, a failed attempt is not
+//                 in flight). Default: no limit of its own: the retry
+//                 budget (`retry.budget`) bounds retries, as Envoy lets a
+//                 retry budget replace max_retries. Set it to cap retries
+//                 on top of the budget. Over it, a failed attempt is not
 //                 retried: its failure is the answer.
 //
 // Over max_requests or max_pending a call fails at once with UNAVAILABLE and
@@ -34,7 +37,9 @@ namespace meshlib::resilience {
 struct CircuitBreakerOptions {
   int64_t max_pending = 1024;
   int64_t max_requests = 1024;
-  int64_t max_retries = 3;
+  // kNoRetryLimit: only the retry budget bounds retries.
+  static constexpr int64_t kNoRetryLimit = INT64_MAX / 2;
+  int64_t max_retries = kNoRetryLimit;
 };
 
 // Parses a `circuit_breaker` object at `path`; errors name the field.

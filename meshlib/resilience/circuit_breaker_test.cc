@@ -34,7 +34,7 @@ TEST(CircuitBreakerTest, DefaultsAreEnvoysAndErrorsNameTheField) {
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->max_pending, 1024);
   EXPECT_EQ(d->max_requests, 1024);
-  EXPECT_EQ(d->max_retries, 3);
+  EXPECT_EQ(d->max_retries, CircuitBreakerOptions::kNoRetryLimit);
   auto bad = ParseCircuitBreaker(nlohmann::json::parse(R"({"max_requests": 0})"), "cb");
   EXPECT_TRUE(absl::StrContains(bad.status().message(), "cb.max_requests: must be an integer"));
   bad = ParseCircuitBreaker(nlohmann::json::parse(R"({"max_connections": 5})"), "cb");

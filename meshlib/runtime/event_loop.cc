@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 
@@ -295,7 +298,70 @@ absl::StatusOr<std::shared_ptr<Runtime>> Runtime::Create(int threads, std::strin
     if (!loop.ok()) return loop.status();
     loops.push_back(*std::move(loop));
   }
-  return std::shared_ptr<Runtime>(new Runtime(std::move(loops)));
+  return ShareOffLoop(std::unique_ptr<Runtime>(new Runtime(std::move(loops))));
+}
+
+namespace {
+
+// The background thread of DestroyOffLoop. Created at first use and never
+// destroyed (a static destructor could run while it works); what it holds
+// at exit stays reachable, so leak checkers do not report it.
+class OffLoopDestroyer {
+ public:
+  static OffLoopDestroyer& Get() {
+    static OffLoopDestroyer* const instance = new OffLoopDestroyer();
+    return *instance;
+  }
+  void Add(absl::AnyInvocable<void() &&> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(task));
+      ++added_;
+    }
+    cv_.notify_all();
+  }
+  void WaitForAll() {
+    std::unique_lock<std::mutex> lock(mu_);
+    uint64_t target = added_;
+    cv_.wait(lock, [&] { return done_ >= target; });
+  }
+
+ private:
+  OffLoopDestroyer() {
+    std::thread([this] { Run(); }).detach();
+  }
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return !queue_.empty(); });
+      auto task = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      std::move(task)();
+      lock.lock();
+      ++done_;
+      cv_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<absl::AnyInvocable<void() &&>> queue_;  // guarded by mu_
+  uint64_t added_ = 0, done_ = 0;                     // guarded by mu_
+};
+
+}  // namespace
+
+void DestroyOffLoop(absl::AnyInvocable<void() &&> destroy) {
+  if (EventLoop::Current() == nullptr) {
+    std::move(destroy)();
+    return;
+  }
+  OffLoopDestroyer::Get().Add(std::move(destroy));
+}
+
+void WaitForDeferredDestruction() {
+  if (EventLoop::Current() != nullptr) return;  // would wait on itself
+  OffLoopDestroyer::Get().WaitForAll();
 }
 
 EventLoop& Runtime::NextLoop() {

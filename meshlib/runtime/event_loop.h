@@ -23,6 +23,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "meshlib/core/sync.h"
@@ -117,6 +118,33 @@ class EventLoop final : public Executor {
   // When the loop will next wake by itself; a timer due earlier must wake it.
   absl::Time sleep_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
+
+// Destruction that must not run on a reactor thread.
+//
+// Destroying an EventLoop joins its thread, and most objects that own
+// connections or loops wait on a loop while they go (RunAndWait). Done on a
+// reactor thread, either can wait on itself, or on a loop that waits on this
+// one. Whatever meshlib shares between calls (a runtime, a control loop, a
+// ServiceChannel, a pooled Channel, a mesh's core) is held by a shared_ptr
+// made by ShareOffLoop: when its last reference drops on a reactor thread
+// (say, in a call's callback) it is destroyed on a background thread
+// instead; anywhere else, at once.
+//
+//   std::shared_ptr<Thing> t = runtime::ShareOffLoop(std::make_unique<Thing>());
+
+// Runs `destroy` now when the calling thread is no EventLoop's; otherwise
+// hands it to a background thread, which runs such tasks in order.
+void DestroyOffLoop(absl::AnyInvocable<void() &&> destroy);
+// Waits until every task handed to DestroyOffLoop so far has run (tests,
+// and an orderly exit).
+void WaitForDeferredDestruction();
+
+template <typename T>
+std::shared_ptr<T> ShareOffLoop(std::unique_ptr<T> owned) {
+  return std::shared_ptr<T>(owned.release(), [](T* p) {
+    DestroyOffLoop([p] { delete p; });
+  });
+}
 
 // A fixed set of event loops; connections are spread over them.
 class Runtime {
