@@ -34,7 +34,13 @@ fi
 
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-echo "setup: installing ${missing[*]}" >&2
+log="${TMPDIR:-/tmp}/meshlib-setup.log"
+echo "setup: installing ${#missing[@]} Debian packages (Bazel, the libraries, dnsmasq, etcd, ...);" \
+  "apt's output goes to $log" >&2
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq "${missing[@]}" >&2
+if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}"; } >"$log" 2>&1; then
+  echo "setup: apt-get failed; the last lines of $log:" >&2
+  tail -20 "$log" >&2
+  exit 1
+fi
+echo "setup: done" >&2

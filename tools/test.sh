@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: every Bazel test, again under ASan+UBSan, the
+# Runs the whole test suite: every Bazel test but the timed scenarios, then
+# those alone, everything but the scenarios again under ASan+UBSan, the
 # concurrency tests under TSan, and a bounded libFuzzer run of every fuzz
 # target (tests/fuzz). Installs what it needs first.
 # Ends with one line "N passed, M failed" and exits non-zero on any failure.
 #
 #   tools/test.sh                 # everything
 #   SKIP_ASAN=1 SKIP_TSAN=1 tools/test.sh   # skip the sanitizer passes
+#   SKIP_SCENARIOS=1 tools/test.sh          # skip the timed scenario pass
 #   FUZZ_SECONDS=10 tools/test.sh # shorter fuzz runs (default 30 s per target)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,12 +46,22 @@ else
   cache_flag=()
 fi
 
-run_bazel_suite default "${cache_flag[@]+"${cache_flag[@]}"}"
+# Tests tagged "scenario" assert success rates or latencies of a whole
+# scenario (chaos, tail, slow instance, load shedding, reload, demo). On a
+# shared two-core machine they are only honest alone and unsanitized: they
+# run once, in their own pass, one at a time ("exclusive"). The parallel
+# and sanitized passes run everything else.
+run_bazel_suite default --test_tag_filters=-scenario "${cache_flag[@]+"${cache_flag[@]}"}"
+if [[ -z "${SKIP_SCENARIOS:-}" ]]; then
+  run_bazel_suite scenario --test_tag_filters=scenario --local_test_jobs=1 \
+    "${cache_flag[@]+"${cache_flag[@]}"}"
+fi
 if [[ -z "${SKIP_ASAN:-}" ]]; then
-  run_bazel_suite asan --config=asan "${cache_flag[@]+"${cache_flag[@]}"}"
+  run_bazel_suite asan --config=asan --test_tag_filters=-scenario \
+    "${cache_flag[@]+"${cache_flag[@]}"}"
 fi
 if [[ -z "${SKIP_TSAN:-}" ]]; then
-  run_bazel_suite tsan --config=tsan --test_tag_filters=concurrency \
+  run_bazel_suite tsan --config=tsan --test_tag_filters=concurrency,-scenario \
     "${cache_flag[@]+"${cache_flag[@]}"}"
 fi
 

@@ -251,7 +251,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
         continue;
       }
       m.channel = *std::move(created);
-      m.channel->Connect();
+      if (policy_->ConnectsToEveryEndpoint()) m.channel->Connect();
       m.stats = std::make_shared<lb::EndpointStats>(policy_->StatsOptions());
       if (outliers_ != nullptr) m.outlier = outliers_->AddHost(e.address);
       if (health_source_ != nullptr) {
@@ -382,6 +382,11 @@ void ServiceChannel::StartHealthProbe(const std::string& address,
     hp->timer = {};
     std::shared_ptr<EndpointChannel> channel = hp->channel.lock();
     if (hp->stopped || channel == nullptr) return;
+    if (!policy_->ConnectsToEveryEndpoint() && channel->ReadyConnections() == 0) {
+      // Outside the balancer's subset (never picked, so never connected): a
+      // probe would open the connection the subset exists to avoid.
+      return StartHealthProbe(address, hp, hp->checker.NextProbeDelay(lb::ThreadRandom().Next()));
+    }
     CallOptions o;
     o.timeout = hp->checker.options().timeout;
     core::ScopedNoDeadline no_deadline;
@@ -548,9 +553,15 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
   if (closing_.load(std::memory_order_acquire)) return Next::kDone;
   bool several = endpoint_count_.load(std::memory_order_relaxed) > 1;
   bool transparent = TransparentlyRetryable(r) && !*transparent_used && several;
-  bool retryable = ((options.idempotent && retry_.RetriesOn(r.status.code())) ||
-                    TransparentlyRetryable(r)) &&
-                   attempts < retry_.max_attempts;
+  // An attempt that ran out of its per-try timeout while the call still has
+  // time left is retried like a code in retry_on (gRPC and Envoy do the
+  // same): the endpoint is slow or stalled, another may answer in time.
+  bool per_try_expired = r.status.code() == absl::StatusCode::kDeadlineExceeded &&
+                         retry_.per_try_timeout > absl::ZeroDuration();
+  bool retryable =
+      ((options.idempotent && (retry_.RetriesOn(r.status.code()) || per_try_expired)) ||
+       TransparentlyRetryable(r)) &&
+      attempts < retry_.max_attempts;
   if (!transparent && !retryable) return Next::kDone;
   std::optional<absl::Duration> pushback = Pushback(r);
   if (pushback.has_value() && *pushback < absl::ZeroDuration()) {
@@ -1187,6 +1198,7 @@ std::vector<EndpointState> ServiceChannel::EndpointStates() const {
     }
     e.health_check_ok = m.health == nullptr || m.health->healthy.load(std::memory_order_relaxed);
     e.healthy = e.health_check_ok && e.outlier != "ejected";
+    e.connected = m.channel->ReadyConnections() > 0;
     e.in_flight = m.stats->in_flight();
     e.calls = m.stats->calls();
     e.failures = m.stats->failures();

@@ -186,6 +186,7 @@ struct EndpointState {
   bool healthy = true;            // the balancer may pick it
   std::string outlier = "healthy";  // healthy, ejected or probation
   bool health_check_ok = true;    // true without active checks
+  bool connected = false;         // has a ready connection now
   int64_t in_flight = 0;
   uint64_t calls = 0;
   uint64_t failures = 0;

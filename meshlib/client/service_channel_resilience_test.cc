@@ -1,11 +1,13 @@
 // Deadlines, retry pushback, hedging and fault injection in ServiceChannel,
 // against real in-process servers over loopback.
 #include <atomic>
+#include <cstdio>
 #include <functional>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/core/deadline_context.h"
@@ -85,6 +87,93 @@ std::shared_ptr<ServiceChannel> Open(const std::vector<std::string>& addrs, json
 // not skewed by connection setup.
 void WarmUp(ServiceChannel& sc, int calls = 20) {
   for (int i = 0; i < calls; ++i) sc.CallBlocking("Echo/Say", "warm");
+}
+
+// --- Per-try timeouts ---
+
+// An attempt that runs out of its per-try timeout on a stalled endpoint is
+// retried elsewhere (idempotent calls only), without DEADLINE_EXCEEDED in
+// retry_on; a call that is not idempotent gets the timeout as its answer.
+TEST(ServiceChannelRetryTest, PerTryTimeoutIsRetriedElsewhereForIdempotentCalls) {
+  TestServer stalled(SlowEcho(absl::Seconds(2)));
+  TestServer fast(Echo);
+  auto sc = Open({stalled.address(), fast.address()},
+                 {{"load_balancer", json::parse(R"([{"round_robin": {}}])")},
+                  {"retry", json::parse(R"({"max_attempts": 3, "per_try_timeout": "50ms",
+                                            "retry_on": ["UNAVAILABLE"],
+                                            "budget": {"ratio": 1.0}})")}});
+  CallOptions o;
+  o.idempotent = true;
+  o.timeout = absl::Seconds(1);
+  for (int i = 0; i < 10; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "x", o);
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.endpoint, fast.address());
+  }
+  EXPECT_GE(sc->stats().retries, 4u);  // about half the calls went to the stalled one first
+  // The asynchronous path too.
+  for (int i = 0; i < 10; ++i) {
+    absl::Notification done;
+    CallResult got;
+    sc->Call("Echo/Say", "x", o, [&](CallResult r) {
+      got = std::move(r);
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+    EXPECT_TRUE(got.status.ok()) << got.status;
+  }
+  o.idempotent = false;
+  int timed_out = 0;
+  for (int i = 0; i < 4; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "x", o);
+    if (r.status.code() == absl::StatusCode::kDeadlineExceeded) ++timed_out;
+  }
+  EXPECT_GE(timed_out, 1);  // round robin sent at least one to the stalled one
+}
+
+// --- Aperture bounds connections ---
+
+// 30 endpoints and an aperture of 4: connections (and calls) go only to the
+// subset, never to all 30; health probes do not open the others either.
+TEST(ServiceChannelApertureTest, ConnectionsStayWithinTheAperture) {
+  std::vector<std::unique_ptr<server::Server>> servers;
+  std::vector<std::unique_ptr<std::atomic<int>>> handled;
+  std::vector<std::string> addrs;
+  for (int i = 0; i < 30; ++i) {
+    server::ServerOptions o;
+    o.io_threads = 1;
+    o.worker_threads = 1;
+    servers.push_back(std::make_unique<server::Server>(o));
+    handled.push_back(std::make_unique<std::atomic<int>>(0));
+    std::atomic<int>* count = handled.back().get();
+    ASSERT_TRUE(servers.back()
+                    ->RegisterSync("Echo/Say",
+                                   [count](server::ServerCall& call, std::string* out) {
+                                     ++*count;
+                                     return Echo(call, out);
+                                   })
+                    .ok());
+    ASSERT_TRUE(servers.back()->Start("127.0.0.1:0").ok());
+    addrs.push_back(servers.back()->address());
+  }
+  auto sc = Open(addrs, {{"load_balancer", json::parse(R"([{"aperture": {"size": 4,
+                              "policy": [{"round_robin": {}}]}}])")},
+                         {"health_check",
+                          json::parse(R"({"interval": "100ms", "timeout": "50ms"})")}});
+  ASSERT_NE(sc, nullptr);
+  for (int i = 0; i < 1000; ++i) {
+    CallResult r = sc->CallBlocking("Echo/Say", "x");
+    ASSERT_TRUE(r.status.ok()) << r.status;
+  }
+  absl::SleepFor(absl::Milliseconds(500));  // several health-probe rounds
+  int connected = 0, called = 0;
+  for (const EndpointState& e : sc->EndpointStates()) connected += e.connected ? 1 : 0;
+  for (const auto& h : handled) called += h->load() > 0 ? 1 : 0;
+  std::printf("aperture 4 of 30: %d endpoints connected, %d called\n", connected, called);
+  EXPECT_GE(connected, 4);
+  EXPECT_LE(connected, 6);
+  EXPECT_LE(called, 6);
+  EXPECT_EQ(sc->EndpointStates().size(), 30u);
 }
 
 // --- Deadlines ---

@@ -153,6 +153,7 @@ class Aperture final : public Policy {
   }
 
   EndpointStatsOptions StatsOptions() const override { return children_.StatsOptions(); }
+  bool ConnectsToEveryEndpoint() const override { return false; }
 
  private:
   const int64_t size_;

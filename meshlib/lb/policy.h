@@ -93,6 +93,11 @@ class Policy {
   // (EWMA decay, latency assumed for a new endpoint, failure penalty).
   // Policies that do not rank by latency keep the defaults.
   virtual EndpointStatsOptions StatsOptions() const { return EndpointStatsOptions(); }
+  // Whether the client should connect to (and health-check) every endpoint
+  // of the set at once. A policy that only ever picks a few of them
+  // (aperture) says no: an endpoint then connects at its first pick, and is
+  // probed only while connected, so connections stay bounded by the subset.
+  virtual bool ConnectsToEveryEndpoint() const { return true; }
 };
 
 class PolicyFactory {
