@@ -114,6 +114,26 @@ struct Fleet {
       addrs.push_back(absl::StrCat("127.0.0.1:", ports.back()));
     }
   }
+  // Five instances: steady, flaky (20% UNAVAILABLE), slow (every answer
+  // after `slow_ms`), one to kill and restart, one to kill.
+  void StartChaosFleet(int slow_ms) {
+    inst[0] = StartEcho(ports[0], "steady");
+    inst[1] = StartEcho(ports[1], "flaky", {"--error_rate=0.2"});
+    inst[2] = StartEcho(ports[2], "slow", {absl::StrCat("--latency_ms=", slow_ms)});
+    inst[3] = StartEcho(ports[3], "killed-restarted");
+    inst[4] = StartEcho(ports[4], "killed");
+  }
+  // SIGKILLs instance 3 at 5 s and 4 at 8 s; starts 3 again at 12 s.
+  void KillAndRestart(absl::Time start) {
+    auto at = [&](absl::Duration d) { absl::SleepFor(start + d - absl::Now()); };
+    at(absl::Seconds(5));
+    inst[3]->Signal(SIGKILL);
+    at(absl::Seconds(8));
+    inst[4]->Signal(SIGKILL);
+    at(absl::Seconds(12));
+    inst[3]->Wait(absl::Seconds(5));
+    inst[3] = StartEcho(ports[3], "killed-restarted");
+  }
   ~Fleet() {
     for (auto& p : inst) {
       if (p != nullptr && p->Running()) {
@@ -124,13 +144,22 @@ struct Fleet {
   }
 };
 
+// What a new user writes: a 1s timeout, the retry example of
+// docs/resilience.md and outlier detection with its defaults, nothing else
+// (round robin, no hedging); RunLoad adds the discovery.
+json NewUserConfig() {
+  return json::parse(R"({"services": {"echo": {
+      "timeout": "1s",
+      "retry": {"max_attempts": 3, "retry_on": ["UNAVAILABLE"], "per_try_timeout": "300ms",
+                "backoff": {"base": "25ms", "max": "250ms"},
+                "budget": {"ratio": 0.2, "min_per_second": 10, "ttl": "10s"}},
+      "outlier_detection": {}
+  }}})");
+}
+
 TEST(ChaosTest, IdempotentCallsSurviveFlakySlowAndKilledInstances) {
   Fleet f(5);
-  f.inst[0] = StartEcho(f.ports[0], "steady");
-  f.inst[1] = StartEcho(f.ports[1], "flaky", {"--error_rate=0.2"});
-  f.inst[2] = StartEcho(f.ports[2], "slow", {"--latency_ms=300"});
-  f.inst[3] = StartEcho(f.ports[3], "killed-restarted");
-  f.inst[4] = StartEcho(f.ports[4], "killed");
+  f.StartChaosFleet(300);
 
   json config = json::parse(R"({"services": {"echo": {
       "load_balancer": [{"p2c_peak_ewma": {}}],
@@ -142,16 +171,7 @@ TEST(ChaosTest, IdempotentCallsSurviveFlakySlowAndKilledInstances) {
                             "base_ejection_time": "2s", "max_ejection_percent": 50}
   }}})");
   json j = RunLoad(config, f.addrs, 2000, absl::Seconds(20),
-                   {"steady", "flaky", "slow", "kill+restart", "killed"}, [&](absl::Time start) {
-                     auto at = [&](absl::Duration d) { absl::SleepFor(start + d - absl::Now()); };
-                     at(absl::Seconds(5));
-                     f.inst[3]->Signal(SIGKILL);
-                     at(absl::Seconds(8));
-                     f.inst[4]->Signal(SIGKILL);
-                     at(absl::Seconds(12));
-                     f.inst[3]->Wait(absl::Seconds(5));
-                     f.inst[3] = StartEcho(f.ports[3], "killed-restarted");
-                   });
+                   {"steady", "flaky", "slow", "kill+restart", "killed"}, [&](absl::Time start) { f.KillAndRestart(start); });
   ASSERT_FALSE(j.is_null());
   EXPECT_GE(j["requests"].get<int64_t>(), 30000);  // the load generator kept up
   EXPECT_GE(j["success"].get<double>(), 0.999);
@@ -169,29 +189,10 @@ TEST(ChaosTest, IdempotentCallsSurviveFlakySlowAndKilledInstances) {
 // SIGKILLed, one of them restarted. Bar: >= 99.9% succeed.
 TEST(ChaosTest, TheDocsExampleSettingsSurviveTheSameChaos) {
   Fleet f(5);
-  f.inst[0] = StartEcho(f.ports[0], "steady");
-  f.inst[1] = StartEcho(f.ports[1], "flaky", {"--error_rate=0.2"});
-  f.inst[2] = StartEcho(f.ports[2], "slow", {"--latency_ms=400"});
-  f.inst[3] = StartEcho(f.ports[3], "killed-restarted");
-  f.inst[4] = StartEcho(f.ports[4], "killed");
-  json config = json::parse(R"({"services": {"echo": {
-      "timeout": "1s",
-      "retry": {"max_attempts": 3, "retry_on": ["UNAVAILABLE"], "per_try_timeout": "300ms",
-                "backoff": {"base": "25ms", "max": "250ms"},
-                "budget": {"ratio": 0.2, "min_per_second": 10, "ttl": "10s"}},
-      "outlier_detection": {}
-  }}})");
+  f.StartChaosFleet(400);
+  json config = NewUserConfig();
   json j = RunLoad(config, f.addrs, 1000, absl::Seconds(20),
-                   {"steady", "flaky", "slow", "kill+restart", "killed"}, [&](absl::Time start) {
-                     auto at = [&](absl::Duration d) { absl::SleepFor(start + d - absl::Now()); };
-                     at(absl::Seconds(5));
-                     f.inst[3]->Signal(SIGKILL);
-                     at(absl::Seconds(8));
-                     f.inst[4]->Signal(SIGKILL);
-                     at(absl::Seconds(12));
-                     f.inst[3]->Wait(absl::Seconds(5));
-                     f.inst[3] = StartEcho(f.ports[3], "killed-restarted");
-                   });
+                   {"steady", "flaky", "slow", "kill+restart", "killed"}, [&](absl::Time start) { f.KillAndRestart(start); });
   ASSERT_FALSE(j.is_null());
   EXPECT_GE(j["requests"].get<int64_t>(), 15000);
   EXPECT_GE(j["success"].get<double>(), 0.999);
@@ -207,13 +208,7 @@ TEST(ChaosTest, AnInstanceThatStopsAnsweringIsRoutedAround) {
   f.inst[0] = StartEcho(f.ports[0], "a");
   f.inst[1] = StartEcho(f.ports[1], "b");
   f.inst[2] = StartEcho(f.ports[2], "stopped");
-  json config = json::parse(R"({"services": {"echo": {
-      "timeout": "1s",
-      "retry": {"max_attempts": 3, "retry_on": ["UNAVAILABLE"], "per_try_timeout": "300ms",
-                "backoff": {"base": "25ms", "max": "250ms"},
-                "budget": {"ratio": 0.2, "min_per_second": 10, "ttl": "10s"}},
-      "outlier_detection": {}
-  }}})");
+  json config = NewUserConfig();
   json j = RunLoad(config, f.addrs, 1000, absl::Seconds(12), {"a", "b", "stopped"},
                    [&](absl::Time start) {
                      absl::SleepFor(start + absl::Seconds(3) - absl::Now());

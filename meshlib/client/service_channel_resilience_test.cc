@@ -7,7 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
+#include "meshlib/core/sync.h"
 #include "gtest/gtest.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/core/deadline_context.h"
@@ -113,7 +113,7 @@ TEST(ServiceChannelRetryTest, PerTryTimeoutIsRetriedElsewhereForIdempotentCalls)
   EXPECT_GE(sc->stats().retries, 4u);  // about half the calls went to the stalled one first
   // The asynchronous path too.
   for (int i = 0; i < 10; ++i) {
-    absl::Notification done;
+    core::Notification done;
     CallResult got;
     sc->Call("Echo/Say", "x", o, [&](CallResult r) {
       got = std::move(r);

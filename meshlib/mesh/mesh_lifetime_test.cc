@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
+#include "meshlib/core/sync.h"
 #include "gtest/gtest.h"
 #include "meshlib/mesh/mesh.h"
 #include "meshlib/runtime/event_loop.h"
@@ -139,7 +139,7 @@ void RunRound(MeshLifetimeTest* t, std::unique_ptr<Mesh> mesh, Teardown how, int
   // The mesh, handed to whoever destroys it.
   auto holder = std::make_shared<std::unique_ptr<Mesh>>(std::move(mesh));
   std::atomic<bool> destroy_in_callback{how == Teardown::kMeshInsideCallback};
-  absl::Notification destroyed_in_callback;
+  core::Notification destroyed_in_callback;
   std::mutex holder_mu;
   for (int i = 0; i < calls; ++i) {
     client->Call("Echo/Say", absl::StrCat("call ", i), Idempotent(), [&, i, ledger](CallResult r) {
@@ -221,7 +221,7 @@ TEST_F(MeshLifetimeTest, CallsAfterTheMeshIsGoneFailFast) {
   absl::Time start = absl::Now();
   CallResult r = client->CallBlocking("Echo/Say", "x", Idempotent());
   EXPECT_EQ(r.status.code(), absl::StatusCode::kCancelled) << r.status;
-  absl::Notification done;
+  core::Notification done;
   client->Call("Echo/Say", "x", Idempotent(), [&](CallResult r) {
     EXPECT_EQ(r.status.code(), absl::StatusCode::kCancelled) << r.status;
     done.Notify();
@@ -247,7 +247,7 @@ TEST_F(MeshLifetimeTest, BlockingCallOnAReactorThreadFailsAtOnce) {
       CallOptions o;
       o.idempotent = idempotent;
       o.timeout = absl::Milliseconds(500);
-      absl::Notification done;
+      core::Notification done;
       CallResult inner;
       absl::Duration took;
       client->Call("Echo/Say", "outer", o, [&](CallResult) {
