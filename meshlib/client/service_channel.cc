@@ -54,6 +54,59 @@ struct ServiceChannel::HealthProbe {
 ServiceChannel::ServiceChannel(std::string service, ServiceChannelOptions options)
     : service_(std::move(service)), options_(std::move(options)) {}
 
+namespace {
+
+// The JSON policy sections of `o`, parsed (errors name their path).
+absl::StatusOr<ServiceChannelOptions::Policies> ParsePolicies(const ServiceChannelOptions& o) {
+  ServiceChannelOptions::Policies p;
+  auto path = [&](const char* key) { return absl::StrCat(o.config_path, ".", key); };
+  if (!o.circuit_breaker.is_null()) {
+    auto parsed = resilience::ParseCircuitBreaker(o.circuit_breaker, path("circuit_breaker"));
+    if (!parsed.ok()) return parsed.status();
+    p.circuit_breaker = *parsed;
+  }
+  if (!o.retry.is_null()) {
+    auto parsed = resilience::ParseRetryPolicy(o.retry, path("retry"));
+    if (!parsed.ok()) return parsed.status();
+    p.retry = *std::move(parsed);
+  }
+  if (!o.hedging.is_null()) {
+    auto parsed = resilience::ParseHedgingPolicy(o.hedging, path("hedging"));
+    if (!parsed.ok()) return parsed.status();
+    p.hedging = *parsed;
+  }
+  if (!o.outlier_detection.is_null()) {
+    auto parsed = resilience::ParseOutlierDetection(o.outlier_detection, path("outlier_detection"));
+    if (!parsed.ok()) return parsed.status();
+    p.outlier_detection = *parsed;
+  }
+  if (!o.health_check.is_null()) {
+    auto parsed = resilience::ParseHealthCheck(o.health_check, path("health_check"));
+    if (!parsed.ok()) return parsed.status();
+    p.health_check = *parsed;
+  }
+  if (!o.fault.is_null()) {
+    auto parsed = resilience::ParseFaultInjection(o.fault, path("fault"));
+    if (!parsed.ok()) return parsed.status();
+    p.fault = *parsed;
+  }
+  return p;
+}
+
+bool SameBudget(const resilience::RetryBudgetOptions& a, const resilience::RetryBudgetOptions& b) {
+  return a.ratio == b.ratio && a.min_per_second == b.min_per_second && a.ttl == b.ttl;
+}
+bool SameBreaker(const resilience::CircuitBreakerOptions& a,
+                 const resilience::CircuitBreakerOptions& b) {
+  return a.max_pending == b.max_pending && a.max_requests == b.max_requests &&
+         a.max_retries == b.max_retries;
+}
+bool SameStats(const lb::EndpointStatsOptions& a, const lb::EndpointStatsOptions& b) {
+  return a.decay == b.decay && a.initial == b.initial && a.failure_penalty == b.failure_penalty;
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     std::string service, const nlohmann::json& discovery, ServiceChannelOptions options) {
   if (auto st = options.channel.Validate(); !st.ok()) return st;
@@ -68,49 +121,15 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
   if (!choice.ok()) return choice.status();
   auto policy = choice->factory->Create(choice->config, choice->path, options.lb_context);
   if (!policy.ok()) return policy.status();
-  resilience::CircuitBreakerOptions breaker;
-  if (!options.circuit_breaker.is_null()) {
-    auto parsed = resilience::ParseCircuitBreaker(
-        options.circuit_breaker, absl::StrCat(options.config_path, ".circuit_breaker"));
-    if (!parsed.ok()) return parsed.status();
-    breaker = *parsed;
-  }
-  resilience::RetryPolicy retry;
-  if (!options.retry.is_null()) {
-    auto parsed = resilience::ParseRetryPolicy(options.retry,
-                                               absl::StrCat(options.config_path, ".retry"));
-    if (!parsed.ok()) return parsed.status();
-    retry = *std::move(parsed);
-  }
-
-  resilience::HedgingPolicy hedging;
-  if (!options.hedging.is_null()) {
-    auto parsed = resilience::ParseHedgingPolicy(options.hedging,
-                                                 absl::StrCat(options.config_path, ".hedging"));
-    if (!parsed.ok()) return parsed.status();
-    hedging = *parsed;
-  }
-  std::optional<resilience::OutlierDetectionOptions> outlier;
-  if (!options.outlier_detection.is_null()) {
-    auto parsed = resilience::ParseOutlierDetection(
-        options.outlier_detection, absl::StrCat(options.config_path, ".outlier_detection"));
-    if (!parsed.ok()) return parsed.status();
-    outlier = *parsed;
-  }
-  std::optional<resilience::HealthCheckOptions> health;
-  if (!options.health_check.is_null()) {
-    auto parsed = resilience::ParseHealthCheck(options.health_check,
-                                               absl::StrCat(options.config_path, ".health_check"));
-    if (!parsed.ok()) return parsed.status();
-    health = *parsed;
-  }
-  resilience::FaultInjection fault;
-  if (!options.fault.is_null()) {
-    auto parsed =
-        resilience::ParseFaultInjection(options.fault, absl::StrCat(options.config_path, ".fault"));
-    if (!parsed.ok()) return parsed.status();
-    fault = *parsed;
-  }
+  absl::StatusOr<ServiceChannelOptions::Policies> parsed =
+      options.policies.has_value() ? *options.policies : ParsePolicies(options);
+  if (!parsed.ok()) return parsed.status();
+  const resilience::CircuitBreakerOptions& breaker = parsed->circuit_breaker;
+  const resilience::RetryPolicy& retry = parsed->retry;
+  const resilience::HedgingPolicy& hedging = parsed->hedging;
+  std::optional<resilience::OutlierDetectionOptions> outlier = parsed->outlier_detection;
+  std::optional<resilience::HealthCheckOptions> health = parsed->health_check;
+  const resilience::FaultInjection& fault = parsed->fault;
 
   if (options.channel.runtime == nullptr) {
     auto rt = runtime::Runtime::Create(options.channel.io_threads, absl::StrCat(service, "-io"),
@@ -123,19 +142,43 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
   sc->retry_ = retry;
   sc->hedging_ = hedging;
   sc->fault_ = fault;
-  sc->budget_ = std::make_unique<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
-  sc->breaker_ = std::make_shared<resilience::CircuitBreaker>(breaker, service);
+  sc->stats_options_ = sc->policy_->StatsOptions();
+  // What the replaced channel learned carries over where its settings are
+  // the same (see ServiceChannelOptions::predecessor).
+  const ServiceChannel* prev = options.predecessor.get();
+  sc->predecessor_ = options.predecessor;
+  if (prev != nullptr && SameBudget(prev->retry_.budget, retry.budget)) {
+    sc->budget_ = prev->budget_;
+  } else {
+    sc->budget_ = std::make_shared<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
+  }
+  if (prev != nullptr && SameBreaker(prev->breaker_->options(), breaker)) {
+    sc->breaker_ = prev->breaker_;
+  } else {
+    sc->breaker_ = std::make_shared<resilience::CircuitBreaker>(breaker, service);
+  }
   if (hedging.enabled) {
-    resilience::RetryBudgetOptions hb;
-    hb.ratio = hedging.max_extra_load;
-    hb.min_per_second = 1;
-    hb.ttl = retry.budget.ttl;
-    sc->hedge_budget_ = std::make_unique<resilience::RetryBudget>(hb, &runtime::RealClock());
+    if (prev != nullptr && prev->hedge_budget_ != nullptr &&
+        prev->hedging_.max_extra_load == hedging.max_extra_load &&
+        prev->retry_.budget.ttl == retry.budget.ttl) {
+      sc->hedge_budget_ = prev->hedge_budget_;
+    } else {
+      resilience::RetryBudgetOptions hb;
+      hb.ratio = hedging.max_extra_load;
+      hb.min_per_second = 1;
+      hb.ttl = retry.budget.ttl;
+      sc->hedge_budget_ = std::make_shared<resilience::RetryBudget>(hb, &runtime::RealClock());
+    }
   }
   if (hedging.enabled && hedging.percentile > 0) {
-    resilience::LatencyTrackerOptions lt;
-    lt.min_samples = hedging.min_samples;
-    sc->latency_ = std::make_unique<resilience::LatencyTracker>(lt, &runtime::RealClock());
+    if (prev != nullptr && prev->latency_ != nullptr &&
+        prev->hedging_.min_samples == hedging.min_samples) {
+      sc->latency_ = prev->latency_;
+    } else {
+      resilience::LatencyTrackerOptions lt;
+      lt.min_samples = hedging.min_samples;
+      sc->latency_ = std::make_shared<resilience::LatencyTracker>(lt, &runtime::RealClock());
+    }
   }
   sc->health_source_ = options.health_source;
   if (sc->health_source_ != nullptr) {
@@ -252,8 +295,22 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
       }
       m.channel = *std::move(created);
       if (policy_->ConnectsToEveryEndpoint()) m.channel->Connect();
-      m.stats = std::make_shared<lb::EndpointStats>(policy_->StatsOptions());
-      if (outliers_ != nullptr) m.outlier = outliers_->AddHost(e.address);
+      // An endpoint the replaced channel knew keeps what was learned of it.
+      const Member* known = nullptr;
+      if (predecessor_ != nullptr) {
+        if (auto it = predecessor_->members_.find(e.address); it != predecessor_->members_.end()) {
+          known = &it->second;
+        }
+      }
+      if (known != nullptr && SameStats(predecessor_->stats_options_, stats_options_)) {
+        m.stats = known->stats;
+      } else {
+        m.stats = std::make_shared<lb::EndpointStats>(stats_options_);
+      }
+      if (outliers_ != nullptr) {
+        m.outlier = outliers_->AddHost(
+            e.address, known != nullptr ? predecessor_->outliers_.get() : nullptr);
+      }
       if (health_source_ != nullptr) {
         if (auto it = health_source_->members_.find(e.address);
             it != health_source_->members_.end()) {
@@ -263,6 +320,10 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
       }
       if (health_checks_) {
         m.health = std::make_shared<HealthProbe>(health_options_);
+        if (known != nullptr && known->health != nullptr) {
+          m.health->checker.Adopt(known->health->checker);
+          m.health->healthy.store(m.health->checker.healthy(), std::memory_order_relaxed);
+        }
         m.health->channel = m.channel;
         StartHealthProbe(e.address, m.health,
                          m.health->checker.FirstProbeDelay(lb::ThreadRandom().Next()));
@@ -285,6 +346,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
   }
   members_ = std::move(next);
   set_ = std::move(set);
+  predecessor_.reset();  // what it knew is taken over
   std::map<std::string, std::shared_ptr<lb::EndpointStats>, std::less<>> stats;
   std::vector<std::string> addresses;
   for (const auto& [addr, m] : members_) {

@@ -145,6 +145,28 @@ struct ServiceChannelOptions {
   // `outlier_detection` and `health_check` are then ignored. It must use
   // the same `control_loop`.
   std::shared_ptr<ServiceChannel> health_source;
+  // The service's policies, already parsed and validated: a mesh passes its
+  // typed configuration, which is then the only parse. When set, the JSON
+  // sections above (retry, hedging, circuit_breaker, fault,
+  // outlier_detection, health_check) are ignored.
+  struct Policies {
+    resilience::RetryPolicy retry;
+    resilience::HedgingPolicy hedging;
+    resilience::CircuitBreakerOptions circuit_breaker;
+    resilience::FaultInjection fault;
+    std::optional<resilience::OutlierDetectionOptions> outlier_detection;
+    std::optional<resilience::HealthCheckOptions> health_check;
+  };
+  std::optional<Policies> policies;
+  // The channel this one replaces (a configuration reload of the same
+  // service), to take over what it learned: endpoints both know keep their
+  // load signals (latency estimate, in-flight count; when the balancer's
+  // stats settings are the same), their outlier state (ejections and their
+  // growing multiplier) and their health-check verdict; the retry budget,
+  // circuit-breaker counts, hedge budget and latency tracker carry over
+  // when their settings are unchanged. Held until the first endpoint set is
+  // applied. Must use the same control_loop.
+  std::shared_ptr<ServiceChannel> predecessor;
   // Keep only the endpoints this accepts (a subset of the service, e.g. by
   // metadata). Null: all.
   std::function<bool(const discovery::Endpoint&)> endpoint_filter;
@@ -361,11 +383,15 @@ class ServiceChannel final : public Caller {
   resilience::RetryPolicy retry_;
   resilience::HedgingPolicy hedging_;
   resilience::FaultInjection fault_;
-  std::unique_ptr<resilience::RetryBudget> budget_;
-  std::unique_ptr<resilience::RetryBudget> hedge_budget_;  // max_extra_load
+  // Shared with the channel that replaces this one when its settings are
+  // the same (ServiceChannelOptions::predecessor).
+  std::shared_ptr<resilience::RetryBudget> budget_;
+  std::shared_ptr<resilience::RetryBudget> hedge_budget_;  // max_extra_load
+  lb::EndpointStatsOptions stats_options_;                  // the policy's
+  std::shared_ptr<ServiceChannel> predecessor_;             // control loop
   // Shared with calls still waiting on a timer when the channel goes.
   std::shared_ptr<resilience::CircuitBreaker> breaker_;
-  std::unique_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
+  std::shared_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
   std::shared_ptr<Lifeline> lifeline_;
   // The internal reference (see Create), for attempts to hold.
   std::weak_ptr<ServiceChannel> self_;

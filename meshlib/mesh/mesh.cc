@@ -327,18 +327,18 @@ struct MeshCore {
 
 namespace {
 
-json Section(const config::ServiceConfig& s, const char* key) {
-  auto it = s.raw.find(key);
-  return it == s.raw.end() ? json() : *it;
-}
-
 // Builds a service's stack from its configuration, top to bottom (see
 // mesh.h). Not on the control loop: it waits for the new channels to take
 // their first endpoints, so that a reload never swaps in a stack that
 // would fail calls for having none yet.
+//
+// `previous` (the stack being replaced, or null) hands what its channels
+// learned to the new ones: each new channel takes over from the old one of
+// the same role (every endpoint, or the subset of the same name).
 absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
     MeshCore& core, const std::string& name, std::shared_ptr<const config::MeshConfig> cfg,
-    uint64_t generation, std::vector<std::shared_ptr<Interceptor>> interceptors) {
+    uint64_t generation, std::vector<std::shared_ptr<Interceptor>> interceptors,
+    const Stack* previous) {
   auto stack = std::make_shared<Stack>();
   stack->generation = generation;
   stack->mesh_config = cfg;
@@ -357,13 +357,18 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   o.channel.default_timeout = svc->timeout;
   o.channel.connections = cfg->mesh.connections_per_endpoint;
   o.load_balancer = svc->load_balancer_list;
-  o.retry = Section(*svc, "retry");
-  o.hedging = Section(*svc, "hedging");
-  o.circuit_breaker = Section(*svc, "circuit_breaker");
-  o.outlier_detection = Section(*svc, "outlier_detection");
-  o.health_check = Section(*svc, "health_check");
+  // The typed configuration is the only parse of the policies.
+  client::ServiceChannelOptions::Policies policies;
+  policies.retry = svc->retry;
+  policies.hedging = svc->hedging;
+  policies.circuit_breaker = svc->circuit_breaker;
+  policies.outlier_detection = svc->outlier_detection;
+  policies.health_check = svc->health_check;
   // Fault injection is applied above, by the routing layer (a route's own
   // fault replaces the service's).
+  o.policies = policies;
+  const bool same_service = previous != nullptr && previous->service != nullptr;
+  if (same_service) o.predecessor = previous->all;
   o.lb_context.local_zone = cfg->mesh.zone;
   o.control_loop = core.control;
   o.shared_discovery = *d;
@@ -385,8 +390,14 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
     // outlier detection and health checks from the channel over every
     // endpoint.
     so.health_source = stack->all;
-    so.outlier_detection = json();
-    so.health_check = json();
+    so.policies->outlier_detection.reset();
+    so.policies->health_check.reset();
+    so.predecessor = nullptr;
+    if (same_service) {
+      for (const SubsetChannel& old : previous->subsets) {
+        if (old.config->name == subset.name) so.predecessor = old.channel;
+      }
+    }
     so.endpoint_filter = [&subset](const discovery::Endpoint& e) {
       return config::SubsetMatches(subset, e);
     };
@@ -909,12 +920,12 @@ absl::Status MeshCore::Apply(config::MeshConfig config) {
   // Build every new stack first: a document that fails to build for one
   // service changes nothing.
   for (const auto& c : live) {
-    auto s = BuildStack(*this, c->service(), cfg, generation, c->stack()->interceptors);
+    std::shared_ptr<const Stack> old = c->stack();
+    auto s = BuildStack(*this, c->service(), cfg, generation, old->interceptors, old.get());
     if (!s.ok()) return reject(s.status(), &next);
     // A stack without endpoints replaces one with endpoints only if the
     // service left the configuration: otherwise the source is not ready (or
     // broken) and the old stack keeps serving.
-    std::shared_ptr<const Stack> old = c->stack();
     if ((*s)->service != nullptr && (*s)->all->endpoint_count() == 0 && old->all != nullptr &&
         old->all->endpoint_count() > 0) {
       next.push_back(*std::move(s));
@@ -1001,7 +1012,7 @@ absl::StatusOr<std::shared_ptr<Client>> Mesh::Client(absl::string_view service) 
                                             "\" in the configuration (services: ",
                                             absl::StrJoin(names, ", "), ")"));
   }
-  auto stack = internal::BuildStack(*core_, std::string(service), cfg, generation, {});
+  auto stack = internal::BuildStack(*core_, std::string(service), cfg, generation, {}, nullptr);
   if (!stack.ok()) return stack.status();
   auto client = std::make_shared<mesh::Client>(std::string(service), core_, *std::move(stack));
   std::lock_guard<std::mutex> lock(core_->mu);

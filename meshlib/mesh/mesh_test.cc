@@ -331,5 +331,45 @@ TEST_F(MeshTest, SubsetsShareEndpointHealth) {
   EXPECT_LE(probes, 25);
 }
 
+// A reload keeps what the client learned of the endpoints that stay: an
+// ejected endpoint stays ejected, a slow one keeps its latency estimate, and
+// in-flight counts and the retry budget are the same objects, so a reload
+// is not a fresh start for a fleet with a bad instance.
+TEST_F(MeshTest, ReloadKeepsWhatTheClientLearned) {
+  const std::string common = R"(
+      "outlier_detection": {"consecutive_failures": 3, "interval": "10s",
+                            "base_ejection_time": "30s", "max_ejection_percent": 50})";
+  auto mesh = Mesh::Create(Config(ServiceJson(
+                               absl::StrCat(R"("load_balancer": [{"round_robin": {}}],)", common))))
+                  .value();
+  auto echo = mesh->Client("echo").value();
+  v1b.delay = absl::Milliseconds(30);
+  for (int i = 0; i < 12; ++i) echo->CallBlocking("Echo/Say", "x");
+  v2.failing = true;
+  for (int i = 0; i < 20; ++i) echo->CallBlocking("Echo/Say", "x");
+  auto state_of = [&](const NamedServer& s) {
+    for (const client::EndpointState& e : echo->EndpointStates()) {
+      if (e.address == s.address()) return e;
+    }
+    return client::EndpointState();
+  };
+  ASSERT_EQ(state_of(v2).outlier, "ejected");
+  absl::Duration slow_estimate = state_of(v1b).latency_ewma;
+  ASSERT_GE(slow_estimate, absl::Milliseconds(10));
+  // A reload that changes the retry policy and the balancer.
+  ASSERT_TRUE(mesh->Apply(Config(ServiceJson(absl::StrCat(
+                              R"("load_balancer": [{"least_request": {}}],
+                                 "retry": {"max_attempts": 2},)",
+                              common))))
+                  .ok());
+  EXPECT_EQ(echo->stats().generation, 2u);
+  EXPECT_EQ(state_of(v2).outlier, "ejected");
+  EXPECT_GE(state_of(v1b).latency_ewma, absl::Milliseconds(10));
+  int before = v2.handled.load();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  EXPECT_EQ(v2.handled.load(), before);  // still out after the reload
+  v1b.delay = absl::ZeroDuration();
+}
+
 }  // namespace
 }  // namespace meshlib::mesh

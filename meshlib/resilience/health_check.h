@@ -86,6 +86,14 @@ class HealthChecker {
   // (read the new value from healthy()).
   bool OnProbeResult(bool ok);
   bool healthy() const { return healthy_.load(std::memory_order_acquire); }
+  // Takes over `other`'s verdict and its run of successes or failures (the
+  // checker of a configuration this one replaces). Same thread rules as
+  // OnProbeResult, for both.
+  void Adopt(const HealthChecker& other) {
+    healthy_.store(other.healthy(), std::memory_order_release);
+    successes_ = other.successes_;
+    failures_ = other.failures_;
+  }
 
   // Delay before the first probe: uniform in [0, interval], so that the
   // probes of many endpoints (and clients) start spread out. `random64` is a

@@ -1,5 +1,7 @@
 #include "meshlib/resilience/outlier_detection.h"
 
+#include <optional>
+
 #include <algorithm>
 #include <cmath>
 #include <utility>
@@ -242,13 +244,42 @@ OutlierDetector::OutlierDetector(const OutlierDetectionOptions& options, runtime
 }
 
 std::shared_ptr<OutlierDetector::Host> OutlierDetector::AddHost(absl::string_view address) {
+  return AddHost(address, nullptr);
+}
+
+std::shared_ptr<OutlierDetector::Host> OutlierDetector::AddHost(absl::string_view address,
+                                                                const OutlierDetector* previous) {
   absl::Time now = clock_->Now();
+  std::optional<Entry> carried;
+  OutlierState carried_state = OutlierState::kHealthy;
+  uint32_t carried_consecutive = 0;
+  if (previous != nullptr && previous != this) {
+    core::MutexLock lock(&previous->mu_);
+    if (auto it = previous->hosts_.find(address); it != previous->hosts_.end()) {
+      carried = it->second;
+      carried_state = it->second.host->state();
+      carried_consecutive = it->second.host->consecutive_.load(std::memory_order_relaxed);
+    }
+  }
   core::MutexLock lock(&mu_);
   auto it = hosts_.find(address);
   if (it != hosts_.end()) return it->second.host;
   Entry e;
   e.host = std::make_shared<Host>(std::string(address), options_.consecutive_failures);
   e.healthy_since = now;
+  if (carried.has_value()) {
+    e.multiplier = carried->multiplier;
+    e.times_ejected = carried->times_ejected;
+    e.last_reason = carried->last_reason;
+    e.ejected_until = carried->ejected_until;
+    e.healthy_since = carried->healthy_since;
+    e.last_attempts = carried->last_attempts;
+    e.last_success_rate = carried->last_success_rate;
+    e.host->consecutive_.store(carried_consecutive, std::memory_order_relaxed);
+    // A probe the old detector was waiting for is not ours: probation
+    // starts again with a fresh probe.
+    SetStateLocked(e, carried_state);
+  }
   auto handle = e.host;
   hosts_.emplace(std::string(address), std::move(e));
   return handle;

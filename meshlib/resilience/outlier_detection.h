@@ -249,6 +249,11 @@ class OutlierDetector {
   // Starts tracking `address` (healthy). Returns its handle; the existing
   // handle when `address` is already tracked.
   std::shared_ptr<Host> AddHost(absl::string_view address);
+  // The same, taking over what `previous` (another detector, e.g. of the
+  // configuration this one replaces; may be null) knows of `address`: its
+  // state (ejected, in probation), ejection count and multiplier, when the
+  // ejection ends, and its failures in a row.
+  std::shared_ptr<Host> AddHost(absl::string_view address, const OutlierDetector* previous);
   // Stops tracking `address`; false if it was not tracked. Removal does not
   // count as a state change for Evaluate().
   bool RemoveHost(absl::string_view address);
