@@ -147,6 +147,9 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
   // the same (see ServiceChannelOptions::predecessor).
   const ServiceChannel* prev = options.predecessor.get();
   sc->predecessor_ = options.predecessor;
+  // Only predecessor_ holds it, and only until the first update: a chain of
+  // replaced channels must not stay alive through the options.
+  sc->options_.predecessor.reset();
   if (prev != nullptr && SameBudget(prev->retry_.budget, retry.budget)) {
     sc->budget_ = prev->budget_;
   } else {
