@@ -23,7 +23,10 @@
 #   --payload=N         bytes per request and reply (default 64)
 #   --connections=N     throughput: connections (default 4)
 #   --inflight=N        throughput: calls in flight in total (default 32)
-#   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib (default all)
+#   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib,mesh
+#                       (default all). "meshlib" drives a bare client::Channel;
+#                       "mesh" calls through a mesh Client (the whole stack over
+#                       a static discovery of the server), as applications do
 #   --server-threads=N  I/O threads of every server (default 1): raw TCP, gRPC
 #                       and meshlib alike
 #   --busy-poll-us=N    meshlib only: reactor busy polling after work, in
@@ -47,7 +50,7 @@ warmup=1s
 payload=64
 connections=4
 inflight=32
-systems=raw_tcp,grpc,meshlib
+systems=raw_tcp,grpc,meshlib,mesh
 server_threads=1
 busy_poll_us=0
 pin=""
@@ -102,7 +105,7 @@ readonly run_ms=$(( duration_value_ms + warmup_value_ms ))
 
 IFS=',' read -r -a selected <<<"${systems}"
 for s in "${selected[@]}"; do
-  case "${s}" in raw_tcp | grpc | meshlib) ;; *) die "unknown system '${s}' in --systems" ;; esac
+  case "${s}" in raw_tcp | grpc | meshlib | mesh) ;; *) die "unknown system '${s}' in --systems" ;; esac
 done
 
 server_cpu=()
@@ -171,11 +174,13 @@ declare -A server_target=(
   [raw_tcp]=//benchmarks:raw_echo_server
   [grpc]=//benchmarks:grpc_echo_server
   [meshlib]=//examples/echo:echo_server
+  [mesh]=//examples/echo:echo_server
 )
 declare -A client_target=(
   [raw_tcp]=//benchmarks:raw_echo_client
   [grpc]=//benchmarks:grpc_echo_client
   [meshlib]=//benchmarks:meshlib_echo_client
+  [mesh]=//benchmarks:meshlib_echo_client
 )
 declare -A status=()  # system -> "" (ready) or why it has no numbers
 
@@ -278,6 +283,7 @@ run_client() {
   local result="${workdir}/${s}.${mode}.out"
   local extra_client_flags=()
   if [[ "${s}" == meshlib ]]; then extra_client_flags=(--busy_poll_us="${busy_poll_us}"); fi
+  if [[ "${s}" == mesh ]]; then extra_client_flags=(--mesh); fi
   # Clients stop themselves; this only catches a hung one.
   local limit_s=$(( run_ms / 1000 + 60 ))
   echo "running ${s} ${mode} ..." >&2
@@ -312,8 +318,8 @@ for s in "${selected[@]}"; do
   case "${s}" in
     raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
     grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
-    meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
-                         --busy_poll_us="${busy_poll_us}") ;;
+    meshlib | mesh) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
+                                --busy_poll_us="${busy_poll_us}") ;;
   esac
   if ! start_server "${s}" "${server_cmd[@]}"; then
     status[${s}]="server did not start"
@@ -354,6 +360,7 @@ percent() {
 
 raw_pp="${results[raw_tcp.pingpong]:-}"
 raw_tp="${results[raw_tcp.throughput]:-}"
+grpc_tp="${results[grpc.throughput]:-}"
 
 echo
 echo "meshlib end-to-end echo benchmark: ${payload}-byte payload, loopback," \
@@ -375,17 +382,18 @@ for s in "${selected[@]}"; do
 done
 echo
 echo "Throughput (${inflight} calls in flight over ${connections} connections);" \
-  "'of raw' = share of raw TCP's calls/s; latency in microseconds"
-printf '%-10s %12s %8s %10s %10s %10s\n' system calls/s "of raw" p50 p99 p999
+  "'of raw' = share of raw TCP's calls/s, 'x gRPC' = multiple of gRPC's; latency in microseconds"
+printf '%-10s %12s %8s %8s %10s %10s %10s\n' system calls/s "of raw" "x gRPC" p50 p99 p999
 for s in "${selected[@]}"; do
   line="${results[${s}.throughput]:-}"
   if [[ -z "${line}" ]]; then
     printf '%-10s %s\n' "${s}" "${status[${s}]:-no result}"
     continue
   fi
-  printf '%-10s %12.0f %8s %10s %10s %10s\n' "${s}" \
+  printf '%-10s %12.0f %8s %8s %10s %10s %10s\n' "${s}" \
     "$(field "${line}" qps)" \
     "$(percent "$(field "${line}" qps)" "$(field "${raw_tp}" qps)")" \
+    "$(times "$(field "${line}" qps)" "$(field "${grpc_tp}" qps)")" \
     "$(us "$(field "${line}" p50_us)")" "$(us "$(field "${line}" p99_us)")" \
     "$(us "$(field "${line}" p999_us)")"
 done

@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "benchmarks/common/bench_stats.h"
 #include "meshlib/client/channel.h"
+#include "meshlib/mesh/mesh.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1:7000", "Server as host:port.");
 ABSL_FLAG(std::string, mode, "pingpong", "pingpong or throughput.");
@@ -30,6 +31,12 @@ ABSL_FLAG(int, busy_poll_us, 0, "Reactor busy polling after work, microseconds (
 ABSL_FLAG(int, blocking_spin_us, 50,
           "How long a blocking call waits for its reply without sleeping, microseconds.");
 ABSL_FLAG(bool, json, false, "Print one JSON line instead of prose.");
+ABSL_FLAG(bool, mesh, false,
+          "Call through a mesh Client (the whole stack: routing, retry budget, breaker, "
+          "balancer, pool) over a static discovery of --address, as an application does, "
+          "instead of a bare client::Channel. Its reactor threads and connections come from "
+          "mesh.json's io_threads and connections_per_endpoint (set from --io_threads and "
+          "--connections); --busy_poll_us and --blocking_spin_us apply to the bare channel only.");
 
 namespace {
 
@@ -59,15 +66,39 @@ int main(int argc, char** argv) {
   opts.blocking_spin = absl::Microseconds(absl::GetFlag(FLAGS_blocking_spin_us));
   opts.connections = pingpong ? 1 : absl::GetFlag(FLAGS_connections);
   opts.default_timeout = absl::Seconds(10);
-  auto channel = Channel::Create(absl::GetFlag(FLAGS_address), opts);
-  if (!channel.ok()) return Fail(std::string(channel.status().message()));
-  Channel& ch = **channel;
   const std::string payload(static_cast<size_t>(absl::GetFlag(FLAGS_payload)), 'x');
   const CallOptions call_opts;
 
+  // The caller under test: a bare channel, or a mesh client.
+  std::unique_ptr<Channel> bare;
+  std::unique_ptr<meshlib::mesh::Mesh> mesh;
+  std::shared_ptr<meshlib::mesh::Client> client;
+  meshlib::client::Caller* caller = nullptr;
+  if (absl::GetFlag(FLAGS_mesh)) {
+    auto cfg = meshlib::config::ParseMeshConfig(absl::StrCat(
+        R"({"mesh": {"io_threads": )", opts.io_threads, R"(, "connections_per_endpoint": )",
+        opts.connections, R"(}, "services": {"echo": {"discovery": {"static": {"endpoints": [")",
+        absl::GetFlag(FLAGS_address), R"("]}}, "timeout": "10s"}}})"));
+    if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
+    auto m = meshlib::mesh::Mesh::Create(*std::move(cfg));
+    if (!m.ok()) return Fail(std::string(m.status().message()));
+    mesh = *std::move(m);
+    auto c = mesh->Client("echo");
+    if (!c.ok()) return Fail(std::string(c.status().message()));
+    client = *std::move(c);
+    caller = client.get();
+  } else {
+    auto channel = Channel::Create(absl::GetFlag(FLAGS_address), opts);
+    if (!channel.ok()) return Fail(std::string(channel.status().message()));
+    bare = *std::move(channel);
+    bare->Connect();
+    caller = bare.get();
+  }
+  meshlib::client::Caller& ch = *caller;
+
   // Every connection is up before the clock starts.
-  ch.Connect();
-  for (int i = 0; i < 200 && ch.ReadyConnections() < opts.connections; ++i) {
+  for (int i = 0; i < 200 && (bare == nullptr || bare->ReadyConnections() < opts.connections);
+       ++i) {
     CallResult r = ch.CallBlocking(kMethod, payload, call_opts);
     if (!r.status.ok()) return Fail(r.status.ToString());
   }
@@ -75,7 +106,7 @@ int main(int argc, char** argv) {
   const int64_t warmup_end = NowNs() + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_warmup));
   const int64_t end = warmup_end + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_duration));
   meshlib::bench::RunResult result;
-  result.system = "meshlib";
+  result.system = client != nullptr ? "mesh" : "meshlib";
   result.mode = mode;
 
   if (pingpong) {
