@@ -77,8 +77,7 @@ class Recorder {
  public:
   Recorder(absl::Time start, absl::Duration interval) : start_(start), interval_(interval) {}
 
-  void Add(const CallResult& r, absl::Duration latency) {
-    absl::Time now = absl::Now();
+  void Add(const CallResult& r, absl::Duration latency, absl::Time now) {
     meshlib::core::MutexLock lock(&mu_);
     if (interval_ > absl::ZeroDuration()) {
       size_t slot = static_cast<size_t>(std::max<int64_t>(0, (now - start_) / interval_));
@@ -322,7 +321,8 @@ int main(int argc, char** argv) {
       absl::Time sent = absl::Now();
       target->Call(method, data, call_opts, [&, sent](CallResult r) {
         bool reached_nobody = !r.status.ok() && r.endpoint.empty() && r.not_processed;
-        rec.Add(r, absl::Now() - sent);
+        absl::Time now = absl::Now();
+        rec.Add(r, now - sent, now);
         finished_one();
         if (reached_nobody) {
           side_loop->RunAfter(absl::Milliseconds(1), [&] { closed_loop_next(); });
@@ -345,7 +345,8 @@ int main(int argc, char** argv) {
         if (due > now) absl::SleepFor(due - now);
         if (!take_slot(due)) break;
         target->Call(method, data, call_opts, [&, due](CallResult r) {
-          rec.Add(r, absl::Now() - due);
+          absl::Time now = absl::Now();
+          rec.Add(r, now - due, now);
           finished_one();
         });
       }

@@ -478,14 +478,21 @@ Routed Route(const Stack& s, absl::string_view method, const CallOptions& option
 
 Client::Client(std::string service, std::shared_ptr<internal::MeshCore> core,
                std::shared_ptr<const internal::Stack> stack)
-    : service_(std::move(service)), core_(std::move(core)), stack_(std::move(stack)) {}
+    : service_(std::move(service)),
+      core_(std::move(core)),
+      stack_(std::make_unique<std::shared_ptr<const internal::Stack>>(std::move(stack))) {}
 
-Client::~Client() { core_->Retire(std::atomic_load(&stack_)); }
+Client::~Client() { core_->Retire(stack()); }
 
-std::shared_ptr<const internal::Stack> Client::stack() const { return std::atomic_load(&stack_); }
+std::shared_ptr<const internal::Stack> Client::stack() const {
+  core::RcuReadGuard guard(stack_);
+  return *stack_.Get(guard);
+}
 
 void Client::Replace(std::shared_ptr<const internal::Stack> next, bool shares_channels) {
-  std::shared_ptr<const internal::Stack> old = std::atomic_exchange(&stack_, std::move(next));
+  // Callers hold MeshCore::apply_mu: one replacement at a time.
+  std::shared_ptr<const internal::Stack> old = stack();
+  stack_.Update(std::make_unique<std::shared_ptr<const internal::Stack>>(std::move(next)));
   core_->Retire(std::move(old), /*owns_channels=*/!shares_channels);
 }
 
@@ -515,7 +522,8 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
     return CallHandle();
   }
   s->counters->calls.fetch_add(1, std::memory_order_relaxed);
-  absl::Time start = absl::Now();
+  // Interceptors are told each call's latency; without any, no clock read.
+  absl::Time start = s->interceptors.empty() ? absl::InfinitePast() : absl::Now();
   CallOptions opts = options;
   // Interceptors, in order; one that fails the call ends it here, and those
   // before it see the failure.
@@ -528,20 +536,31 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
     }
   }
   internal::Routed routed = internal::Route(*s, method, opts);
-  auto finish = [s, method = std::string(method), opts, start,
-                 done = std::move(done)](CallResult r) mutable {
+  if (!routed.error.ok()) {
+    CallResult r = Failed(routed.error);
     for (size_t j = s->interceptors.size(); j-- > 0;) {
       s->interceptors[j]->After(method, opts, r, absl::Now() - start);
     }
     done(std::move(r));
-  };
-  if (!routed.error.ok()) {
-    finish(Failed(routed.error));
     return CallHandle();
   }
   // The fault (the route's, else the service's) is applied by the channel,
-  // whose timers end with it; the stack, held by `finish`, keeps it alive.
-  return routed.target->CallWithFault(method, request, opts, routed.fault, std::move(finish));
+  // whose timers end with it; the stack, held by the completion, keeps it
+  // (and the channel) alive until the call ends.
+  client::ServiceChannel* target = routed.target;
+  if (s->interceptors.empty()) {
+    return target->CallWithFault(
+        method, request, opts, routed.fault,
+        [s = std::move(s), done = std::move(done)](CallResult r) mutable { done(std::move(r)); });
+  }
+  return target->CallWithFault(
+      method, request, opts, routed.fault,
+      [s, method = std::string(method), opts, start, done = std::move(done)](CallResult r) mutable {
+        for (size_t j = s->interceptors.size(); j-- > 0;) {
+          s->interceptors[j]->After(method, opts, r, absl::Now() - start);
+        }
+        done(std::move(r));
+      });
 }
 
 CallResult Client::CallBlocking(absl::string_view method, absl::string_view request,

@@ -59,6 +59,7 @@
 #include "meshlib/client/caller.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/config/config.h"
+#include "meshlib/core/rcu.h"
 
 namespace meshlib::mesh {
 
@@ -155,7 +156,8 @@ class Client final : public client::Caller {
 
   const std::string service_;
   const std::shared_ptr<internal::MeshCore> core_;
-  std::shared_ptr<const internal::Stack> stack_;  // std::atomic_load / atomic_store
+  // Read by every call without a lock; replaced under MeshCore::apply_mu.
+  core::RcuPtr<std::shared_ptr<const internal::Stack>> stack_;
 };
 
 struct MeshOptions {
