@@ -11,6 +11,16 @@
 #include "meshlib/lb/policy.h"
 
 namespace meshlib::config {
+
+// The JSON field helpers (meshlib/core/json_fields.h).
+using core::FieldError;
+using core::JoinPath;
+using core::CheckObject;
+using core::ParseDurationField;
+using core::OptionalDuration;
+using core::OptionalInt;
+using core::ParseJsonText;
+
 namespace {
 
 using json = nlohmann::json;

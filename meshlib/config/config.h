@@ -29,7 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/config/routing_config.h"
 #include "meshlib/resilience/circuit_breaker.h"
 #include "meshlib/resilience/fault_injection.h"

@@ -5,9 +5,17 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::config {
+
+// The JSON field helpers (meshlib/core/json_fields.h).
+using core::FieldError;
+using core::JoinPath;
+using core::CheckObject;
+using core::OptionalInt;
+using core::OptionalString;
+
 namespace {
 
 using json = nlohmann::json;

@@ -25,7 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/types/span.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/core/backoff.h"
 #include "meshlib/core/log.h"
 #include "meshlib/discovery/dns_message.h"
@@ -35,8 +35,8 @@ namespace meshlib::discovery {
 namespace {
 
 using json = nlohmann::json;
-using config::FieldError;
-using config::JoinPath;
+using core::FieldError;
+using core::JoinPath;
 namespace di = discovery_internal;
 
 constexpr int kClassIn = 1;
@@ -110,7 +110,7 @@ absl::StatusOr<std::string> ParseServer(const std::string& s, absl::string_view 
 }
 
 absl::StatusOr<DnsConfig> ParseDnsConfig(const json& j, absl::string_view path) {
-  if (auto st = config::CheckObject(j, path,
+  if (auto st = core::CheckObject(j, path,
                                     {"name", "port", "servers", "family", "min_refresh",
                                      "max_refresh", "jitter", "timeout", "tries"});
       !st.ok()) {
@@ -118,7 +118,7 @@ absl::StatusOr<DnsConfig> ParseDnsConfig(const json& j, absl::string_view path) 
   }
   DnsConfig c;
   if (j.find("name") == j.end()) return FieldError(JoinPath(path, "name"), "required");
-  if (auto st = config::OptionalString(j, path, "name", &c.name); !st.ok()) return st;
+  if (auto st = core::OptionalString(j, path, "name", &c.name); !st.ok()) return st;
   if (!c.name.empty() && c.name.back() == '.') c.name.pop_back();
   if (auto st = CheckName(c.name, JoinPath(path, "name")); !st.ok()) return st;
   c.srv = c.name[0] == '_';
@@ -135,12 +135,12 @@ absl::StatusOr<DnsConfig> ParseDnsConfig(const json& j, absl::string_view path) 
                         "required for an A/AAAA name (an integer between 1 and 65535)");
     }
     int64_t port = 0;
-    if (auto st = config::OptionalInt(j, path, "port", 1, 65535, &port); !st.ok()) return st;
+    if (auto st = core::OptionalInt(j, path, "port", 1, 65535, &port); !st.ok()) return st;
     c.port = static_cast<int>(port);
   }
 
   std::vector<std::string> servers;
-  if (auto st = config::OptionalStringList(j, path, "servers", &servers); !st.ok()) return st;
+  if (auto st = core::OptionalStringList(j, path, "servers", &servers); !st.ok()) return st;
   for (size_t i = 0; i < servers.size(); ++i) {
     auto s = ParseServer(servers[i], absl::StrCat(JoinPath(path, "servers"), "[", i, "]"));
     if (!s.ok()) return s.status();
@@ -148,7 +148,7 @@ absl::StatusOr<DnsConfig> ParseDnsConfig(const json& j, absl::string_view path) 
   }
 
   std::string family = "any";
-  if (auto st = config::OptionalString(j, path, "family", &family); !st.ok()) return st;
+  if (auto st = core::OptionalString(j, path, "family", &family); !st.ok()) return st;
   if (family == "any") {
     c.family = Family::kAny;
   } else if (family == "ipv4") {
@@ -160,12 +160,12 @@ absl::StatusOr<DnsConfig> ParseDnsConfig(const json& j, absl::string_view path) 
   }
 
   const absl::Duration kMinRefresh = absl::Milliseconds(10), kMaxRefresh = absl::Hours(24);
-  if (auto st = config::OptionalDuration(j, path, "min_refresh", kMinRefresh, kMaxRefresh,
+  if (auto st = core::OptionalDuration(j, path, "min_refresh", kMinRefresh, kMaxRefresh,
                                          &c.refresh.min_refresh);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(j, path, "max_refresh", kMinRefresh, kMaxRefresh,
+  if (auto st = core::OptionalDuration(j, path, "max_refresh", kMinRefresh, kMaxRefresh,
                                          &c.refresh.max_refresh);
       !st.ok()) {
     return st;
@@ -175,17 +175,17 @@ absl::StatusOr<DnsConfig> ParseDnsConfig(const json& j, absl::string_view path) 
                       absl::StrCat("must be <= max_refresh (",
                                    absl::FormatDuration(c.refresh.max_refresh), ")"));
   }
-  if (auto st = config::OptionalDouble(j, path, "jitter", 0.0, 0.5, &c.refresh.jitter);
+  if (auto st = core::OptionalDouble(j, path, "jitter", 0.0, 0.5, &c.refresh.jitter);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(j, path, "timeout", absl::Milliseconds(10),
+  if (auto st = core::OptionalDuration(j, path, "timeout", absl::Milliseconds(10),
                                          absl::Seconds(60), &c.timeout);
       !st.ok()) {
     return st;
   }
   int64_t tries = c.tries;
-  if (auto st = config::OptionalInt(j, path, "tries", 1, 10, &tries); !st.ok()) return st;
+  if (auto st = core::OptionalInt(j, path, "tries", 1, 10, &tries); !st.ok()) return st;
   c.tries = static_cast<int>(tries);
   return c;
 }

@@ -3,13 +3,13 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/transport/socket.h"
 
 namespace meshlib::discovery {
 
 using json = nlohmann::json;
-using config::FieldError;
+using core::FieldError;
 
 absl::StatusOr<std::string> CanonicalAddress(absl::string_view host_port) {
   auto addr = transport::ParseHostPort(host_port);
@@ -28,31 +28,31 @@ absl::StatusOr<Endpoint> EndpointFromJson(const json& j, absl::string_view path)
   if (j.is_string()) {
     address = &j;
   } else if (j.is_object()) {
-    if (auto st = config::CheckObject(j, path, {"address", "weight", "priority", "zone", "metadata"});
+    if (auto st = core::CheckObject(j, path, {"address", "weight", "priority", "zone", "metadata"});
         !st.ok()) {
       return st;
     }
     auto it = j.find("address");
-    address_path = config::JoinPath(path, "address");
+    address_path = core::JoinPath(path, "address");
     if (it == j.end()) return FieldError(address_path, "required");
     address = &*it;
     int64_t weight = 1, priority = 0;
-    if (auto st = config::OptionalInt(j, path, "weight", 0, 1000000, &weight); !st.ok()) return st;
-    if (auto st = config::OptionalInt(j, path, "priority", 0, 65535, &priority); !st.ok()) {
+    if (auto st = core::OptionalInt(j, path, "weight", 0, 1000000, &weight); !st.ok()) return st;
+    if (auto st = core::OptionalInt(j, path, "priority", 0, 65535, &priority); !st.ok()) {
       return st;
     }
     e.weight = static_cast<uint32_t>(weight);
     e.priority = static_cast<uint32_t>(priority);
     if (auto z = j.find("zone"); z != j.end()) {
-      if (!z->is_string()) return FieldError(config::JoinPath(path, "zone"), "must be a string");
+      if (!z->is_string()) return FieldError(core::JoinPath(path, "zone"), "must be a string");
       e.zone = z->get<std::string>();
     }
     if (auto m = j.find("metadata"); m != j.end()) {
-      std::string mp = config::JoinPath(path, "metadata");
+      std::string mp = core::JoinPath(path, "metadata");
       if (!m->is_object()) return FieldError(mp, "must be an object of strings");
       for (auto kv = m->begin(); kv != m->end(); ++kv) {
         if (!kv.value().is_string()) {
-          return FieldError(config::JoinPath(mp, kv.key()), "must be a string");
+          return FieldError(core::JoinPath(mp, kv.key()), "must be a string");
         }
         e.metadata.emplace(kv.key(), kv.value().get<std::string>());
       }

@@ -9,7 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/core/backoff.h"
 #include "meshlib/etcd/etcd_client.h"
 #include "meshlib/transport/socket.h"
@@ -18,8 +18,8 @@ namespace meshlib::discovery {
 namespace {
 
 using json = nlohmann::json;
-using config::FieldError;
-using config::JoinPath;
+using core::FieldError;
+using core::JoinPath;
 
 struct EtcdResolverConfig {
   etcd::EtcdClientOptions client;
@@ -28,14 +28,14 @@ struct EtcdResolverConfig {
 };
 
 absl::StatusOr<EtcdResolverConfig> ParseConfig(const json& c, absl::string_view path) {
-  if (auto st = config::CheckObject(
+  if (auto st = core::CheckObject(
           c, path, {"endpoints", "prefix", "dial_timeout", "request_timeout", "retry_backoff"});
       !st.ok()) {
     return st;
   }
   EtcdResolverConfig out;
   if (!c.contains("endpoints")) return FieldError(JoinPath(path, "endpoints"), "required");
-  if (auto st = config::OptionalStringList(c, path, "endpoints", &out.client.endpoints); !st.ok()) {
+  if (auto st = core::OptionalStringList(c, path, "endpoints", &out.client.endpoints); !st.ok()) {
     return st;
   }
   for (size_t i = 0; i < out.client.endpoints.size(); ++i) {
@@ -46,13 +46,13 @@ absl::StatusOr<EtcdResolverConfig> ParseConfig(const json& c, absl::string_view 
     }
   }
   if (!c.contains("prefix")) return FieldError(JoinPath(path, "prefix"), "required");
-  if (auto st = config::OptionalString(c, path, "prefix", &out.prefix); !st.ok()) return st;
-  if (auto st = config::OptionalDuration(c, path, "dial_timeout", absl::Milliseconds(1),
+  if (auto st = core::OptionalString(c, path, "prefix", &out.prefix); !st.ok()) return st;
+  if (auto st = core::OptionalDuration(c, path, "dial_timeout", absl::Milliseconds(1),
                                          absl::Minutes(1), &out.client.dial_timeout);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(c, path, "request_timeout", absl::Milliseconds(1),
+  if (auto st = core::OptionalDuration(c, path, "request_timeout", absl::Milliseconds(1),
                                          absl::Minutes(10), &out.client.request_timeout);
       !st.ok()) {
     return st;
@@ -61,13 +61,13 @@ absl::StatusOr<EtcdResolverConfig> ParseConfig(const json& c, absl::string_view 
   out.backoff.max = absl::Seconds(5);
   if (auto it = c.find("retry_backoff"); it != c.end()) {
     std::string bp = JoinPath(path, "retry_backoff");
-    if (auto st = config::CheckObject(*it, bp, {"base", "max"}); !st.ok()) return st;
-    if (auto st = config::OptionalDuration(*it, bp, "base", absl::Milliseconds(1),
+    if (auto st = core::CheckObject(*it, bp, {"base", "max"}); !st.ok()) return st;
+    if (auto st = core::OptionalDuration(*it, bp, "base", absl::Milliseconds(1),
                                            absl::Minutes(1), &out.backoff.initial);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalDuration(*it, bp, "max", absl::Milliseconds(1),
+    if (auto st = core::OptionalDuration(*it, bp, "max", absl::Milliseconds(1),
                                            absl::Minutes(10), &out.backoff.max);
         !st.ok()) {
       return st;

@@ -13,7 +13,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/discovery/static_resolver.h"
 
 namespace meshlib::discovery {
@@ -28,18 +28,18 @@ struct FileOptions {
 };
 
 absl::StatusOr<FileOptions> ParseFileOptions(const json& config, absl::string_view path) {
-  if (auto st = config::CheckObject(config, path, {"path", "poll_interval", "settle"}); !st.ok()) {
+  if (auto st = core::CheckObject(config, path, {"path", "poll_interval", "settle"}); !st.ok()) {
     return st;
   }
   FileOptions o;
-  if (auto st = config::OptionalString(config, path, "path", &o.path); !st.ok()) return st;
-  if (o.path.empty()) return config::FieldError(config::JoinPath(path, "path"), "required");
-  if (auto st = config::OptionalDuration(config, path, "poll_interval", absl::Milliseconds(10),
+  if (auto st = core::OptionalString(config, path, "path", &o.path); !st.ok()) return st;
+  if (o.path.empty()) return core::FieldError(core::JoinPath(path, "path"), "required");
+  if (auto st = core::OptionalDuration(config, path, "poll_interval", absl::Milliseconds(10),
                                          absl::Seconds(60), &o.poll_interval);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(config, path, "settle", absl::ZeroDuration(),
+  if (auto st = core::OptionalDuration(config, path, "settle", absl::ZeroDuration(),
                                          absl::Seconds(5), &o.settle);
       !st.ok()) {
     return st;
@@ -210,13 +210,13 @@ class FileResolverFactory final : public ResolverFactory {
 
 absl::StatusOr<std::vector<Endpoint>> ParseEndpointFile(absl::string_view text,
                                                         absl::string_view what) {
-  auto j = config::ParseJsonText(text, what);
+  auto j = core::ParseJsonText(text, what);
   if (!j.ok()) return j.status();
   std::string root = std::string(what);
-  if (auto st = config::CheckObject(*j, root, {"endpoints"}); !st.ok()) return st;
+  if (auto st = core::CheckObject(*j, root, {"endpoints"}); !st.ok()) return st;
   auto it = j->find("endpoints");
-  if (it == j->end()) return config::FieldError(config::JoinPath(root, "endpoints"), "required");
-  return ParseEndpointList(*it, config::JoinPath(root, "endpoints"));
+  if (it == j->end()) return core::FieldError(core::JoinPath(root, "endpoints"), "required");
+  return ParseEndpointList(*it, core::JoinPath(root, "endpoints"));
 }
 
 std::unique_ptr<ResolverFactory> MakeFileResolverFactory() {

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/core/log.h"
 
 namespace meshlib::discovery {
@@ -33,14 +33,14 @@ std::vector<std::string> ResolverRegistry::Kinds() const {
 absl::Status ResolverRegistry::ValidateDiscovery(const json& discovery,
                                                  absl::string_view path) const {
   if (!discovery.is_object() || discovery.size() != 1) {
-    return config::FieldError(path, absl::StrCat("must be an object with exactly one kind (",
+    return core::FieldError(path, absl::StrCat("must be an object with exactly one kind (",
                                                  absl::StrJoin(Kinds(), ", "), ")"));
   }
   auto it = discovery.begin();
-  std::string kind_path = config::JoinPath(path, it.key());
+  std::string kind_path = core::JoinPath(path, it.key());
   const ResolverFactory* f = Find(it.key());
   if (f == nullptr) {
-    return config::FieldError(kind_path, absl::StrCat("unknown discovery kind (known: ",
+    return core::FieldError(kind_path, absl::StrCat("unknown discovery kind (known: ",
                                                       absl::StrJoin(Kinds(), ", "), ")"));
   }
   return f->Validate(it.value(), kind_path);
@@ -105,7 +105,7 @@ absl::StatusOr<std::unique_ptr<Discovery>> Discovery::Create(std::string service
   ResolverArgs args;
   args.service = service;
   args.config = it.value();
-  args.path = config::JoinPath(path, it.key());
+  args.path = core::JoinPath(path, it.key());
   args.loop = loop;
   args.seed = seed;
   auto resolver = factory->Create(args);

@@ -3,7 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::discovery {
 namespace {
@@ -11,10 +11,10 @@ namespace {
 using json = nlohmann::json;
 
 absl::StatusOr<std::vector<Endpoint>> ParseStatic(const json& config, absl::string_view path) {
-  if (auto st = config::CheckObject(config, path, {"endpoints"}); !st.ok()) return st;
+  if (auto st = core::CheckObject(config, path, {"endpoints"}); !st.ok()) return st;
   auto it = config.find("endpoints");
-  if (it == config.end()) return config::FieldError(config::JoinPath(path, "endpoints"), "required");
-  return ParseEndpointList(*it, config::JoinPath(path, "endpoints"));
+  if (it == config.end()) return core::FieldError(core::JoinPath(path, "endpoints"), "required");
+  return ParseEndpointList(*it, core::JoinPath(path, "endpoints"));
 }
 
 class StaticResolver final : public Resolver {
@@ -42,7 +42,7 @@ class StaticResolverFactory final : public ResolverFactory {
 }  // namespace
 
 absl::StatusOr<std::vector<Endpoint>> ParseEndpointList(const json& list, absl::string_view path) {
-  if (!list.is_array() || list.empty()) return config::FieldError(path, "must be a non-empty list");
+  if (!list.is_array() || list.empty()) return core::FieldError(path, "must be a non-empty list");
   std::vector<Endpoint> out;
   out.reserve(list.size());
   for (size_t i = 0; i < list.size(); ++i) {

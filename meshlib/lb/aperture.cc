@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/child_policy.h"
 
 namespace meshlib::lb {
@@ -164,24 +164,24 @@ class Aperture final : public Policy {
 };
 
 absl::StatusOr<ApertureOptions> ParseOptions(const json& config, absl::string_view path) {
-  if (auto st = config::CheckObject(config, path, {"policy", "size", "client_id", "peer_count"});
+  if (auto st = core::CheckObject(config, path, {"policy", "size", "client_id", "peer_count"});
       !st.ok()) {
     return st;
   }
   ApertureOptions o;
-  if (auto st = config::OptionalInt(config, path, "size", 1, INT32_MAX, &o.size); !st.ok()) {
+  if (auto st = core::OptionalInt(config, path, "size", 1, INT32_MAX, &o.size); !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(config, path, "client_id", 0, INT64_MAX, &o.client_id);
+  if (auto st = core::OptionalInt(config, path, "client_id", 0, INT64_MAX, &o.client_id);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(config, path, "peer_count", 1, INT32_MAX, &o.peer_count);
+  if (auto st = core::OptionalInt(config, path, "peer_count", 1, INT32_MAX, &o.peer_count);
       !st.ok()) {
     return st;
   }
   if (o.client_id >= 0 && o.peer_count > 0 && o.client_id >= o.peer_count) {
-    return config::FieldError(config::JoinPath(path, "client_id"),
+    return core::FieldError(core::JoinPath(path, "client_id"),
                               absl::StrCat("must be less than peer_count (", o.peer_count, ")"));
   }
   return o;
@@ -208,7 +208,7 @@ class ApertureFactory final : public PolicyFactory {
     uint64_t client = o->client_id >= 0 ? static_cast<uint64_t>(o->client_id) : ctx.client_id;
     const bool random = peers == 0;
     if (random && o->client_id >= 0) {
-      return config::FieldError(config::JoinPath(path, "client_id"),
+      return core::FieldError(core::JoinPath(path, "client_id"),
                                 "needs peer_count (in this config or from the client)");
     }
     uint64_t ring_peers = peers;

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/weights.h"
 
 namespace meshlib::lb {
@@ -140,17 +140,17 @@ class LeastRequest final : public Policy {
 };
 
 absl::Status ParseConfig(const json& config, absl::string_view path, LeastRequestConfig* out) {
-  if (auto st = config::CheckObject(config, path, {"choice_count", "active_request_bias"});
+  if (auto st = core::CheckObject(config, path, {"choice_count", "active_request_bias"});
       !st.ok()) {
     return st;
   }
   int64_t choices = out->choice_count;
-  if (auto st = config::OptionalInt(config, path, "choice_count", 2, kMaxChoices, &choices);
+  if (auto st = core::OptionalInt(config, path, "choice_count", 2, kMaxChoices, &choices);
       !st.ok()) {
     return st;
   }
   out->choice_count = static_cast<int>(choices);
-  return config::OptionalDouble(config, path, "active_request_bias", 0.0, 100.0,
+  return core::OptionalDouble(config, path, "active_request_bias", 0.0, 100.0,
                                 &out->active_request_bias);
 }
 

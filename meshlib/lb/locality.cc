@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/child_policy.h"
 
 namespace meshlib::lb {
@@ -270,29 +270,29 @@ class Locality final : public Policy {
 };
 
 absl::StatusOr<LocalityOptions> ParseOptions(const json& config, absl::string_view path) {
-  if (auto st = config::CheckObject(config, path,
+  if (auto st = core::CheckObject(config, path,
                                     {"policy", "panic_threshold", "overprovisioning_factor",
                                      "zone_aware", "local_zone", "min_cluster_size"});
       !st.ok()) {
     return st;
   }
   LocalityOptions o;
-  if (auto st = config::OptionalDouble(config, path, "panic_threshold", 0, 100, &o.panic_threshold);
+  if (auto st = core::OptionalDouble(config, path, "panic_threshold", 0, 100, &o.panic_threshold);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDouble(config, path, "overprovisioning_factor", 1, 100,
+  if (auto st = core::OptionalDouble(config, path, "overprovisioning_factor", 1, 100,
                                        &o.overprovisioning_factor);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalBool(config, path, "zone_aware", &o.zone_aware); !st.ok()) {
+  if (auto st = core::OptionalBool(config, path, "zone_aware", &o.zone_aware); !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalString(config, path, "local_zone", &o.local_zone); !st.ok()) {
+  if (auto st = core::OptionalString(config, path, "local_zone", &o.local_zone); !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(config, path, "min_cluster_size", 0, INT32_MAX,
+  if (auto st = core::OptionalInt(config, path, "min_cluster_size", 0, INT32_MAX,
                                     &o.min_cluster_size);
       !st.ok()) {
     return st;

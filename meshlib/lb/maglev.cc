@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/hash_members.h"
 
 namespace meshlib::lb {
@@ -42,16 +42,16 @@ struct MaglevConfig {
 };
 
 absl::StatusOr<MaglevConfig> ParseConfig(const json& config, absl::string_view path) {
-  if (auto st = config::CheckObject(config, path, {"table_size"}); !st.ok()) return st;
+  if (auto st = core::CheckObject(config, path, {"table_size"}); !st.ok()) return st;
   MaglevConfig c;
-  if (auto st = config::OptionalInt(config, path, "table_size", 2, kMaxTableSize, &c.table_size);
+  if (auto st = core::OptionalInt(config, path, "table_size", 2, kMaxTableSize, &c.table_size);
       !st.ok()) {
     return st;
   }
   if (!IsPrime(c.table_size)) {
     // A prime size makes every skip in 1..M-1 coprime with M, so each
     // permutation visits every entry: the fill always terminates.
-    return config::FieldError(config::JoinPath(path, "table_size"),
+    return core::FieldError(core::JoinPath(path, "table_size"),
                               absl::StrCat("must be a prime number (got ", c.table_size,
                                            "; e.g. 65537, 655373, 5000011)"));
   }

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/weights.h"
 
 namespace meshlib::lb {
@@ -153,21 +153,21 @@ class P2cPeakEwma final : public Policy {
 };
 
 absl::Status ParseConfig(const json& config, absl::string_view path, P2cConfig* out) {
-  if (auto st = config::CheckObject(config, path, {"decay", "default_rtt", "failure_penalty"});
+  if (auto st = core::CheckObject(config, path, {"decay", "default_rtt", "failure_penalty"});
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(config, path, "decay", absl::Milliseconds(1),
+  if (auto st = core::OptionalDuration(config, path, "decay", absl::Milliseconds(1),
                                          absl::Hours(1), &out->decay);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(config, path, "default_rtt", absl::Microseconds(1),
+  if (auto st = core::OptionalDuration(config, path, "default_rtt", absl::Microseconds(1),
                                          absl::Minutes(1), &out->default_rtt);
       !st.ok()) {
     return st;
   }
-  return config::OptionalDuration(config, path, "failure_penalty", absl::ZeroDuration(),
+  return core::OptionalDuration(config, path, "failure_penalty", absl::ZeroDuration(),
                                   absl::Hours(1), &out->failure_penalty);
 }
 

@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::lb {
 
@@ -42,14 +42,14 @@ absl::StatusOr<PolicyChoice> PolicyRegistry::Select(const json& list,
     return c;
   }
   if (!list.is_array() || list.empty()) {
-    return config::FieldError(path, "must be a non-empty list of {name: config} objects");
+    return core::FieldError(path, "must be a non-empty list of {name: config} objects");
   }
   std::vector<std::string> unknown;
   for (size_t i = 0; i < list.size(); ++i) {
     std::string entry_path = absl::StrCat(path, "[", i, "]");
     const json& e = list[i];
     if (!e.is_object() || e.size() != 1) {
-      return config::FieldError(entry_path, "must be an object with exactly one policy name");
+      return core::FieldError(entry_path, "must be an object with exactly one policy name");
     }
     auto it = e.begin();
     const PolicyFactory* f = Find(it.key());
@@ -57,11 +57,11 @@ absl::StatusOr<PolicyChoice> PolicyRegistry::Select(const json& list,
       unknown.push_back(it.key());
       continue;
     }
-    std::string policy_path = config::JoinPath(entry_path, it.key());
+    std::string policy_path = core::JoinPath(entry_path, it.key());
     if (auto st = f->Validate(it.value(), policy_path); !st.ok()) return st;
     return PolicyChoice{f, it.value(), policy_path};
   }
-  return config::FieldError(path, absl::StrCat("no known policy (listed: ",
+  return core::FieldError(path, absl::StrCat("no known policy (listed: ",
                                                absl::StrJoin(unknown, ", "), "; known: ",
                                                absl::StrJoin(Names(), ", "), ")"));
 }

@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/weights.h"
 
 namespace meshlib::lb {
@@ -47,11 +47,11 @@ class Random final : public Policy {
 };
 
 absl::Status ParseConfig(const json& config, absl::string_view path, bool* weighted) {
-  if (auto st = config::CheckObject(config, path, {"weighted"}); !st.ok()) return st;
+  if (auto st = core::CheckObject(config, path, {"weighted"}); !st.ok()) return st;
   auto it = config.find("weighted");
   if (it != config.end()) {
     if (!it->is_boolean()) {
-      return config::FieldError(config::JoinPath(path, "weighted"), "must be true or false");
+      return core::FieldError(core::JoinPath(path, "weighted"), "must be true or false");
     }
     *weighted = it->get<bool>();
   }

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/hash_members.h"
 
 namespace meshlib::lb {
@@ -24,23 +24,23 @@ struct RingHashConfig {
 };
 
 absl::StatusOr<RingHashConfig> ParseConfig(const json& config, absl::string_view path) {
-  if (auto st = config::CheckObject(config, path, {"minimum_ring_size", "maximum_ring_size"});
+  if (auto st = core::CheckObject(config, path, {"minimum_ring_size", "maximum_ring_size"});
       !st.ok()) {
     return st;
   }
   RingHashConfig c;
-  if (auto st = config::OptionalInt(config, path, "minimum_ring_size", 1, kMaxRingSize,
+  if (auto st = core::OptionalInt(config, path, "minimum_ring_size", 1, kMaxRingSize,
                                     &c.minimum_ring_size);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(config, path, "maximum_ring_size", 1, kMaxRingSize,
+  if (auto st = core::OptionalInt(config, path, "maximum_ring_size", 1, kMaxRingSize,
                                     &c.maximum_ring_size);
       !st.ok()) {
     return st;
   }
   if (c.minimum_ring_size > c.maximum_ring_size) {
-    return config::FieldError(config::JoinPath(path, "minimum_ring_size"),
+    return core::FieldError(core::JoinPath(path, "minimum_ring_size"),
                               absl::StrCat("must be <= maximum_ring_size (", c.minimum_ring_size,
                                            " > ", c.maximum_ring_size, ")"));
   }

@@ -3,7 +3,7 @@
 #include <atomic>
 #include <vector>
 
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::lb {
 namespace {
@@ -44,7 +44,7 @@ class RoundRobinFactory final : public PolicyFactory {
  public:
   std::string name() const override { return "round_robin"; }
   absl::Status Validate(const json& config, absl::string_view path) const override {
-    return config::CheckObject(config, path, {});
+    return core::CheckObject(config, path, {});
   }
   absl::StatusOr<std::unique_ptr<Policy>> Create(const json& config, absl::string_view path,
                                                  const PolicyContext&) const override {

@@ -6,7 +6,7 @@
 #include <numeric>
 #include <vector>
 
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/lb/internal/weights.h"
 
 namespace meshlib::lb {
@@ -108,7 +108,7 @@ class WeightedRoundRobinFactory final : public PolicyFactory {
  public:
   std::string name() const override { return "weighted_round_robin"; }
   absl::Status Validate(const json& config, absl::string_view path) const override {
-    return config::CheckObject(config, path, {});
+    return core::CheckObject(config, path, {});
   }
   absl::StatusOr<std::unique_ptr<Policy>> Create(const json& config, absl::string_view path,
                                                  const PolicyContext&) const override {

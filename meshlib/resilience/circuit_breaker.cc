@@ -3,26 +3,26 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::resilience {
 
 absl::StatusOr<CircuitBreakerOptions> ParseCircuitBreaker(const nlohmann::json& j,
                                                           absl::string_view path) {
-  if (auto st = config::CheckObject(j, path, {"max_pending", "max_requests", "max_retries"});
+  if (auto st = core::CheckObject(j, path, {"max_pending", "max_requests", "max_retries"});
       !st.ok()) {
     return st;
   }
   CircuitBreakerOptions o;
   constexpr int64_t kMax = 1 << 30;
-  if (auto st = config::OptionalInt(j, path, "max_pending", 1, kMax, &o.max_pending); !st.ok()) {
+  if (auto st = core::OptionalInt(j, path, "max_pending", 1, kMax, &o.max_pending); !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(j, path, "max_requests", 1, kMax, &o.max_requests);
+  if (auto st = core::OptionalInt(j, path, "max_requests", 1, kMax, &o.max_requests);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(j, path, "max_retries", 0, kMax, &o.max_retries); !st.ok()) {
+  if (auto st = core::OptionalInt(j, path, "max_retries", 0, kMax, &o.max_retries); !st.ok()) {
     return st;
   }
   return o;

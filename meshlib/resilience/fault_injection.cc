@@ -1,7 +1,7 @@
 #include "meshlib/resilience/fault_injection.h"
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 #include "meshlib/resilience/retry_policy.h"
 
 namespace meshlib::resilience {
@@ -28,37 +28,37 @@ absl::Status FaultInjection::AbortStatus() const {
 
 absl::StatusOr<FaultInjection> ParseFaultInjection(const nlohmann::json& j,
                                                    absl::string_view path) {
-  if (auto st = config::CheckObject(j, path, {"delay", "abort"}); !st.ok()) return st;
+  if (auto st = core::CheckObject(j, path, {"delay", "abort"}); !st.ok()) return st;
   FaultInjection f;
   if (auto d = j.find("delay"); d != j.end()) {
-    std::string dp = config::JoinPath(path, "delay");
-    if (auto st = config::CheckObject(*d, dp, {"percent", "duration"}); !st.ok()) return st;
+    std::string dp = core::JoinPath(path, "delay");
+    if (auto st = core::CheckObject(*d, dp, {"percent", "duration"}); !st.ok()) return st;
     if (!d->contains("percent") || !d->contains("duration")) {
-      return config::FieldError(dp, "needs both \"percent\" and \"duration\"");
+      return core::FieldError(dp, "needs both \"percent\" and \"duration\"");
     }
-    if (auto st = config::OptionalDouble(*d, dp, "percent", 0, 100, &f.delay_percent);
+    if (auto st = core::OptionalDouble(*d, dp, "percent", 0, 100, &f.delay_percent);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalDuration(*d, dp, "duration", absl::ZeroDuration(),
+    if (auto st = core::OptionalDuration(*d, dp, "duration", absl::ZeroDuration(),
                                            absl::Hours(1), &f.delay);
         !st.ok()) {
       return st;
     }
   }
   if (auto a = j.find("abort"); a != j.end()) {
-    std::string ap = config::JoinPath(path, "abort");
-    if (auto st = config::CheckObject(*a, ap, {"percent", "code"}); !st.ok()) return st;
-    if (!a->contains("percent")) return config::FieldError(ap, "needs \"percent\"");
-    if (auto st = config::OptionalDouble(*a, ap, "percent", 0, 100, &f.abort_percent);
+    std::string ap = core::JoinPath(path, "abort");
+    if (auto st = core::CheckObject(*a, ap, {"percent", "code"}); !st.ok()) return st;
+    if (!a->contains("percent")) return core::FieldError(ap, "needs \"percent\"");
+    if (auto st = core::OptionalDouble(*a, ap, "percent", 0, 100, &f.abort_percent);
         !st.ok()) {
       return st;
     }
     std::string code = "UNAVAILABLE";
-    if (auto st = config::OptionalString(*a, ap, "code", &code); !st.ok()) return st;
+    if (auto st = core::OptionalString(*a, ap, "code", &code); !st.ok()) return st;
     auto parsed = StatusCodeFromName(code);
     if (!parsed.ok()) {
-      return config::FieldError(config::JoinPath(ap, "code"), parsed.status().message());
+      return core::FieldError(core::JoinPath(ap, "code"), parsed.status().message());
     }
     f.abort_code = *parsed;
   }

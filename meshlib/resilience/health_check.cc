@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::resilience {
 
@@ -26,7 +26,7 @@ absl::Status TimeoutWithinInterval(absl::Duration timeout, absl::Duration interv
   if (timeout > interval) {
     // A probe must end before the next is due; overlapping probes of one
     // endpoint would make its runs of results ambiguous.
-    return config::FieldError(field, absl::StrCat("must be <= interval (",
+    return core::FieldError(field, absl::StrCat("must be <= interval (",
                                                   absl::FormatDuration(interval), ")"));
   }
   return absl::OkStatus();
@@ -36,59 +36,59 @@ absl::Status TimeoutWithinInterval(absl::Duration timeout, absl::Duration interv
 
 absl::Status HealthCheckOptions::Validate() const {
   if (interval < kMinInterval || interval > kMaxInterval) {
-    return config::FieldError("interval", "must be between 10ms and 1h");
+    return core::FieldError("interval", "must be between 10ms and 1h");
   }
   if (timeout < kMinTimeout || timeout > kMaxInterval) {
-    return config::FieldError("timeout", "must be between 1ms and 1h");
+    return core::FieldError("timeout", "must be between 1ms and 1h");
   }
   if (auto st = TimeoutWithinInterval(timeout, interval, "timeout"); !st.ok()) return st;
   if (unhealthy_threshold < 1 || unhealthy_threshold > kMaxThreshold) {
-    return config::FieldError("unhealthy_threshold", "must be an integer between 1 and 1000");
+    return core::FieldError("unhealthy_threshold", "must be an integer between 1 and 1000");
   }
   if (healthy_threshold < 1 || healthy_threshold > kMaxThreshold) {
-    return config::FieldError("healthy_threshold", "must be an integer between 1 and 1000");
+    return core::FieldError("healthy_threshold", "must be an integer between 1 and 1000");
   }
-  if (method.empty()) return config::FieldError("method", "must be a non-empty string");
+  if (method.empty()) return core::FieldError("method", "must be a non-empty string");
   if (!std::isfinite(jitter) || jitter < 0 || jitter > 1) {
-    return config::FieldError("jitter", "must be a number between 0 and 1");
+    return core::FieldError("jitter", "must be a number between 0 and 1");
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<HealthCheckOptions> ParseHealthCheck(const json& j, absl::string_view path) {
-  if (auto st = config::CheckObject(j, path,
+  if (auto st = core::CheckObject(j, path,
                                     {"interval", "timeout", "unhealthy_threshold",
                                      "healthy_threshold", "method", "jitter"});
       !st.ok()) {
     return st;
   }
   HealthCheckOptions o;
-  if (auto st = config::OptionalDuration(j, path, "interval", kMinInterval, kMaxInterval,
+  if (auto st = core::OptionalDuration(j, path, "interval", kMinInterval, kMaxInterval,
                                          &o.interval);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(j, path, "timeout", kMinTimeout, kMaxInterval,
+  if (auto st = core::OptionalDuration(j, path, "timeout", kMinTimeout, kMaxInterval,
                                          &o.timeout);
       !st.ok()) {
     return st;
   }
-  if (auto st = TimeoutWithinInterval(o.timeout, o.interval, config::JoinPath(path, "timeout"));
+  if (auto st = TimeoutWithinInterval(o.timeout, o.interval, core::JoinPath(path, "timeout"));
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(j, path, "unhealthy_threshold", 1, kMaxThreshold,
+  if (auto st = core::OptionalInt(j, path, "unhealthy_threshold", 1, kMaxThreshold,
                                     &o.unhealthy_threshold);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(j, path, "healthy_threshold", 1, kMaxThreshold,
+  if (auto st = core::OptionalInt(j, path, "healthy_threshold", 1, kMaxThreshold,
                                     &o.healthy_threshold);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalString(j, path, "method", &o.method); !st.ok()) return st;
-  if (auto st = config::OptionalDouble(j, path, "jitter", 0, 1, &o.jitter); !st.ok()) return st;
+  if (auto st = core::OptionalString(j, path, "method", &o.method); !st.ok()) return st;
+  if (auto st = core::OptionalDouble(j, path, "jitter", 0, 1, &o.jitter); !st.ok()) return st;
   return o;
 }
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::resilience {
 
@@ -17,7 +17,7 @@ std::optional<absl::Duration> HedgingPolicy::DelayFor(
 
 absl::StatusOr<HedgingPolicy> ParseHedgingPolicy(const nlohmann::json& j,
                                                  absl::string_view path) {
-  if (auto st = config::CheckObject(
+  if (auto st = core::CheckObject(
           j, path,
           {"delay", "percentile", "max_attempts", "min_delay", "min_samples", "max_extra_load"});
       !st.ok()) {
@@ -26,34 +26,34 @@ absl::StatusOr<HedgingPolicy> ParseHedgingPolicy(const nlohmann::json& j,
   HedgingPolicy p;
   p.enabled = true;
   int64_t attempts = p.max_attempts;
-  if (auto st = config::OptionalInt(j, path, "max_attempts", 2, 5, &attempts); !st.ok()) {
+  if (auto st = core::OptionalInt(j, path, "max_attempts", 2, 5, &attempts); !st.ok()) {
     return st;
   }
   p.max_attempts = static_cast<int>(attempts);
-  if (auto st = config::OptionalDuration(j, path, "delay", absl::Microseconds(100),
+  if (auto st = core::OptionalDuration(j, path, "delay", absl::Microseconds(100),
                                          absl::Minutes(1), &p.delay);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDouble(j, path, "percentile", 50, 99.99, &p.percentile);
+  if (auto st = core::OptionalDouble(j, path, "percentile", 50, 99.99, &p.percentile);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(j, path, "min_delay", absl::Microseconds(100),
+  if (auto st = core::OptionalDuration(j, path, "min_delay", absl::Microseconds(100),
                                          absl::Minutes(1), &p.min_delay);
       !st.ok()) {
     return st;
   }
   int64_t samples = p.min_samples;
-  if (auto st = config::OptionalInt(j, path, "min_samples", 10, 1000000, &samples); !st.ok()) {
+  if (auto st = core::OptionalInt(j, path, "min_samples", 10, 1000000, &samples); !st.ok()) {
     return st;
   }
   p.min_samples = static_cast<int>(samples);
   if (p.percentile == 0 && p.delay == absl::ZeroDuration()) {
-    return config::FieldError(path, "needs \"delay\" (fixed) or \"percentile\" (tracked)");
+    return core::FieldError(path, "needs \"delay\" (fixed) or \"percentile\" (tracked)");
   }
   p.max_extra_load = p.percentile > 0 ? std::max(0.01, 1 - p.percentile / 100) : 0.05;
-  if (auto st = config::OptionalDouble(j, path, "max_extra_load", 0.0001, 1, &p.max_extra_load);
+  if (auto st = core::OptionalDouble(j, path, "max_extra_load", 0.0001, 1, &p.max_extra_load);
       !st.ok()) {
     return st;
   }

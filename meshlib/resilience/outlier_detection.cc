@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::resilience {
 
@@ -58,40 +58,40 @@ absl::string_view EjectionReasonName(EjectionReason reason) {
 
 absl::Status OutlierDetectionOptions::Validate() const {
   if (consecutive_failures < 0 || consecutive_failures > kMaxConsecutive) {
-    return config::FieldError("consecutive_failures", "must be an integer between 0 and 1000000");
+    return core::FieldError("consecutive_failures", "must be an integer between 0 and 1000000");
   }
   if (interval < kMinInterval || interval > kMaxInterval) {
-    return config::FieldError("interval", "must be between 10ms and 1h");
+    return core::FieldError("interval", "must be between 10ms and 1h");
   }
   if (base_ejection_time < kMinEjection || base_ejection_time > kMaxEjection) {
-    return config::FieldError("base_ejection_time", "must be between 1ms and 24h");
+    return core::FieldError("base_ejection_time", "must be between 1ms and 24h");
   }
   if (max_ejection_time < kMinEjection || max_ejection_time > kMaxEjection) {
-    return config::FieldError("max_ejection_time", "must be between 1ms and 24h");
+    return core::FieldError("max_ejection_time", "must be between 1ms and 24h");
   }
   if (max_ejection_percent < 0 || max_ejection_percent > 100) {
-    return config::FieldError("max_ejection_percent", "must be an integer between 0 and 100");
+    return core::FieldError("max_ejection_percent", "must be an integer between 0 and 100");
   }
   if (!std::isfinite(success_rate.stdev_factor) || success_rate.stdev_factor < 0 ||
       success_rate.stdev_factor > kMaxStdevFactor) {
-    return config::FieldError("success_rate.stdev_factor", "must be a number between 0 and 100");
+    return core::FieldError("success_rate.stdev_factor", "must be a number between 0 and 100");
   }
   if (success_rate.minimum_hosts < 1 || success_rate.minimum_hosts > kMaxHosts) {
-    return config::FieldError("success_rate.minimum_hosts", "must be an integer between 1 and 1000000");
+    return core::FieldError("success_rate.minimum_hosts", "must be an integer between 1 and 1000000");
   }
   if (success_rate.request_volume < 1 || success_rate.request_volume > kMaxVolume) {
-    return config::FieldError("success_rate.request_volume",
+    return core::FieldError("success_rate.request_volume",
                       "must be an integer between 1 and 1000000000");
   }
   if (failure_percentage.threshold < 0 || failure_percentage.threshold > 100) {
-    return config::FieldError("failure_percentage.threshold", "must be an integer between 0 and 100");
+    return core::FieldError("failure_percentage.threshold", "must be an integer between 0 and 100");
   }
   if (failure_percentage.minimum_hosts < 1 || failure_percentage.minimum_hosts > kMaxHosts) {
-    return config::FieldError("failure_percentage.minimum_hosts",
+    return core::FieldError("failure_percentage.minimum_hosts",
                       "must be an integer between 1 and 1000000");
   }
   if (failure_percentage.request_volume < 1 || failure_percentage.request_volume > kMaxVolume) {
-    return config::FieldError("failure_percentage.request_volume",
+    return core::FieldError("failure_percentage.request_volume",
                       "must be an integer between 1 and 1000000000");
   }
   return absl::OkStatus();
@@ -99,7 +99,7 @@ absl::Status OutlierDetectionOptions::Validate() const {
 
 absl::StatusOr<OutlierDetectionOptions> ParseOutlierDetection(const json& j,
                                                               absl::string_view path) {
-  if (auto st = config::CheckObject(
+  if (auto st = core::CheckObject(
           j, path,
           {"consecutive_failures", "interval", "base_ejection_time", "max_ejection_time",
            "max_ejection_percent", "success_rate", "failure_percentage"});
@@ -107,79 +107,79 @@ absl::StatusOr<OutlierDetectionOptions> ParseOutlierDetection(const json& j,
     return st;
   }
   OutlierDetectionOptions o;
-  if (auto st = config::OptionalInt(j, path, "consecutive_failures", 0, kMaxConsecutive,
+  if (auto st = core::OptionalInt(j, path, "consecutive_failures", 0, kMaxConsecutive,
                                     &o.consecutive_failures);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(j, path, "interval", kMinInterval, kMaxInterval,
+  if (auto st = core::OptionalDuration(j, path, "interval", kMinInterval, kMaxInterval,
                                          &o.interval);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(j, path, "base_ejection_time", kMinEjection,
+  if (auto st = core::OptionalDuration(j, path, "base_ejection_time", kMinEjection,
                                          kMaxEjection, &o.base_ejection_time);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalDuration(j, path, "max_ejection_time", kMinEjection,
+  if (auto st = core::OptionalDuration(j, path, "max_ejection_time", kMinEjection,
                                          kMaxEjection, &o.max_ejection_time);
       !st.ok()) {
     return st;
   }
-  if (auto st = config::OptionalInt(j, path, "max_ejection_percent", 0, 100,
+  if (auto st = core::OptionalInt(j, path, "max_ejection_percent", 0, 100,
                                     &o.max_ejection_percent);
       !st.ok()) {
     return st;
   }
   if (auto sr = j.find("success_rate"); sr != j.end()) {
-    std::string p = config::JoinPath(path, "success_rate");
-    if (auto st = config::CheckObject(
+    std::string p = core::JoinPath(path, "success_rate");
+    if (auto st = core::CheckObject(
             *sr, p, {"enabled", "stdev_factor", "minimum_hosts", "request_volume"});
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalBool(*sr, p, "enabled", &o.success_rate.enabled); !st.ok()) {
+    if (auto st = core::OptionalBool(*sr, p, "enabled", &o.success_rate.enabled); !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalDouble(*sr, p, "stdev_factor", 0, kMaxStdevFactor,
+    if (auto st = core::OptionalDouble(*sr, p, "stdev_factor", 0, kMaxStdevFactor,
                                          &o.success_rate.stdev_factor);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalInt(*sr, p, "minimum_hosts", 1, kMaxHosts,
+    if (auto st = core::OptionalInt(*sr, p, "minimum_hosts", 1, kMaxHosts,
                                       &o.success_rate.minimum_hosts);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalInt(*sr, p, "request_volume", 1, kMaxVolume,
+    if (auto st = core::OptionalInt(*sr, p, "request_volume", 1, kMaxVolume,
                                       &o.success_rate.request_volume);
         !st.ok()) {
       return st;
     }
   }
   if (auto fp = j.find("failure_percentage"); fp != j.end()) {
-    std::string p = config::JoinPath(path, "failure_percentage");
-    if (auto st = config::CheckObject(
+    std::string p = core::JoinPath(path, "failure_percentage");
+    if (auto st = core::CheckObject(
             *fp, p, {"enabled", "threshold", "minimum_hosts", "request_volume"});
         !st.ok()) {
       return st;
     }
     o.failure_percentage.enabled = true;  // present means on
-    if (auto st = config::OptionalBool(*fp, p, "enabled", &o.failure_percentage.enabled); !st.ok()) {
+    if (auto st = core::OptionalBool(*fp, p, "enabled", &o.failure_percentage.enabled); !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalInt(*fp, p, "threshold", 0, 100,
+    if (auto st = core::OptionalInt(*fp, p, "threshold", 0, 100,
                                       &o.failure_percentage.threshold);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalInt(*fp, p, "minimum_hosts", 1, kMaxHosts,
+    if (auto st = core::OptionalInt(*fp, p, "minimum_hosts", 1, kMaxHosts,
                                       &o.failure_percentage.minimum_hosts);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalInt(*fp, p, "request_volume", 1, kMaxVolume,
+    if (auto st = core::OptionalInt(*fp, p, "request_volume", 1, kMaxVolume,
                                       &o.failure_percentage.request_volume);
         !st.ok()) {
       return st;

@@ -5,7 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::resilience {
 
@@ -36,7 +36,7 @@ absl::Duration RetryPolicy::Backoff(int retry, uint64_t random64) const {
 }
 
 absl::StatusOr<RetryPolicy> ParseRetryPolicy(const json& j, absl::string_view path) {
-  if (auto st = config::CheckObject(
+  if (auto st = core::CheckObject(
           j, path, {"max_attempts", "retry_on", "per_try_timeout", "backoff", "budget"});
       !st.ok()) {
     return st;
@@ -44,59 +44,59 @@ absl::StatusOr<RetryPolicy> ParseRetryPolicy(const json& j, absl::string_view pa
   RetryPolicy p;
   p.max_attempts = 3;  // a retry object without max_attempts means retries
   int64_t attempts = p.max_attempts;
-  if (auto st = config::OptionalInt(j, path, "max_attempts", 1, 10, &attempts); !st.ok()) {
+  if (auto st = core::OptionalInt(j, path, "max_attempts", 1, 10, &attempts); !st.ok()) {
     return st;
   }
   p.max_attempts = static_cast<int>(attempts);
   std::vector<std::string> names;
-  if (auto st = config::OptionalStringList(j, path, "retry_on", &names); !st.ok()) return st;
+  if (auto st = core::OptionalStringList(j, path, "retry_on", &names); !st.ok()) return st;
   if (!names.empty()) {
     p.retry_on.clear();
     for (size_t i = 0; i < names.size(); ++i) {
       auto code = StatusCodeFromName(names[i]);
       if (!code.ok()) {
-        return config::FieldError(absl::StrCat(config::JoinPath(path, "retry_on"), "[", i, "]"),
+        return core::FieldError(absl::StrCat(core::JoinPath(path, "retry_on"), "[", i, "]"),
                                   code.status().message());
       }
       p.retry_on.push_back(*code);
     }
   }
-  if (auto st = config::OptionalDuration(j, path, "per_try_timeout", absl::Milliseconds(1),
+  if (auto st = core::OptionalDuration(j, path, "per_try_timeout", absl::Milliseconds(1),
                                          absl::Hours(1), &p.per_try_timeout);
       !st.ok()) {
     return st;
   }
   if (auto b = j.find("backoff"); b != j.end()) {
-    std::string bp = config::JoinPath(path, "backoff");
-    if (auto st = config::CheckObject(*b, bp, {"base", "max"}); !st.ok()) return st;
-    if (auto st = config::OptionalDuration(*b, bp, "base", absl::Milliseconds(1),
+    std::string bp = core::JoinPath(path, "backoff");
+    if (auto st = core::CheckObject(*b, bp, {"base", "max"}); !st.ok()) return st;
+    if (auto st = core::OptionalDuration(*b, bp, "base", absl::Milliseconds(1),
                                            absl::Minutes(1), &p.backoff_base);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalDuration(*b, bp, "max", absl::Milliseconds(1),
+    if (auto st = core::OptionalDuration(*b, bp, "max", absl::Milliseconds(1),
                                            absl::Minutes(10), &p.backoff_max);
         !st.ok()) {
       return st;
     }
     if (p.backoff_max < p.backoff_base) {
-      return config::FieldError(config::JoinPath(bp, "max"), "must be >= base");
+      return core::FieldError(core::JoinPath(bp, "max"), "must be >= base");
     }
   }
   if (auto b = j.find("budget"); b != j.end()) {
-    std::string bp = config::JoinPath(path, "budget");
-    if (auto st = config::CheckObject(*b, bp, {"ratio", "min_per_second", "ttl"}); !st.ok()) {
+    std::string bp = core::JoinPath(path, "budget");
+    if (auto st = core::CheckObject(*b, bp, {"ratio", "min_per_second", "ttl"}); !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalDouble(*b, bp, "ratio", 0, 1000, &p.budget.ratio); !st.ok()) {
+    if (auto st = core::OptionalDouble(*b, bp, "ratio", 0, 1000, &p.budget.ratio); !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalDouble(*b, bp, "min_per_second", 0, 1e9,
+    if (auto st = core::OptionalDouble(*b, bp, "min_per_second", 0, 1e9,
                                          &p.budget.min_per_second);
         !st.ok()) {
       return st;
     }
-    if (auto st = config::OptionalDuration(*b, bp, "ttl", absl::Seconds(1), absl::Hours(1),
+    if (auto st = core::OptionalDuration(*b, bp, "ttl", absl::Seconds(1), absl::Hours(1),
                                            &p.budget.ttl);
         !st.ok()) {
       return st;

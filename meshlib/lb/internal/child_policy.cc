@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 namespace meshlib::lb_internal {
 
@@ -15,7 +15,7 @@ absl::StatusOr<lb::PolicyChoice> SelectChild(const json& parent, absl::string_vi
     auto it = parent.find("policy");
     if (it != parent.end()) list = &*it;
   }
-  return lb::PolicyRegistry::Global().Select(*list, config::JoinPath(parent_path, "policy"));
+  return lb::PolicyRegistry::Global().Select(*list, core::JoinPath(parent_path, "policy"));
 }
 
 ChildPolicies::ChildPolicies(lb::PolicyChoice choice, lb::PolicyContext ctx)

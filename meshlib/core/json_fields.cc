@@ -1,11 +1,11 @@
-#include "meshlib/config/json_fields.h"
+#include "meshlib/core/json_fields.h"
 
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
-namespace meshlib::config {
+namespace meshlib::core {
 
 using json = nlohmann::json;
 
@@ -150,4 +150,4 @@ absl::StatusOr<json> ParseJsonText(absl::string_view text, absl::string_view wha
   }
 }
 
-}  // namespace meshlib::config
+}  // namespace meshlib::core

@@ -7,8 +7,8 @@
 // policy) uses these so that messages read the same everywhere.
 //
 // Threading: stateless, thread-safe.
-#ifndef MESHLIB_CONFIG_JSON_FIELDS_H_
-#define MESHLIB_CONFIG_JSON_FIELDS_H_
+#ifndef MESHLIB_CORE_JSON_FIELDS_H_
+#define MESHLIB_CORE_JSON_FIELDS_H_
 
 #include <cstdint>
 #include <initializer_list>
@@ -21,7 +21,7 @@
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
 
-namespace meshlib::config {
+namespace meshlib::core {
 
 // INVALID_ARGUMENT "<path>: <rule>".
 absl::Status FieldError(absl::string_view path, absl::string_view rule);
@@ -62,6 +62,6 @@ std::string TextPosition(absl::string_view text, size_t byte_offset);
 // Parses JSON text; a syntax error names `what`, the line and the column.
 absl::StatusOr<nlohmann::json> ParseJsonText(absl::string_view text, absl::string_view what);
 
-}  // namespace meshlib::config
+}  // namespace meshlib::core
 
-#endif  // MESHLIB_CONFIG_JSON_FIELDS_H_
+#endif  // MESHLIB_CORE_JSON_FIELDS_H_
