@@ -21,8 +21,8 @@
 #include "gtest/gtest.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/core/sync.h"
-#include "meshlib/discovery/dns_testing.h"
-#include "meshlib/etcd/etcd_test_server.h"
+#include "meshlib/testing/dns_testing.h"
+#include "meshlib/testing/etcd_test_server.h"
 #include "meshlib/testing/subprocess.h"
 #include "nlohmann/json.hpp"
 
@@ -143,7 +143,7 @@ std::vector<std::string> SrvRecords(const std::vector<const Instance*>& instance
 
 TEST(DiscoveryEndToEnd, DnsSrvClientFollowsTheFleetUnderLoadAndSurvivesDnsOutage) {
   Instance a("a"), b("b"), c("c"), d("d");
-  discovery_testing::Dnsmasq dns(testing::PickFreePort());
+  testing::Dnsmasq dns(testing::PickFreePort());
   dns.Start(SrvRecords({&a, &b, &c}), /*ttl=*/1);
 
   auto sc = OpenService({{"dns",
@@ -187,7 +187,7 @@ TEST(DiscoveryEndToEnd, DnsSrvClientFollowsTheFleetUnderLoadAndSurvivesDnsOutage
 }
 
 TEST(DiscoveryEndToEnd, EtcdClientFollowsSelfRegisteredServersUnderLoadAndSurvivesEtcdOutage) {
-  etcd::EtcdTestServer etcd;
+  testing::EtcdTestServer etcd;
   ASSERT_TRUE(etcd.ok());
   const std::string prefix = "/meshlib/services/echo/";
   auto registered = [&]() {

@@ -28,7 +28,7 @@
 #include "meshlib/core/sync.h"
 #include "meshlib/discovery/builtin.h"
 #include "meshlib/discovery/resolver.h"
-#include "meshlib/etcd/etcd_test_server.h"
+#include "meshlib/testing/etcd_test_server.h"
 #include "meshlib/etcd/registrar.h"
 #include "meshlib/server/etcd_registration.h"
 #include "meshlib/server/server.h"
@@ -39,7 +39,7 @@ namespace meshlib {
 namespace {
 
 using json = nlohmann::json;
-using etcd::EtcdTestServer;
+using testing::EtcdTestServer;
 using Process = testing::Subprocess;
 
 constexpr char kPrefix[] = "/meshlib/services/echo/";

@@ -82,6 +82,7 @@
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/client/endpoint_channel.h"
+#include "meshlib/client/endpoint_state.h"
 #include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
@@ -202,18 +203,6 @@ struct ServiceChannelStats {
 // request (NOT_FOUND, INVALID_ARGUMENT, ...) or a cancellation by the caller.
 bool IsEndpointFailure(const CallResult& r);
 
-// One endpoint as the client sees it, for visibility.
-struct EndpointState {
-  std::string address;
-  bool healthy = true;            // the balancer may pick it
-  std::string outlier = "healthy";  // healthy, ejected or probation
-  bool health_check_ok = true;    // true without active checks
-  bool connected = false;         // has a ready connection now
-  int64_t in_flight = 0;
-  uint64_t calls = 0;
-  uint64_t failures = 0;
-  absl::Duration latency_ewma;
-};
 
 class ServiceChannel final : public Caller {
  public:

@@ -18,7 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "meshlib/discovery/dns_message.h"
-#include "meshlib/discovery/dns_testing.h"
+#include "meshlib/testing/dns_testing.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/testing/subprocess.h"
 
@@ -28,7 +28,7 @@ namespace {
 using json = nlohmann::json;
 using ::testing::HasSubstr;
 
-using discovery_testing::kDnsmasq;
+using testing::kDnsmasq;
 
 using meshlib::testing::Eventually;
 
@@ -43,7 +43,7 @@ std::string Describe(const std::shared_ptr<const EndpointSet>& set) {
   return absl::StrJoin(lines, ", ");
 }
 
-using discovery_testing::Dnsmasq;
+using testing::Dnsmasq;
 
 class DnsDnsmasqTest : public ::testing::Test {
  protected:

@@ -10,13 +10,13 @@
 #include "absl/strings/escaping.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "meshlib/discovery/dns_testing.h"
+#include "meshlib/testing/dns_testing.h"
 
 namespace meshlib::discovery_internal {
 namespace {
 
-using discovery_testing::DnsMessageBuilder;
-using discovery_testing::EncodeDnsName;
+using testing::DnsMessageBuilder;
+using testing::EncodeDnsName;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 

@@ -19,7 +19,7 @@
 #include "gtest/gtest.h"
 #include "meshlib/testing/subprocess.h"
 #include "meshlib/discovery/dns_message.h"
-#include "meshlib/discovery/dns_testing.h"
+#include "meshlib/testing/dns_testing.h"
 #include "meshlib/discovery/resolver.h"
 
 namespace meshlib::discovery {
@@ -28,10 +28,10 @@ namespace {
 using discovery_internal::kDnsTypeA;
 using discovery_internal::kDnsTypeAaaa;
 using discovery_internal::kDnsTypeSrv;
-using discovery_testing::DnsMessageBuilder;
-using discovery_testing::DnsQuery;
-using discovery_testing::EncodeDnsName;
-using discovery_testing::FakeDnsServer;
+using testing::DnsMessageBuilder;
+using testing::DnsQuery;
+using testing::EncodeDnsName;
+using testing::FakeDnsServer;
 using json = nlohmann::json;
 using ::testing::HasSubstr;
 

@@ -16,13 +16,13 @@
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/discovery/builtin.h"
-#include "meshlib/etcd/fake_http_server.h"
+#include "meshlib/testing/fake_http_server.h"
 
 namespace meshlib::discovery {
 namespace {
 
 using json = nlohmann::json;
-using etcd::FakeHttpServer;
+using testing::FakeHttpServer;
 using Conn = FakeHttpServer::Conn;
 using Request = FakeHttpServer::Request;
 

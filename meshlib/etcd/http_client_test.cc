@@ -8,13 +8,14 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "meshlib/core/sync.h"
-#include "meshlib/etcd/fake_http_server.h"
+#include "meshlib/testing/fake_http_server.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/testing/subprocess.h"
 
 namespace meshlib::etcd {
 namespace {
 
+using testing::FakeHttpServer;
 using Conn = FakeHttpServer::Conn;
 using Request = FakeHttpServer::Request;
 

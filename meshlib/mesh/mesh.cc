@@ -13,6 +13,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "meshlib/client/channel.h"
+#include "meshlib/client/service_channel.h"
 #include "meshlib/config/routing_config.h"
 #include "meshlib/core/log.h"
 #include "meshlib/etcd/etcd_client.h"

@@ -20,7 +20,7 @@
 //   fault            the route's fault injection, else the service's
 //   deadline, retry, hedging, circuit breaker, balancer, endpoint health,
 //   pool             a client::ServiceChannel per subset (see
-//                    service_channel.h and docs/resilience.md)
+//                    meshlib/client/service_channel.h and docs/resilience.md)
 //
 // Describe() prints it with the effective settings.
 //
@@ -57,7 +57,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "meshlib/client/caller.h"
-#include "meshlib/client/service_channel.h"
+#include "meshlib/client/endpoint_channel.h"
+#include "meshlib/client/endpoint_state.h"
 #include "meshlib/config/config.h"
 #include "meshlib/core/rcu.h"
 

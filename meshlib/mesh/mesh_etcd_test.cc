@@ -6,7 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "meshlib/etcd/etcd_test_server.h"
+#include "meshlib/testing/etcd_test_server.h"
 #include "meshlib/mesh/mesh.h"
 #include "meshlib/server/server.h"
 #include "meshlib/testing/subprocess.h"
@@ -17,7 +17,7 @@ namespace {
 using testing::Eventually;
 
 TEST(MeshEtcdTest, ConfigurationKeyIsWatchedAndApplied) {
-  etcd::EtcdTestServer etcd;
+  testing::EtcdTestServer etcd;
   ASSERT_TRUE(etcd.ok());
   server::ServerOptions so;
   so.io_threads = 1;

@@ -11,8 +11,8 @@
 //
 // Threading: FakeDnsServer's methods are thread-safe; the handler runs on
 // the server's own thread.
-#ifndef MESHLIB_DISCOVERY_DNS_TESTING_H_
-#define MESHLIB_DISCOVERY_DNS_TESTING_H_
+#ifndef MESHLIB_TESTING_DNS_TESTING_H_
+#define MESHLIB_TESTING_DNS_TESTING_H_
 
 #include <atomic>
 #include <condition_variable>
@@ -30,7 +30,7 @@
 #include "meshlib/core/sync.h"
 #include "meshlib/testing/subprocess.h"
 
-namespace meshlib::discovery_testing {
+namespace meshlib::testing {
 
 // What a query asked.
 struct DnsQuery {
@@ -140,6 +140,6 @@ class Dnsmasq {
   std::unique_ptr<testing::Subprocess> proc_;
 };
 
-}  // namespace meshlib::discovery_testing
+}  // namespace meshlib::testing
 
-#endif  // MESHLIB_DISCOVERY_DNS_TESTING_H_
+#endif  // MESHLIB_TESTING_DNS_TESTING_H_

@@ -1,4 +1,4 @@
-#include "meshlib/etcd/fake_http_server.h"
+#include "meshlib/testing/fake_http_server.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -17,7 +17,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
-namespace meshlib::etcd {
+namespace meshlib::testing {
 
 FakeHttpServer::FakeHttpServer(Handler handler) : handler_(std::move(handler)) {
   listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -140,4 +140,4 @@ bool FakeHttpServer::Conn::WaitForPeerClose(absl::Duration timeout) {
   return false;
 }
 
-}  // namespace meshlib::etcd
+}  // namespace meshlib::testing

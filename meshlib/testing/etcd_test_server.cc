@@ -1,4 +1,4 @@
-#include "meshlib/etcd/etcd_test_server.h"
+#include "meshlib/testing/etcd_test_server.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -12,7 +12,7 @@
 #include "gtest/gtest.h"
 #include "meshlib/core/sync.h"
 
-namespace meshlib::etcd {
+namespace meshlib::testing {
 
 EtcdTestServer::EtcdTestServer() {
   if (access(kEtcd, X_OK) != 0) {
@@ -26,11 +26,11 @@ EtcdTestServer::EtcdTestServer() {
   dir_ = testing::MakeTempDir("etcd");
   endpoint_ = absl::StrCat("127.0.0.1:", client_port_);
   loop_ = runtime::EventLoop::Create("etcd-test").value();
-  EtcdClientOptions o;
+  etcd::EtcdClientOptions o;
   o.endpoints = {endpoint_};
   o.dial_timeout = absl::Seconds(1);
   o.request_timeout = absl::Seconds(10);
-  client_ = EtcdClient::Create(loop_.get(), o).value();
+  client_ = etcd::EtcdClient::Create(loop_.get(), o).value();
   ready_ = Launch() && WaitReady(absl::Seconds(30));
 }
 
@@ -108,7 +108,7 @@ absl::StatusOr<T> EtcdTestServer::Sync(StartFn start) {
   if (!client_) return absl::FailedPreconditionError("etcd test server not set up");
   auto done = std::make_shared<core::Notification>();
   auto out = std::make_shared<absl::StatusOr<T>>(absl::UnknownError("no answer"));
-  std::unique_ptr<EtcdCall> call;
+  std::unique_ptr<etcd::EtcdCall> call;
   loop_->RunAndWait([&] {
     call = start([done, out](absl::StatusOr<T> r) {
       *out = std::move(r);
@@ -123,37 +123,37 @@ absl::StatusOr<T> EtcdTestServer::Sync(StartFn start) {
 
 absl::StatusOr<int64_t> EtcdTestServer::Put(const std::string& key, const std::string& value,
                                             int64_t lease) {
-  return Sync<int64_t>([&](EtcdClient::Callback<int64_t> cb) {
+  return Sync<int64_t>([&](etcd::EtcdClient::Callback<int64_t> cb) {
     return client_->Put(key, value, lease, std::move(cb));
   });
 }
 
 absl::StatusOr<int64_t> EtcdTestServer::Delete(const std::string& key) {
-  return Sync<int64_t>([&](EtcdClient::Callback<int64_t> cb) {
+  return Sync<int64_t>([&](etcd::EtcdClient::Callback<int64_t> cb) {
     return client_->DeleteRange(key, "", std::move(cb));
   });
 }
 
-absl::StatusOr<RangeResponse> EtcdTestServer::GetPrefix(const std::string& prefix) {
-  return Sync<RangeResponse>([&](EtcdClient::Callback<RangeResponse> cb) {
-    return client_->Range(prefix, PrefixRangeEnd(prefix), std::move(cb));
+absl::StatusOr<etcd::RangeResponse> EtcdTestServer::GetPrefix(const std::string& prefix) {
+  return Sync<etcd::RangeResponse>([&](etcd::EtcdClient::Callback<etcd::RangeResponse> cb) {
+    return client_->Range(prefix, etcd::PrefixRangeEnd(prefix), std::move(cb));
   });
 }
 
 absl::StatusOr<int64_t> EtcdTestServer::Compact(int64_t revision) {
-  return Sync<int64_t>([&](EtcdClient::Callback<int64_t> cb) {
+  return Sync<int64_t>([&](etcd::EtcdClient::Callback<int64_t> cb) {
     return client_->Compact(revision, std::move(cb));
   });
 }
 
-absl::StatusOr<Lease> EtcdTestServer::Grant(int64_t ttl_seconds) {
-  return Sync<Lease>([&](EtcdClient::Callback<Lease> cb) {
+absl::StatusOr<etcd::Lease> EtcdTestServer::Grant(int64_t ttl_seconds) {
+  return Sync<etcd::Lease>([&](etcd::EtcdClient::Callback<etcd::Lease> cb) {
     return client_->LeaseGrant(ttl_seconds, std::move(cb));
   });
 }
 
 absl::Status EtcdTestServer::Revoke(int64_t lease) {
-  return Sync<bool>([&](EtcdClient::Callback<bool> cb) {
+  return Sync<bool>([&](etcd::EtcdClient::Callback<bool> cb) {
            return client_->LeaseRevoke(lease, [cb = std::move(cb)](absl::Status st) mutable {
              if (!st.ok()) return cb(st);
              cb(true);
@@ -163,7 +163,7 @@ absl::Status EtcdTestServer::Revoke(int64_t lease) {
 }
 
 absl::StatusOr<int64_t> EtcdTestServer::Revision() {
-  auto r = Sync<RangeResponse>([&](EtcdClient::Callback<RangeResponse> cb) {
+  auto r = Sync<etcd::RangeResponse>([&](etcd::EtcdClient::Callback<etcd::RangeResponse> cb) {
     return client_->Range("/meshlib-test-server/ready", "", std::move(cb));
   });
   if (!r.ok()) return r.status();
@@ -180,4 +180,4 @@ std::string EtcdTestServer::Etcdctl(std::vector<std::string> args, int* rc) {
   return p.out();
 }
 
-}  // namespace meshlib::etcd
+}  // namespace meshlib::testing

@@ -1,4 +1,4 @@
-#include "meshlib/discovery/dns_testing.h"
+#include "meshlib/testing/dns_testing.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,7 +17,7 @@
 #include "gtest/gtest.h"
 #include "meshlib/discovery/dns_message.h"
 
-namespace meshlib::discovery_testing {
+namespace meshlib::testing {
 namespace {
 
 void Put16(std::string* out, uint16_t v) {
@@ -307,4 +307,4 @@ bool Dnsmasq::Answers() const {
   return ok;
 }
 
-}  // namespace meshlib::discovery_testing
+}  // namespace meshlib::testing

@@ -2,7 +2,7 @@
 // etcd-server) on free loopback ports with a fresh data directory, plus
 // synchronous helpers that read and write it through the JSON gateway.
 //
-//   etcd::EtcdTestServer etcd;           // fails the test if etcd cannot start
+//   testing::EtcdTestServer etcd;           // fails the test if etcd cannot start
 //   ASSERT_TRUE(etcd.ok());
 //   ASSERT_TRUE(etcd.Put("/svc/127.0.0.1:1", "{...}").ok());
 //   etcd.Kill();                          // SIGKILL: as a crash
@@ -12,8 +12,8 @@
 // fill up); failures print its tail.
 //
 // Threading: one test thread.
-#ifndef MESHLIB_ETCD_ETCD_TEST_SERVER_H_
-#define MESHLIB_ETCD_ETCD_TEST_SERVER_H_
+#ifndef MESHLIB_TESTING_ETCD_TEST_SERVER_H_
+#define MESHLIB_TESTING_ETCD_TEST_SERVER_H_
 
 #include <cstdint>
 #include <memory>
@@ -27,7 +27,7 @@
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/testing/subprocess.h"
 
-namespace meshlib::etcd {
+namespace meshlib::testing {
 
 class EtcdTestServer {
  public:
@@ -53,9 +53,9 @@ class EtcdTestServer {
   absl::StatusOr<int64_t> Put(const std::string& key, const std::string& value,
                               int64_t lease = 0);
   absl::StatusOr<int64_t> Delete(const std::string& key);
-  absl::StatusOr<RangeResponse> GetPrefix(const std::string& prefix);
+  absl::StatusOr<etcd::RangeResponse> GetPrefix(const std::string& prefix);
   absl::StatusOr<int64_t> Compact(int64_t revision);
-  absl::StatusOr<Lease> Grant(int64_t ttl_seconds);
+  absl::StatusOr<etcd::Lease> Grant(int64_t ttl_seconds);
   absl::Status Revoke(int64_t lease);
   // The current revision of the store.
   absl::StatusOr<int64_t> Revision();
@@ -76,9 +76,9 @@ class EtcdTestServer {
   bool ready_ = false;
   std::unique_ptr<testing::Subprocess> proc_;
   std::unique_ptr<runtime::EventLoop> loop_;
-  std::unique_ptr<EtcdClient> client_;
+  std::unique_ptr<etcd::EtcdClient> client_;
 };
 
-}  // namespace meshlib::etcd
+}  // namespace meshlib::testing
 
-#endif  // MESHLIB_ETCD_ETCD_TEST_SERVER_H_
+#endif  // MESHLIB_TESTING_ETCD_TEST_SERVER_H_

@@ -12,8 +12,8 @@
 //
 // Threading: the handler runs on the connection's thread; the accessors are
 // thread-safe.
-#ifndef MESHLIB_ETCD_FAKE_HTTP_SERVER_H_
-#define MESHLIB_ETCD_FAKE_HTTP_SERVER_H_
+#ifndef MESHLIB_TESTING_FAKE_HTTP_SERVER_H_
+#define MESHLIB_TESTING_FAKE_HTTP_SERVER_H_
 
 #include <atomic>
 #include <condition_variable>
@@ -28,7 +28,7 @@
 #include "absl/time/time.h"
 #include "meshlib/core/sync.h"
 
-namespace meshlib::etcd {
+namespace meshlib::testing {
 
 class FakeHttpServer {
  public:
@@ -82,6 +82,6 @@ class FakeHttpServer {
   std::vector<Request> received_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace meshlib::etcd
+}  // namespace meshlib::testing
 
-#endif  // MESHLIB_ETCD_FAKE_HTTP_SERVER_H_
+#endif  // MESHLIB_TESTING_FAKE_HTTP_SERVER_H_
