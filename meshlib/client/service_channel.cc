@@ -713,7 +713,9 @@ struct ServiceChannel::CallState final : public Cancellable,
   std::string method, request;
   CallOptions options;
   absl::Time deadline;
-  runtime::EventLoop* timer_loop = nullptr;
+  // The loop of the call's timers (backoff, hedge, injected delay); chosen
+  // at the first timer (TimerLoopOf), most calls never need one.
+  std::atomic<runtime::EventLoop*> timer_loop{nullptr};
   bool hedged = false;  // hedging applies to this call
 
   std::mutex mu;
@@ -744,7 +746,15 @@ struct ServiceChannel::CallState final : public Cancellable,
 
   bool finished() const { return over; }
   // Ends the call; call without `mu` held. Runs the callback at most once.
-  void Finish(CallResult r);
+  void Finish(CallResult r) {
+    std::unique_lock<std::mutex> lock(mu);
+    FinishLocked(lock, std::move(r), {});
+  }
+  // The same for a caller holding `mu` (released here, before anything
+  // else runs): the attempts in `stop_first` are cancelled, then the caller
+  // hears.
+  void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
+                    absl::Span<CallHandle> stop_first);
   ~CallState() {
     if (done) {
       CallResult r;
@@ -811,19 +821,21 @@ struct ServiceChannel::LiveCalls {
   }
 };
 
-void ServiceChannel::CallState::Finish(CallResult r) {
-  CallCallback d;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    if (!done) return;
-    d = std::move(done);
-    done = nullptr;
-    over = true;
-    if (next_holds_retry_slot) {
-      next_holds_retry_slot = false;
-      breaker->EndRetry();
-    }
+void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
+                                             absl::Span<CallHandle> stop_first) {
+  if (!done) {
+    lock.unlock();
+    return;
   }
+  CallCallback d = std::move(done);
+  done = nullptr;
+  over = true;
+  if (next_holds_retry_slot) {
+    next_holds_retry_slot = false;
+    breaker->EndRetry();
+  }
+  lock.unlock();
+  for (CallHandle& h : stop_first) h.Cancel();  // their results are dropped
   if (live != nullptr) live->Remove(this);
   breaker->EndRequest();
   d(std::move(r));
@@ -835,6 +847,18 @@ void ServiceChannel::Close(absl::string_view reason) {
     st->CancelWith(absl::CancelledError(
         absl::StrCat("service ", service_, ": ", reason, "; call to ", st->method, " ended")));
   }
+}
+
+runtime::EventLoop* ServiceChannel::TimerLoopOf(CallState& st) {
+  // Chosen once: a hedge timer and a retry's backoff may be armed from two
+  // threads at once, and must agree.
+  runtime::EventLoop* loop = st.timer_loop.load(std::memory_order_acquire);
+  if (loop != nullptr) return loop;
+  runtime::EventLoop* chosen = &options_.channel.runtime->NextLoop();
+  if (st.timer_loop.compare_exchange_strong(loop, chosen, std::memory_order_acq_rel)) {
+    return chosen;
+  }
+  return loop;  // another thread chose first
 }
 
 void ServiceChannel::EndWaitingCalls(absl::string_view reason) {
@@ -965,9 +989,9 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
   picked.stats->OnCallStart();
   // The callback keeps the endpoint's signals, not its channel: a callback
   // must never hold the last reference to the channel that runs it.
-  Picked signals = picked;
-  signals.channel.reset();
-  CallHandle handle = picked.channel->Call(
+  std::shared_ptr<EndpointChannel> channel = std::move(picked.channel);
+  Picked signals = std::move(picked);
+  CallHandle handle = channel->Call(
       st->method, st->request, attempt,
       [self = std::move(self), st, signals = std::move(signals), start, pending,
        id](CallResult r) mutable {
@@ -990,7 +1014,7 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
 
 void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attempt_id,
                                    CallResult r) {
-  std::vector<CallHandle> losers;
+  absl::InlinedVector<CallHandle, 2> losers;
   std::unique_lock<std::mutex> lock(st->mu);
   for (auto it = st->in_flight.begin(); it != st->in_flight.end(); ++it) {
     if (it->id != attempt_id) continue;
@@ -1002,11 +1026,8 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attem
   bool closing = closing_.load(std::memory_order_acquire);
   if (r.status.ok() || closing) {
     // Decided: the other attempts are stopped before the caller hears.
-    st->over = true;
     for (auto& f : st->in_flight) losers.push_back(f.handle);
-    lock.unlock();
-    for (CallHandle& h : losers) h.Cancel();  // their results are dropped
-    st->Finish(std::move(r));
+    st->FinishLocked(lock, std::move(r), absl::MakeSpan(losers));
     return;
   }
   // A failed attempt while another is in flight: that one may still answer.
@@ -1014,11 +1035,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attem
   bool transparent_before = st->transparent_used;
   absl::Duration delay;
   Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline, &delay);
-  if (next == Next::kDone) {
-    st->over = true;
-    lock.unlock();
-    return st->Finish(std::move(r));
-  }
+  if (next == Next::kDone) return st->FinishLocked(lock, std::move(r), {});
   if (next == Next::kTransparent && !transparent_before) {
     lock.unlock();
     return Attempt(std::move(st));
@@ -1026,7 +1043,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attem
   ++st->attempts;
   st->next_holds_retry_slot = true;  // Decide took a max_retries slot
   lock.unlock();
-  runtime::EventLoop* loop = st->timer_loop;
+  runtime::EventLoop* loop = TimerLoopOf(*st);
   RunLater(loop, delay, std::move(st), [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
     sc->Attempt(s);
     if (s->hedged) sc->ArmHedge(s);
@@ -1039,7 +1056,7 @@ void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
   std::optional<absl::Duration> delay = hedging_.DelayFor(tracked);
   if (!delay.has_value()) return;
   if (st->deadline - absl::Now() <= *delay) return;  // no time for it to help
-  RunLater(st->timer_loop, *delay, st, [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
+  RunLater(TimerLoopOf(*st), *delay, st, [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
     sc->OnHedgeTimer(std::move(s));
   });
 }
@@ -1108,7 +1125,6 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
   st->options = options;
   st->done = std::move(done);
   st->deadline = DeadlineOf(options, now);
-  st->timer_loop = &options_.channel.runtime->NextLoop();
   st->hedged = hedging_.enabled && options.idempotent;
   if (st->hedged) hedge_budget_->Deposit(now);
   st->live = live_;
@@ -1123,7 +1139,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     absl::Status abort = f.abort ? fault->AbortStatus() : absl::OkStatus();
     if (f.delay > absl::ZeroDuration()) {
       faults_delayed_.fetch_add(1, std::memory_order_relaxed);
-      runtime::EventLoop* loop = st->timer_loop;
+      runtime::EventLoop* loop = TimerLoopOf(*st);
       absl::Duration wait = std::min(f.delay, st->deadline - absl::Now());
       CallHandle handle(st);
       RunLater(loop, wait, std::move(st),

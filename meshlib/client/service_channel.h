@@ -310,6 +310,8 @@ class ServiceChannel final : public Caller {
   void EndWaitingCalls(absl::string_view reason);
   void RunLater(runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
                 absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn);
+  // The loop a call's timers run on (chosen at its first timer).
+  runtime::EventLoop* TimerLoopOf(CallState& st);
   // Starts a call's first attempt (after any injected delay).
   void StartAsync(std::shared_ptr<CallState> st);
   void ArmHedge(const std::shared_ptr<CallState>& st);
