@@ -14,7 +14,7 @@ void RegisterBuiltinResolvers(ResolverRegistry& registry) {
   registry.Register(MakeEtcdResolverFactory());
 }
 
-ResolverRegistry& ResolverRegistry::Global() {
+const ResolverRegistry& ResolverRegistry::Global() {
   static ResolverRegistry* registry = [] {
     auto* r = new ResolverRegistry();
     RegisterBuiltinResolvers(*r);

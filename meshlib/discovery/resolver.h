@@ -87,7 +87,9 @@ class ResolverFactory {
 class ResolverRegistry {
  public:
   // Defined in //meshlib/discovery (with every built-in kind registered).
-  static ResolverRegistry& Global();
+  // Immutable after it is built at first use (a test that wants other
+  // kinds builds its own registry).
+  static const ResolverRegistry& Global();
   // Replaces a kind of the same name. Thread-safe.
   void Register(std::unique_ptr<ResolverFactory> factory);
   // nullptr when unknown. The factory lives as long as the registry.

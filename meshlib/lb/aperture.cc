@@ -200,7 +200,7 @@ class ApertureFactory final : public PolicyFactory {
                                                  const PolicyContext& ctx) const override {
     auto o = ParseOptions(config, path);
     if (!o.ok()) return o.status();
-    auto child = lb_internal::SelectChild(config, path);
+    auto child = lb_internal::SelectChild(config, path, ctx.registry);
     if (!child.ok()) return child.status();
     const uint64_t peers =
         o->peer_count > 0 ? static_cast<uint64_t>(o->peer_count)

@@ -313,15 +313,25 @@ class RecordingFactory final : public PolicyFactory {
 };
 
 TEST(ApertureTest, ChildGetsTheSubsetWithCoverageWeights) {
-  if (PolicyRegistry::Global().Find("recording_for_testing") == nullptr) {
-    PolicyRegistry::Global().Register(std::make_unique<RecordingFactory>());
-  }
+  // The global registry is immutable: the recording child lives in a
+  // registry of this test's own, which the aperture finds its child in.
+  PolicyRegistry registry;
+  PolicyRegistry::RegisterBuiltins(registry);
+  registry.Register(std::make_unique<RecordingFactory>());
   auto fleet = Fleet(1000);
   auto members = ApertureSubset(fleet, 5, 137, 12);
   fleet[members[1].index].endpoint.weight = 0;  // "only if nothing else" stays 0
   fleet[members[2].index].endpoint.weight = 3;
-  auto policy = Make(json{{"size", 12}, {"policy", json::parse(R"([{"recording_for_testing": {}}])")}},
-                     5, 137);
+  PolicyContext ctx;
+  ctx.clock = &runtime::RealClock();
+  ctx.client_id = 5;
+  ctx.peer_count = 137;
+  ctx.registry = &registry;
+  auto created = registry.Find("aperture")->Create(
+      json{{"size", 12}, {"policy", json::parse(R"([{"recording_for_testing": {}}])")}},
+      "lb[0].aperture", ctx);
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<Policy> policy = *std::move(created);
   auto picker = policy->Build(fleet);
   const auto& got = LastBuild();
   ASSERT_EQ(got.size(), members.size());

@@ -12,18 +12,22 @@
 
 namespace meshlib::lb {
 
-PolicyRegistry& PolicyRegistry::Global() {
-  static PolicyRegistry* registry = [] {
+void PolicyRegistry::RegisterBuiltins(PolicyRegistry& r) {
+  r.Register(MakeRoundRobinFactory());
+  r.Register(MakeRingHashFactory());
+  r.Register(MakeMaglevFactory());
+  r.Register(MakeWeightedRoundRobinFactory());
+  r.Register(MakeRandomFactory());
+  r.Register(MakeLeastRequestFactory());
+  r.Register(MakeP2cPeakEwmaFactory());
+  r.Register(MakeLocalityFactory());
+  r.Register(MakeApertureFactory());
+}
+
+const PolicyRegistry& PolicyRegistry::Global() {
+  static const PolicyRegistry* const registry = [] {
     auto* r = new PolicyRegistry();
-    r->Register(MakeRoundRobinFactory());
-    r->Register(MakeRingHashFactory());
-    r->Register(MakeMaglevFactory());
-    r->Register(MakeWeightedRoundRobinFactory());
-    r->Register(MakeRandomFactory());
-    r->Register(MakeLeastRequestFactory());
-    r->Register(MakeP2cPeakEwmaFactory());
-    r->Register(MakeLocalityFactory());
-    r->Register(MakeApertureFactory());
+    RegisterBuiltins(*r);
     return r;
   }();
   return *registry;

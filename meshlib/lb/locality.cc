@@ -313,7 +313,7 @@ class LocalityFactory final : public PolicyFactory {
                                                  const PolicyContext& ctx) const override {
     auto options = ParseOptions(config, path);
     if (!options.ok()) return options.status();
-    auto child = lb_internal::SelectChild(config, path);
+    auto child = lb_internal::SelectChild(config, path, ctx.registry);
     if (!child.ok()) return child.status();
     std::string zone = options->local_zone.empty() ? ctx.local_zone : options->local_zone;
     auto policy = std::make_unique<Locality>(*std::move(options), std::move(zone),

@@ -70,6 +70,8 @@ class Picker {
 };
 
 // What a policy gets from the client that owns it.
+class PolicyRegistry;
+
 struct PolicyContext {
   runtime::Clock* clock = nullptr;  // never null in Create(); RealClock() by default
   uint64_t seed = 0;                // for randomness; 0 = from the time
@@ -78,6 +80,9 @@ struct PolicyContext {
   // host:pid) and how many peers there are; 0 = unknown.
   uint64_t client_id = 0;
   int peer_count = 0;
+  // Where a policy with a child (aperture, locality) finds the child's
+  // factory. Null: PolicyRegistry::Global().
+  const PolicyRegistry* registry = nullptr;
 };
 
 class Policy {
@@ -121,7 +126,12 @@ struct PolicyChoice {
 class PolicyRegistry {
  public:
   // Holds every built-in policy. Defined in //meshlib/lb.
-  static PolicyRegistry& Global();
+  // Every built-in policy, registered once at first use; immutable after
+  // that (an application or test that wants others builds its own).
+  static const PolicyRegistry& Global();
+  // Adds every built-in policy to `registry` (what Global() holds), for a
+  // registry of one's own with more.
+  static void RegisterBuiltins(PolicyRegistry& registry);
   void Register(std::unique_ptr<PolicyFactory> factory);
   const PolicyFactory* Find(absl::string_view name) const;
   std::vector<std::string> Names() const;

@@ -8,14 +8,16 @@ namespace meshlib::lb_internal {
 
 using json = nlohmann::json;
 
-absl::StatusOr<lb::PolicyChoice> SelectChild(const json& parent, absl::string_view parent_path) {
+absl::StatusOr<lb::PolicyChoice> SelectChild(const json& parent, absl::string_view parent_path,
+                                              const lb::PolicyRegistry* registry) {
   static const json kAbsent;  // null: Select's "round_robin with defaults"
   const json* list = &kAbsent;
   if (parent.is_object()) {
     auto it = parent.find("policy");
     if (it != parent.end()) list = &*it;
   }
-  return lb::PolicyRegistry::Global().Select(*list, core::JoinPath(parent_path, "policy"));
+  const lb::PolicyRegistry& r = registry != nullptr ? *registry : lb::PolicyRegistry::Global();
+  return r.Select(*list, core::JoinPath(parent_path, "policy"));
 }
 
 ChildPolicies::ChildPolicies(lb::PolicyChoice choice, lb::PolicyContext ctx)

@@ -33,8 +33,10 @@ namespace meshlib::lb_internal {
 // The child named by `parent["policy"]` (a list shaped like `load_balancer`,
 // resolved with PolicyRegistry::Global().Select at "<parent_path>.policy";
 // absent means round_robin). Errors name the path.
+// `registry`: where the child's factory is found (null: the global one).
 absl::StatusOr<lb::PolicyChoice> SelectChild(const nlohmann::json& parent,
-                                             absl::string_view parent_path);
+                                             absl::string_view parent_path,
+                                             const lb::PolicyRegistry* registry = nullptr);
 
 // A child's picker over a subset; Pick maps the child's index back to the
 // wrapper's endpoint vector.
