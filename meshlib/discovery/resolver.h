@@ -86,10 +86,12 @@ class ResolverFactory {
 // Discovery kinds by name. Global() starts with the built-in kinds.
 class ResolverRegistry {
  public:
-  // Defined in //meshlib/discovery (with every built-in kind registered).
-  // Immutable after it is built at first use (a test that wants other
-  // kinds builds its own registry).
+  // Every built-in kind, and those added by AddToGlobal before it was
+  // first read; immutable from then on. Defined in //meshlib/discovery.
   static const ResolverRegistry& Global();
+  // Adds a kind to Global(), at start-up: once Global() has been read (a
+  // configuration parsed, a discovery made) it is FAILED_PRECONDITION.
+  static absl::Status AddToGlobal(std::unique_ptr<ResolverFactory> factory);
   // Replaces a kind of the same name. Thread-safe.
   void Register(std::unique_ptr<ResolverFactory> factory);
   // nullptr when unknown. The factory lives as long as the registry.

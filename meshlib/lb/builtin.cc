@@ -1,4 +1,7 @@
 // Every policy that ships with meshlib, registered in PolicyRegistry::Global().
+#include <atomic>
+
+#include "absl/strings/str_cat.h"
 #include "meshlib/lb/policy.h"
 #include "meshlib/lb/round_robin.h"
 #include "meshlib/lb/ring_hash.h"
@@ -24,13 +27,41 @@ void PolicyRegistry::RegisterBuiltins(PolicyRegistry& r) {
   r.Register(MakeApertureFactory());
 }
 
-const PolicyRegistry& PolicyRegistry::Global() {
-  static const PolicyRegistry* const registry = [] {
-    auto* r = new PolicyRegistry();
-    RegisterBuiltins(*r);
-    return r;
+namespace {
+
+// The global registry, sealed at its first read.
+struct GlobalPolicies {
+  PolicyRegistry registry;
+  std::atomic<bool> sealed{false};
+};
+
+GlobalPolicies& Globals() {
+  static GlobalPolicies* const g = [] {
+    auto* g = new GlobalPolicies();
+    PolicyRegistry::RegisterBuiltins(g->registry);
+    return g;
   }();
-  return *registry;
+  return *g;
+}
+
+}  // namespace
+
+const PolicyRegistry& PolicyRegistry::Global() {
+  GlobalPolicies& g = Globals();
+  g.sealed.store(true, std::memory_order_release);
+  return g.registry;
+}
+
+absl::Status PolicyRegistry::AddToGlobal(std::unique_ptr<PolicyFactory> factory) {
+  GlobalPolicies& g = Globals();
+  if (g.sealed.load(std::memory_order_acquire)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "load balancing policy ", factory->name(),
+        ": the global registry is in use already; add policies at start-up, before any "
+        "configuration is parsed or channel made"));
+  }
+  g.registry.Register(std::move(factory));
+  return absl::OkStatus();
 }
 
 }  // namespace meshlib::lb

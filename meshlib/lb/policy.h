@@ -125,10 +125,12 @@ struct PolicyChoice {
 
 class PolicyRegistry {
  public:
-  // Holds every built-in policy. Defined in //meshlib/lb.
-  // Every built-in policy, registered once at first use; immutable after
-  // that (an application or test that wants others builds its own).
+  // Every built-in policy, and those added by AddToGlobal before it was
+  // first read; immutable from then on. Defined in //meshlib/lb.
   static const PolicyRegistry& Global();
+  // Adds a policy to Global(), at start-up: once Global() has been read
+  // (a configuration parsed, a channel made) it is FAILED_PRECONDITION.
+  static absl::Status AddToGlobal(std::unique_ptr<PolicyFactory> factory);
   // Adds every built-in policy to `registry` (what Global() holds), for a
   // registry of one's own with more.
   static void RegisterBuiltins(PolicyRegistry& registry);

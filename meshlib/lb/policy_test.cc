@@ -11,6 +11,24 @@ namespace {
 
 using json = nlohmann::json;
 
+// A factory that forwards to another (to offer the global registry a new
+// object).
+class ProxyFactory final : public PolicyFactory {
+ public:
+  explicit ProxyFactory(const PolicyFactory* to) : to_(to) {}
+  std::string name() const override { return to_->name(); }
+  absl::Status Validate(const json& config, absl::string_view path) const override {
+    return to_->Validate(config, path);
+  }
+  absl::StatusOr<std::unique_ptr<Policy>> Create(const json& config, absl::string_view path,
+                                                 const PolicyContext& ctx) const override {
+    return to_->Create(config, path, ctx);
+  }
+
+ private:
+  const PolicyFactory* to_;
+};
+
 std::vector<LbEndpoint> Endpoints(int n) {
   std::vector<LbEndpoint> v;
   for (int i = 0; i < n; ++i) {
@@ -30,6 +48,19 @@ std::unique_ptr<Policy> Make(const std::string& list_json) {
   auto p = choice->factory->Create(choice->config, choice->path, ctx);
   EXPECT_TRUE(p.ok()) << p.status();
   return *std::move(p);
+}
+
+// The global registry takes additions only before it is first read.
+TEST(PolicyRegistryTest, GlobalIsImmutableOnceRead) {
+  ASSERT_NE(PolicyRegistry::Global().Find("round_robin"), nullptr);
+  PolicyRegistry mine;
+  PolicyRegistry::RegisterBuiltins(mine);
+  ASSERT_NE(mine.Find("round_robin"), nullptr);
+  const PolicyFactory* before = PolicyRegistry::Global().Find("round_robin");
+  absl::Status st = PolicyRegistry::AddToGlobal(std::make_unique<ProxyFactory>(before));
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "start-up")) << st;
+  EXPECT_EQ(PolicyRegistry::Global().Find("round_robin"), before);
 }
 
 TEST(PolicyRegistryTest, FirstKnownNameWins) {
