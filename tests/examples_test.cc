@@ -1,5 +1,5 @@
 // The example binaries as a user runs them: real processes, real sockets,
-// the flags and output formats that DESIGN.md's contract promises.
+// the flags and output formats their documentation (README.md, docs/) promises.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>

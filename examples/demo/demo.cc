@@ -93,7 +93,7 @@ using client::CallResult;
 using client::EndpointState;
 
 // The client in each phase, configured as an application would configure it
-// in mesh.json (see DESIGN.md); the endpoint list is filled in once the
+// in mesh.json (see docs/configuration.md); the endpoint list is filled in once the
 // fleet is up.
 //
 // meshlib: p2c_peak_ewma steers calls away from slow and failing endpoints;

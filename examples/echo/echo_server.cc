@@ -12,7 +12,7 @@
 // calls are refused, calls in flight finish (up to --drain_timeout), then it
 // exits 0.
 //
-// With --etcd it registers itself (DESIGN.md, "Registration in etcd"): key
+// With --etcd it registers itself (docs/discovery.md, "Self-registration"): key
 // <etcd_prefix><HOST:PORT>, value {"address": HOST:PORT, "weight": 1,
 // "zone": --zone, "metadata": {"name": <name>}}, on a lease of --etcd_ttl
 // kept alive while it runs. Registration happens in the background and may

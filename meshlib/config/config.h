@@ -1,5 +1,5 @@
 // MeshConfig: the parsed, validated mesh.json (docs/configuration.md is the
-// reference of every key; DESIGN.md has its contract).
+// reference of every key and of the contract it keeps).
 //
 //   absl::StatusOr<config::MeshConfig> cfg = config::LoadMeshConfigFile("mesh.json");
 //   if (!cfg.ok()) { std::cerr << cfg.status().message(); }  // names the field path

@@ -1,5 +1,5 @@
 // The "etcd" discovery kind: the instances registered under a key prefix in
-// etcd (see DESIGN.md, "Registration in etcd"), read once and then followed
+// etcd (see docs/discovery.md, "Self-registration"), read once and then followed
 // with a watch.
 //
 //   "discovery": {"etcd": {

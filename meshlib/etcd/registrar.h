@@ -1,5 +1,5 @@
-// Registrar: keeps one service instance registered in etcd, as DESIGN.md's
-// "Registration in etcd" describes: key `<prefix><host:port>`, value the
+// Registrar: keeps one service instance registered in etcd, as docs/discovery.md
+// ("Self-registration") describes: key `<prefix><host:port>`, value the
 // endpoint as JSON, attached to a lease that is kept alive while the
 // instance runs and revoked when it stops cleanly, so that a crashed
 // instance disappears when its lease expires.
