@@ -1,8 +1,7 @@
 #include "meshlib/discovery/builtin.h"
 
-#include <atomic>
-
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/seal_on_read.h"
 
 #include "meshlib/discovery/dns_resolver.h"
 #include "meshlib/discovery/etcd_resolver.h"
@@ -20,39 +19,22 @@ void RegisterBuiltinResolvers(ResolverRegistry& registry) {
 
 namespace {
 
-// The global registry, sealed at its first read.
-struct GlobalResolvers {
-  ResolverRegistry registry;
-  std::atomic<bool> sealed{false};
-};
-
-GlobalResolvers& Globals() {
-  static GlobalResolvers* const g = [] {
-    auto* g = new GlobalResolvers();
-    RegisterBuiltinResolvers(g->registry);
-    return g;
-  }();
+core::SealOnRead<ResolverRegistry>& Globals() {
+  static auto* const g = new core::SealOnRead<ResolverRegistry>(&RegisterBuiltinResolvers);
   return *g;
 }
 
 }  // namespace
 
-const ResolverRegistry& ResolverRegistry::Global() {
-  GlobalResolvers& g = Globals();
-  g.sealed.store(true, std::memory_order_release);
-  return g.registry;
-}
+const ResolverRegistry& ResolverRegistry::Global() { return Globals().Read(); }
 
 absl::Status ResolverRegistry::AddToGlobal(std::unique_ptr<ResolverFactory> factory) {
-  GlobalResolvers& g = Globals();
-  if (g.sealed.load(std::memory_order_acquire)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "discovery kind ", factory->kind(),
-        ": the global registry is in use already; add kinds at start-up, before any "
-        "configuration is parsed or discovery made"));
-  }
-  g.registry.Register(std::move(factory));
-  return absl::OkStatus();
+  std::string kind = factory->kind();
+  if (Globals().Add(std::move(factory))) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "discovery kind ", kind,
+      ": the global registry is in use already; add kinds at start-up, before any "
+      "configuration is parsed or discovery made"));
 }
 
 }  // namespace meshlib::discovery

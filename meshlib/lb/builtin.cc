@@ -1,7 +1,6 @@
 // Every policy that ships with meshlib, registered in PolicyRegistry::Global().
-#include <atomic>
-
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/seal_on_read.h"
 #include "meshlib/lb/policy.h"
 #include "meshlib/lb/round_robin.h"
 #include "meshlib/lb/ring_hash.h"
@@ -29,39 +28,22 @@ void PolicyRegistry::RegisterBuiltins(PolicyRegistry& r) {
 
 namespace {
 
-// The global registry, sealed at its first read.
-struct GlobalPolicies {
-  PolicyRegistry registry;
-  std::atomic<bool> sealed{false};
-};
-
-GlobalPolicies& Globals() {
-  static GlobalPolicies* const g = [] {
-    auto* g = new GlobalPolicies();
-    PolicyRegistry::RegisterBuiltins(g->registry);
-    return g;
-  }();
+core::SealOnRead<PolicyRegistry>& Globals() {
+  static auto* const g = new core::SealOnRead<PolicyRegistry>(&PolicyRegistry::RegisterBuiltins);
   return *g;
 }
 
 }  // namespace
 
-const PolicyRegistry& PolicyRegistry::Global() {
-  GlobalPolicies& g = Globals();
-  g.sealed.store(true, std::memory_order_release);
-  return g.registry;
-}
+const PolicyRegistry& PolicyRegistry::Global() { return Globals().Read(); }
 
 absl::Status PolicyRegistry::AddToGlobal(std::unique_ptr<PolicyFactory> factory) {
-  GlobalPolicies& g = Globals();
-  if (g.sealed.load(std::memory_order_acquire)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "load balancing policy ", factory->name(),
-        ": the global registry is in use already; add policies at start-up, before any "
-        "configuration is parsed or channel made"));
-  }
-  g.registry.Register(std::move(factory));
-  return absl::OkStatus();
+  std::string name = factory->name();
+  if (Globals().Add(std::move(factory))) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "load balancing policy ", name,
+      ": the global registry is in use already; add policies at start-up, before any "
+      "configuration is parsed or channel made"));
 }
 
 }  // namespace meshlib::lb

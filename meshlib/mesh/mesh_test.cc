@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/server/server.h"
 #include "meshlib/testing/subprocess.h"
 
@@ -369,6 +370,63 @@ TEST_F(MeshTest, ReloadKeepsWhatTheClientLearned) {
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
   EXPECT_EQ(v2.handled.load(), before);  // still out after the reload
   v1b.delay = absl::ZeroDuration();
+}
+
+// The reload rules of docs/mesh.md: a replaced stack's calls end when
+// mesh.drain_timeout passes; io_threads cannot change live; a new stack
+// with no endpoints does not replace one that has some.
+TEST_F(MeshTest, DrainTimeoutEndsTheCallsOfAReplacedStack) {
+  auto with = [&](const std::string& extra) {
+    std::string doc = ServiceJson(extra);
+    return Config(absl::StrCat(R"({"mesh": {"drain_timeout": "200ms"}, )", doc.substr(1)));
+  };
+  auto mesh = Mesh::Create(with(R"("load_balancer": [{"round_robin": {}}])")).value();
+  auto echo = mesh->Client("echo").value();
+  v1a.delay = v1b.delay = v2.delay = absl::Seconds(1);
+  core::Notification done;
+  CallResult got;
+  CallOptions o;
+  o.timeout = absl::Seconds(5);
+  absl::Time start = absl::Now();
+  echo->Call("Echo/Say", "x", o, [&](CallResult r) {
+    got = std::move(r);
+    done.Notify();
+  });
+  absl::SleepFor(absl::Milliseconds(50));  // the call is on the server now
+  ASSERT_TRUE(mesh->Apply(with(R"("load_balancer": [{"least_request": {}}])")).ok());
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_EQ(got.status.code(), absl::StatusCode::kCancelled) << got.status;
+  EXPECT_TRUE(absl::StrContains(got.status.message(), "drain_timeout")) << got.status;
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(900));  // before the server answered
+  v1a.delay = v1b.delay = v2.delay = absl::ZeroDuration();
+}
+
+TEST_F(MeshTest, AReloadCannotChangeIoThreads) {
+  auto mesh = Mesh::Create(Config(ServiceJson(""))).value();
+  auto echo = mesh->Client("echo").value();
+  std::string doc = ServiceJson(R"("retry": {"max_attempts": 2})");
+  absl::Status st =
+      mesh->Apply(Config(absl::StrCat(R"({"mesh": {"io_threads": 2}, )", doc.substr(1))));
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "mesh.io_threads")) << st;
+  EXPECT_EQ(mesh->reload_stats().generation, 1u);
+  EXPECT_EQ(mesh->reload_stats().rejected, 1u);
+  EXPECT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+}
+
+TEST_F(MeshTest, AStackWithoutEndpointsDoesNotReplaceOneWithEndpoints) {
+  MeshOptions options;
+  options.ready_timeout = absl::Milliseconds(200);
+  auto mesh = Mesh::Create(Config(ServiceJson("")), options).value();
+  auto echo = mesh->Client("echo").value();
+  ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  const std::string missing = testing::MakeTempDir("noeps") + "/absent.json";
+  absl::Status st = mesh->Apply(Config(absl::StrCat(
+      R"({"services": {"echo": {"discovery": {"file": {"path": ")", missing, R"("}}}}})")));
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "services.echo.discovery")) << st;
+  EXPECT_EQ(mesh->reload_stats().generation, 1u);
+  EXPECT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());  // the old stack serves
 }
 
 }  // namespace
