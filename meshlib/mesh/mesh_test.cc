@@ -33,7 +33,9 @@ struct NamedServer {
                                      ++handled;
                                      if (failing.load()) return absl::UnavailableError("down");
                                      if (!call.MetadataValue("x-user").empty()) ++with_user;
-                                     if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
+                                     if (int64_t ms = delay_ms.load(); ms > 0) {
+                                       absl::SleepFor(absl::Milliseconds(ms));
+                                     }
                                      *out = name;
                                      return absl::OkStatus();
                                    })
@@ -42,7 +44,7 @@ struct NamedServer {
   }
   std::string address() const { return server->address(); }
   std::string name;
-  absl::Duration delay = absl::ZeroDuration();
+  std::atomic<int64_t> delay_ms{0};  // set while handlers run
   std::atomic<bool> failing{false};
   std::atomic<int> handled{0};
   std::atomic<int> with_user{0};
@@ -185,7 +187,7 @@ TEST_F(MeshTest, InterceptorsAddMetadataAndSeeResults) {
 }
 
 TEST_F(MeshTest, ApplyReplacesTheStackWithoutFailingCallsInFlight) {
-  v1a.delay = v1b.delay = v2.delay = absl::Milliseconds(200);
+  for (NamedServer* s : {&v1a, &v1b, &v2}) s->delay_ms = 200;
   auto mesh = Mesh::Create(Config(ServiceJson(""))).value();
   auto echo = mesh->Client("echo").value();
   ASSERT_TRUE(echo->WaitForEndpoints(absl::Seconds(5)));
@@ -344,7 +346,7 @@ TEST_F(MeshTest, ReloadKeepsWhatTheClientLearned) {
                                absl::StrCat(R"("load_balancer": [{"round_robin": {}}],)", common))))
                   .value();
   auto echo = mesh->Client("echo").value();
-  v1b.delay = absl::Milliseconds(30);
+  v1b.delay_ms = 30;
   for (int i = 0; i < 12; ++i) echo->CallBlocking("Echo/Say", "x");
   v2.failing = true;
   for (int i = 0; i < 20; ++i) echo->CallBlocking("Echo/Say", "x");
@@ -369,7 +371,7 @@ TEST_F(MeshTest, ReloadKeepsWhatTheClientLearned) {
   int before = v2.handled.load();
   for (int i = 0; i < 20; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
   EXPECT_EQ(v2.handled.load(), before);  // still out after the reload
-  v1b.delay = absl::ZeroDuration();
+  v1b.delay_ms = 0;
 }
 
 // The reload rules of docs/mesh.md: a replaced stack's calls end when
@@ -382,7 +384,7 @@ TEST_F(MeshTest, DrainTimeoutEndsTheCallsOfAReplacedStack) {
   };
   auto mesh = Mesh::Create(with(R"("load_balancer": [{"round_robin": {}}])")).value();
   auto echo = mesh->Client("echo").value();
-  v1a.delay = v1b.delay = v2.delay = absl::Seconds(1);
+  for (NamedServer* s : {&v1a, &v1b, &v2}) s->delay_ms = 1000;
   core::Notification done;
   CallResult got;
   CallOptions o;
@@ -398,7 +400,7 @@ TEST_F(MeshTest, DrainTimeoutEndsTheCallsOfAReplacedStack) {
   EXPECT_EQ(got.status.code(), absl::StatusCode::kCancelled) << got.status;
   EXPECT_TRUE(absl::StrContains(got.status.message(), "drain_timeout")) << got.status;
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(900));  // before the server answered
-  v1a.delay = v1b.delay = v2.delay = absl::ZeroDuration();
+  for (NamedServer* s : {&v1a, &v1b, &v2}) s->delay_ms = 0;
 }
 
 TEST_F(MeshTest, AReloadCannotChangeIoThreads) {
