@@ -197,7 +197,7 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     sc->health_options_ = *health;
   }
   sc->lifeline_ = std::make_shared<Lifeline>();
-  sc->live_ = std::make_shared<LiveCalls>();
+  sc->live_ = std::make_shared<LiveCalls>(sc->breaker_);
   sc->lifeline_->sc = sc.get();
   if (options.control_loop != nullptr) {
     sc->control_ = options.control_loop;
@@ -685,11 +685,40 @@ absl::Time ServiceChannel::DeadlineOf(const CallOptions& options, absl::Time now
   return std::min({deadline, options.deadline, core::CurrentDeadline()});
 }
 
+// One attempt of an asynchronous call: a slot in its CallState, reused
+// once the attempt's callback has run. The callback holds a shared_ptr to
+// the slot that shares the call's ownership (an aliasing shared_ptr): small
+// enough to live inside the callback without an allocation.
+struct ServiceChannel::AttemptSlot {
+  CallState* call = nullptr;
+  // The fields below are guarded by call->mu, except `self`, `picked`,
+  // `start` and `pending`: written before the attempt is sent, read by its
+  // callback.
+  bool busy = false;
+  uint64_t generation = 0;  // which use of the slot `handle` belongs to
+  CallHandle handle;
+  bool retry_slot = false;  // holds a circuit-breaker max_retries slot
+  bool pending = false;     // holds a circuit-breaker max_pending slot
+  absl::Time start;
+  Picked picked;  // the endpoint's signals (not its channel)
+  // Keeps the channel alive until the callback has run, so a late answer
+  // (a losing hedge, a cancelled attempt) finds it.
+  std::shared_ptr<ServiceChannel> self;
+};
+
 // One asynchronous call across its attempts (one at a time, or several when
 // hedged). If it is destroyed before it completed (its timer dropped with a
 // stopping runtime), the caller still hears of it: CANCELLED.
 struct ServiceChannel::CallState final : public Cancellable,
                                          public std::enable_shared_from_this<CallState> {
+  // Hedging allows at most this many attempts in flight
+  // (resilience::ParseHedgingPolicy); retries go one at a time.
+  static constexpr int kMaxInFlight = 5;
+
+  CallState() {
+    for (AttemptSlot& s : slots) s.call = this;
+  }
+
   // By the caller, through the CallHandle.
   void Cancel() override {
     CancelWith(absl::CancelledError(absl::StrCat("call to ", method, " cancelled by the caller")));
@@ -699,16 +728,37 @@ struct ServiceChannel::CallState final : public Cancellable,
   void CancelWith(absl::Status status) {
     absl::InlinedVector<CallHandle, 2> attempts;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      std::lock_guard<core::SpinLock> lock(mu);
       if (over) return;
       over = true;
-      for (auto& f : in_flight) attempts.push_back(f.handle);
+      CollectInFlight(&attempts);
     }
     for (CallHandle& h : attempts) h.Cancel();  // their results are dropped
     CallResult r;
     r.status = std::move(status);
     Finish(std::move(r));
   }
+  // Under mu: the handles of the attempts in flight.
+  void CollectInFlight(absl::InlinedVector<CallHandle, 2>* out) {
+    if (in_flight == 0) return;
+    for (AttemptSlot& s : slots) {
+      if (s.busy) out->push_back(s.handle);
+    }
+  }
+  // Under mu: a slot for a new attempt (null if all are taken, which the
+  // bound on hedges rules out).
+  AttemptSlot* TakeSlot() {
+    for (AttemptSlot& s : slots) {
+      if (s.busy) continue;
+      s.busy = true;
+      ++s.generation;
+      ++in_flight;
+      return &s;
+    }
+    return nullptr;
+  }
+  // Under mu: the attempt in `s` is over.
+  void ReleaseSlot(AttemptSlot* s);
 
   std::string method, request;
   CallOptions options;
@@ -717,8 +767,11 @@ struct ServiceChannel::CallState final : public Cancellable,
   // at the first timer (TimerLoopOf), most calls never need one.
   std::atomic<runtime::EventLoop*> timer_loop{nullptr};
   bool hedged = false;  // hedging applies to this call
+  // What the caller asked to keep until the call completes (a mesh's
+  // stack, which owns the fault in use).
+  std::shared_ptr<const void> keep_alive;
 
-  std::mutex mu;
+  core::SpinLock mu;
   CallCallback done;     // guarded by mu; empty once finished
   // Guarded by mu: the outcome is decided (an answer won, the caller
   // cancelled, the channel closed); no attempt starts any more, and those
@@ -727,18 +780,12 @@ struct ServiceChannel::CallState final : public Cancellable,
   int attempts = 1;      // counted against the retry policy's max_attempts
   bool transparent_used = false;
   absl::InlinedVector<std::string, 2> tried;
-  struct InFlight {
-    uint64_t id;
-    CallHandle handle;
-    bool retry_slot;  // holds a circuit-breaker max_retries slot
-  };
-  absl::InlinedVector<InFlight, 2> in_flight;
-  uint64_t next_attempt_id = 1;
+  AttemptSlot slots[kMaxInFlight];  // guarded by mu (see AttemptSlot)
+  int in_flight = 0;                // busy slots
   bool next_holds_retry_slot = false;  // the next attempt is a policy retry
-  std::shared_ptr<resilience::CircuitBreaker> breaker;  // counts this call active
 
   // Registration in the channel's LiveCalls (links guarded by its shard's
-  // mutex).
+  // mutex); also how the call reaches the circuit breaker that counts it.
   std::shared_ptr<LiveCalls> live;
   CallState* live_prev = nullptr;
   CallState* live_next = nullptr;
@@ -747,13 +794,13 @@ struct ServiceChannel::CallState final : public Cancellable,
   bool finished() const { return over; }
   // Ends the call; call without `mu` held. Runs the callback at most once.
   void Finish(CallResult r) {
-    std::unique_lock<std::mutex> lock(mu);
+    std::unique_lock<core::SpinLock> lock(mu);
     FinishLocked(lock, std::move(r), {});
   }
   // The same for a caller holding `mu` (released here, before anything
   // else runs): the attempts in `stop_first` are cancelled, then the caller
   // hears.
-  void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
+  void FinishLocked(std::unique_lock<core::SpinLock>& lock, CallResult r,
                     absl::Span<CallHandle> stop_first);
   ~CallState() {
     if (done) {
@@ -770,11 +817,14 @@ struct ServiceChannel::CallState final : public Cancellable,
 struct ServiceChannel::LiveCalls {
   static constexpr size_t kShards = 16;
   struct alignas(64) Shard {
-    std::mutex mu;
+    core::SpinLock mu;
     CallState* head = nullptr;
   };
+  explicit LiveCalls(std::shared_ptr<resilience::CircuitBreaker> b) : breaker(std::move(b)) {}
   Shard shards[kShards];
   std::atomic<bool> closed{false};
+  // Counts the calls as active; outlives the channel while calls do.
+  const std::shared_ptr<resilience::CircuitBreaker> breaker;
 
   static Shard& ShardOf(LiveCalls* l, const CallState* st) {
     return l->shards[(reinterpret_cast<uintptr_t>(st) >> 6) % kShards];
@@ -782,7 +832,7 @@ struct ServiceChannel::LiveCalls {
   // False once closed: the call must not start.
   bool Add(CallState* st) {
     Shard& s = ShardOf(this, st);
-    std::lock_guard<std::mutex> lock(s.mu);
+    std::lock_guard<core::SpinLock> lock(s.mu);
     if (closed.load(std::memory_order_acquire)) return false;
     st->live_prev = nullptr;
     st->live_next = s.head;
@@ -793,7 +843,7 @@ struct ServiceChannel::LiveCalls {
   }
   void Remove(CallState* st) {
     Shard& s = ShardOf(this, st);
-    std::lock_guard<std::mutex> lock(s.mu);
+    std::lock_guard<core::SpinLock> lock(s.mu);
     if (!st->live_linked) return;
     if (st->live_prev != nullptr) st->live_prev->live_next = st->live_next;
     else s.head = st->live_next;
@@ -806,7 +856,7 @@ struct ServiceChannel::LiveCalls {
     closed.store(true, std::memory_order_release);
     std::vector<std::shared_ptr<CallState>> out;
     for (Shard& s : shards) {
-      std::lock_guard<std::mutex> lock(s.mu);
+      std::lock_guard<core::SpinLock> lock(s.mu);
       for (CallState* c = s.head; c != nullptr;) {
         CallState* next = c->live_next;
         c->live_prev = c->live_next = nullptr;
@@ -821,7 +871,15 @@ struct ServiceChannel::LiveCalls {
   }
 };
 
-void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
+void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
+  if (s->retry_slot) live->breaker->EndRetry();
+  s->retry_slot = false;
+  s->handle = CallHandle();
+  s->busy = false;
+  --in_flight;
+}
+
+void ServiceChannel::CallState::FinishLocked(std::unique_lock<core::SpinLock>& lock, CallResult r,
                                              absl::Span<CallHandle> stop_first) {
   if (!done) {
     lock.unlock();
@@ -832,12 +890,13 @@ void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock,
   over = true;
   if (next_holds_retry_slot) {
     next_holds_retry_slot = false;
-    breaker->EndRetry();
+    live->breaker->EndRetry();
   }
   lock.unlock();
   for (CallHandle& h : stop_first) h.Cancel();  // their results are dropped
-  if (live != nullptr) live->Remove(this);
-  breaker->EndRequest();
+  live->Remove(this);
+  live->breaker->EndRequest();
+  std::shared_ptr<const void> held = std::move(keep_alive);
   d(std::move(r));
 }
 
@@ -941,47 +1000,45 @@ std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& opti
   return std::nullopt;
 }
 
-void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
+void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time start) {
   Picked picked;
   CallOptions attempt;
-  absl::Time start;
-  uint64_t id;
-  bool retry_slot;
+  AttemptSlot* slot;
+  uint64_t generation;
   bool pending;
   {
-    std::unique_lock<std::mutex> lock(st->mu);
+    std::unique_lock<core::SpinLock> lock(st->mu);
     if (st->finished()) return;
-    start = absl::Now();
+    if (start == absl::InfinitePast()) start = absl::Now();
     if (std::optional<CallResult> failed = PrepareAttempt(st->options, st->tried, st->deadline,
                                                           st->attempts, start, &picked,
                                                           &attempt, &pending)) {
       // With other attempts in flight (a hedge too late, or with nowhere to
       // go) those decide; otherwise this ends the call.
-      if (!st->in_flight.empty()) return;
+      if (st->in_flight > 0) return;
       lock.unlock();
       return st->Finish(*std::move(failed));
     }
+    slot = st->TakeSlot();
+    if (slot == nullptr) {  // more hedges than the policy allows: none
+      picked.Unused();
+      lock.unlock();
+      if (pending) breaker_->EndPending();
+      return;
+    }
+    generation = slot->generation;
     st->tried.push_back(picked.channel->address());
-    id = st->next_attempt_id++;
-    retry_slot = st->next_holds_retry_slot;
+    slot->retry_slot = st->next_holds_retry_slot;
     st->next_holds_retry_slot = false;
-    st->in_flight.push_back({id, CallHandle(), retry_slot});
   }
-  // The attempt holds this ServiceChannel until its callback has run, so
-  // a late answer (a losing hedge, a cancelled attempt) finds it alive.
   // None while the channel is being destroyed: its destructor ends the call.
-  std::shared_ptr<ServiceChannel> self = self_.lock();
-  if (self == nullptr) {
+  slot->self = self_.lock();
+  if (slot->self == nullptr) {
     picked.Unused();
     if (pending) breaker_->EndPending();
     {
-      std::lock_guard<std::mutex> lock(st->mu);
-      for (auto it = st->in_flight.begin(); it != st->in_flight.end(); ++it) {
-        if (it->id != id) continue;
-        if (it->retry_slot) breaker_->EndRetry();
-        st->in_flight.erase(it);
-        break;
-      }
+      std::lock_guard<core::SpinLock> lock(st->mu);
+      st->ReleaseSlot(slot);
     }
     return st->CancelWith(
         absl::CancelledError(absl::StrCat("service ", service_, ": channel destroyed")));
@@ -990,55 +1047,61 @@ void ServiceChannel::Attempt(std::shared_ptr<CallState> st) {
   // The callback keeps the endpoint's signals, not its channel: a callback
   // must never hold the last reference to the channel that runs it.
   std::shared_ptr<EndpointChannel> channel = std::move(picked.channel);
-  Picked signals = std::move(picked);
-  CallHandle handle = channel->Call(
-      st->method, st->request, attempt,
-      [self = std::move(self), st, signals = std::move(signals), start, pending,
-       id](CallResult r) mutable {
-        absl::Time now = absl::Now();
-        self->RecordAttempt(signals, r, now - start, now);
-        if (pending) self->breaker_->EndPending();
-        self->OnAttemptDone(std::move(st), id, std::move(r));
-      });
+  slot->picked = std::move(picked);
+  slot->start = start;
+  slot->pending = pending;
+  CallHandle handle =
+      channel->Call(st->method, st->request, attempt,
+                    [slot = std::shared_ptr<AttemptSlot>(st, slot)](CallResult r) mutable {
+                      AttemptDone(std::move(slot), std::move(r));
+                    });
   bool cancel = false;
   {
-    std::lock_guard<std::mutex> lock(st->mu);
-    for (auto& f : st->in_flight) {
-      if (f.id == id) f.handle = handle;
-    }
+    std::lock_guard<core::SpinLock> lock(st->mu);
     // Finished meanwhile (another attempt won): this one is not needed.
     cancel = st->finished();
+    // Unless the attempt already ended (its callback ran inline).
+    if (!cancel && slot->busy && slot->generation == generation) {
+      slot->handle = std::move(handle);
+    }
   }
   if (cancel) handle.Cancel();
 }
 
-void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attempt_id,
+void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r) {
+  std::shared_ptr<ServiceChannel> self = std::move(slot->self);
+  absl::Time now = absl::Now();
+  self->RecordAttempt(slot->picked, r, now - slot->start, now);
+  slot->picked = Picked();
+  if (slot->pending) self->breaker_->EndPending();
+  AttemptSlot* s = slot.get();
+  // The same ownership, as the call.
+  std::shared_ptr<CallState> st(std::move(slot), s->call);
+  self->OnAttemptDone(std::move(st), s, std::move(r));
+}
+
+void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot,
                                    CallResult r) {
   absl::InlinedVector<CallHandle, 2> losers;
-  std::unique_lock<std::mutex> lock(st->mu);
-  for (auto it = st->in_flight.begin(); it != st->in_flight.end(); ++it) {
-    if (it->id != attempt_id) continue;
-    if (it->retry_slot) breaker_->EndRetry();
-    st->in_flight.erase(it);
-    break;
-  }
+  std::unique_lock<core::SpinLock> lock(st->mu);
+  st->ReleaseSlot(slot);
   if (st->finished()) return;  // a hedge that lost, or a call cancelled
   bool closing = closing_.load(std::memory_order_acquire);
   if (r.status.ok() || closing) {
     // Decided: the other attempts are stopped before the caller hears.
-    for (auto& f : st->in_flight) losers.push_back(f.handle);
+    st->CollectInFlight(&losers);
     st->FinishLocked(lock, std::move(r), absl::MakeSpan(losers));
     return;
   }
   // A failed attempt while another is in flight: that one may still answer.
-  if (!st->in_flight.empty()) return;
+  if (st->in_flight > 0) return;
   bool transparent_before = st->transparent_used;
   absl::Duration delay;
   Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline, &delay);
   if (next == Next::kDone) return st->FinishLocked(lock, std::move(r), {});
   if (next == Next::kTransparent && !transparent_before) {
     lock.unlock();
-    return Attempt(std::move(st));
+    return Attempt(st);
   }
   ++st->attempts;
   st->next_holds_retry_slot = true;  // Decide took a max_retries slot
@@ -1063,10 +1126,10 @@ void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
 
 void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
   {
-    std::lock_guard<std::mutex> lock(st->mu);
+    std::lock_guard<core::SpinLock> lock(st->mu);
     // Finished, or between attempts (a retry's backoff re-arms it).
-    if (st->finished() || st->in_flight.empty()) return;
-    if (static_cast<int>(st->in_flight.size()) >= hedging_.max_attempts) return;
+    if (st->finished() || st->in_flight == 0) return;
+    if (st->in_flight >= std::min(hedging_.max_attempts, CallState::kMaxInFlight)) return;
     if (endpoint_count_.load(std::memory_order_relaxed) <= st->tried.size()) return;
   }
   if (!hedge_budget_->TryWithdraw() || !budget_->TryWithdraw()) {
@@ -1078,12 +1141,12 @@ void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
   ArmHedge(st);  // the next one, if max_attempts allows
 }
 
-void ServiceChannel::StartAsync(std::shared_ptr<CallState> st) {
-  Attempt(st);
+void ServiceChannel::StartAsync(std::shared_ptr<CallState> st, absl::Time now) {
+  Attempt(st, now);
   if (st->hedged) {
     bool finished;
     {
-      std::lock_guard<std::mutex> lock(st->mu);
+      std::lock_guard<core::SpinLock> lock(st->mu);
       finished = st->finished();
     }
     if (!finished) ArmHedge(st);  // an answer already in hand needs no timer
@@ -1104,7 +1167,8 @@ CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_v
 CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_view request,
                                          const CallOptions& options,
                                          const resilience::FaultInjection* fault,
-                                         CallCallback done) {
+                                         CallCallback done,
+                                         std::shared_ptr<const void> keep_alive) {
   if (closing_.load(std::memory_order_acquire)) {
     done(Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent")));
     return CallHandle();
@@ -1119,7 +1183,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
   const absl::Time now = absl::Now();
   budget_->Deposit(now);
   auto st = std::make_shared<CallState>();
-  st->breaker = breaker_;
+  st->keep_alive = std::move(keep_alive);
   st->method = std::string(method);
   st->request = std::string(request);
   st->options = options;
@@ -1163,7 +1227,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     }
   }
   CallHandle handle(st);
-  StartAsync(std::move(st));
+  StartAsync(std::move(st), now);
   return handle;
 }
 

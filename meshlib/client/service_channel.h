@@ -228,10 +228,11 @@ class ServiceChannel final : public Caller {
                           const CallOptions& options = {}) override;
   // The same with `fault` in place of the channel's own fault injection
   // (nullptr: none), for a routing layer above whose routes have their own.
-  // `fault` must outlive the call.
+  // `fault` must outlive the call, or be owned by `keep_alive`, which the
+  // call holds until it completes.
   CallHandle CallWithFault(absl::string_view method, absl::string_view request,
                            const CallOptions& options, const resilience::FaultInjection* fault,
-                           CallCallback done);
+                           CallCallback done, std::shared_ptr<const void> keep_alive = nullptr);
   CallResult CallBlockingWithFault(absl::string_view method, absl::string_view request,
                                    const CallOptions& options,
                                    const resilience::FaultInjection* fault);
@@ -312,11 +313,15 @@ class ServiceChannel final : public Caller {
                 absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn);
   // The loop a call's timers run on (chosen at its first timer).
   runtime::EventLoop* TimerLoopOf(CallState& st);
-  // Starts a call's first attempt (after any injected delay).
-  void StartAsync(std::shared_ptr<CallState> st);
+  // Starts a call's first attempt (after any injected delay); `now`, when
+  // known, saves a clock read.
+  void StartAsync(std::shared_ptr<CallState> st, absl::Time now = absl::InfinitePast());
   void ArmHedge(const std::shared_ptr<CallState>& st);
   void OnHedgeTimer(std::shared_ptr<CallState> st);
-  void OnAttemptDone(std::shared_ptr<CallState> st, uint64_t attempt_id, CallResult r);
+  struct AttemptSlot;
+  // An attempt's completion; `slot` shares the ownership of its call.
+  static void AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r);
+  void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult r);
   // Bookkeeping common to every completed attempt.
   void RecordAttempt(const Picked& picked, const CallResult& r, absl::Duration latency,
                      absl::Time now);
@@ -335,7 +340,7 @@ class ServiceChannel final : public Caller {
                                            absl::Time deadline, int attempts, absl::Time now,
                                            Picked* picked, CallOptions* attempt, bool* pending);
   // Starts the next attempt of an asynchronous call.
-  void Attempt(std::shared_ptr<CallState> st);
+  void Attempt(const std::shared_ptr<CallState>& st, absl::Time now = absl::InfinitePast());
   // What to do after a failed attempt: retry now (transparent), after a
   // backoff, or not at all.
   enum class Next { kDone, kTransparent, kRetry };

@@ -1,4 +1,4 @@
-// Mutex, MutexLock and Notification over the C++ standard library.
+// Mutex, MutexLock, SpinLock and Notification over the C++ standard library.
 //
 //   core::Mutex mu;
 //   int n ABSL_GUARDED_BY(mu) = 0;
@@ -20,9 +20,11 @@
 #ifndef MESHLIB_CORE_SYNC_H_
 #define MESHLIB_CORE_SYNC_H_
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/clock.h"
@@ -49,6 +51,42 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
 
  private:
   Mutex* const mu_;
+};
+
+// A lock for critical sections of a few dozen instructions that never
+// block, on the request path (a call's state, a registry shard): taking it
+// is one atomic exchange and releasing it a plain store, where a
+// std::mutex pays an atomic read-modify-write for each. A waiter spins
+// briefly, then yields its CPU (the holder may have been preempted).
+// BasicLockable: use it with std::lock_guard and std::unique_lock.
+class ABSL_LOCKABLE SpinLock {
+ public:
+  void lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() {
+    if (!held_.exchange(true, std::memory_order_acquire)) return;
+    LockSlow();
+  }
+  bool try_lock() ABSL_EXCLUSIVE_TRYLOCK_FUNCTION(true) {
+    return !held_.load(std::memory_order_relaxed) &&
+           !held_.exchange(true, std::memory_order_acquire);
+  }
+  void unlock() ABSL_UNLOCK_FUNCTION() { held_.store(false, std::memory_order_release); }
+
+ private:
+  void LockSlow() {
+    for (int spins = 0;; ++spins) {
+      while (held_.load(std::memory_order_relaxed)) {
+        if (spins++ < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+          __builtin_ia32_pause();
+#endif
+        } else {
+          std::this_thread::yield();
+        }
+      }
+      if (!held_.exchange(true, std::memory_order_acquire)) return;
+    }
+  }
+  std::atomic<bool> held_{false};
 };
 
 // A one-shot event, as absl::Notification.

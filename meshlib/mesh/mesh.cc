@@ -524,8 +524,22 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
     return CallHandle();
   }
   s->counters->calls.fetch_add(1, std::memory_order_relaxed);
-  // Interceptors are told each call's latency; without any, no clock read.
-  absl::Time start = s->interceptors.empty() ? absl::InfinitePast() : absl::Now();
+  if (s->interceptors.empty()) {
+    // The common path: no copy of the options, no wrapper around `done`.
+    internal::Routed routed = internal::Route(*s, method, options);
+    if (!routed.error.ok()) {
+      done(Failed(routed.error));
+      return CallHandle();
+    }
+    // The fault (the route's, else the service's) is applied by the
+    // channel, whose timers end with it; the call holds the stack (and so
+    // the fault) until it ends.
+    client::ServiceChannel* target = routed.target;
+    return target->CallWithFault(method, request, options, routed.fault, std::move(done),
+                                 std::move(s));
+  }
+  // Interceptors are told each call's latency.
+  absl::Time start = absl::Now();
   CallOptions opts = options;
   // Interceptors, in order; one that fails the call ends it here, and those
   // before it see the failure.
@@ -546,15 +560,8 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
     done(std::move(r));
     return CallHandle();
   }
-  // The fault (the route's, else the service's) is applied by the channel,
-  // whose timers end with it; the stack, held by the completion, keeps it
-  // (and the channel) alive until the call ends.
+  // As above; the stack, held by the completion, keeps the fault alive.
   client::ServiceChannel* target = routed.target;
-  if (s->interceptors.empty()) {
-    return target->CallWithFault(
-        method, request, opts, routed.fault,
-        [s = std::move(s), done = std::move(done)](CallResult r) mutable { done(std::move(r)); });
-  }
   return target->CallWithFault(
       method, request, opts, routed.fault,
       [s, method = std::string(method), opts, start, done = std::move(done)](CallResult r) mutable {
