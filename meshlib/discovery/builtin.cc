@@ -3,10 +3,10 @@
 #include "absl/strings/str_cat.h"
 #include "meshlib/core/seal_on_read.h"
 
-#include "meshlib/discovery/dns_resolver.h"
-#include "meshlib/discovery/etcd_resolver.h"
-#include "meshlib/discovery/file_resolver.h"
-#include "meshlib/discovery/static_resolver.h"
+#include "meshlib/discovery/dns/dns_resolver.h"
+#include "meshlib/discovery/etcd/etcd_resolver.h"
+#include "meshlib/discovery/file/file_resolver.h"
+#include "meshlib/discovery/static/static_resolver.h"
 
 namespace meshlib::discovery {
 

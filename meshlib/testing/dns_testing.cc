@@ -15,7 +15,7 @@
 #include "absl/time/clock.h"
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
-#include "meshlib/discovery/dns_message.h"
+#include "meshlib/discovery/dns/dns_message.h"
 
 namespace meshlib::testing {
 namespace {

@@ -1,11 +1,11 @@
 // libFuzzer target for the DNS answer parser of the "dns" discovery kind
-// (meshlib/discovery/dns_message.h): bytes from the network, parsed as an
+// (meshlib/discovery/dns/dns_message.h): bytes from the network, parsed as an
 // SRV answer, an A answer and an AAAA answer. Besides crashes and sanitizer
 // findings it checks what the parser promises about what it accepts.
 //
 // Built outside Bazel by tests/fuzz/run_fuzzers.sh:
 //   clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -I. \
-//     meshlib/discovery/dns_message.cc tests/fuzz/dns_message_fuzzer.cc \
+//     meshlib/discovery/dns/dns_message.cc tests/fuzz/dns_message_fuzzer.cc \
 //     $(pkg-config --cflags --libs absl_status absl_statusor absl_strings absl_time)
 #include <arpa/inet.h>
 
@@ -15,7 +15,7 @@
 #include <cstdlib>
 
 #include "absl/types/span.h"
-#include "meshlib/discovery/dns_message.h"
+#include "meshlib/discovery/dns/dns_message.h"
 
 namespace {
 
