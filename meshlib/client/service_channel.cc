@@ -11,6 +11,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "meshlib/client/layer.h"
+#include "meshlib/client/layers/balancer_layer.h"
+#include "meshlib/client/layers/breaker_layer.h"
+#include "meshlib/client/layers/deadline_layer.h"
+#include "meshlib/client/layers/fault_layer.h"
+#include "meshlib/client/layers/hedging_layer.h"
+#include "meshlib/client/layers/pool_layer.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
@@ -20,12 +27,6 @@ namespace meshlib::client {
 namespace {
 
 constexpr absl::Duration kDrainCheck = absl::Milliseconds(50);
-
-// Whether a failed attempt may go once more to another endpoint without any
-// retry policy: the request provably never reached a handler (refused by a
-// draining server, connection never established), so even a call that is
-// not idempotent is safe to send again. gRPC calls this a transparent retry.
-bool TransparentlyRetryable(const CallResult& r) { return !r.status.ok() && r.not_processed; }
 
 CallResult Cancelled(std::string message) {
   CallResult r;
@@ -107,6 +108,100 @@ bool SameStats(const lb::EndpointStatsOptions& a, const lb::EndpointStatsOptions
 
 }  // namespace
 
+namespace client_internal {
+
+// The layers of one ServiceChannel, top to bottom. Shared with its calls
+// (through LiveCalls), which release what they were admitted to after the
+// channel may have gone.
+struct Stack {
+  std::unique_ptr<FaultLayer> fault;
+  std::unique_ptr<DeadlineLayer> deadline;
+  std::unique_ptr<RetryLayer> retry;
+  std::unique_ptr<HedgingLayer> hedging;
+  std::unique_ptr<BreakerLayer> breaker;
+  std::unique_ptr<BalancerLayer> balancer;
+  std::unique_ptr<EndpointHealthLayer> health;
+  std::unique_ptr<PoolLayer> pool;
+  std::vector<Layer*> layers;     // top to bottom: what Describe() prints
+  std::vector<Layer*> admitters;  // with Layer::kAdmit, bottom to top
+  std::vector<Layer*> observers;  // with Layer::kAttemptEnd, top to bottom
+
+  // Admission runs from the bottom up: the layer nearest the wire refuses
+  // first, so those above count only calls that go ahead (a call refused
+  // by the breaker earns no retry budget).
+  absl::Status Admit(const CallInfo& call) {
+    for (size_t i = 0; i < admitters.size(); ++i) {
+      absl::Status st = admitters[i]->Admit(call);
+      if (st.ok()) continue;
+      for (size_t j = 0; j < i; ++j) admitters[j]->Release();
+      return st;
+    }
+    return absl::OkStatus();
+  }
+  void Release() {
+    for (Layer* l : admitters) l->Release();
+  }
+  void AttemptEnded(const AttemptInfo& attempt, const CallResult& r) {
+    for (Layer* l : observers) l->OnAttemptEnd(attempt, r);
+  }
+};
+
+}  // namespace client_internal
+
+namespace {
+
+// What a stack may take over from the one it replaces.
+struct Shared {
+  std::shared_ptr<resilience::RetryBudget> budget;
+  std::shared_ptr<resilience::CircuitBreaker> breaker;
+  std::shared_ptr<resilience::RetryBudget> hedge_budget;  // with hedging
+  std::shared_ptr<resilience::LatencyTracker> latency;    // with percentile hedging
+};
+
+// The one place the client's layers are composed, top to bottom. Each is
+// one unit with one job (meshlib/client/layers/); a layer that only admits
+// or observes calls is one line here.
+std::shared_ptr<client_internal::Stack> BuildLayers(
+    const ServiceChannelOptions& o, std::unique_ptr<lb::Policy> policy,
+    const resilience::RetryPolicy& retry, const resilience::HedgingPolicy& hedging,
+    const resilience::FaultInjection& fault, Shared shared,
+    std::unique_ptr<resilience::OutlierDetector> outliers,
+    std::optional<resilience::HealthCheckOptions> health, std::string health_source,
+    std::function<void()> on_outlier_signal) {
+  auto s = std::make_shared<client_internal::Stack>();
+  // Fault first: an injected failure or delay is what the caller sees,
+  // before any deadline starts or any budget is earned.
+  s->fault = std::make_unique<FaultLayer>(fault);
+  // The deadline covers every attempt below it: retries and hedges share it.
+  s->deadline = std::make_unique<DeadlineLayer>(o.channel.default_timeout, retry.per_try_timeout);
+  // Retry above hedging: a retry starts a new round of attempts, which may
+  // be hedged again.
+  s->retry = std::make_unique<RetryLayer>(retry, shared.budget, shared.breaker);
+  s->hedging = std::make_unique<HedgingLayer>(hedging, shared.hedge_budget, shared.budget,
+                                              shared.latency);
+  // The breaker below both, so that their extra attempts count against it;
+  // above the balancer, so that a refused call picks nothing.
+  s->breaker = std::make_unique<BreakerLayer>(shared.breaker);
+  // The balancer picks among the endpoints that endpoint health lets
+  // through; the pool below holds their connections.
+  s->balancer = std::make_unique<BalancerLayer>(std::move(policy));
+  s->health = std::make_unique<EndpointHealthLayer>(std::move(outliers), std::move(health),
+                                                    std::move(health_source),
+                                                    std::move(on_outlier_signal));
+  s->pool = std::make_unique<PoolLayer>(o.channel, o.channel_factory, o.drain_timeout);
+  s->layers = {s->fault.get(),    s->deadline.get(), s->retry.get(),  s->hedging.get(),
+               s->breaker.get(),  s->balancer.get(), s->health.get(), s->pool.get()};
+  for (auto it = s->layers.rbegin(); it != s->layers.rend(); ++it) {
+    if ((*it)->hooks() & Layer::kAdmit) s->admitters.push_back(*it);
+  }
+  for (Layer* l : s->layers) {
+    if (l->hooks() & Layer::kAttemptEnd) s->observers.push_back(l);
+  }
+  return s;
+}
+
+}  // namespace
+
 absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     std::string service, const nlohmann::json& discovery, ServiceChannelOptions options) {
   if (auto st = options.channel.Validate(); !st.ok()) return st;
@@ -138,49 +233,46 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     options.channel.runtime = *std::move(rt);
   }
   std::unique_ptr<ServiceChannel> sc(new ServiceChannel(service, options));
-  sc->policy_ = *std::move(policy);
-  sc->retry_ = retry;
-  sc->hedging_ = hedging;
-  sc->fault_ = fault;
-  sc->stats_options_ = sc->policy_->StatsOptions();
   // What the replaced channel learned carries over where its settings are
   // the same (see ServiceChannelOptions::predecessor).
   const ServiceChannel* prev = options.predecessor.get();
+  const Stack* was = prev != nullptr ? prev->stack_.get() : nullptr;
   sc->predecessor_ = options.predecessor;
   // Only predecessor_ holds it, and only until the first update: a chain of
   // replaced channels must not stay alive through the options.
   sc->options_.predecessor.reset();
-  if (prev != nullptr && SameBudget(prev->retry_.budget, retry.budget)) {
-    sc->budget_ = prev->budget_;
+  Shared shared;
+  if (was != nullptr && SameBudget(was->retry->policy().budget, retry.budget)) {
+    shared.budget = was->retry->budget();
   } else {
-    sc->budget_ = std::make_shared<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
+    shared.budget = std::make_shared<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
   }
-  if (prev != nullptr && SameBreaker(prev->breaker_->options(), breaker)) {
-    sc->breaker_ = prev->breaker_;
+  if (was != nullptr && SameBreaker(was->breaker->breaker().options(), breaker)) {
+    shared.breaker = was->breaker->shared();
   } else {
-    sc->breaker_ = std::make_shared<resilience::CircuitBreaker>(breaker, service);
+    shared.breaker = std::make_shared<resilience::CircuitBreaker>(breaker, service);
   }
   if (hedging.enabled) {
-    if (prev != nullptr && prev->hedge_budget_ != nullptr &&
-        prev->hedging_.max_extra_load == hedging.max_extra_load &&
-        prev->retry_.budget.ttl == retry.budget.ttl) {
-      sc->hedge_budget_ = prev->hedge_budget_;
+    if (was != nullptr && was->hedging->hedge_budget() != nullptr &&
+        was->hedging->policy().max_extra_load == hedging.max_extra_load &&
+        was->retry->policy().budget.ttl == retry.budget.ttl) {
+      shared.hedge_budget = was->hedging->hedge_budget();
     } else {
       resilience::RetryBudgetOptions hb;
       hb.ratio = hedging.max_extra_load;
       hb.min_per_second = 1;
       hb.ttl = retry.budget.ttl;
-      sc->hedge_budget_ = std::make_shared<resilience::RetryBudget>(hb, &runtime::RealClock());
+      shared.hedge_budget = std::make_shared<resilience::RetryBudget>(hb, &runtime::RealClock());
     }
   }
   if (hedging.enabled && hedging.percentile > 0) {
-    if (prev != nullptr && prev->latency_ != nullptr &&
-        prev->hedging_.min_samples == hedging.min_samples) {
-      sc->latency_ = prev->latency_;
+    if (was != nullptr && was->hedging->latency() != nullptr &&
+        was->hedging->policy().min_samples == hedging.min_samples) {
+      shared.latency = was->hedging->latency();
     } else {
       resilience::LatencyTrackerOptions lt;
       lt.min_samples = hedging.min_samples;
-      sc->latency_ = std::make_shared<resilience::LatencyTracker>(lt, &runtime::RealClock());
+      shared.latency = std::make_shared<resilience::LatencyTracker>(lt, &runtime::RealClock());
     }
   }
   sc->health_source_ = options.health_source;
@@ -188,16 +280,18 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     outlier.reset();  // judged by the source
     health.reset();
   }
+  std::unique_ptr<resilience::OutlierDetector> outliers;
   if (outlier.has_value()) {
-    sc->outliers_ =
-        std::make_unique<resilience::OutlierDetector>(*outlier, &runtime::RealClock());
+    outliers = std::make_unique<resilience::OutlierDetector>(*outlier, &runtime::RealClock());
   }
-  if (health.has_value()) {
-    sc->health_checks_ = true;
-    sc->health_options_ = *health;
-  }
+  ServiceChannel* self = sc.get();
+  sc->stack_ = BuildLayers(sc->options_, *std::move(policy), parsed->retry, parsed->hedging, fault,
+                           std::move(shared), std::move(outliers), std::move(health),
+                           sc->health_source_ != nullptr ? sc->health_source_->service_ : "",
+                           [self] { self->RequestOutlierEvaluation(); });
+  sc->stats_options_ = sc->stack_->balancer->policy().StatsOptions();
   sc->lifeline_ = std::make_shared<Lifeline>();
-  sc->live_ = std::make_shared<LiveCalls>(sc->breaker_);
+  sc->live_ = std::make_shared<LiveCalls>(sc->stack_);
   sc->lifeline_->sc = sc.get();
   if (options.control_loop != nullptr) {
     sc->control_ = options.control_loop;
@@ -262,7 +356,7 @@ ServiceChannel::~ServiceChannel() {
     // them complete with CANCELLED.
     snapshot_.Update(nullptr);
     members_.clear();
-    draining_.clear();
+    stack_->pool->Clear();
   });
 }
 
@@ -281,14 +375,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
     if (auto it = members_.find(e.address); it != members_.end()) {
       m = it->second;
     } else {
-      absl::StatusOr<std::shared_ptr<EndpointChannel>> created;
-      if (options_.channel_factory) {
-        created = options_.channel_factory(e.address);
-      } else if (auto ch = Channel::Create(e.address, options_.channel); ch.ok()) {
-        created = std::shared_ptr<EndpointChannel>(runtime::ShareOffLoop(std::move(*ch)));
-      } else {
-        created = ch.status();
-      }
+      absl::StatusOr<std::shared_ptr<EndpointChannel>> created = stack_->pool->Open(e.address);
       if (!created.ok()) {
         // Discovery validated the address; this is a resource failure.
         core::Log(core::LogLevel::kWarning,
@@ -297,7 +384,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
         continue;
       }
       m.channel = *std::move(created);
-      if (policy_->ConnectsToEveryEndpoint()) m.channel->Connect();
+      if (stack_->balancer->policy().ConnectsToEveryEndpoint()) m.channel->Connect();
       // An endpoint the replaced channel knew keeps what was learned of it.
       const Member* known = nullptr;
       if (predecessor_ != nullptr) {
@@ -310,9 +397,9 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
       } else {
         m.stats = std::make_shared<lb::EndpointStats>(stats_options_);
       }
-      if (outliers_ != nullptr) {
-        m.outlier = outliers_->AddHost(
-            e.address, known != nullptr ? predecessor_->outliers_.get() : nullptr);
+      if (resilience::OutlierDetector* outliers = stack_->health->outliers()) {
+        m.outlier = outliers->AddHost(
+            e.address, known != nullptr ? predecessor_->stack_->health->outliers() : nullptr);
       }
       if (health_source_ != nullptr) {
         if (auto it = health_source_->members_.find(e.address);
@@ -321,8 +408,8 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
           m.health = it->second.health;
         }
       }
-      if (health_checks_) {
-        m.health = std::make_shared<HealthProbe>(health_options_);
+      if (stack_->health->health_checks().has_value()) {
+        m.health = std::make_shared<HealthProbe>(*stack_->health->health_checks());
         if (known != nullptr && known->health != nullptr) {
           m.health->checker.Adopt(known->health->checker);
           m.health->healthy.store(m.health->checker.healthy(), std::memory_order_relaxed);
@@ -340,8 +427,8 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
   }
   for (auto& [addr, m] : members_) {
     if (next.count(addr)) continue;
-    draining_.push_back({m.channel, absl::Now() + options_.drain_timeout});
-    if (outliers_ != nullptr) outliers_->RemoveHost(addr);
+    stack_->pool->Drain(m.channel, absl::Now());
+    if (stack_->health->outliers() != nullptr) stack_->health->outliers()->RemoveHost(addr);
     if (m.health != nullptr && health_source_ == nullptr) {
       m.health->stopped = true;
       control_->Cancel(m.health->timer);
@@ -368,7 +455,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
   }
   cv_.notify_all();
   CollectDrained();
-  if (outliers_ != nullptr && !outlier_timer_.valid()) EvaluateOutliers();
+  if (stack_->health->outliers() != nullptr && !outlier_timer_.valid()) EvaluateOutliers();
 }
 
 void ServiceChannel::Rebuild() {
@@ -394,13 +481,13 @@ void ServiceChannel::Rebuild() {
     view.emplace_back(e.address, m);
   }
   snap->set = set_;
-  snap->picker = policy_->Build(lb_endpoints);
+  snap->picker = stack_->balancer->policy().Build(lb_endpoints);
   size_t count = snap->members.size();
   // Waits (briefly) for calls still picking from the old snapshot.
   snapshot_.Update(std::move(snap));
   endpoint_count_.store(count, std::memory_order_relaxed);
-  ejected_count_.store(ejected, std::memory_order_relaxed);
-  unhealthy_count_.store(unhealthy, std::memory_order_relaxed);
+  stack_->health->SetCounts(ejected, unhealthy);
+  stack_->pool->SetCounts(count, ejected, unhealthy);
   {
     core::MutexLock lock(&mu_);
     view_ = std::move(view);
@@ -431,10 +518,11 @@ void ServiceChannel::RequestOutlierEvaluation() {
 }
 
 void ServiceChannel::EvaluateOutliers() {
-  if (outliers_ == nullptr || set_ == nullptr) return;
-  if (outliers_->Evaluate()) Rebuild();
+  resilience::OutlierDetector* outliers = stack_->health->outliers();
+  if (outliers == nullptr || set_ == nullptr) return;
+  if (outliers->Evaluate()) Rebuild();
   control_->Cancel(outlier_timer_);
-  outlier_timer_ = control_->RunAt(outliers_->NextEvaluation(), [this] {
+  outlier_timer_ = control_->RunAt(outliers->NextEvaluation(), [this] {
     outlier_timer_ = {};
     EvaluateOutliers();
   });
@@ -447,7 +535,8 @@ void ServiceChannel::StartHealthProbe(const std::string& address,
     hp->timer = {};
     std::shared_ptr<EndpointChannel> channel = hp->channel.lock();
     if (hp->stopped || channel == nullptr) return;
-    if (!policy_->ConnectsToEveryEndpoint() && channel->ReadyConnections() == 0) {
+    if (!stack_->balancer->policy().ConnectsToEveryEndpoint() &&
+        channel->ReadyConnections() == 0) {
       // Outside the balancer's subset (never picked, so never connected): a
       // probe would open the connection the subset exists to avoid.
       return StartHealthProbe(address, hp, hp->checker.NextProbeDelay(lb::ThreadRandom().Next()));
@@ -479,19 +568,7 @@ void ServiceChannel::OnHealthProbeResult(const std::shared_ptr<HealthProbe>& hp,
 }
 
 void ServiceChannel::CollectDrained() {
-  absl::Time now = absl::Now();
-  // A draining channel is closed once nothing can start a call on it (no
-  // snapshot or caller holds it: use_count 1) and none is outstanding, or
-  // when its drain time is up.
-  draining_.erase(std::remove_if(draining_.begin(), draining_.end(),
-                                 [now](const Draining& d) {
-                                   return (d.channel.use_count() == 1 &&
-                                           d.channel->CallsOutstanding() == 0) ||
-                                          now >= d.deadline;
-                                 }),
-                  draining_.end());
-  draining_count_.store(draining_.size(), std::memory_order_relaxed);
-  if (!draining_.empty() && !drain_timer_.valid()) {
+  if (stack_->pool->CollectDrained(absl::Now()) && !drain_timer_.valid()) {
     drain_timer_ = control_->RunAfter(kDrainCheck, [this] {
       drain_timer_ = {};
       CollectDrained();
@@ -581,108 +658,24 @@ CallResult ServiceChannel::NoEndpoints() const {
   return r;
 }
 
-namespace {
-
-// The server's retry pushback in a reply: nullopt when absent; a negative
-// duration for "do not retry".
-std::optional<absl::Duration> Pushback(const CallResult& r) {
-  for (const auto& [k, v] : r.metadata) {
-    if (k != transport::kRetryPushbackKey) continue;
-    int64_t ms = 0;
-    if (!absl::SimpleAtoi(v, &ms) || ms < 0) return absl::Milliseconds(-1);
-    return absl::Milliseconds(std::min<int64_t>(ms, 3600 * 1000));
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
-bool IsEndpointFailure(const CallResult& r) {
-  switch (r.status.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kResourceExhausted:
-    case absl::StatusCode::kInternal:
-    case absl::StatusCode::kUnknown:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kDeadlineExceeded:
-      return true;
-    default:
-      return false;
-  }
-}
-
 ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptions& options,
                                             int attempts, bool* transparent_used,
                                             absl::Time deadline, absl::Duration* delay) {
   if (r.status.ok() || absl::Now() >= deadline) return Next::kDone;
   if (closing_.load(std::memory_order_acquire)) return Next::kDone;
   bool several = endpoint_count_.load(std::memory_order_relaxed) > 1;
-  bool transparent = TransparentlyRetryable(r) && !*transparent_used && several;
-  // An attempt that ran out of its per-try timeout while the call still has
-  // time left is retried like a code in retry_on (gRPC and Envoy do the
-  // same): the endpoint is slow or stalled, another may answer in time.
-  bool per_try_expired = r.status.code() == absl::StatusCode::kDeadlineExceeded &&
-                         retry_.per_try_timeout > absl::ZeroDuration();
-  bool retryable =
-      ((options.idempotent && (retry_.RetriesOn(r.status.code()) || per_try_expired)) ||
-       TransparentlyRetryable(r)) &&
-      attempts < retry_.max_attempts;
-  if (!transparent && !retryable) return Next::kDone;
-  std::optional<absl::Duration> pushback = Pushback(r);
-  if (pushback.has_value() && *pushback < absl::ZeroDuration()) {
-    pushback_stops_.fetch_add(1, std::memory_order_relaxed);
-    return Next::kDone;  // the server asked for no retry
-  }
-  if (transparent) {
-    // Cheap (nothing reached a handler), but it draws on the budget too, so
-    // that with every endpoint unreachable calls fail fast instead of
-    // doubling.
-    if (!budget_->TryWithdraw()) {
-      retries_denied_.fetch_add(1, std::memory_order_relaxed);
-      return Next::kDone;
-    }
-    *transparent_used = true;
-    transparent_retries_.fetch_add(1, std::memory_order_relaxed);
-    *delay = absl::ZeroDuration();
-    return Next::kTransparent;
-  }
-  if (!breaker_->TryStartRetry()) return Next::kDone;  // max_retries outstanding
-  if (!budget_->TryWithdraw()) {
-    breaker_->EndRetry();
-    retries_denied_.fetch_add(1, std::memory_order_relaxed);
-    return Next::kDone;
-  }
-  retries_.fetch_add(1, std::memory_order_relaxed);
-  *delay = pushback.has_value() ? *pushback
-                                : retry_.Backoff(attempts, lb::ThreadRandom().Next());
-  return Next::kRetry;
+  return stack_->retry->Decide(r, options.idempotent, attempts, several, transparent_used, delay);
 }
 
 void ServiceChannel::RecordAttempt(const Picked& picked, const CallResult& r,
                                    absl::Duration latency, absl::Time now) {
-  if (r.status.code() == absl::StatusCode::kCancelled) {
-    picked.stats->OnCallAbandoned(latency, now);  // a losing hedge
-    if (picked.probe) picked.outlier->ReleaseProbe();
-  } else {
-    bool failure = IsEndpointFailure(r);
-    picked.stats->OnCallEnd(latency, !failure, now);
-    if (picked.outlier != nullptr && picked.outlier->Record(failure)) {
-      RequestOutlierEvaluation();
-    }
-  }
-  // A hedge cancelled because another attempt won took at least this long:
-  // keeping that lower bound keeps the slow tail in the percentile.
-  if (latency_ != nullptr &&
-      (r.status.ok() || r.status.code() == absl::StatusCode::kCancelled)) {
-    latency_->Record(latency, now);
-  }
-}
-
-absl::Time ServiceChannel::DeadlineOf(const CallOptions& options, absl::Time now) const {
-  absl::Time deadline = now + (options.timeout > absl::ZeroDuration()
-                                           ? options.timeout
-                                           : options_.channel.default_timeout);
-  return std::min({deadline, options.deadline, core::CurrentDeadline()});
+  AttemptInfo a;
+  a.latency = latency;
+  a.end = now;
+  a.stats = picked.stats.get();
+  a.outlier = picked.outlier.get();
+  a.probe = picked.probe;
+  stack_->AttemptEnded(a, r);
 }
 
 // One attempt of an asynchronous call: a slot in its CallState, reused
@@ -820,11 +813,12 @@ struct ServiceChannel::LiveCalls {
     core::SpinLock mu;
     CallState* head = nullptr;
   };
-  explicit LiveCalls(std::shared_ptr<resilience::CircuitBreaker> b) : breaker(std::move(b)) {}
+  explicit LiveCalls(std::shared_ptr<Stack> s) : stack(std::move(s)) {}
   Shard shards[kShards];
   std::atomic<bool> closed{false};
-  // Counts the calls as active; outlives the channel while calls do.
-  const std::shared_ptr<resilience::CircuitBreaker> breaker;
+  // What admitted the calls, which they release when they complete; it
+  // outlives the channel while calls do.
+  const std::shared_ptr<Stack> stack;
 
   static Shard& ShardOf(LiveCalls* l, const CallState* st) {
     return l->shards[(reinterpret_cast<uintptr_t>(st) >> 6) % kShards];
@@ -872,7 +866,7 @@ struct ServiceChannel::LiveCalls {
 };
 
 void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
-  if (s->retry_slot) live->breaker->EndRetry();
+  if (s->retry_slot) live->stack->retry->EndRetry();
   s->retry_slot = false;
   s->handle = CallHandle();
   s->busy = false;
@@ -890,12 +884,12 @@ void ServiceChannel::CallState::FinishLocked(std::unique_lock<core::SpinLock>& l
   over = true;
   if (next_holds_retry_slot) {
     next_holds_retry_slot = false;
-    live->breaker->EndRetry();
+    live->stack->retry->EndRetry();
   }
   lock.unlock();
   for (CallHandle& h : stop_first) h.Cancel();  // their results are dropped
   live->Remove(this);
-  live->breaker->EndRequest();
+  live->stack->Release();
   std::shared_ptr<const void> held = std::move(keep_alive);
   d(std::move(r));
 }
@@ -983,7 +977,7 @@ std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& opti
   if (!PickMember(options, tried, picked)) return NoEndpoints();
   *pending = picked->channel->ReadyConnections() == 0;
   if (*pending) {
-    if (absl::Status over = breaker_->TryStartPending(); !over.ok()) {
+    if (absl::Status over = stack_->breaker->breaker().TryStartPending(); !over.ok()) {
       picked->Unused();
       CallResult r;
       r.status = std::move(over);
@@ -991,12 +985,7 @@ std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& opti
       return r;
     }
   }
-  *attempt = options;
-  attempt->deadline = deadline;
-  attempt->timeout = left;
-  if (retry_.per_try_timeout > absl::ZeroDuration()) {
-    attempt->timeout = std::min(attempt->timeout, retry_.per_try_timeout);
-  }
+  stack_->deadline->ShapeAttempt(options, deadline, left, attempt);
   return std::nullopt;
 }
 
@@ -1023,7 +1012,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
     if (slot == nullptr) {  // more hedges than the policy allows: none
       picked.Unused();
       lock.unlock();
-      if (pending) breaker_->EndPending();
+      if (pending) stack_->breaker->breaker().EndPending();
       return;
     }
     generation = slot->generation;
@@ -1035,7 +1024,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   slot->self = self_.lock();
   if (slot->self == nullptr) {
     picked.Unused();
-    if (pending) breaker_->EndPending();
+    if (pending) stack_->breaker->breaker().EndPending();
     {
       std::lock_guard<core::SpinLock> lock(st->mu);
       st->ReleaseSlot(slot);
@@ -1073,7 +1062,7 @@ void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r
   absl::Time now = absl::Now();
   self->RecordAttempt(slot->picked, r, now - slot->start, now);
   slot->picked = Picked();
-  if (slot->pending) self->breaker_->EndPending();
+  if (slot->pending) self->stack_->breaker->breaker().EndPending();
   AttemptSlot* s = slot.get();
   // The same ownership, as the call.
   std::shared_ptr<CallState> st(std::move(slot), s->call);
@@ -1114,9 +1103,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
 }
 
 void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
-  std::optional<absl::Duration> tracked;
-  if (latency_ != nullptr) tracked = latency_->Percentile(hedging_.percentile);
-  std::optional<absl::Duration> delay = hedging_.DelayFor(tracked);
+  std::optional<absl::Duration> delay = stack_->hedging->NextDelay();
   if (!delay.has_value()) return;
   if (st->deadline - absl::Now() <= *delay) return;  // no time for it to help
   RunLater(TimerLoopOf(*st), *delay, st, [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
@@ -1129,14 +1116,12 @@ void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
     std::lock_guard<core::SpinLock> lock(st->mu);
     // Finished, or between attempts (a retry's backoff re-arms it).
     if (st->finished() || st->in_flight == 0) return;
-    if (st->in_flight >= std::min(hedging_.max_attempts, CallState::kMaxInFlight)) return;
+    if (st->in_flight >= std::min(stack_->hedging->max_in_flight(), CallState::kMaxInFlight)) {
+      return;
+    }
     if (endpoint_count_.load(std::memory_order_relaxed) <= st->tried.size()) return;
   }
-  if (!hedge_budget_->TryWithdraw() || !budget_->TryWithdraw()) {
-    hedges_denied_.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  hedges_.fetch_add(1, std::memory_order_relaxed);
+  if (!stack_->hedging->TryStartHedge()) return;
   Attempt(st);
   ArmHedge(st);  // the next one, if max_attempts allows
 }
@@ -1155,13 +1140,12 @@ void ServiceChannel::StartAsync(std::shared_ptr<CallState> st, absl::Time now) {
 
 CallHandle ServiceChannel::Call(absl::string_view method, absl::string_view request,
                                 const CallOptions& options, CallCallback done) {
-  return CallWithFault(method, request, options, fault_.enabled() ? &fault_ : nullptr,
-                       std::move(done));
+  return CallWithFault(method, request, options, stack_->fault->fault(), std::move(done));
 }
 
 CallResult ServiceChannel::CallBlocking(absl::string_view method, absl::string_view request,
                                         const CallOptions& options) {
-  return CallBlockingWithFault(method, request, options, fault_.enabled() ? &fault_ : nullptr);
+  return CallBlockingWithFault(method, request, options, stack_->fault->fault());
 }
 
 CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_view request,
@@ -1173,24 +1157,27 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     done(Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent")));
     return CallHandle();
   }
-  if (absl::Status admitted = breaker_->TryStartRequest(); !admitted.ok()) {
+  const absl::Time now = absl::Now();
+  CallInfo info;
+  info.method = method;
+  info.options = &options;
+  info.start = now;
+  info.hedged = stack_->hedging->Applies(options);
+  if (absl::Status admitted = stack_->Admit(info); !admitted.ok()) {
     CallResult r;
-    r.status = admitted;
+    r.status = std::move(admitted);
     r.not_processed = true;
     done(std::move(r));
     return CallHandle();
   }
-  const absl::Time now = absl::Now();
-  budget_->Deposit(now);
   auto st = std::make_shared<CallState>();
   st->keep_alive = std::move(keep_alive);
   st->method = std::string(method);
   st->request = std::string(request);
   st->options = options;
   st->done = std::move(done);
-  st->deadline = DeadlineOf(options, now);
-  st->hedged = hedging_.enabled && options.idempotent;
-  if (st->hedged) hedge_budget_->Deposit(now);
+  st->deadline = stack_->deadline->DeadlineOf(options, now);
+  st->hedged = info.hedged;
   st->live = live_;
   if (!live_->Add(st.get())) {
     st->Finish(
@@ -1202,14 +1189,14 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
         fault->Decide(lb::ThreadRandom().Next(), lb::ThreadRandom().Next());
     absl::Status abort = f.abort ? fault->AbortStatus() : absl::OkStatus();
     if (f.delay > absl::ZeroDuration()) {
-      faults_delayed_.fetch_add(1, std::memory_order_relaxed);
+      stack_->fault->CountDelayed();
       runtime::EventLoop* loop = TimerLoopOf(*st);
       absl::Duration wait = std::min(f.delay, st->deadline - absl::Now());
       CallHandle handle(st);
       RunLater(loop, wait, std::move(st),
                [abort](ServiceChannel* sc, std::shared_ptr<CallState> s) {
                  if (!abort.ok()) {
-                   sc->faults_aborted_.fetch_add(1, std::memory_order_relaxed);
+                   sc->stack_->fault->CountAborted();
                    CallResult r;
                    r.status = abort;
                    return s->Finish(std::move(r));
@@ -1219,7 +1206,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
       return handle;
     }
     if (!abort.ok()) {
-      faults_aborted_.fetch_add(1, std::memory_order_relaxed);
+      stack_->fault->CountAborted();
       CallResult r;
       r.status = abort;
       st->Finish(std::move(r));
@@ -1239,7 +1226,7 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
   if (closing_.load(std::memory_order_acquire)) {
     return Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent"));
   }
-  if ((hedging_.enabled && options.idempotent) || (fault != nullptr && fault->enabled())) {
+  if (stack_->hedging->Applies(options) || (fault != nullptr && fault->enabled())) {
     // Several attempts at once, or a timer: the asynchronous path does it.
     CallResult result;
     core::Notification done;
@@ -1250,23 +1237,26 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     done.WaitForNotification();
     return result;
   }
-  if (absl::Status admitted = breaker_->TryStartRequest(); !admitted.ok()) {
+  const absl::Time now = absl::Now();
+  CallInfo info;
+  info.method = method;
+  info.options = &options;
+  info.start = now;
+  if (absl::Status admitted = stack_->Admit(info); !admitted.ok()) {
     CallResult r;
-    r.status = admitted;
+    r.status = std::move(admitted);
     r.not_processed = true;
     return r;
   }
   struct Active {
-    resilience::CircuitBreaker* b;
+    Stack* s;
     bool retry = false;
     ~Active() {
-      if (retry) b->EndRetry();
-      b->EndRequest();
+      if (retry) s->retry->EndRetry();
+      s->Release();
     }
-  } active{breaker_.get()};
-  const absl::Time now = absl::Now();
-  budget_->Deposit(now);
-  absl::Time deadline = DeadlineOf(options, now);
+  } active{stack_.get()};
+  absl::Time deadline = stack_->deadline->DeadlineOf(options, now);
   absl::InlinedVector<std::string, 2> tried;
   bool transparent_used = false;
   int attempts = 1;
@@ -1284,10 +1274,10 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     CallResult r = picked.channel->CallBlocking(method, request, attempt);
     absl::Time end = absl::Now();
     RecordAttempt(picked, r, end - start, end);
-    if (pending) breaker_->EndPending();
+    if (pending) stack_->breaker->breaker().EndPending();
     if (active.retry) {
       active.retry = false;
-      breaker_->EndRetry();
+      stack_->retry->EndRetry();
     }
     bool transparent_before = transparent_used;
     absl::Duration delay;
@@ -1353,124 +1343,31 @@ std::vector<EndpointState> ServiceChannel::EndpointStates() const {
   return out;
 }
 
-namespace {
-std::string Dur(absl::Duration d) { return absl::FormatDuration(d); }
-std::string Pct(double fraction) { return absl::StrCat(fraction * 100, "%"); }
-}  // namespace
-
 std::vector<std::pair<std::string, std::string>> ServiceChannel::Describe() const {
   std::vector<std::pair<std::string, std::string>> out;
-  if (fault_.enabled()) {
-    std::string f;
-    if (fault_.delay_percent > 0) {
-      absl::StrAppend(&f, "delay ", fault_.delay_percent, "% of calls by ", Dur(fault_.delay));
-    }
-    if (fault_.abort_percent > 0) {
-      absl::StrAppend(&f, f.empty() ? "" : "; ", "abort ", fault_.abort_percent, "% with ",
-                      absl::StatusCodeToString(fault_.abort_code));
-    }
-    out.emplace_back("fault", f);
-  } else {
-    out.emplace_back("fault", "none");
-  }
-  out.emplace_back("deadline",
-                   absl::StrCat("timeout ", Dur(options_.channel.default_timeout),
-                                " unless the call sets one; the caller's deadline is inherited",
-                                retry_.per_try_timeout > absl::ZeroDuration()
-                                    ? absl::StrCat("; each attempt at most ",
-                                                   Dur(retry_.per_try_timeout))
-                                    : ""));
-  std::vector<std::string> codes;
-  for (absl::StatusCode c : retry_.retry_on) codes.push_back(absl::StatusCodeToString(c));
-  const resilience::RetryBudgetOptions& b = retry_.budget;
-  std::string budget = absl::StrCat("budget ", Pct(b.ratio), " of calls + ", b.min_per_second,
-                                    "/s over ", Dur(b.ttl));
-  if (retry_.max_attempts > 1) {
-    out.emplace_back("retry", absl::StrCat("idempotent calls up to ", retry_.max_attempts,
-                                           " attempts on [", absl::StrJoin(codes, ", "),
-                                           "], backoff ", Dur(retry_.backoff_base), "..",
-                                           Dur(retry_.backoff_max), " full jitter; ", budget,
-                                           "; unsent calls once more elsewhere"));
-  } else {
-    out.emplace_back("retry", absl::StrCat("unsent calls once more elsewhere (", budget, ")"));
-  }
-  if (hedging_.enabled) {
-    std::string when = hedging_.percentile > 0
-                           ? absl::StrCat("p", hedging_.percentile, " of recent attempts",
-                                          hedging_.delay > absl::ZeroDuration()
-                                              ? absl::StrCat(" (", Dur(hedging_.delay),
-                                                             " until known)")
-                                              : "")
-                           : Dur(hedging_.delay);
-    out.emplace_back("hedging", absl::StrCat("idempotent calls after ", when, ", up to ",
-                                             hedging_.max_attempts, " in flight, at most ",
-                                             Pct(hedging_.max_extra_load), " extra load"));
-  } else {
-    out.emplace_back("hedging", "off");
-  }
-  const resilience::CircuitBreakerOptions& cb = breaker_->options();
-  out.emplace_back("circuit breaker",
-                   absl::StrCat("max_requests ", cb.max_requests, ", max_pending ",
-                                cb.max_pending, ", max_retries ",
-                                cb.max_retries == resilience::CircuitBreakerOptions::kNoRetryLimit
-                                    ? std::string("none (the retry budget bounds retries)")
-                                    : absl::StrCat(cb.max_retries)));
-  out.emplace_back("balancer", policy_->Describe());
-  std::string health;
-  if (outliers_ != nullptr) {
-    const resilience::OutlierDetectionOptions& o = outliers_->options();
-    absl::StrAppend(&health, "outlier detection: ", o.consecutive_failures,
-                    " failures in a row, sweep every ", Dur(o.interval), ", ejection ",
-                    Dur(o.base_ejection_time), " growing to ", Dur(o.max_ejection_time),
-                    ", at most ", o.max_ejection_percent, "% out");
-    if (o.success_rate.enabled) {
-      absl::StrAppend(&health, ", success rate below mean - ", o.success_rate.stdev_factor,
-                      " stdev");
-    }
-    if (o.failure_percentage.enabled) {
-      absl::StrAppend(&health, ", failures >= ", o.failure_percentage.threshold, "%");
-    }
-  } else {
-    health = "outlier detection off";
-  }
-  if (health_checks_) {
-    absl::StrAppend(&health, "; health checks: ", health_options_.method, " every ",
-                    Dur(health_options_.interval), " (", health_options_.unhealthy_threshold,
-                    " down, ", health_options_.healthy_threshold, " up)");
-  } else {
-    absl::StrAppend(&health, "; health checks off");
-  }
-  absl::StrAppend(&health, "; unreachable endpoints skipped");
-  out.emplace_back("endpoint health", health);
-  out.emplace_back(
-      "pool", absl::StrCat(endpoint_count_.load(std::memory_order_relaxed), " endpoints (",
-                           ejected_count_.load(std::memory_order_relaxed), " ejected, ",
-                           unhealthy_count_.load(std::memory_order_relaxed), " unhealthy), ",
-                           options_.channel_factory ? "custom transport"
-                                                    : absl::StrCat(options_.channel.connections,
-                                                                   " connection(s) each"),
-                           ", connect timeout ", Dur(options_.channel.connect_timeout)));
+  for (const Layer* l : stack_->layers) out.emplace_back(std::string(l->role()), l->Describe());
   return out;
 }
 
 ServiceChannelStats ServiceChannel::stats() const {
+  const Stack& s = *stack_;
   ServiceChannelStats st;
   st.endpoint_updates = updates_.load(std::memory_order_relaxed);
   st.endpoints = endpoint_count_.load(std::memory_order_relaxed);
-  st.draining = draining_count_.load(std::memory_order_relaxed);
-  st.transparent_retries = transparent_retries_.load(std::memory_order_relaxed);
-  st.retries = retries_.load(std::memory_order_relaxed);
-  st.retries_denied = retries_denied_.load(std::memory_order_relaxed);
-  st.breaker_overflows = breaker_->overflows();
-  st.hedges = hedges_.load(std::memory_order_relaxed);
-  st.hedges_denied = hedges_denied_.load(std::memory_order_relaxed);
-  st.pushback_stops = pushback_stops_.load(std::memory_order_relaxed);
-  st.faults_delayed = faults_delayed_.load(std::memory_order_relaxed);
-  st.faults_aborted = faults_aborted_.load(std::memory_order_relaxed);
-  st.ejected = ejected_count_.load(std::memory_order_relaxed);
-  st.unhealthy = unhealthy_count_.load(std::memory_order_relaxed);
-  if (outliers_ != nullptr) st.outliers = outliers_->Stats();
-  st.policy = policy_->Describe();
+  st.draining = s.pool->draining();
+  st.transparent_retries = s.retry->transparent_retries();
+  st.retries = s.retry->retries();
+  st.retries_denied = s.retry->denied();
+  st.breaker_overflows = s.breaker->breaker().overflows();
+  st.hedges = s.hedging->hedges();
+  st.hedges_denied = s.hedging->denied();
+  st.pushback_stops = s.retry->pushback_stops();
+  st.faults_delayed = s.fault->delayed();
+  st.faults_aborted = s.fault->aborted();
+  st.ejected = s.health->ejected();
+  st.unhealthy = s.health->unhealthy();
+  if (s.health->outliers() != nullptr) st.outliers = s.health->outliers()->Stats();
+  st.policy = s.balancer->policy().Describe();
   st.discovery = discovery_->stats();
   return st;
 }

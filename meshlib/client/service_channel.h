@@ -83,6 +83,8 @@
 #include "meshlib/client/channel.h"
 #include "meshlib/client/endpoint_channel.h"
 #include "meshlib/client/endpoint_state.h"
+#include "meshlib/client/layers/endpoint_health_layer.h"
+#include "meshlib/client/layers/retry_layer.h"
 #include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
@@ -99,6 +101,9 @@
 namespace meshlib::client {
 
 class ServiceChannel;
+namespace client_internal {
+struct Stack;
+}  // namespace client_internal
 
 struct ServiceChannelOptions {
   // For every endpoint's channel. `channel.runtime` is shared by all of them
@@ -198,11 +203,6 @@ struct ServiceChannelStats {
   discovery::DiscoveryStats discovery;
 };
 
-// Whether a failed attempt counts against the endpoint that answered it (in
-// its load-balancing signals and health), as opposed to an answer about the
-// request (NOT_FOUND, INVALID_ARGUMENT, ...) or a cancellation by the caller.
-bool IsEndpointFailure(const CallResult& r);
-
 
 class ServiceChannel final : public Caller {
  public:
@@ -254,7 +254,8 @@ class ServiceChannel final : public Caller {
   // Every endpoint of the current set with its health, sorted by address.
   std::vector<EndpointState> EndpointStates() const;
   // The layers a call goes through, top to bottom, each as {role, its
-  // effective settings}: fault, deadline, retry, hedging, circuit breaker,
+  // effective settings}, as composed (see BuildLayers in
+  // service_channel.cc): fault, deadline, retry, hedging, circuit breaker,
   // balancer, endpoint health, pool.
   std::vector<std::pair<std::string, std::string>> Describe() const;
 
@@ -270,10 +271,6 @@ class ServiceChannel final : public Caller {
     std::shared_ptr<const discovery::EndpointSet> set;
     std::vector<Member> members;  // parallel to set->endpoints()
     std::unique_ptr<lb::Picker> picker;
-  };
-  struct Draining {
-    std::shared_ptr<EndpointChannel> channel;
-    absl::Time deadline;
   };
   // What a call holds after the pick: keeps the channel alive without the
   // snapshot (a blocking call must not hold a read guard while it waits).
@@ -322,10 +319,9 @@ class ServiceChannel final : public Caller {
   // An attempt's completion; `slot` shares the ownership of its call.
   static void AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r);
   void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult r);
-  // Bookkeeping common to every completed attempt.
+  // Tells the layers that observe attempts how one ended.
   void RecordAttempt(const Picked& picked, const CallResult& r, absl::Duration latency,
                      absl::Time now);
-  absl::Time DeadlineOf(const CallOptions& options, absl::Time now) const;
   // A pick by the policy; endpoints in `avoid` (addresses) are skipped when
   // another exists. False when the set is empty.
   bool PickMember(const CallOptions& options, absl::Span<const std::string> avoid,
@@ -342,17 +338,20 @@ class ServiceChannel final : public Caller {
   // Starts the next attempt of an asynchronous call.
   void Attempt(const std::shared_ptr<CallState>& st, absl::Time now = absl::InfinitePast());
   // What to do after a failed attempt: retry now (transparent), after a
-  // backoff, or not at all.
-  enum class Next { kDone, kTransparent, kRetry };
-  // For kRetry, `*delay` is the wait before it (backoff or pushback).
+  // backoff, or not at all (RetryLayer::Decide, unless the call is out of
+  // time or the channel closing). For kRetry, `*delay` is the wait before
+  // it (backoff or pushback).
+  using Next = RetryLayer::Next;
   Next Decide(const CallResult& r, const CallOptions& options, int attempts,
               bool* transparent_used, absl::Time deadline, absl::Duration* delay);
+  using Stack = client_internal::Stack;
 
   const std::string service_;
   ServiceChannelOptions options_;
   std::shared_ptr<runtime::EventLoop> control_;
   std::shared_ptr<discovery::Discovery> discovery_;
-  std::unique_ptr<lb::Policy> policy_;  // control loop only
+  // The layers, composed once by Create.
+  std::shared_ptr<Stack> stack_;
   uint64_t subscription_ = 0;
 
   // Read by every call under an RcuReadGuard; replaced by Apply.
@@ -362,32 +361,12 @@ class ServiceChannel final : public Caller {
   std::map<std::string, Member, std::less<>> members_;
   std::shared_ptr<const discovery::EndpointSet> set_;  // what members_ follows
   runtime::TimerId outlier_timer_;
-  std::vector<Draining> draining_;
   runtime::TimerId drain_timer_;
   std::atomic<uint64_t> updates_{0};
-  std::atomic<size_t> draining_count_{0};
   std::atomic<size_t> endpoint_count_{0};
-  std::atomic<uint64_t> transparent_retries_{0};
-  std::atomic<uint64_t> retries_{0};
   std::atomic<bool> closing_{false};
-  std::atomic<uint64_t> retries_denied_{0};
-  std::atomic<uint64_t> hedges_{0};
-  std::atomic<uint64_t> hedges_denied_{0};
-  std::atomic<uint64_t> pushback_stops_{0};
-  std::atomic<uint64_t> faults_delayed_{0};
-  std::atomic<uint64_t> faults_aborted_{0};
-  resilience::RetryPolicy retry_;
-  resilience::HedgingPolicy hedging_;
-  resilience::FaultInjection fault_;
-  // Shared with the channel that replaces this one when its settings are
-  // the same (ServiceChannelOptions::predecessor).
-  std::shared_ptr<resilience::RetryBudget> budget_;
-  std::shared_ptr<resilience::RetryBudget> hedge_budget_;  // max_extra_load
-  lb::EndpointStatsOptions stats_options_;                  // the policy's
-  std::shared_ptr<ServiceChannel> predecessor_;             // control loop
-  // Shared with calls still waiting on a timer when the channel goes.
-  std::shared_ptr<resilience::CircuitBreaker> breaker_;
-  std::shared_ptr<resilience::LatencyTracker> latency_;  // when hedging tracks a percentile
+  lb::EndpointStatsOptions stats_options_;       // the policy's
+  std::shared_ptr<ServiceChannel> predecessor_;  // control loop
   std::shared_ptr<Lifeline> lifeline_;
   // The internal reference (see Create), for attempts to hold.
   std::weak_ptr<ServiceChannel> self_;
@@ -405,12 +384,7 @@ class ServiceChannel final : public Caller {
   std::mutex timers_mu_;
   std::map<uint64_t, WaitingCall> timers_;  // guarded by timers_mu_
   uint64_t next_timer_key_ = 1;             // guarded by timers_mu_
-  std::unique_ptr<resilience::OutlierDetector> outliers_;  // null: no detection
   std::atomic<bool> outlier_evaluation_posted_{false};
-  resilience::HealthCheckOptions health_options_;
-  bool health_checks_ = false;
-  std::atomic<size_t> ejected_count_{0};
-  std::atomic<size_t> unhealthy_count_{0};
 
   mutable core::Mutex mu_;
   std::condition_variable cv_;  // with mu_.native(): a snapshot arrived
