@@ -416,6 +416,29 @@ TEST_F(MeshTest, AReloadCannotChangeIoThreads) {
   EXPECT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
 }
 
+// connections_per_endpoint can change live: the new stack's channels open
+// that many connections to each endpoint; the old ones close with it.
+TEST_F(MeshTest, AReloadAppliesConnectionsPerEndpoint) {
+  auto doc = [&](int connections) {
+    std::string service = ServiceJson("");
+    return absl::StrCat(R"({"mesh": {"connections_per_endpoint": )", connections, "}, ",
+                        service.substr(1));
+  };
+  auto mesh = Mesh::Create(Config(doc(1))).value();
+  auto echo = mesh->Client("echo").value();
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  for (NamedServer* s : {&v1a, &v1b, &v2}) EXPECT_EQ(s->server->connection_count(), 1u);
+  ASSERT_TRUE(mesh->Apply(Config(doc(3))).ok());
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());
+  // The replaced stack's connections close once it is reaped (no call
+  // holds it); each server then holds the new stack's three.
+  for (NamedServer* s : {&v1a, &v1b, &v2}) {
+    EXPECT_TRUE(Eventually([&] { return s->server->connection_count() == 3; }, absl::Seconds(5)))
+        << s->name << " holds " << s->server->connection_count() << " connections";
+  }
+  EXPECT_TRUE(absl::StrContains(echo->Describe(), "3 connection(s) each")) << echo->Describe();
+}
+
 TEST_F(MeshTest, AStackWithoutEndpointsDoesNotReplaceOneWithEndpoints) {
   MeshOptions options;
   options.ready_timeout = absl::Milliseconds(200);
