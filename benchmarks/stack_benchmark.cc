@@ -12,7 +12,7 @@
 //
 // Bar: the full stack costs <= 1 us median per call over the bare transport.
 //
-//   bazel run -c opt //benchmarks:stack_benchmark -- \
+//   bazel run -c opt //benchmarks:stack_benchmark --
 //       --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <memory>
 #include <string>

@@ -1,7 +1,7 @@
 // meshcall: calls a service through the mesh, once or as a load generator.
 //
 //   meshcall --config=mesh.json --service=echo --method=Echo/Say --data=hello
-//   meshcall --config=mesh.json --service=echo --method=Echo/Say --data=x \
+//   meshcall --config=mesh.json --service=echo --method=Echo/Say --data=x
 //            --duration=10s --concurrency=32 --json          # closed loop
 //   meshcall ... --rate=2000 --duration=10s --json           # open loop
 //

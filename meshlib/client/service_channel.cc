@@ -209,7 +209,8 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     options.drain_timeout = std::min(options.channel.default_timeout, absl::Minutes(5));
   }
   if (options.config_path.empty()) options.config_path = absl::StrCat("services.", service);
-  if (options.lb_context.clock == nullptr) options.lb_context.clock = &runtime::RealClock();
+  if (options.clock == nullptr) options.clock = &runtime::RealClock();
+  if (options.lb_context.clock == nullptr) options.lb_context.clock = options.clock;
   if (options.lb_context.seed == 0) options.lb_context.seed = options.seed;
   auto choice = lb::PolicyRegistry::Global().Select(
       options.load_balancer, absl::StrCat(options.config_path, ".load_balancer"));
@@ -233,6 +234,7 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     options.channel.runtime = *std::move(rt);
   }
   std::unique_ptr<ServiceChannel> sc(new ServiceChannel(service, options));
+  sc->clock_ = options.clock;
   // What the replaced channel learned carries over where its settings are
   // the same (see ServiceChannelOptions::predecessor).
   const ServiceChannel* prev = options.predecessor.get();
@@ -245,7 +247,7 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
   if (was != nullptr && SameBudget(was->retry->policy().budget, retry.budget)) {
     shared.budget = was->retry->budget();
   } else {
-    shared.budget = std::make_shared<resilience::RetryBudget>(retry.budget, &runtime::RealClock());
+    shared.budget = std::make_shared<resilience::RetryBudget>(retry.budget, options.clock);
   }
   if (was != nullptr && SameBreaker(was->breaker->breaker().options(), breaker)) {
     shared.breaker = was->breaker->shared();
@@ -262,7 +264,7 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
       hb.ratio = hedging.max_extra_load;
       hb.min_per_second = 1;
       hb.ttl = retry.budget.ttl;
-      shared.hedge_budget = std::make_shared<resilience::RetryBudget>(hb, &runtime::RealClock());
+      shared.hedge_budget = std::make_shared<resilience::RetryBudget>(hb, options.clock);
     }
   }
   if (hedging.enabled && hedging.percentile > 0) {
@@ -272,7 +274,7 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     } else {
       resilience::LatencyTrackerOptions lt;
       lt.min_samples = hedging.min_samples;
-      shared.latency = std::make_shared<resilience::LatencyTracker>(lt, &runtime::RealClock());
+      shared.latency = std::make_shared<resilience::LatencyTracker>(lt, options.clock);
     }
   }
   sc->health_source_ = options.health_source;
@@ -282,7 +284,7 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
   }
   std::unique_ptr<resilience::OutlierDetector> outliers;
   if (outlier.has_value()) {
-    outliers = std::make_unique<resilience::OutlierDetector>(*outlier, &runtime::RealClock());
+    outliers = std::make_unique<resilience::OutlierDetector>(*outlier, options.clock);
   }
   ServiceChannel* self = sc.get();
   sc->stack_ = BuildLayers(sc->options_, *std::move(policy), parsed->retry, parsed->hedging, fault,
@@ -427,7 +429,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
   }
   for (auto& [addr, m] : members_) {
     if (next.count(addr)) continue;
-    stack_->pool->Drain(m.channel, absl::Now());
+    stack_->pool->Drain(m.channel, clock_->Now());
     if (stack_->health->outliers() != nullptr) stack_->health->outliers()->RemoveHost(addr);
     if (m.health != nullptr && health_source_ == nullptr) {
       m.health->stopped = true;
@@ -522,7 +524,8 @@ void ServiceChannel::EvaluateOutliers() {
   if (outliers == nullptr || set_ == nullptr) return;
   if (outliers->Evaluate()) Rebuild();
   control_->Cancel(outlier_timer_);
-  outlier_timer_ = control_->RunAt(outliers->NextEvaluation(), [this] {
+  // The sweep's time is on clock_, which may not be the control loop's.
+  outlier_timer_ = control_->RunAfter(outliers->NextEvaluation() - clock_->Now(), [this] {
     outlier_timer_ = {};
     EvaluateOutliers();
   });
@@ -568,7 +571,7 @@ void ServiceChannel::OnHealthProbeResult(const std::shared_ptr<HealthProbe>& hp,
 }
 
 void ServiceChannel::CollectDrained() {
-  if (stack_->pool->CollectDrained(absl::Now()) && !drain_timer_.valid()) {
+  if (stack_->pool->CollectDrained(clock_->Now()) && !drain_timer_.valid()) {
     drain_timer_ = control_->RunAfter(kDrainCheck, [this] {
       drain_timer_ = {};
       CollectDrained();
@@ -661,7 +664,7 @@ CallResult ServiceChannel::NoEndpoints() const {
 ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptions& options,
                                             int attempts, bool* transparent_used,
                                             absl::Time deadline, absl::Duration* delay) {
-  if (r.status.ok() || absl::Now() >= deadline) return Next::kDone;
+  if (r.status.ok() || clock_->Now() >= deadline) return Next::kDone;
   if (closing_.load(std::memory_order_acquire)) return Next::kDone;
   bool several = endpoint_count_.load(std::memory_order_relaxed) > 1;
   return stack_->retry->Decide(r, options.idempotent, attempts, several, transparent_used, delay);
@@ -758,7 +761,7 @@ struct ServiceChannel::CallState final : public Cancellable,
   absl::Time deadline;
   // The loop of the call's timers (backoff, hedge, injected delay); chosen
   // at the first timer (TimerLoopOf), most calls never need one.
-  std::atomic<runtime::EventLoop*> timer_loop{nullptr};
+  std::atomic<runtime::Executor*> timer_loop{nullptr};
   bool hedged = false;  // hedging applies to this call
   // What the caller asked to keep until the call completes (a mesh's
   // stack, which owns the fault in use).
@@ -775,6 +778,10 @@ struct ServiceChannel::CallState final : public Cancellable,
   absl::InlinedVector<std::string, 2> tried;
   AttemptSlot slots[kMaxInFlight];  // guarded by mu (see AttemptSlot)
   int in_flight = 0;                // busy slots
+  // Keys of the call's timers in ServiceChannel::timers_ (guarded by mu),
+  // cancelled when an answer ends the call: a hedge timer must not keep a
+  // finished call alive until it fires.
+  absl::InlinedVector<uint64_t, 1> timer_keys;
   bool next_holds_retry_slot = false;  // the next attempt is a policy retry
 
   // Registration in the channel's LiveCalls (links guarded by its shard's
@@ -902,12 +909,13 @@ void ServiceChannel::Close(absl::string_view reason) {
   }
 }
 
-runtime::EventLoop* ServiceChannel::TimerLoopOf(CallState& st) {
+runtime::Executor* ServiceChannel::TimerLoopOf(CallState& st) {
+  if (options_.timers != nullptr) return options_.timers;
   // Chosen once: a hedge timer and a retry's backoff may be armed from two
   // threads at once, and must agree.
-  runtime::EventLoop* loop = st.timer_loop.load(std::memory_order_acquire);
+  runtime::Executor* loop = st.timer_loop.load(std::memory_order_acquire);
   if (loop != nullptr) return loop;
-  runtime::EventLoop* chosen = &options_.channel.runtime->NextLoop();
+  runtime::Executor* chosen = &options_.channel.runtime->NextLoop();
   if (st.timer_loop.compare_exchange_strong(loop, chosen, std::memory_order_acq_rel)) {
     return chosen;
   }
@@ -931,7 +939,7 @@ void ServiceChannel::EndWaitingCalls(absl::string_view reason) {
 }
 
 void ServiceChannel::RunLater(
-    runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
+    runtime::Executor* loop, absl::Duration delay, std::shared_ptr<CallState> st,
     absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn) {
   uint64_t key;
   {
@@ -947,6 +955,10 @@ void ServiceChannel::RunLater(
     return st->CancelWith(
         absl::CancelledError(absl::StrCat("service ", service_, ": channel closed")));
   }
+  {
+    std::lock_guard<core::SpinLock> lock(st->mu);
+    st->timer_keys.push_back(key);
+  }
   runtime::TimerId id = loop->RunAfter(
       delay, [life = lifeline_, key, st = std::move(st), fn = std::move(fn)]() mutable {
         std::shared_lock<std::shared_mutex> lock(life->mu);
@@ -960,6 +972,21 @@ void ServiceChannel::RunLater(
       });
   std::lock_guard<std::mutex> lock(timers_mu_);
   if (auto it = timers_.find(key); it != timers_.end()) it->second.timer = id;
+}
+
+void ServiceChannel::CancelTimers(absl::Span<const uint64_t> keys) {
+  for (uint64_t key : keys) {
+    WaitingCall w;
+    {
+      std::lock_guard<std::mutex> lock(timers_mu_);
+      auto it = timers_.find(key);
+      if (it == timers_.end()) continue;  // fired, or taken by Close
+      w = std::move(it->second);
+      timers_.erase(it);
+    }
+    // A timer firing now finds its key gone and does nothing.
+    if (w.timer.valid()) w.loop->Cancel(w.timer);
+  }
 }
 
 std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& options,
@@ -998,7 +1025,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   {
     std::unique_lock<core::SpinLock> lock(st->mu);
     if (st->finished()) return;
-    if (start == absl::InfinitePast()) start = absl::Now();
+    if (start == absl::InfinitePast()) start = clock_->Now();
     if (std::optional<CallResult> failed = PrepareAttempt(st->options, st->tried, st->deadline,
                                                           st->attempts, start, &picked,
                                                           &attempt, &pending)) {
@@ -1059,7 +1086,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
 
 void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r) {
   std::shared_ptr<ServiceChannel> self = std::move(slot->self);
-  absl::Time now = absl::Now();
+  absl::Time now = self->clock_->Now();
   self->RecordAttempt(slot->picked, r, now - slot->start, now);
   slot->picked = Picked();
   if (slot->pending) self->stack_->breaker->breaker().EndPending();
@@ -1079,7 +1106,10 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
   if (r.status.ok() || closing) {
     // Decided: the other attempts are stopped before the caller hears.
     st->CollectInFlight(&losers);
+    absl::InlinedVector<uint64_t, 1> timers;
+    timers.swap(st->timer_keys);
     st->FinishLocked(lock, std::move(r), absl::MakeSpan(losers));
+    CancelTimers(timers);
     return;
   }
   // A failed attempt while another is in flight: that one may still answer.
@@ -1087,7 +1117,12 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
   bool transparent_before = st->transparent_used;
   absl::Duration delay;
   Next next = Decide(r, st->options, st->attempts, &st->transparent_used, st->deadline, &delay);
-  if (next == Next::kDone) return st->FinishLocked(lock, std::move(r), {});
+  if (next == Next::kDone) {
+    absl::InlinedVector<uint64_t, 1> timers;
+    timers.swap(st->timer_keys);
+    st->FinishLocked(lock, std::move(r), {});
+    return CancelTimers(timers);
+  }
   if (next == Next::kTransparent && !transparent_before) {
     lock.unlock();
     return Attempt(st);
@@ -1095,7 +1130,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
   ++st->attempts;
   st->next_holds_retry_slot = true;  // Decide took a max_retries slot
   lock.unlock();
-  runtime::EventLoop* loop = TimerLoopOf(*st);
+  runtime::Executor* loop = TimerLoopOf(*st);
   RunLater(loop, delay, std::move(st), [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
     sc->Attempt(s);
     if (s->hedged) sc->ArmHedge(s);
@@ -1105,7 +1140,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
 void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
   std::optional<absl::Duration> delay = stack_->hedging->NextDelay();
   if (!delay.has_value()) return;
-  if (st->deadline - absl::Now() <= *delay) return;  // no time for it to help
+  if (st->deadline - clock_->Now() <= *delay) return;  // no time for it to help
   RunLater(TimerLoopOf(*st), *delay, st, [](ServiceChannel* sc, std::shared_ptr<CallState> s) {
     sc->OnHedgeTimer(std::move(s));
   });
@@ -1157,7 +1192,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     done(Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent")));
     return CallHandle();
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_->Now();
   CallInfo info;
   info.method = method;
   info.options = &options;
@@ -1190,8 +1225,8 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     absl::Status abort = f.abort ? fault->AbortStatus() : absl::OkStatus();
     if (f.delay > absl::ZeroDuration()) {
       stack_->fault->CountDelayed();
-      runtime::EventLoop* loop = TimerLoopOf(*st);
-      absl::Duration wait = std::min(f.delay, st->deadline - absl::Now());
+      runtime::Executor* loop = TimerLoopOf(*st);
+      absl::Duration wait = std::min(f.delay, st->deadline - clock_->Now());
       CallHandle handle(st);
       RunLater(loop, wait, std::move(st),
                [abort](ServiceChannel* sc, std::shared_ptr<CallState> s) {
@@ -1237,7 +1272,7 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     done.WaitForNotification();
     return result;
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_->Now();
   CallInfo info;
   info.method = method;
   info.options = &options;
@@ -1261,7 +1296,7 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
   bool transparent_used = false;
   int attempts = 1;
   for (;;) {
-    const absl::Time start = absl::Now();
+    const absl::Time start = clock_->Now();
     Picked picked;
     CallOptions attempt;
     bool pending;
@@ -1272,7 +1307,7 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     tried.push_back(picked.channel->address());
     picked.stats->OnCallStart();
     CallResult r = picked.channel->CallBlocking(method, request, attempt);
-    absl::Time end = absl::Now();
+    absl::Time end = clock_->Now();
     RecordAttempt(picked, r, end - start, end);
     if (pending) stack_->breaker->breaker().EndPending();
     if (active.retry) {
@@ -1286,7 +1321,7 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     if (next == Next::kTransparent && !transparent_before) continue;
     active.retry = true;  // Decide took a max_retries slot
     ++attempts;
-    absl::SleepFor(std::min(delay, deadline - absl::Now()));
+    absl::SleepFor(std::min(delay, deadline - clock_->Now()));
   }
 }
 
@@ -1323,7 +1358,7 @@ std::vector<EndpointState> ServiceChannel::EndpointStates() const {
   }
   std::sort(view.begin(), view.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
-  absl::Time now = absl::Now();
+  absl::Time now = clock_->Now();
   std::vector<EndpointState> out;
   for (const auto& [addr, m] : view) {
     EndpointState e;

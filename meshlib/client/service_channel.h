@@ -181,6 +181,14 @@ struct ServiceChannelOptions {
   std::function<absl::StatusOr<std::shared_ptr<EndpointChannel>>(const std::string& address)>
       channel_factory;
   uint64_t seed = 0;
+  // Where calls wait (a retry's backoff, a hedge delay, an injected delay)
+  // and the clock the call path reads (deadlines, latencies, budgets,
+  // outlier sweeps): tests pass a testing::FakeExecutor as both and move
+  // time by hand. Null: the runtime's reactors and the wall clock. Both
+  // must outlive the channel. The control plane (discovery, health probes,
+  // drains) stays on `control_loop`.
+  runtime::Executor* timers = nullptr;
+  runtime::Clock* clock = nullptr;
 };
 
 struct ServiceChannelStats {
@@ -306,10 +314,12 @@ class ServiceChannel final : public Caller {
   // then; then `st` ends with CANCELLED instead.
   // Sets closing_ and ends every call waiting on a timer (destructor).
   void EndWaitingCalls(absl::string_view reason);
-  void RunLater(runtime::EventLoop* loop, absl::Duration delay, std::shared_ptr<CallState> st,
+  void RunLater(runtime::Executor* loop, absl::Duration delay, std::shared_ptr<CallState> st,
                 absl::AnyInvocable<void(ServiceChannel*, std::shared_ptr<CallState>)> fn);
+  // Cancels the timers of a call that has ended.
+  void CancelTimers(absl::Span<const uint64_t> keys);
   // The loop a call's timers run on (chosen at its first timer).
-  runtime::EventLoop* TimerLoopOf(CallState& st);
+  runtime::Executor* TimerLoopOf(CallState& st);
   // Starts a call's first attempt (after any injected delay); `now`, when
   // known, saves a clock read.
   void StartAsync(std::shared_ptr<CallState> st, absl::Time now = absl::InfinitePast());
@@ -368,6 +378,7 @@ class ServiceChannel final : public Caller {
   lb::EndpointStatsOptions stats_options_;       // the policy's
   std::shared_ptr<ServiceChannel> predecessor_;  // control loop
   std::shared_ptr<Lifeline> lifeline_;
+  runtime::Clock* clock_ = nullptr;  // options_.clock
   // The internal reference (see Create), for attempts to hold.
   std::weak_ptr<ServiceChannel> self_;
   // Every asynchronous call not yet completed, for Close().
@@ -377,7 +388,7 @@ class ServiceChannel final : public Caller {
   // Calls waiting on a timer (retry backoff, hedge delay, injected delay),
   // ended by the destructor.
   struct WaitingCall {
-    runtime::EventLoop* loop;
+    runtime::Executor* loop = nullptr;
     runtime::TimerId timer;
     std::shared_ptr<CallState> call;
   };

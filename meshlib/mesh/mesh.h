@@ -61,6 +61,7 @@
 #include "meshlib/client/endpoint_state.h"
 #include "meshlib/config/config.h"
 #include "meshlib/core/rcu.h"
+#include "meshlib/runtime/executor.h"
 
 namespace meshlib::mesh {
 
@@ -181,6 +182,12 @@ struct MeshOptions {
   // the old one on a reload (the old one keeps serving meanwhile). Default
   // 2s.
   absl::Duration ready_timeout = absl::Seconds(2);
+  // Where calls wait (retry backoff, hedge delay, injected delay) and the
+  // clock their layers read (see client::ServiceChannelOptions::timers):
+  // tests pass a testing::FakeExecutor as both. Null: the mesh's reactors
+  // and the wall clock. Both must outlive the mesh.
+  runtime::Executor* timers = nullptr;
+  runtime::Clock* clock = nullptr;
 };
 
 class Mesh {

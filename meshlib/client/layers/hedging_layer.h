@@ -37,7 +37,10 @@ class HedgingLayer final : public Layer {
   absl::string_view role() const override { return "hedging"; }
   std::string Describe() const override;
   uint32_t hooks() const override {
-    return (policy_.enabled ? kAdmit : 0) | (latency_ != nullptr ? kAttemptEnd : 0);
+    uint32_t h = 0;
+    if (policy_.enabled) h |= kAdmit;
+    if (latency_ != nullptr) h |= kAttemptEnd;
+    return h;
   }
   // A hedged call earns its share of the hedge budget.
   absl::Status Admit(const CallInfo& call) override {

@@ -58,6 +58,8 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   if (same_service) o.predecessor = previous->all;
   o.lb_context.local_zone = cfg->mesh.zone;
   o.control_loop = core.control;
+  o.timers = core.options.timers;
+  o.clock = core.options.clock;
   o.shared_discovery = *d;
   o.config_path = absl::StrCat("services.", name);
   client::ChannelOptions channel_options = o.channel;
