@@ -172,7 +172,8 @@ TEST(DiscoveryEndToEnd, DnsSrvClientFollowsTheFleetUnderLoadAndSurvivesDnsOutage
                          absl::Seconds(10)));
   load.ResetCounts();
   EXPECT_TRUE(load.AllAnswerWithin({b.address, c.address, d.address}, absl::Seconds(10)));
-  absl::SleepFor(absl::Seconds(1));  // a while on the last good set alone
+  // A while on the last good set alone: the outage must not shrink it.
+  absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(sc->Endpoints().size(), 3u);
 
   // DNS is back with a changed fleet: the client recovers and follows.
@@ -220,7 +221,8 @@ TEST(DiscoveryEndToEnd, EtcdClientFollowsSelfRegisteredServersUnderLoadAndSurviv
                          absl::Seconds(10)));
   load.ResetCounts();
   EXPECT_TRUE(load.AllAnswerWithin({b->address, c->address}, absl::Seconds(10)));
-  absl::SleepFor(absl::Seconds(1));  // a while on the last good set alone
+  // A while on the last good set alone: the outage must not shrink it.
+  absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(sc->Endpoints().size(), 2u);
 
   // etcd is back: the watch resumes and a new instance is seen.

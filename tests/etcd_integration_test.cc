@@ -545,6 +545,7 @@ TEST_F(EtcdIntegrationTest, EchoServersJoinAndLeaveThroughEtcd) {
   t0 = absl::Now();
   beta.Signal(SIGKILL);
   beta.Wait(absl::Seconds(5));
+  // A window in which the key must stay: its lease still holds it.
   absl::SleepFor(absl::Milliseconds(300));
   EXPECT_EQ(SetString(d), absl::StrCat("[", b, "]")) << "gone before its lease expired?";
   ASSERT_TRUE(SetBecomes(d, "[]", absl::Seconds(12)));

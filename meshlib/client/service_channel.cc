@@ -710,9 +710,23 @@ struct ServiceChannel::CallState final : public Cancellable,
   // Hedging allows at most this many attempts in flight
   // (resilience::ParseHedgingPolicy); retries go one at a time.
   static constexpr int kMaxInFlight = 5;
+  // Slots inside the call; a call hedged wider gets the rest on the heap.
+  static constexpr int kInlineSlots = 2;
 
-  CallState() {
+  // `max_in_flight`: attempts the call may have in flight at once.
+  explicit CallState(int max_in_flight) {
     for (AttemptSlot& s : slots) s.call = this;
+    extra_slots = std::max(0, std::min(max_in_flight, kMaxInFlight) - kInlineSlots);
+    if (extra_slots > 0) {
+      extra = std::make_unique<AttemptSlot[]>(extra_slots);
+      for (int i = 0; i < extra_slots; ++i) extra[i].call = this;
+    }
+  }
+  // Every slot, inline first.
+  template <typename Fn>
+  void ForEachSlot(Fn fn) {
+    for (AttemptSlot& s : slots) fn(s);
+    for (int i = 0; i < extra_slots; ++i) fn(extra[i]);
   }
 
   // By the caller, through the CallHandle.
@@ -737,21 +751,22 @@ struct ServiceChannel::CallState final : public Cancellable,
   // Under mu: the handles of the attempts in flight.
   void CollectInFlight(absl::InlinedVector<CallHandle, 2>* out) {
     if (in_flight == 0) return;
-    for (AttemptSlot& s : slots) {
+    ForEachSlot([out](AttemptSlot& s) {
       if (s.busy) out->push_back(s.handle);
-    }
+    });
   }
   // Under mu: a slot for a new attempt (null if all are taken, which the
   // bound on hedges rules out).
   AttemptSlot* TakeSlot() {
-    for (AttemptSlot& s : slots) {
-      if (s.busy) continue;
-      s.busy = true;
-      ++s.generation;
-      ++in_flight;
-      return &s;
-    }
-    return nullptr;
+    AttemptSlot* free = nullptr;
+    ForEachSlot([&free](AttemptSlot& s) {
+      if (free == nullptr && !s.busy) free = &s;
+    });
+    if (free == nullptr) return nullptr;
+    free->busy = true;
+    ++free->generation;
+    ++in_flight;
+    return free;
   }
   // Under mu: the attempt in `s` is over.
   void ReleaseSlot(AttemptSlot* s);
@@ -776,7 +791,9 @@ struct ServiceChannel::CallState final : public Cancellable,
   int attempts = 1;      // counted against the retry policy's max_attempts
   bool transparent_used = false;
   absl::InlinedVector<std::string, 2> tried;
-  AttemptSlot slots[kMaxInFlight];  // guarded by mu (see AttemptSlot)
+  AttemptSlot slots[kInlineSlots];  // guarded by mu (see AttemptSlot)
+  std::unique_ptr<AttemptSlot[]> extra;
+  int extra_slots = 0;
   int in_flight = 0;                // busy slots
   // Keys of the call's timers in ServiceChannel::timers_ (guarded by mu),
   // cancelled when an answer ends the call: a hedge timer must not keep a
@@ -1205,7 +1222,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     done(std::move(r));
     return CallHandle();
   }
-  auto st = std::make_shared<CallState>();
+  auto st = std::make_shared<CallState>(info.hedged ? stack_->hedging->max_in_flight() : 1);
   st->keep_alive = std::move(keep_alive);
   st->method = std::string(method);
   st->request = std::string(request);

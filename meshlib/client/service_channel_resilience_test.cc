@@ -165,7 +165,9 @@ TEST(ServiceChannelApertureTest, ConnectionsStayWithinTheAperture) {
     CallResult r = sc->CallBlocking("Echo/Say", "x");
     ASSERT_TRUE(r.status.ok()) << r.status;
   }
-  absl::SleepFor(absl::Milliseconds(500));  // several health-probe rounds
+  // Several health-probe rounds pass: probing must not connect outside the
+  // aperture either.
+  absl::SleepFor(absl::Milliseconds(500));
   int connected = 0, called = 0;
   for (const EndpointState& e : sc->EndpointStates()) connected += e.connected ? 1 : 0;
   for (const auto& h : handled) called += h->load() > 0 ? 1 : 0;
@@ -541,7 +543,7 @@ TEST(ServiceChannelOutlierTest, StillFailingEndpointGetsOneProbePerEjectionAndLo
   while (absl::Now() < end) {
     failed += !sc->CallBlocking("Echo/Say", "x").status.ok();
     ++calls;
-    absl::SleepFor(absl::Milliseconds(2));
+    absl::SleepFor(absl::Milliseconds(2));  // paces the calls over the 2s
   }
   ServiceChannelStats st = sc->stats();
   EXPECT_GE(st.outliers.probes_failed, 1u);
@@ -726,6 +728,8 @@ TEST(ServiceChannelTest, DestroyedUnderLoadWithTimersPendingEndsEveryCallFirst) 
     for (int i = 0; i < 50; ++i) {
       sc->Call("Echo/Say", "x", o, [results](CallResult) { ++*results; });
     }
+    // Each round tears down at a later stage: first attempts, then hedges
+    // (100ms) and retry backoffs pending.
     absl::SleepFor(absl::Milliseconds(20 + 40 * round));
     sc.reset();
     EXPECT_EQ(results->load(), 50) << "round " << round;

@@ -1,9 +1,11 @@
 #include "meshlib/client/service_channel.h"
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -112,12 +114,14 @@ TEST_F(ServiceChannelTest, FollowsAdditionsAndRemovalsUnderLoadWithoutFailedCall
   core::Mutex mu;
   std::map<std::string, int> by_endpoint;  // guarded by mu
   std::string first_error;                 // guarded by mu
+  std::vector<int> calls_done(4, 0);       // per load thread; guarded by mu
   std::vector<std::thread> load;
   for (int t = 0; t < 4; ++t) {
-    load.emplace_back([&] {
+    load.emplace_back([&, t] {
       while (!stop.load()) {
         CallResult r = sc->CallBlocking("Echo/Say", "x");
         core::MutexLock lock(&mu);
+        ++calls_done[t];
         if (r.status.ok()) {
           ++ok;
           ++by_endpoint[r.endpoint];
@@ -136,7 +140,27 @@ TEST_F(ServiceChannelTest, FollowsAdditionsAndRemovalsUnderLoadWithoutFailedCall
     core::MutexLock lock(&mu);
     by_endpoint.clear();
   };
-  absl::SleepFor(absl::Milliseconds(200));
+  auto done_so_far = [&] {
+    core::MutexLock lock(&mu);
+    return calls_done;
+  };
+  // True once every load thread has finished (and counted) more calls than
+  // in `before`, i.e. the call each one had going at that moment.
+  auto each_thread_moved_past = [&](const std::vector<int>& before) {
+    std::vector<int> now = done_so_far();
+    for (size_t t = 0; t < now.size(); ++t) {
+      if (now[t] <= before[t]) return false;
+    }
+    return true;
+  };
+  auto applied = [&](std::vector<std::string> want) {
+    std::vector<std::string> got = sc->Endpoints();
+    std::sort(got.begin(), got.end());
+    std::sort(want.begin(), want.end());
+    return got == want;
+  };
+  // The load is flowing before the set changes.
+  EXPECT_TRUE(Eventually([&] { return ok.load() > 20; }, absl::Seconds(10)));
   // Add s3 and s4: they start taking calls.
   SetEndpoints({s1.address(), s2.address(), s3.address(), s4.address()});
   EXPECT_TRUE(Eventually([&] { return count(s3.address()) > 20 && count(s4.address()) > 20; },
@@ -146,17 +170,24 @@ TEST_F(ServiceChannelTest, FollowsAdditionsAndRemovalsUnderLoadWithoutFailedCall
   ASSERT_TRUE(Eventually([&] { return Joined(*sc) == absl::StrCat(s3.address(), ",", s4.address()) ||
                                       Joined(*sc) == absl::StrCat(s4.address(), ",", s3.address()); },
                          absl::Seconds(10)));
-  absl::SleepFor(absl::Milliseconds(100));
+  // Calls picked before the switch may still land on s1 and s2: wait until
+  // each load thread has finished the call it had going.
+  std::vector<int> before = done_so_far();
+  EXPECT_TRUE(Eventually([&] { return each_thread_moved_past(before); }, absl::Seconds(10)));
   reset();
+  // A window of load in which s1 and s2 must get nothing.
   absl::SleepFor(absl::Milliseconds(200));
   EXPECT_EQ(count(s1.address()), 0);
   EXPECT_EQ(count(s2.address()), 0);
-  // Swap back and forth a few times under load.
+  // Swap back and forth a few times under load, each set applied before the
+  // next is published.
   for (int i = 0; i < 5; ++i) {
     SetEndpoints({s1.address(), s4.address()});
-    absl::SleepFor(absl::Milliseconds(100));
+    EXPECT_TRUE(Eventually([&] { return applied({s1.address(), s4.address()}); },
+                           absl::Seconds(10)));
     SetEndpoints({s2.address(), s3.address()});
-    absl::SleepFor(absl::Milliseconds(100));
+    EXPECT_TRUE(Eventually([&] { return applied({s2.address(), s3.address()}); },
+                           absl::Seconds(10)));
   }
   stop = true;
   for (auto& t : load) t.join();
@@ -179,7 +210,8 @@ TEST_F(ServiceChannelTest, RemovedEndpointFinishesItsCallInFlight) {
     result = std::move(r);
     done.Notify();
   });
-  absl::SleepFor(absl::Milliseconds(100));
+  // The call is on the slow server when its endpoint is removed.
+  EXPECT_TRUE(Eventually([&] { return slow.handled.load() == 1; }, absl::Seconds(5)));
   SetEndpoints({fast.address()});
   ASSERT_TRUE(Eventually([&] { return Joined(*sc) == fast.address(); }, absl::Seconds(5)));
   EXPECT_EQ(sc->stats().draining, 1u);

@@ -61,6 +61,8 @@ TEST(RcuPtrTest, UpdateWaitsForAReaderThatHoldsTheOldObject) {
     ptr.Update(std::make_unique<Tracked>(2));
     updated = true;
   });
+  // A window in which Update must not return: the reader still holds the
+  // old object.
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_FALSE(updated.load());  // still waiting for the reader
   release = true;

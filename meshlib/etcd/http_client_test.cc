@@ -188,6 +188,7 @@ TEST_F(HttpClientTest, DestroyingTheCallInsideItsHandlerAndMidStream) {
     call_ = HttpCall::Start(loop_.get(), server.address(), HttpRequest{}, o, std::move(h));
   });
   ASSERT_TRUE(destroyed.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  // A window in which no further handler may run.
   absl::SleepFor(absl::Milliseconds(50));
   loop_->RunAndWait([] {});
   EXPECT_EQ(bodies, 1);

@@ -156,8 +156,9 @@ void RunRound(MeshLifetimeTest* t, std::unique_ptr<Mesh> mesh, Teardown how, int
       }
     });
   }
-  while (blocking_started.load() < 4) absl::SleepFor(absl::Milliseconds(1));
-  absl::SleepFor(absl::Milliseconds(10));  // some answered, most in flight
+  // Teardown comes with some calls answered and most in flight.
+  EXPECT_TRUE(Eventually([&] { return blocking_started.load() == 4; }, absl::Seconds(10)));
+  EXPECT_TRUE(Eventually([&] { return ledger->completed.load() > 0; }, absl::Seconds(10)));
   auto destroy_mesh = [&] {
     std::unique_ptr<Mesh> m;
     {
@@ -275,7 +276,8 @@ TEST_F(MeshLifetimeTest, DroppingClientsWhileCallsRun) {
       client->Call("Echo/Say", "x", Idempotent(),
                    [ledger, i](CallResult r) { ledger->Done(i, r); });
     }
-    absl::SleepFor(absl::Milliseconds(5));
+    // Some calls answered, the rest in flight when the client goes.
+    EXPECT_TRUE(Eventually([&] { return ledger->completed.load() > 0; }, absl::Seconds(10)));
     client.reset();  // ends its calls: each completes once (CANCELLED or answered)
     EXPECT_TRUE(Eventually([&] { return ledger->completed.load() == 500; }, absl::Seconds(10)))
         << ledger->completed.load();
@@ -301,7 +303,7 @@ TEST_F(MeshLifetimeTest, HedgedAndRetriedCallsAcrossFrequentReloads) {
         client->Call("Echo/Say", "x", Idempotent(),
                      [ledger, i](CallResult r) { ledger->Done(i, r); });
       }
-      absl::SleepFor(absl::Milliseconds(5));
+      absl::SleepFor(absl::Milliseconds(5));  // paces the load
     }
   });
   const std::string variants[] = {
@@ -311,7 +313,7 @@ TEST_F(MeshLifetimeTest, HedgedAndRetriedCallsAcrossFrequentReloads) {
       "",
   };
   for (int i = 0; i < 30; ++i) {
-    absl::SleepFor(absl::Milliseconds(100));
+    absl::SleepFor(absl::Milliseconds(100));  // the reload period under test
     auto cfg = config::ParseMeshConfig(Json(variants[i % 4]));
     ASSERT_TRUE(cfg.ok()) << cfg.status();
     ASSERT_TRUE(mesh->Apply(*std::move(cfg)).ok());

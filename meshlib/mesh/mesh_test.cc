@@ -199,7 +199,10 @@ TEST_F(MeshTest, ApplyReplacesTheStackWithoutFailingCallsInFlight) {
       (r.status.ok() ? ok : failed)++;
     });
   }
-  absl::SleepFor(absl::Milliseconds(50));  // the calls are in flight
+  // The calls are in flight: every one has reached a handler.
+  EXPECT_TRUE(Eventually(
+      [&] { return v1a.handled.load() + v1b.handled.load() + v2.handled.load() >= 6; },
+      absl::Seconds(5)));
   ASSERT_TRUE(mesh->Apply(Config(ServiceJson(R"("retry": {"max_attempts": 3})"))).ok());
   EXPECT_EQ(mesh->reload_stats().generation, 2u);
   EXPECT_TRUE(absl::StrContains(echo->Describe(), "up to 3 attempts"));
@@ -245,7 +248,7 @@ TEST_F(MeshTest, ReloadsUnderLoadFailNoCall) {
         (r.status.ok() ? async_ok : async_failed)++;
         --async_out;
       });
-      absl::SleepFor(absl::Microseconds(500));
+      absl::SleepFor(absl::Microseconds(500));  // paces the async load
     }
   });
   const char* variants[] = {
@@ -255,7 +258,7 @@ TEST_F(MeshTest, ReloadsUnderLoadFailNoCall) {
       R"("hedging": {"delay": "50ms"}, "outlier_detection": {"interval": "1s"})",
   };
   for (int i = 0; i < 15; ++i) {
-    absl::SleepFor(absl::Milliseconds(200));
+    absl::SleepFor(absl::Milliseconds(200));  // the reload period under test
     ASSERT_TRUE(mesh->Apply(Config(ServiceJson(variants[i % 4]))).ok());
   }
   stop = true;
@@ -394,7 +397,10 @@ TEST_F(MeshTest, DrainTimeoutEndsTheCallsOfAReplacedStack) {
     got = std::move(r);
     done.Notify();
   });
-  absl::SleepFor(absl::Milliseconds(50));  // the call is on the server now
+  // The call is on the server before the reload replaces its stack.
+  EXPECT_TRUE(Eventually(
+      [&] { return v1a.handled.load() + v1b.handled.load() + v2.handled.load() >= 1; },
+      absl::Seconds(5)));
   ASSERT_TRUE(mesh->Apply(with(R"("load_balancer": [{"least_request": {}}])")).ok());
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
   EXPECT_EQ(got.status.code(), absl::StatusCode::kCancelled) << got.status;
