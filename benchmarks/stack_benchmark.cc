@@ -3,6 +3,8 @@
 // so that the difference between the two is the stack itself.
 //
 //   bare        InMemoryChannel::CallBlocking: the transport alone
+//   HedgeTimer  the full stack, answers after Call returns: a real hedge
+//               timer armed and cancelled per call
 //   Mesh*       a mesh Client over 5 in-memory endpoints with every layer
 //               configured but not triggered: an interceptor, a route with a
 //               split to a subset, fault injection at 0%, a deadline,
@@ -16,6 +18,8 @@
 //       --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
@@ -59,8 +63,50 @@ std::string Endpoints() {
   return out;
 }
 
+// An endpoint that answers a call only when the benchmark says so
+// (AnswerAll), after Call has returned: by then a hedged call has armed its
+// hedge timer, which the answer cancels, as over a real network.
+class DeferredChannel final : public client::EndpointChannel {
+ public:
+  explicit DeferredChannel(std::string address) : address_(std::move(address)) {}
+  client::CallHandle Call(absl::string_view, absl::string_view request,
+                          const client::CallOptions&, client::CallCallback done) override {
+    client::CallResult r;
+    r.payload.assign(request.data(), request.size());
+    r.endpoint = address_;
+    Held().emplace_back(std::move(done), std::move(r));
+    return client::CallHandle();
+  }
+  client::CallResult CallBlocking(absl::string_view, absl::string_view request,
+                                  const client::CallOptions&) override {
+    client::CallResult r;
+    r.payload.assign(request.data(), request.size());
+    return r;
+  }
+  const std::string& address() const override { return address_; }
+  int ReadyConnections() const override { return 1; }
+  bool Unreachable() const override { return false; }
+  size_t CallsOutstanding() const override { return 0; }
+  void Connect() override {}
+
+  // Answers every call held on this thread.
+  static void AnswerAll() {
+    auto held = std::move(Held());
+    Held().clear();
+    for (auto& [done, r] : held) done(std::move(r));
+  }
+
+ private:
+  static std::vector<std::pair<client::CallCallback, client::CallResult>>& Held() {
+    thread_local std::vector<std::pair<client::CallCallback, client::CallResult>> held;
+    return held;
+  }
+  const std::string address_;
+};
+
 // `full`: every layer configured; otherwise the bare minimum a service has.
-std::unique_ptr<mesh::Mesh> MakeMesh(bool full) {
+// `deferred`: endpoints answer after Call returns (DeferredChannel).
+std::unique_ptr<mesh::Mesh> MakeMesh(bool full, bool deferred = false) {
   std::string extra = full ? R"(,
       "load_balancer": [{"p2c_peak_ewma": {}}],
       "retry": {"max_attempts": 3, "retry_on": ["UNAVAILABLE"]},
@@ -80,7 +126,14 @@ std::unique_ptr<mesh::Mesh> MakeMesh(bool full) {
     std::abort();
   }
   mesh::MeshOptions o;
-  o.channel_factory = testing::InMemoryChannel::Factory(Echo);
+  if (deferred) {
+    o.channel_factory = [](const std::string& address)
+        -> absl::StatusOr<std::shared_ptr<client::EndpointChannel>> {
+      return std::make_shared<DeferredChannel>(address);
+    };
+  } else {
+    o.channel_factory = testing::InMemoryChannel::Factory(Echo);
+  }
   return mesh::Mesh::Create(*std::move(cfg), o).value();
 }
 
@@ -121,6 +174,26 @@ void BM_MeshMinimalCallback(benchmark::State& state) { MeshCallback(state, false
 void BM_MeshFullStackCallback(benchmark::State& state) { MeshCallback(state, true); }
 BENCHMARK(BM_MeshMinimalCallback);
 BENCHMARK(BM_MeshFullStackCallback);
+
+// The full stack with the answer arriving after Call returns: each call
+// arms a real hedge timer on a reactor (the p99 delay, or 50ms until it is
+// known) and its answer cancels it.
+void BM_MeshFullStackHedgeTimer(benchmark::State& state) {
+  auto m = MakeMesh(true, /*deferred=*/true);
+  auto client = m->Client("echo").value();
+  client->AddInterceptor(std::make_shared<NoopInterceptor>());
+  client::CallOptions o;
+  o.idempotent = true;
+  int64_t ok = 0;
+  for (auto _ : state) {
+    client->Call("Echo/Say", "payload", o, [&ok](client::CallResult r) { ok += r.status.ok(); });
+    DeferredChannel::AnswerAll();
+  }
+  if (ok != state.iterations()) state.SkipWithError("a call failed");
+  mesh::ClientStats stats = client->stats();
+  state.counters["hedges"] = static_cast<double>(stats.hedges);
+}
+BENCHMARK(BM_MeshFullStackHedgeTimer);
 
 }  // namespace
 }  // namespace meshlib

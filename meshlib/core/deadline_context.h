@@ -32,10 +32,11 @@
 namespace meshlib::core {
 
 namespace internal {
-inline absl::Time& ThreadDeadline() {
-  thread_local absl::Time deadline = absl::InfiniteFuture();
-  return deadline;
-}
+// Defined in deadline_context.cc (a function-local static of an inline
+// function would be a "unique" symbol that libmeshlib.so cannot keep
+// private).
+extern thread_local absl::Time thread_deadline;
+inline absl::Time& ThreadDeadline() { return thread_deadline; }
 }  // namespace internal
 
 // The deadline installed on this thread; InfiniteFuture when none.

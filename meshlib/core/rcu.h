@@ -33,11 +33,15 @@ namespace meshlib::core {
 namespace rcu_internal {
 inline constexpr size_t kShards = 32;
 // This thread's shard: assigned round-robin at first use, so two threads
-// rarely share a counter's cache line.
+// rarely share a counter's cache line. The state lives in rcu.cc, not in
+// function-local statics of an inline function: those would be "unique"
+// symbols that a shared library (libmeshlib.so) cannot keep private.
+inline constexpr size_t kNoShard = ~size_t{0};
+extern thread_local size_t thread_shard;  // kNoShard until assigned
+size_t AssignThreadShard();
 inline size_t ThreadShard() {
-  static std::atomic<size_t> next{0};
-  thread_local size_t shard = next.fetch_add(1, std::memory_order_relaxed) % kShards;
-  return shard;
+  size_t shard = thread_shard;
+  return shard != kNoShard ? shard : AssignThreadShard();
 }
 struct alignas(64) Counter {
   std::atomic<int64_t> n{0};

@@ -1,0 +1,436 @@
+/* The C ABI from C (meshlib/capi/meshlib.h), against real echo_server
+ * processes: every function, with good and bad arguments. Each check that
+ * fails prints its line; the test exits non-zero if any did. */
+#include "meshlib/capi/meshlib.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int failures = 0;
+
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                       \
+    }                                                                   \
+  } while (0)
+
+/* Checks that `err` is an error with `code`, and frees it. */
+#define CHECK_ERROR(err, code)                                                   \
+  do {                                                                           \
+    meshlib_error_t* e_ = (err);                                                 \
+    if (e_ == NULL) {                                                            \
+      fprintf(stderr, "%s:%d: expected %s, got success\n", __FILE__, __LINE__,   \
+              meshlib_code_name(code));                                          \
+      ++failures;                                                                \
+    } else if (meshlib_error_code(e_) != (code)) {                               \
+      fprintf(stderr, "%s:%d: expected %s, got %s: %s\n", __FILE__, __LINE__,    \
+              meshlib_code_name(code), meshlib_code_name(meshlib_error_code(e_)), \
+              meshlib_error_message(e_));                                        \
+      ++failures;                                                                \
+    }                                                                            \
+    meshlib_error_free(e_);                                                      \
+  } while (0)
+
+#define CHECK_OK(err)                                                              \
+  do {                                                                             \
+    meshlib_error_t* e_ = (err);                                                   \
+    if (e_ != NULL) {                                                              \
+      fprintf(stderr, "%s:%d: expected success, got %s: %s\n", __FILE__, __LINE__, \
+              meshlib_code_name(meshlib_error_code(e_)), meshlib_error_message(e_)); \
+      ++failures;                                                                  \
+      meshlib_error_free(e_);                                                      \
+    }                                                                              \
+  } while (0)
+
+/* --- an echo_server process --- */
+
+typedef struct {
+  pid_t pid;
+  char address[256];
+} server_t;
+
+/* Starts examples/echo/echo_server with `extra` (may be NULL) and waits for
+ * its "listening on" line. */
+static int start_server(server_t* s, const char* extra) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  s->pid = fork();
+  if (s->pid < 0) return -1;
+  if (s->pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    const char* bin = "examples/echo/echo_server";
+    if (extra != NULL) {
+      execl(bin, bin, "--port=0", extra, (char*)NULL);
+    } else {
+      execl(bin, bin, "--port=0", (char*)NULL);
+    }
+    _exit(127);
+  }
+  close(fds[1]);
+  FILE* out = fdopen(fds[0], "r");
+  char line[256];
+  s->address[0] = '\0';
+  while (fgets(line, sizeof line, out) != NULL) {
+    const char* prefix = "listening on ";
+    if (strncmp(line, prefix, strlen(prefix)) == 0) {
+      size_t n = strlen(line + strlen(prefix));
+      if (n >= sizeof s->address) n = sizeof s->address - 1;
+      memcpy(s->address, line + strlen(prefix), n);
+      s->address[n] = '\0';
+      s->address[strcspn(s->address, "\r\n")] = '\0';
+      break;
+    }
+  }
+  /* The pipe stays open (and unread) until the server exits; it prints
+   * nothing more to stdout. */
+  return s->address[0] != '\0' ? 0 : -1;
+}
+
+static void stop_server(server_t* s) {
+  kill(s->pid, SIGKILL);
+  waitpid(s->pid, NULL, 0);
+}
+
+static char* config_for(const char* address, const char* timeout) {
+  static char buf[1024];
+  snprintf(buf, sizeof buf,
+           "{\"services\": {\"echo\": {\"discovery\": {\"static\": {\"endpoints\": [\"%s\"]}}, "
+           "\"timeout\": \"%s\"}}}",
+           address, timeout);
+  return buf;
+}
+
+/* --- waiting for asynchronous calls --- */
+
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+  int ok;
+  meshlib_code_t code;
+  char payload[64];
+} waiter_t;
+
+static void waiter_init(waiter_t* w) {
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  w->done = 0;
+  w->ok = 0;
+  w->code = -1;
+  w->payload[0] = '\0';
+}
+
+static void on_done(void* user_data, meshlib_reply_t* reply, meshlib_error_t* error) {
+  waiter_t* w = (waiter_t*)user_data;
+  pthread_mutex_lock(&w->mu);
+  /* Exactly one of the two. */
+  if ((reply == NULL) == (error == NULL)) ++failures;
+  if (reply != NULL) {
+    size_t len = 0;
+    const uint8_t* p = meshlib_reply_payload(reply, &len);
+    if (len >= sizeof w->payload) len = sizeof w->payload - 1;
+    if (p != NULL) memcpy(w->payload, p, len);
+    w->payload[len] = '\0';
+    ++w->ok;
+    w->code = MESHLIB_OK;
+    meshlib_reply_free(reply);
+  } else {
+    w->code = meshlib_error_code(error);
+    meshlib_error_free(error);
+  }
+  ++w->done;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Waits until `n` calls completed, or `seconds` passed; returns done. */
+static int wait_for(waiter_t* w, int n, int seconds) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += seconds;
+  pthread_mutex_lock(&w->mu);
+  while (w->done < n) {
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &until) != 0) break;
+  }
+  int done = w->done;
+  pthread_mutex_unlock(&w->mu);
+  return done;
+}
+
+/* --- the tests --- */
+
+static void test_version_and_codes(void) {
+  CHECK(meshlib_version() == MESHLIB_VERSION);
+  char expected[32];
+  snprintf(expected, sizeof expected, "%d.%d.%d", MESHLIB_VERSION_MAJOR, MESHLIB_VERSION_MINOR,
+           MESHLIB_VERSION_PATCH);
+  CHECK(strcmp(meshlib_version_string(), expected) == 0);
+  CHECK(strcmp(meshlib_code_name(MESHLIB_OK), "OK") == 0);
+  CHECK(strcmp(meshlib_code_name(MESHLIB_UNAVAILABLE), "UNAVAILABLE") == 0);
+  CHECK(strcmp(meshlib_code_name(MESHLIB_UNAUTHENTICATED), "UNAUTHENTICATED") == 0);
+  CHECK(strcmp(meshlib_code_name(99), "UNKNOWN_CODE") == 0);
+  CHECK(strcmp(meshlib_code_name(-1), "UNKNOWN_CODE") == 0);
+  /* A NULL error reads as OK. */
+  CHECK(meshlib_error_code(NULL) == MESHLIB_OK);
+  CHECK(strcmp(meshlib_error_message(NULL), "") == 0);
+}
+
+static void test_bad_arguments_never_crash(void) {
+  meshlib_mesh_t* mesh = NULL;
+  CHECK_ERROR(meshlib_mesh_new_json(NULL, 0, &mesh), MESHLIB_INVALID_ARGUMENT);
+  CHECK_ERROR(meshlib_mesh_new_json("{}", 2, NULL), MESHLIB_INVALID_ARGUMENT);
+  CHECK_ERROR(meshlib_mesh_new_file(NULL, &mesh), MESHLIB_INVALID_ARGUMENT);
+  CHECK(mesh == NULL);
+  meshlib_client_t* client = NULL;
+  CHECK_ERROR(meshlib_mesh_client(NULL, "echo", &client), MESHLIB_INVALID_ARGUMENT);
+  char* text = NULL;
+  CHECK_ERROR(meshlib_client_describe(NULL, &text), MESHLIB_INVALID_ARGUMENT);
+  CHECK_ERROR(meshlib_client_stats_json(NULL, &text), MESHLIB_INVALID_ARGUMENT);
+  meshlib_reply_t* reply = NULL;
+  CHECK_ERROR(meshlib_client_call(NULL, "Echo/Say", "x", 1, NULL, &reply),
+              MESHLIB_INVALID_ARGUMENT);
+  CHECK_ERROR(meshlib_client_call_async(NULL, "Echo/Say", "x", 1, NULL, on_done, NULL, NULL),
+              MESHLIB_INVALID_ARGUMENT);
+  CHECK(client == NULL && reply == NULL && text == NULL);
+  /* Freeing, closing and cancelling NULL do nothing. */
+  meshlib_mesh_close(NULL);
+  meshlib_mesh_free(NULL);
+  meshlib_client_free(NULL);
+  meshlib_reply_free(NULL);
+  meshlib_error_free(NULL);
+  meshlib_call_cancel(NULL);
+  meshlib_call_free(NULL);
+  meshlib_free(NULL);
+  size_t len = 7;
+  CHECK(meshlib_reply_payload(NULL, &len) == NULL && len == 0);
+  CHECK(strcmp(meshlib_reply_endpoint(NULL), "") == 0);
+  CHECK(meshlib_reply_metadata_count(NULL) == 0);
+  CHECK(meshlib_reply_metadata(NULL, 0).key == NULL);
+}
+
+static void test_bad_configuration_names_the_field(void) {
+  meshlib_mesh_t* mesh = NULL;
+  const char* garbage = "{not json";
+  meshlib_error_t* err = meshlib_mesh_new_json(garbage, strlen(garbage), &mesh);
+  CHECK(err != NULL && meshlib_error_code(err) == MESHLIB_INVALID_ARGUMENT);
+  meshlib_error_free(err);
+  const char* bad =
+      "{\"services\": {\"echo\": {\"discovery\": {\"static\": {\"endpoints\": "
+      "[\"127.0.0.1:1\"]}}, \"retry\": {\"max_attempts\": 0}}}}";
+  err = meshlib_mesh_new_json(bad, strlen(bad), &mesh);
+  CHECK(err != NULL && meshlib_error_code(err) == MESHLIB_INVALID_ARGUMENT);
+  CHECK(err != NULL && strstr(meshlib_error_message(err), "services.echo.retry.max_attempts"));
+  meshlib_error_free(err);
+  CHECK_ERROR(meshlib_mesh_new_file("/nonexistent/mesh.json", &mesh), MESHLIB_NOT_FOUND);
+  CHECK(mesh == NULL);
+}
+
+static void test_calls(const server_t* server) {
+  const char* cfg = config_for(server->address, "2s");
+  meshlib_mesh_t* mesh = NULL;
+  CHECK_OK(meshlib_mesh_new_json(cfg, strlen(cfg), &mesh));
+  if (mesh == NULL) return;
+  meshlib_client_t* client = NULL;
+  CHECK_ERROR(meshlib_mesh_client(mesh, "nope", &client), MESHLIB_NOT_FOUND);
+  CHECK_ERROR(meshlib_mesh_client(mesh, NULL, &client), MESHLIB_INVALID_ARGUMENT);
+  CHECK_OK(meshlib_mesh_client(mesh, "echo", &client));
+  if (client == NULL) {
+    meshlib_mesh_free(mesh);
+    return;
+  }
+
+  /* Blocking, with options and metadata. */
+  meshlib_metadata_entry_t md[1] = {{"x-user", "c"}};
+  meshlib_call_options_t o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.timeout_ns = 1000000000;
+  o.idempotent = 1;
+  o.metadata = md;
+  o.metadata_count = 1;
+  meshlib_reply_t* reply = NULL;
+  CHECK_OK(meshlib_client_call(client, "Echo/Say", "hello", 5, &o, &reply));
+  if (reply != NULL) {
+    size_t len = 0;
+    const uint8_t* p = meshlib_reply_payload(reply, &len);
+    CHECK(len == 5 && p != NULL && memcmp(p, "hello", 5) == 0);
+    CHECK(strcmp(meshlib_reply_endpoint(reply), server->address) == 0);
+    size_t n = meshlib_reply_metadata_count(reply);
+    for (size_t i = 0; i < n; ++i) {
+      meshlib_metadata_entry_t e = meshlib_reply_metadata(reply, i);
+      CHECK(e.key != NULL && e.value != NULL);
+    }
+    CHECK(meshlib_reply_metadata(reply, n).key == NULL);
+    meshlib_reply_free(reply);
+  }
+  /* An empty request is fine; a NULL one with a length is not. */
+  reply = NULL;
+  CHECK_OK(meshlib_client_call(client, "Echo/Say", NULL, 0, NULL, &reply));
+  meshlib_reply_free(reply);
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", NULL, 3, NULL, &reply),
+              MESHLIB_INVALID_ARGUMENT);
+  CHECK_ERROR(meshlib_client_call(client, NULL, "x", 1, NULL, &reply), MESHLIB_INVALID_ARGUMENT);
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, NULL, NULL),
+              MESHLIB_INVALID_ARGUMENT);
+  /* Bad options. */
+  meshlib_call_options_t bad;
+  memset(&bad, 0, sizeof bad);
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, &bad, &reply),
+              MESHLIB_INVALID_ARGUMENT); /* struct_size unset */
+  bad.struct_size = sizeof bad;
+  bad.timeout_ns = -5;
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, &bad, &reply),
+              MESHLIB_INVALID_ARGUMENT);
+  bad.timeout_ns = 0;
+  bad.metadata_count = 2;
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, &bad, &reply),
+              MESHLIB_INVALID_ARGUMENT);
+  /* An unknown method: the server's answer, as an error. */
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Nope", "x", 1, NULL, &reply),
+              MESHLIB_UNIMPLEMENTED);
+
+  /* Asynchronous: 200 at once, each completes once. */
+  waiter_t w;
+  waiter_init(&w);
+  for (int i = 0; i < 200; ++i) {
+    meshlib_call_t* call = NULL;
+    CHECK_OK(meshlib_client_call_async(client, "Echo/Say", "async", 5, NULL, on_done, &w,
+                                       i % 2 ? &call : NULL));
+    meshlib_call_free(call);
+  }
+  CHECK(wait_for(&w, 200, 10) == 200);
+  CHECK(w.ok == 200);
+  CHECK(strcmp(w.payload, "async") == 0);
+  CHECK_ERROR(meshlib_client_call_async(client, "Echo/Say", "x", 1, NULL, NULL, NULL, NULL),
+              MESHLIB_INVALID_ARGUMENT);
+
+  /* Describe and stats. */
+  char* text = NULL;
+  CHECK_OK(meshlib_client_describe(client, &text));
+  CHECK(text != NULL && strstr(text, "balancer") != NULL);
+  meshlib_free(text);
+  text = NULL;
+  CHECK_OK(meshlib_client_stats_json(client, &text));
+  CHECK(text != NULL && strstr(text, "\"calls\"") != NULL && strstr(text, server->address));
+  meshlib_free(text);
+
+  /* After close: calls fail with CANCELLED, new clients are refused;
+   * closing twice does nothing. */
+  meshlib_mesh_close(mesh);
+  meshlib_mesh_close(mesh);
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, NULL, &reply), MESHLIB_CANCELLED);
+  meshlib_client_t* late = NULL;
+  CHECK_ERROR(meshlib_mesh_client(mesh, "echo", &late), MESHLIB_FAILED_PRECONDITION);
+  waiter_t after;
+  waiter_init(&after);
+  CHECK_OK(meshlib_client_call_async(client, "Echo/Say", "x", 1, NULL, on_done, &after, NULL));
+  CHECK(wait_for(&after, 1, 5) == 1 && after.code == MESHLIB_CANCELLED);
+  meshlib_client_free(client);
+  meshlib_mesh_free(mesh);
+}
+
+static void test_cancel_and_close_with_calls_in_flight(const server_t* slow) {
+  const char* cfg = config_for(slow->address, "10s");
+  meshlib_mesh_t* mesh = NULL;
+  CHECK_OK(meshlib_mesh_new_json(cfg, strlen(cfg), &mesh));
+  if (mesh == NULL) return;
+  meshlib_client_t* client = NULL;
+  CHECK_OK(meshlib_mesh_client(mesh, "echo", &client));
+  if (client == NULL) {
+    meshlib_mesh_free(mesh);
+    return;
+  }
+  /* A cancelled call completes at once with CANCELLED. */
+  waiter_t w;
+  waiter_init(&w);
+  meshlib_call_t* call = NULL;
+  CHECK_OK(meshlib_client_call_async(client, "Echo/Say", "x", 1, NULL, on_done, &w, &call));
+  meshlib_call_cancel(call);
+  meshlib_call_cancel(call); /* twice: nothing more */
+  CHECK(wait_for(&w, 1, 5) == 1 && w.code == MESHLIB_CANCELLED);
+  meshlib_call_free(call);
+  /* A blocking call with a short timeout: DEADLINE_EXCEEDED on time. */
+  meshlib_call_options_t o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.timeout_ns = 100000000; /* 100ms against the server's 2s */
+  meshlib_reply_t* reply = NULL;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, &o, &reply),
+              MESHLIB_DEADLINE_EXCEEDED);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  CHECK(took < 1.0);
+  /* Freeing the mesh with 50 calls in flight ends each once, CANCELLED. */
+  waiter_t many;
+  waiter_init(&many);
+  for (int i = 0; i < 50; ++i) {
+    CHECK_OK(meshlib_client_call_async(client, "Echo/Say", "x", 1, NULL, on_done, &many, NULL));
+  }
+  meshlib_mesh_free(mesh);
+  CHECK(wait_for(&many, 50, 5) == 50);
+  CHECK(many.ok == 0 && many.code == MESHLIB_CANCELLED);
+  meshlib_client_free(client);
+}
+
+static void test_mesh_from_file(const server_t* server) {
+  char path[256];
+  const char* dir = getenv("TEST_TMPDIR");
+  snprintf(path, sizeof path, "%s/capi_mesh.json", dir != NULL ? dir : "/tmp");
+  FILE* f = fopen(path, "w");
+  CHECK(f != NULL);
+  if (f == NULL) return;
+  fputs(config_for(server->address, "2s"), f);
+  fclose(f);
+  meshlib_mesh_t* mesh = NULL;
+  CHECK_OK(meshlib_mesh_new_file(path, &mesh));
+  if (mesh == NULL) return;
+  meshlib_client_t* client = NULL;
+  CHECK_OK(meshlib_mesh_client(mesh, "echo", &client));
+  meshlib_reply_t* reply = NULL;
+  if (client != NULL) CHECK_OK(meshlib_client_call(client, "Echo/Say", "file", 4, NULL, &reply));
+  meshlib_reply_free(reply);
+  /* Freed in the other order: the client after its mesh. */
+  meshlib_mesh_free(mesh);
+  meshlib_client_free(client);
+}
+
+int main(void) {
+  signal(SIGPIPE, SIG_IGN);
+  test_version_and_codes();
+  test_bad_arguments_never_crash();
+  test_bad_configuration_names_the_field();
+  server_t server, slow;
+  if (start_server(&server, NULL) != 0) {
+    fprintf(stderr, "echo_server did not start\n");
+    return 1;
+  }
+  if (start_server(&slow, "--latency_ms=2000") != 0) {
+    fprintf(stderr, "slow echo_server did not start\n");
+    stop_server(&server);
+    return 1;
+  }
+  test_calls(&server);
+  test_cancel_and_close_with_calls_in_flight(&slow);
+  test_mesh_from_file(&server);
+  stop_server(&server);
+  stop_server(&slow);
+  if (failures != 0) {
+    fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("all checks passed\n");
+  return 0;
+}
