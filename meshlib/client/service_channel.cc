@@ -670,9 +670,10 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
   return stack_->retry->Decide(r, options.idempotent, attempts, several, transparent_used, delay);
 }
 
-void ServiceChannel::RecordAttempt(const Picked& picked, const CallResult& r,
-                                   absl::Duration latency, absl::Time now) {
+void ServiceChannel::RecordAttempt(absl::string_view method, const Picked& picked,
+                                   const CallResult& r, absl::Duration latency, absl::Time now) {
   AttemptInfo a;
+  a.method = method;
   a.latency = latency;
   a.end = now;
   a.stats = picked.stats.get();
@@ -738,7 +739,7 @@ struct ServiceChannel::CallState final : public Cancellable,
   void CancelWith(absl::Status status) {
     absl::InlinedVector<CallHandle, 2> attempts;
     {
-      std::lock_guard<core::SpinLock> lock(mu);
+      std::lock_guard<std::mutex> lock(mu);
       if (over) return;
       over = true;
       CollectInFlight(&attempts);
@@ -782,7 +783,9 @@ struct ServiceChannel::CallState final : public Cancellable,
   // stack, which owns the fault in use).
   std::shared_ptr<const void> keep_alive;
 
-  core::SpinLock mu;
+  // Held while an attempt is prepared (a pick) and a failure decided (the
+  // retry budget's lock): not a spin lock.
+  std::mutex mu;
   CallCallback done;     // guarded by mu; empty once finished
   // Guarded by mu: the outcome is decided (an answer won, the caller
   // cancelled, the channel closed); no attempt starts any more, and those
@@ -811,13 +814,13 @@ struct ServiceChannel::CallState final : public Cancellable,
   bool finished() const { return over; }
   // Ends the call; call without `mu` held. Runs the callback at most once.
   void Finish(CallResult r) {
-    std::unique_lock<core::SpinLock> lock(mu);
+    std::unique_lock<std::mutex> lock(mu);
     FinishLocked(lock, std::move(r), {});
   }
   // The same for a caller holding `mu` (released here, before anything
   // else runs): the attempts in `stop_first` are cancelled, then the caller
   // hears.
-  void FinishLocked(std::unique_lock<core::SpinLock>& lock, CallResult r,
+  void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
                     absl::Span<CallHandle> stop_first);
   ~CallState() {
     if (done) {
@@ -897,7 +900,7 @@ void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
   --in_flight;
 }
 
-void ServiceChannel::CallState::FinishLocked(std::unique_lock<core::SpinLock>& lock, CallResult r,
+void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
                                              absl::Span<CallHandle> stop_first) {
   if (!done) {
     lock.unlock();
@@ -972,23 +975,46 @@ void ServiceChannel::RunLater(
     return st->CancelWith(
         absl::CancelledError(absl::StrCat("service ", service_, ": channel closed")));
   }
+  bool over;
   {
-    std::lock_guard<core::SpinLock> lock(st->mu);
-    st->timer_keys.push_back(key);
+    std::lock_guard<std::mutex> lock(st->mu);
+    over = st->over;
+    if (!over) st->timer_keys.push_back(key);
+  }
+  if (over) {  // ended meanwhile: nothing to wait for
+    std::lock_guard<std::mutex> lock(timers_mu_);
+    timers_.erase(key);
+    return;
   }
   runtime::TimerId id = loop->RunAfter(
       delay, [life = lifeline_, key, st = std::move(st), fn = std::move(fn)]() mutable {
-        std::shared_lock<std::shared_mutex> lock(life->mu);
-        ServiceChannel* sc = life->sc;
-        if (sc == nullptr) return;  // the destructor ended the call
+        std::shared_ptr<ServiceChannel> self;
         {
-          std::lock_guard<std::mutex> timers(sc->timers_mu_);
-          if (sc->timers_.erase(key) == 0) return;  // the destructor took it
+          std::shared_lock<std::shared_mutex> lock(life->mu);
+          ServiceChannel* sc = life->sc;
+          if (sc == nullptr) return;  // the destructor ended the call
+          {
+            std::lock_guard<std::mutex> timers(sc->timers_mu_);
+            if (sc->timers_.erase(key) == 0) return;  // taken by Close or cancelled
+          }
+          self = sc->self_.lock();
         }
-        fn(sc, std::move(st));
+        // Not under the lifeline's lock: `fn` may end the call, and the
+        // caller's callback may drop the channel's last reference.
+        if (self == nullptr) {
+          return st->CancelWith(absl::CancelledError("service channel destroyed"));
+        }
+        fn(self.get(), std::move(st));
       });
-  std::lock_guard<std::mutex> lock(timers_mu_);
-  if (auto it = timers_.find(key); it != timers_.end()) it->second.timer = id;
+  bool cancelled;
+  {
+    std::lock_guard<std::mutex> lock(timers_mu_);
+    auto it = timers_.find(key);
+    cancelled = it == timers_.end();
+    if (!cancelled) it->second.timer = id;
+  }
+  // Taken before its id was known (the call ended, or Close): stop it now.
+  if (cancelled) loop->Cancel(id);
 }
 
 void ServiceChannel::CancelTimers(absl::Span<const uint64_t> keys) {
@@ -1040,7 +1066,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   uint64_t generation;
   bool pending;
   {
-    std::unique_lock<core::SpinLock> lock(st->mu);
+    std::unique_lock<std::mutex> lock(st->mu);
     if (st->finished()) return;
     if (start == absl::InfinitePast()) start = clock_->Now();
     if (std::optional<CallResult> failed = PrepareAttempt(st->options, st->tried, st->deadline,
@@ -1070,7 +1096,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
     picked.Unused();
     if (pending) stack_->breaker->breaker().EndPending();
     {
-      std::lock_guard<core::SpinLock> lock(st->mu);
+      std::lock_guard<std::mutex> lock(st->mu);
       st->ReleaseSlot(slot);
     }
     return st->CancelWith(
@@ -1090,7 +1116,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
                     });
   bool cancel = false;
   {
-    std::lock_guard<core::SpinLock> lock(st->mu);
+    std::lock_guard<std::mutex> lock(st->mu);
     // Finished meanwhile (another attempt won): this one is not needed.
     cancel = st->finished();
     // Unless the attempt already ended (its callback ran inline).
@@ -1104,7 +1130,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
 void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r) {
   std::shared_ptr<ServiceChannel> self = std::move(slot->self);
   absl::Time now = self->clock_->Now();
-  self->RecordAttempt(slot->picked, r, now - slot->start, now);
+  self->RecordAttempt(slot->call->method, slot->picked, r, now - slot->start, now);
   slot->picked = Picked();
   if (slot->pending) self->stack_->breaker->breaker().EndPending();
   AttemptSlot* s = slot.get();
@@ -1116,7 +1142,7 @@ void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r
 void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot,
                                    CallResult r) {
   absl::InlinedVector<CallHandle, 2> losers;
-  std::unique_lock<core::SpinLock> lock(st->mu);
+  std::unique_lock<std::mutex> lock(st->mu);
   st->ReleaseSlot(slot);
   if (st->finished()) return;  // a hedge that lost, or a call cancelled
   bool closing = closing_.load(std::memory_order_acquire);
@@ -1155,6 +1181,10 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
 }
 
 void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
+  {
+    std::lock_guard<std::mutex> lock(st->mu);
+    if (st->finished()) return;  // the attempt just made ended the call
+  }
   std::optional<absl::Duration> delay = stack_->hedging->NextDelay();
   if (!delay.has_value()) return;
   if (st->deadline - clock_->Now() <= *delay) return;  // no time for it to help
@@ -1165,7 +1195,7 @@ void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
 
 void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
   {
-    std::lock_guard<core::SpinLock> lock(st->mu);
+    std::lock_guard<std::mutex> lock(st->mu);
     // Finished, or between attempts (a retry's backoff re-arms it).
     if (st->finished() || st->in_flight == 0) return;
     if (st->in_flight >= std::min(stack_->hedging->max_in_flight(), CallState::kMaxInFlight)) {
@@ -1183,7 +1213,7 @@ void ServiceChannel::StartAsync(std::shared_ptr<CallState> st, absl::Time now) {
   if (st->hedged) {
     bool finished;
     {
-      std::lock_guard<core::SpinLock> lock(st->mu);
+      std::lock_guard<std::mutex> lock(st->mu);
       finished = st->finished();
     }
     if (!finished) ArmHedge(st);  // an answer already in hand needs no timer
@@ -1205,6 +1235,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
                                          const resilience::FaultInjection* fault,
                                          CallCallback done,
                                          std::shared_ptr<const void> keep_alive) {
+  if (!done) return CallHandle();  // nobody to tell: nothing is sent
   if (closing_.load(std::memory_order_acquire)) {
     done(Cancelled(absl::StrCat("service ", service_, ": channel closed; ", method, " not sent")));
     return CallHandle();
@@ -1325,7 +1356,7 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     picked.stats->OnCallStart();
     CallResult r = picked.channel->CallBlocking(method, request, attempt);
     absl::Time end = clock_->Now();
-    RecordAttempt(picked, r, end - start, end);
+    RecordAttempt(method, picked, r, end - start, end);
     if (pending) stack_->breaker->breaker().EndPending();
     if (active.retry) {
       active.retry = false;

@@ -237,7 +237,7 @@ class ServiceChannel final : public Caller {
   // The same with `fault` in place of the channel's own fault injection
   // (nullptr: none), for a routing layer above whose routes have their own.
   // `fault` must outlive the call, or be owned by `keep_alive`, which the
-  // call holds until it completes.
+  // call holds until it completes. An empty `done` sends nothing.
   CallHandle CallWithFault(absl::string_view method, absl::string_view request,
                            const CallOptions& options, const resilience::FaultInjection* fault,
                            CallCallback done, std::shared_ptr<const void> keep_alive = nullptr);
@@ -330,8 +330,8 @@ class ServiceChannel final : public Caller {
   static void AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r);
   void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult r);
   // Tells the layers that observe attempts how one ended.
-  void RecordAttempt(const Picked& picked, const CallResult& r, absl::Duration latency,
-                     absl::Time now);
+  void RecordAttempt(absl::string_view method, const Picked& picked, const CallResult& r,
+                     absl::Duration latency, absl::Time now);
   // A pick by the policy; endpoints in `avoid` (addresses) are skipped when
   // another exists. False when the set is empty.
   bool PickMember(const CallOptions& options, absl::Span<const std::string> avoid,

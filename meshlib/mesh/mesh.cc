@@ -96,9 +96,11 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
     // The fault (the route's, else the service's) is applied by the
     // channel, whose timers end with it; the call holds the stack (and so
     // the fault) until it ends.
+    // `s` stays held here too: the call may end (and release its copy) on
+    // another thread before CallWithFault returns, and the stack owns the
+    // target channel.
     client::ServiceChannel* target = routed.target;
-    return target->CallWithFault(method, request, options, routed.fault, std::move(done),
-                                 std::move(s));
+    return target->CallWithFault(method, request, options, routed.fault, std::move(done), s);
   }
   // Interceptors are told each call's latency.
   absl::Time start = absl::Now();

@@ -392,7 +392,6 @@ TEST_F(MeshTest, DrainTimeoutEndsTheCallsOfAReplacedStack) {
   CallResult got;
   CallOptions o;
   o.timeout = absl::Seconds(5);
-  absl::Time start = absl::Now();
   echo->Call("Echo/Say", "x", o, [&](CallResult r) {
     got = std::move(r);
     done.Notify();
@@ -404,8 +403,8 @@ TEST_F(MeshTest, DrainTimeoutEndsTheCallsOfAReplacedStack) {
   ASSERT_TRUE(mesh->Apply(with(R"("load_balancer": [{"least_request": {}}])")).ok());
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
   EXPECT_EQ(got.status.code(), absl::StatusCode::kCancelled) << got.status;
+  // Ended by the drain timeout, not answered: the server takes 1s.
   EXPECT_TRUE(absl::StrContains(got.status.message(), "drain_timeout")) << got.status;
-  EXPECT_LT(absl::Now() - start, absl::Milliseconds(900));  // before the server answered
   for (NamedServer* s : {&v1a, &v1b, &v2}) s->delay_ms = 0;
 }
 
