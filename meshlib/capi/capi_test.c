@@ -3,6 +3,7 @@
  * fails prints its line; the test exits non-zero if any did. */
 #include "meshlib/capi/meshlib.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -385,6 +386,90 @@ static void test_cancel_and_close_with_calls_in_flight(const server_t* slow) {
   meshlib_client_free(client);
 }
 
+/* Whether `fd` is readable now. */
+static int readable(int fd, int timeout_ms) {
+  struct pollfd p;
+  p.fd = fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  return poll(&p, 1, timeout_ms) == 1 && (p.revents & POLLIN) != 0;
+}
+
+static void test_completion_queue(const server_t* server, const server_t* slow) {
+  meshlib_queue_t* q = NULL;
+  CHECK_ERROR(meshlib_queue_new(NULL), MESHLIB_INVALID_ARGUMENT);
+  CHECK(meshlib_queue_fd(NULL) == -1);
+  meshlib_completion_t got[16];
+  CHECK(meshlib_queue_poll(NULL, got, 16, 0) == 0);
+  meshlib_queue_free(NULL);
+  CHECK_OK(meshlib_queue_new(&q));
+  if (q == NULL) return;
+  int fd = meshlib_queue_fd(q);
+  CHECK(fd >= 0);
+  CHECK(!readable(fd, 0));
+  CHECK(meshlib_queue_poll(q, got, 16, 50) == 0); /* waits, then nothing */
+
+  const char* cfg = config_for(server->address, "2s");
+  meshlib_mesh_t* mesh = NULL;
+  CHECK_OK(meshlib_mesh_new_json(cfg, strlen(cfg), &mesh));
+  meshlib_client_t* client = NULL;
+  if (mesh != NULL) CHECK_OK(meshlib_mesh_client(mesh, "echo", &client));
+  if (client == NULL) {
+    meshlib_queue_free(q);
+    meshlib_mesh_free(mesh);
+    return;
+  }
+  CHECK_ERROR(meshlib_client_call_queued(client, "Echo/Say", "x", 1, NULL, NULL, 1, NULL),
+              MESHLIB_INVALID_ARGUMENT);
+  /* 100 calls; the descriptor says when to poll; each tag comes back once. */
+  enum { kCalls = 100 };
+  int seen[kCalls];
+  memset(seen, 0, sizeof seen);
+  for (uint64_t i = 0; i < kCalls; ++i) {
+    CHECK_OK(meshlib_client_call_queued(client, "Echo/Say", "queued", 6, NULL, q, i, NULL));
+  }
+  int taken = 0, ok = 0;
+  while (taken < kCalls && readable(fd, 5000)) {
+    size_t n = meshlib_queue_poll(q, got, 16, 0);
+    for (size_t i = 0; i < n; ++i) {
+      CHECK(got[i].tag < kCalls);
+      if (got[i].tag < kCalls) ++seen[got[i].tag];
+      CHECK((got[i].reply == NULL) != (got[i].error == NULL));
+      if (got[i].reply != NULL) {
+        size_t len = 0;
+        const uint8_t* p = meshlib_reply_payload(got[i].reply, &len);
+        ok += len == 6 && p != NULL && memcmp(p, "queued", 6) == 0;
+      }
+      meshlib_reply_free(got[i].reply);
+      meshlib_error_free(got[i].error);
+    }
+    taken += (int)n;
+  }
+  CHECK(taken == kCalls && ok == kCalls);
+  for (int i = 0; i < kCalls; ++i) CHECK(seen[i] == 1);
+  /* All taken: the descriptor is no longer readable. */
+  CHECK(!readable(fd, 0));
+  /* A blocking poll returns with the first completion. */
+  CHECK_OK(meshlib_client_call_queued(client, "Echo/Nope", "x", 1, NULL, q, 7, NULL));
+  size_t n = meshlib_queue_poll(q, got, 16, -1);
+  CHECK(n == 1 && got[0].tag == 7 && meshlib_error_code(got[0].error) == MESHLIB_UNIMPLEMENTED);
+  if (n == 1) meshlib_error_free(got[0].error);
+  meshlib_client_free(client);
+  meshlib_mesh_free(mesh);
+
+  /* The queue freed with calls in flight: they complete into nothing. */
+  cfg = config_for(slow->address, "10s");
+  CHECK_OK(meshlib_mesh_new_json(cfg, strlen(cfg), &mesh));
+  client = NULL;
+  if (mesh != NULL) CHECK_OK(meshlib_mesh_client(mesh, "echo", &client));
+  for (uint64_t i = 0; client != NULL && i < 10; ++i) {
+    CHECK_OK(meshlib_client_call_queued(client, "Echo/Say", "x", 1, NULL, q, i, NULL));
+  }
+  meshlib_queue_free(q);
+  meshlib_mesh_free(mesh); /* ends the calls, which find the queue gone */
+  meshlib_client_free(client);
+}
+
 static void test_mesh_from_file(const server_t* server) {
   char path[256];
   const char* dir = getenv("TEST_TMPDIR");
@@ -424,6 +509,7 @@ int main(void) {
   }
   test_calls(&server);
   test_cancel_and_close_with_calls_in_flight(&slow);
+  test_completion_queue(&server, &slow);
   test_mesh_from_file(&server);
   stop_server(&server);
   stop_server(&slow);

@@ -3,8 +3,15 @@
 // (allocation failure), and turns every failure into a meshlib_error_t.
 #include "meshlib/capi/meshlib.h"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -43,6 +50,50 @@ struct meshlib_client {
 
 struct meshlib_call {
   meshlib::client::CallHandle handle;
+};
+
+namespace {
+
+// What a queue handle and the calls completing into it share: the queue
+// outlives its handle while calls are still to complete into it.
+struct QueueState {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<meshlib_completion_t> items;  // guarded by mu
+  bool closed = false;                      // guarded by mu: the handle is freed
+  int fd = -1;  // eventfd: counter 1 while `items` is not empty, else 0
+
+  ~QueueState() {
+    for (meshlib_completion_t& c : items) {
+      delete c.reply;
+      delete c.error;
+    }
+    if (fd >= 0) close(fd);
+  }
+  // A completion arrives (any thread).
+  void Push(meshlib_completion_t c) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (closed) {
+      delete c.reply;
+      delete c.error;
+      return;
+    }
+    items.push_back(c);
+    if (items.size() == 1) {
+      uint64_t one = 1;
+      // Cannot fail short of a full counter, which one write per empty
+      // queue rules out.
+      ssize_t ignored = write(fd, &one, sizeof one);
+      (void)ignored;
+    }
+    cv.notify_all();
+  }
+};
+
+}  // namespace
+
+struct meshlib_queue {
+  std::shared_ptr<QueueState> state;
 };
 
 namespace {
@@ -357,6 +408,105 @@ meshlib_error_t* meshlib_client_call_async(meshlib_client_t* client, const char*
             error = Error(MESHLIB_RESOURCE_EXHAUSTED, "out of memory completing the call");
           }
           callback(user_data, reply, error);
+        });
+    if (handle != nullptr) {
+      handle->handle = std::move(h);
+      *call = handle.release();
+    }
+    return nullptr;
+  });
+}
+
+meshlib_error_t* meshlib_queue_new(meshlib_queue_t** out) {
+  return Guard("meshlib_queue_new", [&]() -> meshlib_error_t* {
+    if (out == nullptr) return Null("out");
+    auto state = std::make_shared<QueueState>();
+    state->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (state->fd < 0) {
+      return Error(MESHLIB_RESOURCE_EXHAUSTED,
+                   absl::StrCat("meshlib_queue_new: eventfd: ", std::strerror(errno)));
+    }
+    *out = new meshlib_queue{std::move(state)};
+    return nullptr;
+  });
+}
+
+int meshlib_queue_fd(const meshlib_queue_t* queue) {
+  return queue == nullptr ? -1 : queue->state->fd;
+}
+
+size_t meshlib_queue_poll(meshlib_queue_t* queue, meshlib_completion_t* out, size_t max,
+                          int32_t timeout_ms) {
+  if (queue == nullptr || out == nullptr || max == 0) return 0;
+  QueueState& q = *queue->state;
+  std::unique_lock<std::mutex> lock(q.mu);
+  auto ready = [&q] { return !q.items.empty(); };
+  if (timeout_ms < 0) {
+    q.cv.wait(lock, ready);
+  } else if (timeout_ms > 0) {
+    q.cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), ready);
+  }
+  size_t n = 0;
+  while (n < max && !q.items.empty()) {
+    out[n++] = q.items.front();
+    q.items.pop_front();
+  }
+  if (n > 0 && q.items.empty()) {
+    uint64_t count;
+    ssize_t ignored = read(q.fd, &count, sizeof count);  // not readable until the next one
+    (void)ignored;
+  }
+  return n;
+}
+
+void meshlib_queue_free(meshlib_queue_t* queue) {
+  if (queue == nullptr) return;
+  std::deque<meshlib_completion_t> left;
+  {
+    std::lock_guard<std::mutex> lock(queue->state->mu);
+    queue->state->closed = true;
+    left.swap(queue->state->items);
+  }
+  for (meshlib_completion_t& c : left) {
+    delete c.reply;
+    delete c.error;
+  }
+  delete queue;
+}
+
+meshlib_error_t* meshlib_client_call_queued(meshlib_client_t* client, const char* method,
+                                            const void* request, size_t request_len,
+                                            const meshlib_call_options_t* options,
+                                            meshlib_queue_t* queue, uint64_t tag,
+                                            meshlib_call_t** call) {
+  return Guard("meshlib_client_call_queued", [&]() -> meshlib_error_t* {
+    if (client == nullptr) return Null("client");
+    if (method == nullptr) return Null("method");
+    if (request == nullptr && request_len > 0) return Null("request");
+    if (queue == nullptr) return Null("queue");
+    CallOptions o;
+    if (meshlib_error_t* bad = ToOptions(options, &o)) return bad;
+    std::unique_ptr<meshlib_call> handle(call != nullptr ? new meshlib_call : nullptr);
+    meshlib::client::CallHandle h = client->client->Call(
+        method, absl::string_view(static_cast<const char*>(request), request_len), o,
+        [state = queue->state, tag](CallResult r) {
+          meshlib_completion_t c;
+          c.tag = tag;
+          c.reply = nullptr;
+          c.error = nullptr;
+          try {
+            if (r.status.ok()) {
+              c.reply = ToReply(std::move(r));
+            } else {
+              c.error = FromStatus(r.status);
+            }
+            state->Push(c);
+          } catch (...) {
+            delete c.reply;
+            c.reply = nullptr;
+            c.error = Error(MESHLIB_RESOURCE_EXHAUSTED, "out of memory completing the call");
+            state->Push(c);
+          }
         });
     if (handle != nullptr) {
       handle->handle = std::move(h);

@@ -214,6 +214,44 @@ MESHLIB_API meshlib_error_t* meshlib_client_call_async(meshlib_client_t* client,
                                                        const meshlib_call_options_t* options,
                                                        meshlib_call_callback callback,
                                                        void* user_data, meshlib_call_t** call);
+/* --- a completion queue, for foreign event loops --- */
+
+/* Asynchronous calls can complete into a queue instead of a callback, so
+ * that no code of the caller's runs on meshlib's threads: the caller
+ * watches the queue's file descriptor in its own event loop (epoll, poll,
+ * asyncio's add_reader, libuv's uv_poll) and takes completions with
+ * meshlib_queue_poll on its own thread. */
+typedef struct meshlib_queue meshlib_queue_t;
+
+typedef struct meshlib_completion {
+  uint64_t tag;           /* as given to meshlib_client_call_queued */
+  meshlib_reply_t* reply; /* exactly one of reply and error is non-NULL; */
+  meshlib_error_t* error; /* the caller owns it */
+} meshlib_completion_t;
+
+MESHLIB_API meshlib_error_t* meshlib_queue_new(meshlib_queue_t** out);
+/* Readable while the queue holds completions, and only then (level-
+ * triggered: it stays readable until they are all taken). Owned by the
+ * queue: do not read, write or close it. -1 for a NULL queue. */
+MESHLIB_API int meshlib_queue_fd(const meshlib_queue_t* queue);
+/* Takes up to `max` completions into `out`, waiting up to `timeout_ms` for
+ * the first (0: do not wait; negative: until one arrives). Returns how
+ * many it took. Any thread; a queue is usually polled by one. */
+MESHLIB_API size_t meshlib_queue_poll(meshlib_queue_t* queue, meshlib_completion_t* out,
+                                      size_t max, int32_t timeout_ms);
+/* Frees the queue and the completions in it. Calls still to complete into
+ * it complete all the same; their replies are freed unseen. */
+MESHLIB_API void meshlib_queue_free(meshlib_queue_t* queue);
+
+/* An asynchronous call that completes into `queue` with `tag`. As
+ * meshlib_client_call_async otherwise. */
+MESHLIB_API meshlib_error_t* meshlib_client_call_queued(meshlib_client_t* client,
+                                                        const char* method, const void* request,
+                                                        size_t request_len,
+                                                        const meshlib_call_options_t* options,
+                                                        meshlib_queue_t* queue, uint64_t tag,
+                                                        meshlib_call_t** call);
+
 /* Completes the call with MESHLIB_CANCELLED if it has not completed, and
  * cancels its attempts on their servers. */
 MESHLIB_API void meshlib_call_cancel(meshlib_call_t* call);
