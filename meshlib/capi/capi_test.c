@@ -119,7 +119,8 @@ typedef struct {
   pthread_cond_t cv;
   int done;
   int ok;
-  meshlib_code_t code;
+  int cancelled;
+  meshlib_code_t code; /* of the last completion */
   char payload[64];
 } waiter_t;
 
@@ -128,6 +129,7 @@ static void waiter_init(waiter_t* w) {
   pthread_cond_init(&w->cv, NULL);
   w->done = 0;
   w->ok = 0;
+  w->cancelled = 0;
   w->code = -1;
   w->payload[0] = '\0';
 }
@@ -148,6 +150,7 @@ static void on_done(void* user_data, meshlib_reply_t* reply, meshlib_error_t* er
     meshlib_reply_free(reply);
   } else {
     w->code = meshlib_error_code(error);
+    if (w->code == MESHLIB_CANCELLED) ++w->cancelled;
     meshlib_error_free(error);
   }
   ++w->done;
@@ -470,6 +473,61 @@ static void test_completion_queue(const server_t* server, const server_t* slow) 
   meshlib_client_free(client);
 }
 
+/* The header lets a callback free any handle: here the mesh itself, from
+ * inside the callback of one of its calls, with another call in flight. */
+typedef struct {
+  waiter_t w;
+  meshlib_mesh_t* mesh;
+} freeing_t;
+
+static void free_mesh_on_done(void* user_data, meshlib_reply_t* reply, meshlib_error_t* error) {
+  freeing_t* f = (freeing_t*)user_data;
+  meshlib_mesh_t* mesh = NULL;
+  pthread_mutex_lock(&f->w.mu);
+  mesh = f->mesh;
+  f->mesh = NULL;
+  pthread_mutex_unlock(&f->w.mu);
+  meshlib_mesh_free(mesh); /* the first callback frees it; NULL for the second */
+  on_done(&f->w, reply, error);
+}
+
+static void test_free_the_mesh_inside_a_callback(const server_t* server,
+                                                 const server_t* slow) {
+  char cfg[1024];
+  snprintf(cfg, sizeof cfg,
+           "{\"services\": {\"echo\": {\"discovery\": {\"static\": {\"endpoints\": [\"%s\"]}}, "
+           "\"timeout\": \"5s\"}, \"slow\": {\"discovery\": {\"static\": {\"endpoints\": "
+           "[\"%s\"]}}, \"timeout\": \"5s\"}}}",
+           server->address, slow->address);
+  freeing_t f;
+  waiter_init(&f.w);
+  f.mesh = NULL;
+  CHECK_OK(meshlib_mesh_new_json(cfg, strlen(cfg), &f.mesh));
+  if (f.mesh == NULL) return;
+  meshlib_client_t* echo = NULL;
+  meshlib_client_t* slow_client = NULL;
+  CHECK_OK(meshlib_mesh_client(f.mesh, "echo", &echo));
+  CHECK_OK(meshlib_mesh_client(f.mesh, "slow", &slow_client));
+  if (echo == NULL || slow_client == NULL) {
+    meshlib_client_free(echo);
+    meshlib_client_free(slow_client);
+    meshlib_mesh_free(f.mesh);
+    return;
+  }
+  /* The slow call is in flight when the fast one's callback frees the mesh:
+   * it then ends, CANCELLED, exactly once. */
+  CHECK_OK(meshlib_client_call_async(slow_client, "Echo/Say", "x", 1, NULL, free_mesh_on_done,
+                                     &f, NULL));
+  CHECK_OK(meshlib_client_call_async(echo, "Echo/Say", "x", 1, NULL, free_mesh_on_done, &f,
+                                     NULL));
+  CHECK(wait_for(&f.w, 2, 10) == 2);
+  CHECK(f.w.ok == 1);
+  CHECK(f.w.cancelled == 1);
+  CHECK(f.mesh == NULL);
+  meshlib_client_free(echo);
+  meshlib_client_free(slow_client);
+}
+
 static void test_mesh_from_file(const server_t* server) {
   char path[256];
   const char* dir = getenv("TEST_TMPDIR");
@@ -510,6 +568,7 @@ int main(void) {
   test_calls(&server);
   test_cancel_and_close_with_calls_in_flight(&slow);
   test_completion_queue(&server, &slow);
+  test_free_the_mesh_inside_a_callback(&server, &slow);
   test_mesh_from_file(&server);
   stop_server(&server);
   stop_server(&slow);

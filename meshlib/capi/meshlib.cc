@@ -78,7 +78,13 @@ struct QueueState {
       delete c.error;
       return;
     }
-    items.push_back(c);
+    try {
+      items.push_back(c);
+    } catch (...) {  // out of memory: the completion cannot be kept
+      delete c.reply;
+      delete c.error;
+      return;
+    }
     if (items.size() == 1) {
       uint64_t one = 1;
       // Cannot fail short of a full counter, which one write per empty
@@ -189,6 +195,45 @@ meshlib_error_t* NewMesh(absl::StatusOr<std::unique_ptr<meshlib::mesh::Mesh>> m,
   auto* handle = new meshlib_mesh;
   handle->mesh = *std::move(m);
   *out = handle;
+  return nullptr;
+}
+
+// The common part of meshlib_client_call_async and _queued: checks the
+// arguments, starts the call, and hands its outcome to `deliver` as a
+// reply or an error (exactly one; the receiver owns it).
+template <typename Deliver>
+meshlib_error_t* StartAsync(meshlib_client_t* client, const char* method, const void* request,
+                            size_t request_len, const meshlib_call_options_t* options,
+                            meshlib_call_t** call, Deliver deliver) {
+  if (client == nullptr) return Null("client");
+  if (method == nullptr) return Null("method");
+  if (request == nullptr && request_len > 0) return Null("request");
+  CallOptions o;
+  if (meshlib_error_t* bad = ToOptions(options, &o)) return bad;
+  // Allocated before the call starts, so that nothing can fail after it.
+  std::unique_ptr<meshlib_call> handle(call != nullptr ? new meshlib_call : nullptr);
+  meshlib::client::CallHandle h = client->client->Call(
+      method, absl::string_view(static_cast<const char*>(request), request_len), o,
+      [deliver = std::move(deliver)](CallResult r) mutable {
+        meshlib_reply_t* reply = nullptr;
+        meshlib_error_t* error = nullptr;
+        try {
+          if (r.status.ok()) {
+            reply = ToReply(std::move(r));
+          } else {
+            error = FromStatus(r.status);
+          }
+        } catch (...) {
+          delete reply;
+          reply = nullptr;
+          error = Error(MESHLIB_RESOURCE_EXHAUSTED, "out of memory completing the call");
+        }
+        deliver(reply, error);
+      });
+  if (handle != nullptr) {
+    handle->handle = std::move(h);
+    *call = handle.release();
+  }
   return nullptr;
 }
 
@@ -385,35 +430,11 @@ meshlib_error_t* meshlib_client_call_async(meshlib_client_t* client, const char*
                                            meshlib_call_callback callback, void* user_data,
                                            meshlib_call_t** call) {
   return Guard("meshlib_client_call_async", [&]() -> meshlib_error_t* {
-    if (client == nullptr) return Null("client");
-    if (method == nullptr) return Null("method");
-    if (request == nullptr && request_len > 0) return Null("request");
     if (callback == nullptr) return Null("callback");
-    CallOptions o;
-    if (meshlib_error_t* bad = ToOptions(options, &o)) return bad;
-    // Allocated before the call starts, so that nothing can fail after it.
-    std::unique_ptr<meshlib_call> handle(call != nullptr ? new meshlib_call : nullptr);
-    meshlib::client::CallHandle h = client->client->Call(
-        method, absl::string_view(static_cast<const char*>(request), request_len), o,
-        [callback, user_data](CallResult r) {
-          meshlib_reply_t* reply = nullptr;
-          meshlib_error_t* error = nullptr;
-          try {
-            if (r.status.ok()) {
-              reply = ToReply(std::move(r));
-            } else {
-              error = FromStatus(r.status);
-            }
-          } catch (...) {
-            error = Error(MESHLIB_RESOURCE_EXHAUSTED, "out of memory completing the call");
-          }
-          callback(user_data, reply, error);
-        });
-    if (handle != nullptr) {
-      handle->handle = std::move(h);
-      *call = handle.release();
-    }
-    return nullptr;
+    return StartAsync(client, method, request, request_len, options, call,
+                      [callback, user_data](meshlib_reply_t* reply, meshlib_error_t* error) {
+                        callback(user_data, reply, error);
+                      });
   });
 }
 
@@ -480,39 +501,15 @@ meshlib_error_t* meshlib_client_call_queued(meshlib_client_t* client, const char
                                             meshlib_queue_t* queue, uint64_t tag,
                                             meshlib_call_t** call) {
   return Guard("meshlib_client_call_queued", [&]() -> meshlib_error_t* {
-    if (client == nullptr) return Null("client");
-    if (method == nullptr) return Null("method");
-    if (request == nullptr && request_len > 0) return Null("request");
     if (queue == nullptr) return Null("queue");
-    CallOptions o;
-    if (meshlib_error_t* bad = ToOptions(options, &o)) return bad;
-    std::unique_ptr<meshlib_call> handle(call != nullptr ? new meshlib_call : nullptr);
-    meshlib::client::CallHandle h = client->client->Call(
-        method, absl::string_view(static_cast<const char*>(request), request_len), o,
-        [state = queue->state, tag](CallResult r) {
-          meshlib_completion_t c;
-          c.tag = tag;
-          c.reply = nullptr;
-          c.error = nullptr;
-          try {
-            if (r.status.ok()) {
-              c.reply = ToReply(std::move(r));
-            } else {
-              c.error = FromStatus(r.status);
-            }
-            state->Push(c);
-          } catch (...) {
-            delete c.reply;
-            c.reply = nullptr;
-            c.error = Error(MESHLIB_RESOURCE_EXHAUSTED, "out of memory completing the call");
-            state->Push(c);
-          }
-        });
-    if (handle != nullptr) {
-      handle->handle = std::move(h);
-      *call = handle.release();
-    }
-    return nullptr;
+    return StartAsync(client, method, request, request_len, options, call,
+                      [state = queue->state, tag](meshlib_reply_t* reply, meshlib_error_t* error) {
+                        meshlib_completion_t c;
+                        c.tag = tag;
+                        c.reply = reply;
+                        c.error = error;
+                        state->Push(c);
+                      });
   });
 }
 

@@ -66,6 +66,13 @@ class FakeTimeTest : public ::testing::Test {
 struct Outcome {
   bool done = false;
   CallResult result;
+  // The callback that records the call's outcome here.
+  CallCallback Record() {
+    return [this](CallResult r) {
+      done = true;
+      result = std::move(r);
+    };
+  }
 };
 
 CallOptions Idempotent() {
@@ -77,10 +84,7 @@ CallOptions Idempotent() {
 TEST_F(FakeTimeTest, AHedgeGoesOutExactlyAtItsDelayAndTheLoserIsCancelled) {
   auto sc = Make(R"({"hedging": {"delay": "50ms", "max_attempts": 2}})");
   Outcome out;
-  sc->Call("Echo/Say", "x", Idempotent(), [&](CallResult r) {
-    out.done = true;
-    out.result = std::move(r);
-  });
+  sc->Call("Echo/Say", "x", Idempotent(), out.Record());
   ASSERT_EQ(Sent().size(), 1u);
   const auto first = Sent()[0];
   time_.AdvanceBy(absl::Milliseconds(49));
@@ -103,10 +107,7 @@ TEST_F(FakeTimeTest, AHedgeGoesOutExactlyAtItsDelayAndTheLoserIsCancelled) {
 TEST_F(FakeTimeTest, NoHedgeForACallAnsweredBeforeItsDelay) {
   auto sc = Make(R"({"hedging": {"delay": "50ms", "max_attempts": 2}})");
   Outcome out;
-  sc->Call("Echo/Say", "x", Idempotent(), [&](CallResult r) {
-    out.done = true;
-    out.result = std::move(r);
-  });
+  sc->Call("Echo/Say", "x", Idempotent(), out.Record());
   auto sent = Sent();
   ASSERT_EQ(sent.size(), 1u);
   time_.AdvanceBy(absl::Milliseconds(20));
@@ -122,10 +123,7 @@ TEST_F(FakeTimeTest, ARetryWaitsOutItsBackoff) {
   auto sc = Make(R"({"retry": {"max_attempts": 2, "retry_on": ["UNAVAILABLE"],
                      "backoff": {"base": "100ms", "max": "100ms"}}})");
   Outcome out;
-  sc->Call("Echo/Say", "x", Idempotent(), [&](CallResult r) {
-    out.done = true;
-    out.result = std::move(r);
-  });
+  sc->Call("Echo/Say", "x", Idempotent(), out.Record());
   auto sent = Sent();
   ASSERT_EQ(sent.size(), 1u);
   sent[0].first->Answer(sent[0].second, absl::StatusCode::kUnavailable);
@@ -145,10 +143,7 @@ TEST_F(FakeTimeTest, ARetryWaitsOutItsBackoff) {
 TEST_F(FakeTimeTest, AnInjectedDelayHoldsTheCallUntilItPasses) {
   auto sc = Make(R"({"fault": {"delay": {"percent": 100, "duration": "200ms"}}})");
   Outcome out;
-  sc->Call("Echo/Say", "x", CallOptions{}, [&](CallResult r) {
-    out.done = true;
-    out.result = std::move(r);
-  });
+  sc->Call("Echo/Say", "x", CallOptions{}, out.Record());
   EXPECT_EQ(Sent().size(), 0u);
   time_.AdvanceBy(absl::Milliseconds(199));
   EXPECT_EQ(Sent().size(), 0u) << "sent before the injected delay passed";
@@ -165,10 +160,7 @@ TEST_F(FakeTimeTest, ClosingEndsACallWaitingOnItsBackoff) {
   auto sc = Make(R"({"retry": {"max_attempts": 2, "retry_on": ["UNAVAILABLE"],
                      "backoff": {"base": "100ms", "max": "100ms"}}})");
   Outcome out;
-  sc->Call("Echo/Say", "x", Idempotent(), [&](CallResult r) {
-    out.done = true;
-    out.result = std::move(r);
-  });
+  sc->Call("Echo/Say", "x", Idempotent(), out.Record());
   auto sent = Sent();
   ASSERT_EQ(sent.size(), 1u);
   sent[0].first->Answer(sent[0].second, absl::StatusCode::kUnavailable);
