@@ -18,14 +18,21 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "meshlib/config/config.h"
+#include "meshlib/core/deadline_context.h"
 #include "meshlib/mesh/mesh.h"
+#include "meshlib/runtime/thread_pool.h"
+#include "meshlib/server/etcd_registration.h"
+#include "meshlib/server/server.h"
 #include "nlohmann/json.hpp"
 
 struct meshlib_error {
@@ -50,6 +57,25 @@ struct meshlib_client {
 
 struct meshlib_call {
   meshlib::client::CallHandle handle;
+};
+
+struct meshlib_server_call {
+  std::shared_ptr<meshlib::server::ServerCall> call;
+};
+
+struct meshlib_server {
+  // Set at creation.
+  meshlib::etcd::RegistrarOptions registration;
+  bool register_in_etcd = false;
+  std::string name;
+  int handler_threads = 4;
+
+  std::mutex mu;
+  // Both null once stopped. The pool outlives the server's shutdown, so
+  // that no call is handed to a pool that is gone.
+  std::unique_ptr<meshlib::server::Server> server;  // guarded by mu
+  std::unique_ptr<meshlib::runtime::ThreadPool> pool;  // guarded by mu
+  bool started = false;  // guarded by mu
 };
 
 namespace {
@@ -519,5 +545,300 @@ void meshlib_call_cancel(meshlib_call_t* call) {
 }
 
 void meshlib_call_free(meshlib_call_t* call) { delete call; }
+
+}  // extern "C"
+
+// --- the server ---
+
+namespace {
+
+// The server whose handler this thread is running, if any.
+thread_local const meshlib_server* tls_handler_server = nullptr;
+
+using meshlib::server::ServerCall;
+
+// Stops `s` (leaving etcd, draining for `drain`), then waits for its
+// handlers. Not on one of its handler threads.
+void StopServer(meshlib_server* s, absl::Duration drain) {
+  std::unique_ptr<meshlib::server::Server> server;
+  std::unique_ptr<meshlib::runtime::ThreadPool> pool;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    server = std::move(s->server);
+    pool = std::move(s->pool);
+  }
+  if (server != nullptr) server->Shutdown(drain);
+  server.reset();  // no handler is handed a call after this
+  pool.reset();    // waits for the handlers still running
+}
+
+}  // namespace
+
+extern "C" {
+
+meshlib_error_t* meshlib_server_new(const meshlib_server_options_t* options,
+                                    meshlib_server_t** out) {
+  return Guard("meshlib_server_new", [&]() -> meshlib_error_t* {
+    if (out == nullptr) return Null("out");
+    meshlib_server_options_t o;
+    std::memset(&o, 0, sizeof(o));
+    if (options != nullptr) {
+      if (options->struct_size < sizeof(uint32_t)) {
+        return Error(MESHLIB_INVALID_ARGUMENT,
+                     "options.struct_size: set it to sizeof(meshlib_server_options_t)");
+      }
+      std::memcpy(&o, options, std::min<size_t>(options->struct_size, sizeof(o)));
+    }
+    if (o.handler_threads < 0 || o.handler_threads > 1024) {
+      return Error(MESHLIB_INVALID_ARGUMENT,
+                   absl::StrCat("options.handler_threads: must be 0..1024 (got ",
+                                o.handler_threads, ")"));
+    }
+    if (o.io_threads < 0 || o.io_threads > 1024) {
+      return Error(MESHLIB_INVALID_ARGUMENT,
+                   absl::StrCat("options.io_threads: must be 0..1024 (got ", o.io_threads, ")"));
+    }
+    auto handle = std::make_unique<meshlib_server>();
+    if (o.handler_threads > 0) handle->handler_threads = o.handler_threads;
+    if (o.name != nullptr) handle->name = o.name;
+    const bool has_etcd = o.etcd_endpoints != nullptr && o.etcd_endpoints[0] != '\0';
+    const bool has_prefix = o.etcd_prefix != nullptr && o.etcd_prefix[0] != '\0';
+    if (has_etcd != has_prefix) {
+      return Error(MESHLIB_INVALID_ARGUMENT,
+                   "options.etcd_endpoints and options.etcd_prefix go together");
+    }
+    if (has_etcd) {
+      meshlib::etcd::RegistrarOptions& r = handle->registration;
+      r.etcd.endpoints = absl::StrSplit(o.etcd_endpoints, ',', absl::SkipEmpty());
+      if (absl::Status st = r.etcd.Validate(); !st.ok()) {
+        return Error(MESHLIB_INVALID_ARGUMENT,
+                     absl::StrCat("options.etcd_endpoints: ", st.message()));
+      }
+      r.prefix = o.etcd_prefix;
+      if (o.etcd_ttl_ns < 0) {
+        return Error(MESHLIB_INVALID_ARGUMENT, "options.etcd_ttl_ns: must be >= 0");
+      }
+      if (o.etcd_ttl_ns > 0) {
+        r.ttl = absl::Nanoseconds(o.etcd_ttl_ns);
+        if (r.ttl < absl::Seconds(1) || r.ttl > absl::Hours(1)) {
+          return Error(MESHLIB_INVALID_ARGUMENT,
+                       "options.etcd_ttl_ns: must be between 1 s and 1 h");
+        }
+      }
+      if (o.zone != nullptr) r.endpoint.zone = o.zone;
+      if (o.weight > 0) r.endpoint.weight = o.weight;
+      handle->register_in_etcd = true;
+    }
+    meshlib::server::ServerOptions so;
+    so.io_threads = o.io_threads;
+    handle->server = std::make_unique<meshlib::server::Server>(so);
+    handle->pool = std::make_unique<meshlib::runtime::ThreadPool>(handle->handler_threads,
+                                                                  "meshlib-handler");
+    *out = handle.release();
+    return nullptr;
+  });
+}
+
+meshlib_error_t* meshlib_server_handle(meshlib_server_t* server, const char* method,
+                                       meshlib_handler handler, void* user_data) {
+  return Guard("meshlib_server_handle", [&]() -> meshlib_error_t* {
+    if (server == nullptr) return Null("server");
+    if (method == nullptr) return Null("method");
+    if (handler == nullptr) return Null("handler");
+    std::lock_guard<std::mutex> lock(server->mu);
+    if (server->server == nullptr) {
+      return Error(MESHLIB_FAILED_PRECONDITION,
+                   absl::StrCat("server stopped: cannot handle ", method));
+    }
+    if (server->started) {
+      return Error(MESHLIB_FAILED_PRECONDITION,
+                   absl::StrCat("server started: handle ", method, " before meshlib_server_start"));
+    }
+    // The pool outlives every call the server hands over (StopServer).
+    meshlib::runtime::ThreadPool* pool = server->pool.get();
+    const meshlib_server* owner = server;
+    return FromStatus(server->server->RegisterAsync(
+        method, [pool, owner, handler, user_data](std::shared_ptr<ServerCall> call) {
+          // On the reactor: hand the call to a handler thread.
+          pool->Submit([owner, handler, user_data, call = std::move(call)]() mutable {
+            if (call->IsCancelled()) {
+              // Its caller is gone (or the server stopped) while it waited.
+              call->Finish(absl::CancelledError("call cancelled before its handler ran"));
+              return;
+            }
+            meshlib_server_call* c = nullptr;
+            try {
+              c = new meshlib_server_call{call};
+            } catch (...) {
+              call->Finish(absl::ResourceExhaustedError("server out of memory"));
+              return;
+            }
+            meshlib::core::ScopedDeadline deadline(call->deadline());
+            tls_handler_server = owner;
+            handler(user_data, c);
+            tls_handler_server = nullptr;
+          });
+        }));
+  });
+}
+
+meshlib_error_t* meshlib_server_start(meshlib_server_t* server, const char* address,
+                                      char** bound) {
+  return Guard("meshlib_server_start", [&]() -> meshlib_error_t* {
+    if (server == nullptr) return Null("server");
+    if (address == nullptr) return Null("address");
+    std::lock_guard<std::mutex> lock(server->mu);
+    if (server->server == nullptr) return Error(MESHLIB_FAILED_PRECONDITION, "server stopped");
+    if (server->started) return Error(MESHLIB_FAILED_PRECONDITION, "server already started");
+    char* bound_copy = nullptr;
+    absl::StatusOr<int> port = server->server->Start(address);
+    if (!port.ok()) return FromStatus(port.status());
+    server->started = true;
+    const std::string actual = server->server->address();
+    if (server->register_in_etcd) {
+      meshlib::etcd::RegistrarOptions r = server->registration;
+      r.endpoint.metadata["name"] = server->name.empty() ? actual : server->name;
+      // Leaves etcd at the start of Shutdown, before the drain.
+      auto registrar = meshlib::server::RegisterInEtcd(*server->server, std::move(r));
+      if (!registrar.ok()) return FromStatus(registrar.status());
+    }
+    if (bound != nullptr) {
+      bound_copy = CopyString(actual);
+      *bound = bound_copy;
+    }
+    return nullptr;
+  });
+}
+
+meshlib_error_t* meshlib_server_stop(meshlib_server_t* server, int64_t drain_ns) {
+  return Guard("meshlib_server_stop", [&]() -> meshlib_error_t* {
+    if (server == nullptr) return Null("server");
+    if (drain_ns < 0) {
+      return Error(MESHLIB_INVALID_ARGUMENT,
+                   absl::StrCat("drain_ns: must be >= 0 (got ", drain_ns, ")"));
+    }
+    if (tls_handler_server == server) {
+      return Error(MESHLIB_FAILED_PRECONDITION,
+                   "meshlib_server_stop: called from one of the server's own handlers");
+    }
+    StopServer(server, absl::Nanoseconds(drain_ns));
+    return nullptr;
+  });
+}
+
+void meshlib_server_free(meshlib_server_t* server) {
+  if (server == nullptr) return;
+  if (tls_handler_server == server) {
+    // Stopping waits for this very handler to return: stop elsewhere.
+    try {
+      std::thread([server] {
+        StopServer(server, absl::ZeroDuration());
+        delete server;
+      }).detach();
+      return;
+    } catch (...) {
+      // No thread to be had: the server is leaked rather than deadlocked.
+      return;
+    }
+  }
+  StopServer(server, absl::ZeroDuration());
+  delete server;
+}
+
+meshlib_error_t* meshlib_server_stats_json(meshlib_server_t* server, char** out) {
+  return Guard("meshlib_server_stats_json", [&]() -> meshlib_error_t* {
+    if (server == nullptr) return Null("server");
+    if (out == nullptr) return Null("out");
+    std::lock_guard<std::mutex> lock(server->mu);
+    if (server->server == nullptr) return Error(MESHLIB_FAILED_PRECONDITION, "server stopped");
+    const meshlib::server::ServerStats st = server->server->stats();
+    nlohmann::json j;
+    j["address"] = server->server->address();
+    j["calls"] = st.calls;
+    j["active_calls"] = st.active_calls;
+    j["rejected_expired"] = st.rejected_expired;
+    j["shed"] = st.shed;
+    *out = CopyString(j.dump());
+    return nullptr;
+  });
+}
+
+const char* meshlib_server_call_method(const meshlib_server_call_t* call) {
+  return call == nullptr ? "" : call->call->method().c_str();
+}
+
+const uint8_t* meshlib_server_call_request(const meshlib_server_call_t* call, size_t* len) {
+  if (call == nullptr || call->call->request().empty()) {
+    if (len != nullptr) *len = 0;
+    return nullptr;
+  }
+  if (len != nullptr) *len = call->call->request().size();
+  return reinterpret_cast<const uint8_t*>(call->call->request().data());
+}
+
+size_t meshlib_server_call_metadata_count(const meshlib_server_call_t* call) {
+  return call == nullptr ? 0 : call->call->metadata().size();
+}
+
+meshlib_metadata_entry_t meshlib_server_call_metadata(const meshlib_server_call_t* call,
+                                                      size_t i) {
+  meshlib_metadata_entry_t e = {nullptr, nullptr};
+  if (call == nullptr || i >= call->call->metadata().size()) return e;
+  e.key = call->call->metadata()[i].first.c_str();
+  e.value = call->call->metadata()[i].second.c_str();
+  return e;
+}
+
+const char* meshlib_server_call_peer(const meshlib_server_call_t* call) {
+  return call == nullptr ? "" : call->call->peer().c_str();
+}
+
+int64_t meshlib_server_call_remaining_ns(const meshlib_server_call_t* call) {
+  if (call == nullptr) return 0;
+  if (call->call->deadline() == absl::InfiniteFuture()) return INT64_MAX;
+  return absl::ToInt64Nanoseconds(call->call->deadline() - absl::Now());
+}
+
+int32_t meshlib_server_call_cancelled(const meshlib_server_call_t* call) {
+  return call != nullptr && call->call->IsCancelled() ? 1 : 0;
+}
+
+meshlib_error_t* meshlib_server_call_add_metadata(meshlib_server_call_t* call, const char* key,
+                                                  const char* value) {
+  return Guard("meshlib_server_call_add_metadata", [&]() -> meshlib_error_t* {
+    if (call == nullptr) return Null("call");
+    if (key == nullptr) return Null("key");
+    if (value == nullptr) return Null("value");
+    call->call->AddResponseMetadata(key, value);
+    return nullptr;
+  });
+}
+
+meshlib_error_t* meshlib_server_call_finish(meshlib_server_call_t* call, meshlib_code_t code,
+                                            const char* message, const void* response,
+                                            size_t response_len) {
+  if (call == nullptr) return Null("call");
+  std::unique_ptr<meshlib_server_call> owned(call);
+  return Guard("meshlib_server_call_finish", [&]() -> meshlib_error_t* {
+    if (code < MESHLIB_OK || code > MESHLIB_UNAUTHENTICATED) {
+      owned->call->Finish(absl::UnknownError(
+          absl::StrCat("the handler answered an invalid code ", code)));
+      return Error(MESHLIB_INVALID_ARGUMENT,
+                   absl::StrCat("code: ", code, " is not a MESHLIB_* code"));
+    }
+    if (response == nullptr && response_len > 0) {
+      owned->call->Finish(absl::InternalError("the handler answered a NULL response"));
+      return Null("response");
+    }
+    if (code == MESHLIB_OK) {
+      owned->call->Finish(absl::OkStatus(),
+                          std::string(static_cast<const char*>(response), response_len));
+    } else {
+      owned->call->Finish(absl::Status(static_cast<absl::StatusCode>(code),
+                                       message != nullptr ? message : ""));
+    }
+    return nullptr;
+  });
+}
 
 }  // extern "C"

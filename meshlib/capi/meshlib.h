@@ -30,8 +30,10 @@
  *
  * Ownership. Every object a function hands out is the caller's, freed with
  * the function named for it: meshlib_error_free, meshlib_reply_free,
- * meshlib_call_free, meshlib_client_free, meshlib_mesh_free, and
- * meshlib_free for strings (char*) the library returns. Pointers into an
+ * meshlib_call_free, meshlib_client_free, meshlib_mesh_free,
+ * meshlib_queue_free, meshlib_server_free, and meshlib_free for strings
+ * (char*) the library returns. A server call handed to a handler is freed
+ * by meshlib_server_call_finish. Pointers into an
  * object (a reply's payload, an error's message) live as long as the
  * object. Buffers the caller passes in are copied before the function
  * returns, unless stated otherwise.
@@ -41,7 +43,8 @@
  * meshlib's reactor threads: they must return quickly and must not block
  * (no blocking call, no waiting on a lock held across a meshlib call); a
  * blocking call made there fails at once with MESHLIB_FAILED_PRECONDITION.
- * A callback may free the objects it is given, and any handle.
+ * A callback may free the objects it is given, and any handle. Server
+ * handlers run on the server's own handler threads instead, and may block.
  *
  * Calls in flight. Each asynchronous call completes exactly once: its
  * callback runs once, with a reply or an error. Cancelling a call, or
@@ -256,6 +259,109 @@ MESHLIB_API meshlib_error_t* meshlib_client_call_queued(meshlib_client_t* client
  * cancels its attempts on their servers. */
 MESHLIB_API void meshlib_call_cancel(meshlib_call_t* call);
 MESHLIB_API void meshlib_call_free(meshlib_call_t* call);
+
+/* --- a server: a service written in C (or another language) in the mesh --- */
+
+/* A server answers meshlib calls by method name with the caller's handlers,
+ * and can register itself in etcd as echo_server does (docs/discovery.md),
+ * so that a mesh's clients find it:
+ *
+ *   meshlib_server_t* server = NULL;
+ *   meshlib_server_new(NULL, &server);
+ *   meshlib_server_handle(server, "Echo/Say", on_say, NULL);
+ *   char* address = NULL;
+ *   meshlib_server_start(server, "127.0.0.1:0", &address);   (free with meshlib_free)
+ *   ...
+ *   meshlib_server_stop(server, 1000000000);   (drain for up to 1 s)
+ *   meshlib_server_free(server);
+ *
+ * Handlers run on the server's handler threads, which may block. A
+ * handler owns the call it is given until it finishes it with
+ * meshlib_server_call_finish, exactly once, before it returns or later from
+ * any thread; a call never finished is answered only when its caller gives
+ * up, and its handle leaks. A call whose caller has gone (cancelled, out of
+ * time, disconnected) can still be finished: the answer goes nowhere.
+ * Methods nobody handles are answered MESHLIB_UNIMPLEMENTED. */
+typedef struct meshlib_server meshlib_server_t;
+typedef struct meshlib_server_call meshlib_server_call_t;
+
+/* Zero it (or pass NULL for all defaults) and set `struct_size` to
+ * sizeof(meshlib_server_options_t). */
+typedef struct meshlib_server_options {
+  uint32_t struct_size;
+  /* Threads that run handlers; 0: 4. */
+  int32_t handler_threads;
+  /* Reactor (I/O) threads; 0: one per CPU. */
+  int32_t io_threads;
+  /* Registration in etcd: "HOST:PORT[,HOST:PORT...]" (members of one
+   * cluster), or NULL for none. With it, `etcd_prefix` is required
+   * ("/meshlib/services/echo/"); the key is the prefix and the bound
+   * address, the value the endpoint (address, weight, zone, and the
+   * metadata "name"), on a lease of `etcd_ttl_ns` (0: 10 s) kept alive
+   * while the server runs and revoked when it stops. */
+  const char* etcd_endpoints;
+  const char* etcd_prefix;
+  int64_t etcd_ttl_ns;
+  /* The endpoint's zone ("" or NULL: none), weight (0: 1) and name (NULL:
+   * the bound address). */
+  const char* zone;
+  uint32_t weight;
+  const char* name;
+} meshlib_server_options_t;
+
+/* The handler of a method: `call` is the handler's (see above). */
+typedef void (*meshlib_handler)(void* user_data, meshlib_server_call_t* call);
+
+MESHLIB_API meshlib_error_t* meshlib_server_new(const meshlib_server_options_t* options,
+                                                meshlib_server_t** out);
+/* Handles `method` with `handler`, before meshlib_server_start.
+ * MESHLIB_ALREADY_EXISTS for a method handled already. */
+MESHLIB_API meshlib_error_t* meshlib_server_handle(meshlib_server_t* server, const char* method,
+                                                   meshlib_handler handler, void* user_data);
+/* Listens on `address` ("HOST:PORT"; port 0 picks a free one) and serves;
+ * with etcd options, registers in the background (an unreachable etcd is
+ * retried, never an error here). `bound`, if not NULL, receives the
+ * address bound ("127.0.0.1:41234"; free with meshlib_free). Once. */
+MESHLIB_API meshlib_error_t* meshlib_server_start(meshlib_server_t* server, const char* address,
+                                                  char** bound);
+/* Leaves etcd, stops accepting, tells clients to go elsewhere, waits up to
+ * `drain_ns` for calls in flight, then closes every connection; waits for
+ * handlers still running to return. Blocking. Not from a handler of this
+ * server (MESHLIB_FAILED_PRECONDITION). Stopping twice does nothing. */
+MESHLIB_API meshlib_error_t* meshlib_server_stop(meshlib_server_t* server, int64_t drain_ns);
+/* Stops the server (no drain) if it runs, and frees it. From one of its own
+ * handlers, the stop happens on another thread once the handler returns. */
+MESHLIB_API void meshlib_server_free(meshlib_server_t* server);
+/* Counters as a JSON object (free with meshlib_free): calls,
+ * active_calls, rejected_expired, shed. */
+MESHLIB_API meshlib_error_t* meshlib_server_stats_json(meshlib_server_t* server, char** out);
+
+/* What a call carries. Pointers live as long as the call handle. */
+MESHLIB_API const char* meshlib_server_call_method(const meshlib_server_call_t* call);
+MESHLIB_API const uint8_t* meshlib_server_call_request(const meshlib_server_call_t* call,
+                                                       size_t* len);
+MESHLIB_API size_t meshlib_server_call_metadata_count(const meshlib_server_call_t* call);
+MESHLIB_API meshlib_metadata_entry_t meshlib_server_call_metadata(
+    const meshlib_server_call_t* call, size_t i);
+/* The caller's address. */
+MESHLIB_API const char* meshlib_server_call_peer(const meshlib_server_call_t* call);
+/* Nanoseconds until the caller stops waiting; INT64_MAX when it set no
+ * deadline, <= 0 once it passed. */
+MESHLIB_API int64_t meshlib_server_call_remaining_ns(const meshlib_server_call_t* call);
+/* Non-zero once the caller cancelled, its deadline passed, or it
+ * disconnected: a handler doing long work should stop. */
+MESHLIB_API int32_t meshlib_server_call_cancelled(const meshlib_server_call_t* call);
+/* Adds reply metadata, before meshlib_server_call_finish. */
+MESHLIB_API meshlib_error_t* meshlib_server_call_add_metadata(meshlib_server_call_t* call,
+                                                              const char* key, const char* value);
+/* Answers the call and frees its handle, in every case. `code`
+ * MESHLIB_OK sends `response` (`response_len` bytes); any other code is
+ * the caller's error, with `message` (NULL: none). An invalid code
+ * answers MESHLIB_UNKNOWN and returns MESHLIB_INVALID_ARGUMENT. */
+MESHLIB_API meshlib_error_t* meshlib_server_call_finish(meshlib_server_call_t* call,
+                                                        meshlib_code_t code, const char* message,
+                                                        const void* response,
+                                                        size_t response_len);
 
 #ifdef __cplusplus
 } /* extern "C" */
