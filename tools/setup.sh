@@ -15,7 +15,9 @@ PACKAGES=(
   libbenchmark-dev         # Google Benchmark
   libgrpc++-dev            # gRPC C++: a benchmark peer only
   clang libclang-rt-14-dev # libFuzzer
-  python3
+  python3                  # the Python package's tests (on Debian's /usr/bin/python3)
+  python3-grpcio           # grpcio: the Python benchmark's peer
+  abigail-tools            # abidiff: the C ABI check
   procps                   # pkill/ps, used by the scripts
   dnsmasq-base             # a real DNS server for the DNS discovery tests
   etcd-server etcd-client  # a real etcd for etcd discovery and registration

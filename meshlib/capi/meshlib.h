@@ -177,6 +177,16 @@ typedef struct meshlib_call_options {
   /* Request metadata. */
   const meshlib_metadata_entry_t* metadata;
   size_t metadata_count;
+  /* Blocking calls (meshlib_client_call) only: when `has_interrupt_fd` is
+   * non-zero, the call ends with MESHLIB_CANCELLED within about a
+   * millisecond of `interrupt_fd` becoming readable (a pipe that a signal
+   * handler writes to, an eventfd), so that a caller waiting for it stays
+   * interruptible (e.g. a signal handler's wake-up pipe). It must be
+   * non-blocking: the call first reads away what it holds (what arrived
+   * before the call does not interrupt it), and reads away what
+   * interrupted it. */
+  int32_t has_interrupt_fd;
+  int32_t interrupt_fd;
 } meshlib_call_options_t;
 
 typedef struct meshlib_reply meshlib_reply_t;

@@ -3,6 +3,8 @@
 #ifndef MESHLIB_CLIENT_CALL_TYPES_H_
 #define MESHLIB_CLIENT_CALL_TYPES_H_
 
+#include <poll.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -39,7 +41,20 @@ struct CallOptions {
   // codes. Calls that provably never reached a handler are retried either
   // way. Ignored by a single Channel.
   bool idempotent = false;
+  // Blocking calls only (CallBlocking): a descriptor that, once readable,
+  // ends the call CANCELLED within about a millisecond, as Cancel on an
+  // asynchronous call does. For callers that must stay interruptible while
+  // they wait (a signal's wake-up descriptor, an eventfd); the caller
+  // drains it. -1: none. Ignored by asynchronous calls.
+  int interrupt_fd = -1;
 };
+
+// True when `fd` (an interrupt_fd) is readable; false for -1.
+inline bool InterruptRequested(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLIN, 0};
+  return poll(&p, 1, 0) > 0;
+}
 
 struct CallResult {
   absl::Status status;

@@ -836,6 +836,9 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
       if (absl::GetCurrentTimeNanos() < spin_until) {
         if (!conn->ReadInline(absl::ZeroDuration())) break;
         if (!ready.load(std::memory_order_acquire)) sched_yield();
+      } else if (InterruptRequested(options.interrupt_fd)) {
+        handle.Cancel();  // completes the call: `ready` follows
+        break;
       } else if (!conn->ReadInline(absl::Milliseconds(1))) {
         break;  // closed: the close completes the call
       }
@@ -854,7 +857,13 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
     if (absl::GetCurrentTimeNanos() >= spin_until) break;
     sched_yield();
   }
-  done.WaitForNotification();
+  if (options.interrupt_fd >= 0) {
+    while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(1))) {
+      if (InterruptRequested(options.interrupt_fd)) handle.Cancel();
+    }
+  } else {
+    done.WaitForNotification();
+  }
   // The callback may still be between Notify and its store to `ready`.
   while (!ready.load(std::memory_order_acquire)) sched_yield();
   return result;

@@ -1313,11 +1313,17 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     // Several attempts at once, or a timer: the asynchronous path does it.
     CallResult result;
     core::Notification done;
-    CallWithFault(method, request, options, fault, [&](CallResult r) {
+    CallHandle handle = CallWithFault(method, request, options, fault, [&](CallResult r) {
       result = std::move(r);
       done.Notify();
     });
-    done.WaitForNotification();
+    if (options.interrupt_fd >= 0) {
+      while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(1))) {
+        if (InterruptRequested(options.interrupt_fd)) handle.Cancel();
+      }
+    } else {
+      done.WaitForNotification();
+    }
     return result;
   }
   const absl::Time now = clock_->Now();
@@ -1369,7 +1375,20 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     if (next == Next::kTransparent && !transparent_before) continue;
     active.retry = true;  // Decide took a max_retries slot
     ++attempts;
-    absl::SleepFor(std::min(delay, deadline - clock_->Now()));
+    const absl::Duration wait = std::min(delay, deadline - clock_->Now());
+    if (options.interrupt_fd < 0) {
+      absl::SleepFor(wait);
+    } else {
+      // In slices, so that the caller can interrupt the backoff.
+      const absl::Time until = absl::Now() + wait;
+      for (absl::Time t = absl::Now(); t < until; t = absl::Now()) {
+        if (InterruptRequested(options.interrupt_fd)) {
+          return Cancelled(absl::StrCat("service ", service_, ": ", method,
+                                        " interrupted between attempts"));
+        }
+        absl::SleepFor(std::min(until - t, absl::Milliseconds(1)));
+      }
+    }
   }
 }
 
