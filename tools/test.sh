@@ -50,18 +50,20 @@ fi
 # scenario (chaos, tail, slow instance, load shedding, reload, demo). On a
 # shared two-core machine they are only honest alone and unsanitized: they
 # run once, in their own pass, one at a time ("exclusive"). The parallel
-# and sanitized passes run everything else.
+# and sanitized passes run everything else. Tests tagged "nosan" load
+# libmeshlib.so into programs that are not sanitized (Python, a C program
+# compiled outside Bazel, abidiff): the sanitizer passes skip them.
 run_bazel_suite default --test_tag_filters=-scenario "${cache_flag[@]+"${cache_flag[@]}"}"
 if [[ -z "${SKIP_SCENARIOS:-}" ]]; then
   run_bazel_suite scenario --test_tag_filters=scenario --local_test_jobs=1 \
     "${cache_flag[@]+"${cache_flag[@]}"}"
 fi
 if [[ -z "${SKIP_ASAN:-}" ]]; then
-  run_bazel_suite asan --config=asan --test_tag_filters=-scenario \
+  run_bazel_suite asan --config=asan --test_tag_filters=-scenario,-nosan \
     "${cache_flag[@]+"${cache_flag[@]}"}"
 fi
 if [[ -z "${SKIP_TSAN:-}" ]]; then
-  run_bazel_suite tsan --config=tsan --test_tag_filters=concurrency,-scenario \
+  run_bazel_suite tsan --config=tsan --test_tag_filters=concurrency,-scenario,-nosan \
     "${cache_flag[@]+"${cache_flag[@]}"}"
 fi
 

@@ -70,8 +70,9 @@ class _LoopQueue:
     resolved, on the loop's own thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # No reference to the loop: the loop owns this object (through its
+        # reader), and both go when the loop is dropped.
         self.queue = _Queue()
-        self.loop = loop
         self.pending: Dict[int, tuple] = {}  # tag -> (future, call handle)
         self.batch = (_capi.Completion * _BATCH)()
         loop.add_reader(self.queue.fd, self._drain)
@@ -99,11 +100,6 @@ class _LoopQueue:
             if n < _BATCH:
                 return
 
-    def close(self) -> None:
-        try:
-            self.loop.remove_reader(self.queue.fd)
-        except Exception:  # the loop is closed already
-            pass
 
 
 _loop_queues: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue]" = (
