@@ -106,7 +106,9 @@ class DeferredChannel final : public client::EndpointChannel {
 
 // `full`: every layer configured; otherwise the bare minimum a service has.
 // `deferred`: endpoints answer after Call returns (DeferredChannel).
-std::unique_ptr<mesh::Mesh> MakeMesh(bool full, bool deferred = false) {
+// `metrics`: the golden metrics recorded (the default); off to measure
+// what they cost.
+std::unique_ptr<mesh::Mesh> MakeMesh(bool full, bool deferred = false, bool metrics = true) {
   std::string extra = full ? R"(,
       "load_balancer": [{"p2c_peak_ewma": {}}],
       "retry": {"max_attempts": 3, "retry_on": ["UNAVAILABLE"]},
@@ -126,6 +128,7 @@ std::unique_ptr<mesh::Mesh> MakeMesh(bool full, bool deferred = false) {
     std::abort();
   }
   mesh::MeshOptions o;
+  if (!metrics) o.metrics = nullptr;
   if (deferred) {
     o.channel_factory = [](const std::string& address)
         -> absl::StatusOr<std::shared_ptr<client::EndpointChannel>> {
@@ -137,8 +140,8 @@ std::unique_ptr<mesh::Mesh> MakeMesh(bool full, bool deferred = false) {
   return mesh::Mesh::Create(*std::move(cfg), o).value();
 }
 
-void MeshBlocking(benchmark::State& state, bool full) {
-  auto m = MakeMesh(full);
+void MeshBlocking(benchmark::State& state, bool full, bool metrics = true) {
+  auto m = MakeMesh(full, /*deferred=*/false, metrics);
   auto client = m->Client("echo").value();
   if (full) client->AddInterceptor(std::make_shared<NoopInterceptor>());
   client::CallOptions o;
@@ -153,9 +156,16 @@ void BM_MeshMinimalBlocking(benchmark::State& state) { MeshBlocking(state, false
 void BM_MeshFullStackBlocking(benchmark::State& state) { MeshBlocking(state, true); }
 BENCHMARK(BM_MeshMinimalBlocking);
 BENCHMARK(BM_MeshFullStackBlocking);
+// The same without metrics: the difference is what recording costs.
+void BM_MeshMinimalBlockingNoMetrics(benchmark::State& state) { MeshBlocking(state, false, false); }
+void BM_MeshFullStackBlockingNoMetrics(benchmark::State& state) {
+  MeshBlocking(state, true, false);
+}
+BENCHMARK(BM_MeshMinimalBlockingNoMetrics);
+BENCHMARK(BM_MeshFullStackBlockingNoMetrics);
 
-void MeshCallback(benchmark::State& state, bool full) {
-  auto m = MakeMesh(full);
+void MeshCallback(benchmark::State& state, bool full, bool metrics = true) {
+  auto m = MakeMesh(full, /*deferred=*/false, metrics);
   auto client = m->Client("echo").value();
   if (full) client->AddInterceptor(std::make_shared<NoopInterceptor>());
   client::CallOptions o;
@@ -174,6 +184,8 @@ void BM_MeshMinimalCallback(benchmark::State& state) { MeshCallback(state, false
 void BM_MeshFullStackCallback(benchmark::State& state) { MeshCallback(state, true); }
 BENCHMARK(BM_MeshMinimalCallback);
 BENCHMARK(BM_MeshFullStackCallback);
+void BM_MeshMinimalCallbackNoMetrics(benchmark::State& state) { MeshCallback(state, false, false); }
+BENCHMARK(BM_MeshMinimalCallbackNoMetrics);
 
 // The full stack with the answer arriving after Call returns: each call
 // arms a real hedge timer on a reactor (the p99 delay, or 50ms until it is

@@ -44,7 +44,10 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "meshlib/admin/admin_server.h"
+#include "meshlib/admin/pages.h"
 #include "meshlib/core/sync.h"
+#include "meshlib/metrics/metrics.h"
 #include "meshlib/server/etcd_registration.h"
 #include "meshlib/server/server.h"
 
@@ -67,6 +70,9 @@ ABSL_FLAG(std::string, etcd_prefix, "", "etcd key prefix to register under (with
 ABSL_FLAG(absl::Duration, etcd_ttl, absl::Seconds(10),
           "lease TTL of the etcd registration: how long a crashed server stays listed");
 ABSL_FLAG(int, io_threads, 0, "reactor threads; 0 = one per CPU");
+ABSL_FLAG(int, admin_port, -1,
+          "serve the admin endpoint (/metrics, /metrics.json) on this loopback port; "
+          "0 picks one; -1 (default): off");
 ABSL_FLAG(int, busy_poll_us, 0,
           "reactor busy polling after work, in microseconds (0 = off, max 1000)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
@@ -201,7 +207,20 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  std::unique_ptr<meshlib::admin::AdminServer> admin;
+  if (const int admin_port = absl::GetFlag(FLAGS_admin_port); admin_port >= 0) {
+    meshlib::admin::AdminOptions ao;
+    ao.address = absl::StrCat("127.0.0.1:", admin_port);
+    auto started = meshlib::admin::AdminServer::Start(
+        ao, meshlib::admin::MetricsPages(meshlib::metrics::DefaultRegistry()));
+    if (!started.ok()) {
+      std::cerr << "echo_server: --admin_port: " << started.status() << "\n";
+      return 2;
+    }
+    admin = *std::move(started);
+  }
   std::printf("listening on %s\n", server.address().c_str());
+  if (admin != nullptr) std::printf("admin on %s\n", admin->address().c_str());
   std::fflush(stdout);
 
   int sig = 0;

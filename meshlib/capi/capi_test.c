@@ -3,6 +3,7 @@
  * fails prints its line; the test exits non-zero if any did. */
 #include "meshlib/capi/meshlib.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -550,6 +551,61 @@ static void test_mesh_from_file(const server_t* server) {
   meshlib_client_free(client);
 }
 
+/* --- interruptible blocking calls --- */
+
+static void* write_after_200ms(void* arg) {
+  struct timespec ts = {0, 200 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  ssize_t ignored = write(*(int*)arg, "!", 1);
+  (void)ignored;
+  return NULL;
+}
+
+static void test_interruptible_blocking_call(const server_t* slow) {
+  const char* cfg = config_for(slow->address, "10s");
+  meshlib_mesh_t* mesh = NULL;
+  meshlib_client_t* client = NULL;
+  CHECK_OK(meshlib_mesh_new_json(cfg, strlen(cfg), &mesh));
+  if (mesh != NULL) CHECK_OK(meshlib_mesh_client(mesh, "echo", &client));
+  int fds[2];
+  if (client == NULL || pipe(fds) != 0) {
+    meshlib_client_free(client);
+    meshlib_mesh_free(mesh);
+    return;
+  }
+  fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  meshlib_call_options_t o;
+  memset(&o, 0, sizeof o);
+  o.struct_size = sizeof o;
+  o.has_interrupt_fd = 1;
+  o.interrupt_fd = -5;
+  meshlib_reply_t* reply = NULL;
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, &o, &reply),
+              MESHLIB_INVALID_ARGUMENT);
+  o.interrupt_fd = fds[0];
+
+  /* The server answers after 2 s; the descriptor becomes readable after
+   * 200 ms and ends the call CANCELLED. */
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, write_after_200ms, &fds[1]) == 0);
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, &o, &reply), MESHLIB_CANCELLED);
+  pthread_join(t, NULL);
+  char byte;
+  CHECK(read(fds[0], &byte, 1) < 0); /* the call read it away */
+
+  /* What the descriptor held before the call does not interrupt it: this
+   * one runs to its 300 ms timeout. */
+  CHECK(write(fds[1], "!", 1) == 1);
+  o.timeout_ns = 300 * 1000 * 1000;
+  CHECK_ERROR(meshlib_client_call(client, "Echo/Say", "x", 1, &o, &reply),
+              MESHLIB_DEADLINE_EXCEEDED);
+  CHECK(reply == NULL);
+  close(fds[0]);
+  close(fds[1]);
+  meshlib_client_free(client);
+  meshlib_mesh_free(mesh);
+}
+
 /* --- the server --- */
 
 /* Handlers. user_data is the server, for the ones that need it. */
@@ -872,6 +928,7 @@ int main(void) {
   test_completion_queue(&server, &slow);
   test_free_the_mesh_inside_a_callback(&server, &slow);
   test_mesh_from_file(&server);
+  test_interruptible_blocking_call(&slow);
   test_server_bad_arguments();
   test_server_serves_the_mesh();
   test_server_freed_by_its_handler();

@@ -3,11 +3,14 @@
 // (allocation failure), and turns every failure into a meshlib_error_t.
 #include "meshlib/capi/meshlib.h"
 
+#include "meshlib/capi/internal.h"
+
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -93,7 +96,7 @@ struct QueueState {
   ~QueueState() {
     for (meshlib_completion_t& c : items) {
       delete c.reply;
-      delete c.error;
+      meshlib_error_free(c.error);
     }
     if (fd >= 0) close(fd);
   }
@@ -102,14 +105,14 @@ struct QueueState {
     std::lock_guard<std::mutex> lock(mu);
     if (closed) {
       delete c.reply;
-      delete c.error;
+      meshlib_error_free(c.error);
       return;
     }
     try {
       items.push_back(c);
     } catch (...) {  // out of memory: the completion cannot be kept
       delete c.reply;
-      delete c.error;
+      meshlib_error_free(c.error);
       return;
     }
     if (items.size() == 1) {
@@ -134,13 +137,17 @@ namespace {
 using meshlib::client::CallOptions;
 using meshlib::client::CallResult;
 
+// The error reported when there is no memory for another: made when the
+// library loads, never freed (meshlib_error_free ignores it), so that a
+// failure is never reported as a success (NULL) for lack of memory.
+meshlib_error_t* const kOutOfMemory =
+    new meshlib_error{MESHLIB_RESOURCE_EXHAUSTED, "out of memory"};
+
 meshlib_error_t* Error(meshlib_code_t code, std::string message) {
   try {
     return new meshlib_error{code, std::move(message)};
   } catch (...) {
-    // Out of memory while reporting an error: a static one would have to be
-    // freed too, so the caller sees a null status only if even this fails.
-    return nullptr;
+    return kOutOfMemory;
   }
 }
 
@@ -157,14 +164,27 @@ meshlib_error_t* Null(const char* what) {
 // an INTERNAL error.
 template <typename Fn>
 meshlib_error_t* Guard(const char* function, Fn fn) {
+  // Reporting the failure may itself run out of memory: then kOutOfMemory.
   try {
     return fn();
   } catch (const std::bad_alloc&) {
-    return Error(MESHLIB_RESOURCE_EXHAUSTED, absl::StrCat(function, ": out of memory"));
+    try {
+      return Error(MESHLIB_RESOURCE_EXHAUSTED, absl::StrCat(function, ": out of memory"));
+    } catch (...) {
+      return kOutOfMemory;
+    }
   } catch (const std::exception& e) {
-    return Error(MESHLIB_INTERNAL, absl::StrCat(function, ": ", e.what()));
+    try {
+      return Error(MESHLIB_INTERNAL, absl::StrCat(function, ": ", e.what()));
+    } catch (...) {
+      return kOutOfMemory;
+    }
   } catch (...) {
-    return Error(MESHLIB_INTERNAL, absl::StrCat(function, ": unexpected failure"));
+    try {
+      return Error(MESHLIB_INTERNAL, absl::StrCat(function, ": unexpected failure"));
+    } catch (...) {
+      return kOutOfMemory;
+    }
   }
 }
 
@@ -255,24 +275,35 @@ meshlib_error_t* StartAsync(meshlib_client_t* client, const char* method, const 
   if (meshlib_error_t* bad = ToOptions(options, &o)) return bad;
   // Allocated before the call starts, so that nothing can fail after it.
   std::unique_ptr<meshlib_call> handle(call != nullptr ? new meshlib_call : nullptr);
-  meshlib::client::CallHandle h = client->client->Call(
-      method, absl::string_view(static_cast<const char*>(request), request_len), o,
-      [deliver = std::move(deliver)](CallResult r) mutable {
-        meshlib_reply_t* reply = nullptr;
-        meshlib_error_t* error = nullptr;
-        try {
-          if (r.status.ok()) {
-            reply = ToReply(std::move(r));
-          } else {
-            error = FromStatus(r.status);
+  // Exactly one outcome reaches the caller: should Call throw (out of
+  // memory) after it took the callback, the first of the callback and the
+  // error return claims the call, and the other stays silent.
+  auto claimed = std::make_shared<std::atomic<bool>>(false);
+  meshlib::client::CallHandle h;
+  try {
+    h = client->client->Call(
+        method, absl::string_view(static_cast<const char*>(request), request_len), o,
+        [deliver = std::move(deliver), claimed](CallResult r) mutable {
+          if (claimed->exchange(true, std::memory_order_acq_rel)) return;
+          meshlib_reply_t* reply = nullptr;
+          meshlib_error_t* error = nullptr;
+          try {
+            if (r.status.ok()) {
+              reply = ToReply(std::move(r));
+            } else {
+              error = FromStatus(r.status);
+            }
+          } catch (...) {
+            delete reply;
+            reply = nullptr;
+            error = kOutOfMemory;
           }
-        } catch (...) {
-          delete reply;
-          reply = nullptr;
-          error = Error(MESHLIB_RESOURCE_EXHAUSTED, "out of memory completing the call");
-        }
-        deliver(reply, error);
-      });
+          deliver(reply, error);
+        });
+  } catch (...) {
+    if (!claimed->exchange(true, std::memory_order_acq_rel)) throw;  // Guard reports it
+    // The callback ran already: the call is complete, and a success here.
+  }
   if (handle != nullptr) {
     handle->handle = std::move(h);
     *call = handle.release();
@@ -312,7 +343,9 @@ const char* meshlib_error_message(const meshlib_error_t* error) {
   return error == nullptr ? "" : error->message.c_str();
 }
 
-void meshlib_error_free(meshlib_error_t* error) { delete error; }
+void meshlib_error_free(meshlib_error_t* error) {
+  if (error != kOutOfMemory) delete error;
+}
 
 void meshlib_free(void* p) { std::free(p); }
 
@@ -549,7 +582,7 @@ void meshlib_queue_free(meshlib_queue_t* queue) {
   }
   for (meshlib_completion_t& c : left) {
     delete c.reply;
-    delete c.error;
+    meshlib_error_free(c.error);
   }
   delete queue;
 }
@@ -580,6 +613,16 @@ void meshlib_call_cancel(meshlib_call_t* call) {
 void meshlib_call_free(meshlib_call_t* call) { delete call; }
 
 }  // extern "C"
+
+namespace meshlib::capi {
+
+meshlib_mesh_t* WrapMesh(std::unique_ptr<mesh::Mesh> mesh) {
+  auto* handle = new meshlib_mesh;
+  handle->mesh = std::move(mesh);
+  return handle;
+}
+
+}  // namespace meshlib::capi
 
 // --- the server ---
 

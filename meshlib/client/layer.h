@@ -56,6 +56,14 @@ struct AttemptInfo {
   lb::EndpointStats* stats = nullptr;
   resilience::OutlierDetector::Host* outlier = nullptr;
   bool probe = false;
+  // The endpoint's address, as discovery gave it.
+  absl::string_view endpoint;
+};
+
+// A call that completed, as its caller hears of it.
+struct CallEndInfo {
+  absl::string_view method;
+  absl::Duration latency;  // from the call's start, every attempt and wait included
 };
 
 class Layer {
@@ -65,6 +73,7 @@ class Layer {
   enum Hook : uint32_t {
     kAdmit = 1,       // Admit, and Release for every admitted call
     kAttemptEnd = 2,  // OnAttemptEnd
+    kCallEnd = 4,     // OnCallEnd
   };
 
   virtual ~Layer() = default;
@@ -82,6 +91,9 @@ class Layer {
   virtual void Release() {}
   // After every attempt (answered, failed, or cancelled as a losing hedge).
   virtual void OnAttemptEnd(const AttemptInfo& attempt, const CallResult& result) {}
+  // Once for every call this stack admitted or refused, when its caller is
+  // told the outcome (right before).
+  virtual void OnCallEnd(const CallEndInfo& call, const CallResult& result) {}
 };
 
 }  // namespace meshlib::client

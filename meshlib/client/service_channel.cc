@@ -17,6 +17,7 @@
 #include "meshlib/client/layers/deadline_layer.h"
 #include "meshlib/client/layers/fault_layer.h"
 #include "meshlib/client/layers/hedging_layer.h"
+#include "meshlib/client/layers/metrics_layer.h"
 #include "meshlib/client/layers/pool_layer.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
@@ -125,6 +126,10 @@ struct Stack {
   std::vector<Layer*> layers;     // top to bottom: what Describe() prints
   std::vector<Layer*> admitters;  // with Layer::kAdmit, bottom to top
   std::vector<Layer*> observers;  // with Layer::kAttemptEnd, top to bottom
+  std::vector<Layer*> finishers;  // with Layer::kCallEnd, top to bottom
+  std::unique_ptr<Layer> metrics;  // the metrics recorder, when asked for
+  // The clock call latencies are read from (the channel's).
+  runtime::Clock* clock = nullptr;
 
   // Admission runs from the bottom up: the layer nearest the wire refuses
   // first, so those above count only calls that go ahead (a call refused
@@ -143,6 +148,14 @@ struct Stack {
   }
   void AttemptEnded(const AttemptInfo& attempt, const CallResult& r) {
     for (Layer* l : observers) l->OnAttemptEnd(attempt, r);
+  }
+  // A call that started at `start` ends with `r`.
+  void CallEnded(absl::string_view method, absl::Time start, const CallResult& r) {
+    if (finishers.empty()) return;
+    CallEndInfo info;
+    info.method = method;
+    info.latency = clock->Now() - start;
+    for (Layer* l : finishers) l->OnCallEnd(info, r);
   }
 };
 
@@ -191,11 +204,18 @@ std::shared_ptr<client_internal::Stack> BuildLayers(
   s->pool = std::make_unique<PoolLayer>(o.channel, o.channel_factory, o.drain_timeout);
   s->layers = {s->fault.get(),    s->deadline.get(), s->retry.get(),  s->hedging.get(),
                s->breaker.get(),  s->balancer.get(), s->health.get(), s->pool.get()};
+  // Metrics on top: they see each call as its caller does, and each attempt.
+  if (o.metrics != nullptr) {
+    s->metrics = std::make_unique<MetricsLayer>(*o.metrics, o.metrics_service);
+    s->layers.insert(s->layers.begin(), s->metrics.get());
+  }
+  s->clock = o.clock != nullptr ? o.clock : &runtime::RealClock();
   for (auto it = s->layers.rbegin(); it != s->layers.rend(); ++it) {
     if ((*it)->hooks() & Layer::kAdmit) s->admitters.push_back(*it);
   }
   for (Layer* l : s->layers) {
     if (l->hooks() & Layer::kAttemptEnd) s->observers.push_back(l);
+    if (l->hooks() & Layer::kCallEnd) s->finishers.push_back(l);
   }
   return s;
 }
@@ -205,6 +225,7 @@ std::shared_ptr<client_internal::Stack> BuildLayers(
 absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
     std::string service, const nlohmann::json& discovery, ServiceChannelOptions options) {
   if (auto st = options.channel.Validate(); !st.ok()) return st;
+  if (options.metrics_service.empty()) options.metrics_service = service;
   if (options.drain_timeout <= absl::ZeroDuration()) {
     options.drain_timeout = std::min(options.channel.default_timeout, absl::Minutes(5));
   }
@@ -679,6 +700,7 @@ void ServiceChannel::RecordAttempt(absl::string_view method, const Picked& picke
   a.stats = picked.stats.get();
   a.outlier = picked.outlier.get();
   a.probe = picked.probe;
+  if (picked.channel != nullptr) a.endpoint = picked.channel->address();
   stack_->AttemptEnded(a, r);
 }
 
@@ -775,6 +797,7 @@ struct ServiceChannel::CallState final : public Cancellable,
   std::string method, request;
   CallOptions options;
   absl::Time deadline;
+  absl::Time start;  // by the channel's clock
   // The loop of the call's timers (backoff, hedge, injected delay); chosen
   // at the first timer (TimerLoopOf), most calls never need one.
   std::atomic<runtime::Executor*> timer_loop{nullptr};
@@ -917,6 +940,7 @@ void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock,
   for (CallHandle& h : stop_first) h.Cancel();  // their results are dropped
   live->Remove(this);
   live->stack->Release();
+  live->stack->CallEnded(method, start, r);
   std::shared_ptr<const void> held = std::move(keep_alive);
   d(std::move(r));
 }
@@ -1250,6 +1274,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     CallResult r;
     r.status = std::move(admitted);
     r.not_processed = true;
+    stack_->CallEnded(method, now, r);
     done(std::move(r));
     return CallHandle();
   }
@@ -1260,6 +1285,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
   st->options = options;
   st->done = std::move(done);
   st->deadline = stack_->deadline->DeadlineOf(options, now);
+  st->start = now;
   st->hedged = info.hedged;
   st->live = live_;
   if (!live_->Add(st.get())) {
@@ -1327,6 +1353,14 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     return result;
   }
   const absl::Time now = clock_->Now();
+  CallResult r = CallBlockingAttempts(method, request, options, now);
+  stack_->CallEnded(method, now, r);
+  return r;
+}
+
+CallResult ServiceChannel::CallBlockingAttempts(absl::string_view method,
+                                                absl::string_view request,
+                                                const CallOptions& options, absl::Time now) {
   CallInfo info;
   info.method = method;
   info.options = &options;

@@ -88,6 +88,7 @@
 #include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
+#include "meshlib/metrics/metrics.h"
 #include "meshlib/resilience/circuit_breaker.h"
 #include "meshlib/resilience/fault_injection.h"
 #include "meshlib/resilience/health_check.h"
@@ -173,6 +174,12 @@ struct ServiceChannelOptions {
   // when their settings are unchanged. Held until the first endpoint set is
   // applied. Must use the same control_loop.
   std::shared_ptr<ServiceChannel> predecessor;
+  // Where the service's golden metrics go (requests by method and code,
+  // their latency, attempts by endpoint and code: see
+  // layers/metrics_layer.h), labelled `metrics_service` (default: the
+  // service's name). Null: none recorded. Must outlive the channel.
+  metrics::Registry* metrics = nullptr;
+  std::string metrics_service;
   // Keep only the endpoints this accepts (a subset of the service, e.g. by
   // metadata). Null: all.
   std::function<bool(const discovery::Endpoint&)> endpoint_filter;
@@ -282,6 +289,9 @@ class ServiceChannel final : public Caller {
   };
   // What a call holds after the pick: keeps the channel alive without the
   // snapshot (a blocking call must not hold a read guard while it waits).
+  // CallBlockingWithFault's attempts, on this thread, from `now`.
+  CallResult CallBlockingAttempts(absl::string_view method, absl::string_view request,
+                                  const CallOptions& options, absl::Time now);
   struct Picked {
     std::shared_ptr<EndpointChannel> channel;
     std::shared_ptr<lb::EndpointStats> stats;

@@ -61,6 +61,7 @@
 #include "meshlib/client/endpoint_state.h"
 #include "meshlib/config/config.h"
 #include "meshlib/core/rcu.h"
+#include "meshlib/metrics/metrics.h"
 #include "meshlib/runtime/executor.h"
 
 namespace meshlib::mesh {
@@ -188,6 +189,12 @@ struct MeshOptions {
   // and the wall clock. Both must outlive the mesh.
   runtime::Executor* timers = nullptr;
   runtime::Clock* clock = nullptr;
+  // Where the services' golden metrics go (meshlib_client_*: requests by
+  // method and code, their latency, attempts by endpoint and code; see
+  // docs/metrics.md). Default: the process's registry, which echo_server's
+  // and meshcall's --admin_port expose. Null: none recorded. Must outlive
+  // the mesh.
+  metrics::Registry* metrics = &metrics::DefaultRegistry();
 };
 
 class Mesh {

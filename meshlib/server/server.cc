@@ -36,6 +36,10 @@ struct CallCounter {
   // the Server because calls release their slot when they finish, which may
   // be after the Server is gone.
   std::unique_ptr<ConcurrencyLimiter> limiter;
+  // The methods' metrics (Server::Method points into them): here because a
+  // call counts its outcome when it finishes, which may be after the
+  // Server is gone. Filled at Start, before any call.
+  std::vector<std::unique_ptr<ServerMethodMetrics>> method_metrics;
   // Finishing off the reactor touches the connection's loop; Shutdown flips
   // `loops_alive` (exclusively) before the loops may be destroyed.
   std::shared_mutex loops_mu;
@@ -249,6 +253,7 @@ class ServerConnection final : public transport::FramedConnection {
     const absl::Time now = loop()->Now();
     if (deadline <= now) {
       counter_->rejected_expired.fetch_add(1, std::memory_order_relaxed);
+      if (method->metrics) method->metrics->Record(absl::DeadlineExceededError(""), now - arrival);
       SendReply(id, 0,
                 absl::DeadlineExceededError(absl::StrCat(
                     "deadline passed before the handler of ", req->method,
@@ -261,6 +266,7 @@ class ServerConnection final : public transport::FramedConnection {
     ConcurrencyLimiter* const limiter = counter_->limiter.get();
     if (limiter != nullptr && !limiter->TryAcquire()) {
       counter_->shed.fetch_add(1, std::memory_order_relaxed);
+      if (method->metrics) method->metrics->Record(absl::ResourceExhaustedError(""), now - arrival);
       SendReply(id, transport::kFlagRefused,
                 absl::ResourceExhaustedError(absl::StrCat(
                     "adaptive concurrency limit (", limiter->limit(),
@@ -271,6 +277,7 @@ class ServerConnection final : public transport::FramedConnection {
     const bool sync = !method->async;
     auto call = std::make_shared<ServerCall>(self(), id, *std::move(req), arrival, deadline,
                                              sync, /*holds_limiter_slot=*/limiter != nullptr);
+    call->metrics_ = method->metrics;
     calls_.emplace(id, call);
     open_streams_.fetch_add(1, std::memory_order_acq_rel);
     counter_->active.fetch_add(1, std::memory_order_acq_rel);
@@ -461,8 +468,15 @@ void ServerCall::Finish(absl::Status status, std::string response) {
   FinishInternal(std::move(status), std::move(response), /*from_handler=*/true);
 }
 
+void ServerMethodMetrics::Record(const absl::Status& status, absl::Duration d) {
+  const int c = static_cast<int>(status.code());
+  requests[c >= 0 && c < kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown)]->Add();
+  if (latency != nullptr) latency->Observe(d);
+}
+
 void ServerCall::FinishInternal(absl::Status status, std::string response, bool from_handler) {
   if (finished_.exchange(true, std::memory_order_acq_rel)) return;
+  if (metrics_ != nullptr) metrics_->Record(status, absl::Now() - arrival_);
   // A cancelled call's latency ends when its caller gave up, not when the
   // server was done: no sample.
   latency_is_sample_.store(from_handler && !IsCancelled(), std::memory_order_relaxed);
@@ -603,6 +617,28 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
   }
   bool need_workers = false;
   for (const auto& [name, m] : methods_) need_workers |= static_cast<bool>(m.sync);
+  if (options_.metrics != nullptr) {
+    static const char* const kCodeNames[ServerMethodMetrics::kCodes] = {
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "UNAUTHENTICATED"};
+    metrics::CounterFamily& requests = options_.metrics->AddCounter(
+        "meshlib_server_requests_total", "Calls served, by method and outcome.",
+        {"method", "code"});
+    metrics::HistogramFamily& latency = options_.metrics->AddHistogram(
+        "meshlib_server_request_duration_seconds",
+        "From a call's arrival to its answer, by method.", {"method"});
+    for (auto& [name, m] : methods_) {
+      auto made = std::make_unique<ServerMethodMetrics>();
+      for (int c = 0; c < ServerMethodMetrics::kCodes; ++c) {
+        made->requests[c] = &requests.With({name, kCodeNames[c]});
+      }
+      made->latency = &latency.With({name});
+      m.metrics = made.get();
+      counter_->method_metrics.push_back(std::move(made));
+    }
+  }
   workers_ = std::make_unique<runtime::ThreadPool>(need_workers ? options_.worker_threads : 1,
                                                    "server-worker");
   absl::StatusOr<int> fd = transport::ListenTcp(*addr, options_.backlog);

@@ -32,6 +32,7 @@
 #ifndef MESHLIB_SERVER_SERVER_H_
 #define MESHLIB_SERVER_SERVER_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -48,6 +49,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "meshlib/core/sync.h"
+#include "meshlib/metrics/metrics.h"
 #include "absl/time/time.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/runtime/thread_pool.h"
@@ -92,6 +94,19 @@ struct ServerOptions {
   // marked refused (never processed: a client may retry it elsewhere).
   // Default off. Validated by Start.
   AdaptiveConcurrencyOptions adaptive_concurrency;
+  // Where the server's golden metrics go (meshlib_server_requests_total by
+  // method and code, meshlib_server_request_duration_seconds by method;
+  // see docs/metrics.md). Default: the process's registry. Null: none.
+  // Must outlive the server and every call it served.
+  metrics::Registry* metrics = &metrics::DefaultRegistry();
+};
+
+// One registered method's metrics: found once, at Start.
+struct ServerMethodMetrics {
+  static constexpr int kCodes = 17;
+  std::array<metrics::Counter*, kCodes> requests{};
+  metrics::Histogram* latency = nullptr;
+  void Record(const absl::Status& status, absl::Duration latency);
 };
 
 // Counters since Start; see Server::stats().
@@ -184,6 +199,9 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   std::atomic<bool> finished_{false};
   std::atomic<int> stage_;
   std::atomic<int> limiter_refs_;
+  // Where this call's outcome is counted (null: no metrics). Set before the
+  // handler runs.
+  ServerMethodMetrics* metrics_ = nullptr;
   std::atomic<bool> latency_is_sample_{false};
   // std::mutex rather than core::Mutex: one is made per call, and
   // core::Mutex's destructor updates its deadlock detector's graph.
@@ -244,6 +262,8 @@ class Server {
   struct Method {
     AsyncHandler async;
     SyncHandler sync;
+    // Made at Start; owned by the CallCounter, which calls outlive.
+    ServerMethodMetrics* metrics = nullptr;
   };
   const Method* FindMethod(absl::string_view name) const;
   void OnAccepted(int fd, std::string peer);

@@ -88,6 +88,7 @@ run_fuzzer frame_decoder meshlib/transport/frame.cc tests/fuzz/frame_decoder_fuz
 run_fuzzer dns_message meshlib/discovery/dns/dns_message.cc tests/fuzz/dns_message_fuzzer.cc
 run_fuzzer http_response_parser meshlib/etcd/http_parser.cc tests/fuzz/http_response_parser_fuzzer.cc
 run_fuzzer etcd_watch_stream meshlib/etcd/internal/etcd_json.cc tests/fuzz/etcd_watch_stream_fuzzer.cc
+run_fuzzer http_request_parser meshlib/admin/http_request.cc tests/fuzz/http_request_parser_fuzzer.cc
 
 echo "== output in ${out_dir}"
 exit "${status}"

@@ -60,6 +60,8 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   o.control_loop = core.control;
   o.timers = core.options.timers;
   o.clock = core.options.clock;
+  o.metrics = core.options.metrics;
+  o.metrics_service = name;
   o.shared_discovery = *d;
   o.config_path = absl::StrCat("services.", name);
   client::ChannelOptions channel_options = o.channel;
