@@ -18,6 +18,7 @@ PACKAGES=(
   python3                  # the Python package's tests (on Debian's /usr/bin/python3)
   python3-grpcio           # grpcio: the Python benchmark's peer
   abigail-tools            # abidiff: the C ABI check
+  prometheus               # promtool and a Prometheus server for the metrics tests
   procps                   # pkill/ps, used by the scripts
   dnsmasq-base             # a real DNS server for the DNS discovery tests
   etcd-server etcd-client  # a real etcd for etcd discovery and registration

@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,7 +32,11 @@
 #include "absl/time/time.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/client/service_channel.h"
+#include "meshlib/admin/admin_server.h"
+#include "meshlib/admin/pages.h"
+#include "meshlib/core/trace_context.h"
 #include "meshlib/mesh/mesh.h"
+#include "meshlib/metrics/metrics.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/config/config.h"
 #include "nlohmann/json.hpp"
@@ -55,6 +60,16 @@ ABSL_FLAG(absl::Duration, timeline, absl::ZeroDuration(),
           "with a load run: also report, per interval of this length, calls, "
           "failures, p99 and each endpoint's share (JSON key \"timeline\")");
 ABSL_FLAG(int, connections, 1, "TCP connections per endpoint");
+ABSL_FLAG(bool, trace, false,
+          "start a W3C trace for the call (traceparent metadata) and print its trace id "
+          "(one-off call: a line \"trace <id>\" after the result)");
+ABSL_FLAG(int, admin_port, -1,
+          "serve the admin endpoint (/metrics, /metrics.json) on this loopback port while "
+          "running (0 picks one; its address goes to stderr as \"admin on HOST:PORT\"); "
+          "-1 (default): off");
+ABSL_FLAG(absl::Duration, admin_linger, absl::ZeroDuration(),
+          "with --admin_port: keep serving it this long after the calls are done, for a "
+          "last scrape");
 ABSL_FLAG(absl::Duration, discovery_timeout, absl::Seconds(10),
           "how long to wait for discovery's first endpoint set");
 
@@ -224,6 +239,16 @@ int main(int argc, char** argv) {
   auto target_or = mesh->Client(svc->name);
   if (!target_or.ok()) return Fail(std::string(target_or.status().message()));
   std::shared_ptr<meshlib::mesh::Client> target = *std::move(target_or);
+  std::unique_ptr<meshlib::admin::AdminServer> admin;
+  if (const int admin_port = absl::GetFlag(FLAGS_admin_port); admin_port >= 0) {
+    meshlib::admin::AdminOptions ao;
+    ao.address = absl::StrCat("127.0.0.1:", admin_port);
+    auto started = meshlib::admin::AdminServer::Start(
+        ao, meshlib::admin::MetricsPages(meshlib::metrics::DefaultRegistry()));
+    if (!started.ok()) return Fail(absl::StrCat("--admin_port: ", started.status().message()));
+    admin = *std::move(started);
+    std::fprintf(stderr, "admin on %s\n", admin->address().c_str());
+  }
   if (absl::GetFlag(FLAGS_describe)) {
     std::cout << target->Describe();
     return 0;
@@ -251,6 +276,12 @@ int main(int argc, char** argv) {
     call_opts.metadata.push_back(std::move(p));
   }
 
+  std::optional<meshlib::core::TraceContext> trace;
+  if (absl::GetFlag(FLAGS_trace)) {
+    trace = meshlib::core::TraceContext::NewRoot();
+    call_opts.metadata.emplace_back(meshlib::core::kTraceparentKey, trace->Traceparent());
+  }
+
   // One-off call: readable output, exit status says how it went.
   if (requests == 1 && !absl::GetFlag(FLAGS_json)) {
     meshlib::mesh::ClientStats before = target->stats();
@@ -273,6 +304,7 @@ int main(int argc, char** argv) {
     if (!r.status.ok()) {
       std::cout << CodeName(r.status.code()) << ": " << r.status.message() << " ("
                 << absl::FormatDuration(took) << routed << ")\n";
+      if (trace) std::cout << "trace " << trace->TraceIdHex() << "\n";
       return 1;
     }
     std::string server;
@@ -281,6 +313,7 @@ int main(int argc, char** argv) {
     }
     std::cout << "OK from " << r.endpoint << (server.empty() ? "" : " (" + server + ")")
               << routed << " in " << absl::FormatDuration(took) << ": " << r.payload << "\n";
+    if (trace) std::cout << "trace " << trace->TraceIdHex() << "\n";
     return 0;
   }
 
@@ -420,6 +453,8 @@ int main(int argc, char** argv) {
   } else {
     std::cout << out.dump(2) << "\n";
   }
+  std::cout.flush();
+  if (admin != nullptr) absl::SleepFor(absl::GetFlag(FLAGS_admin_linger));
   side_loop.reset();
   target.reset();
   mesh.reset();

@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -33,6 +34,7 @@
 #include "absl/time/clock.h"
 #include "meshlib/config/config.h"
 #include "meshlib/core/deadline_context.h"
+#include "meshlib/core/trace_context.h"
 #include "meshlib/mesh/mesh.h"
 #include "meshlib/runtime/thread_pool.h"
 #include "meshlib/server/etcd_registration.h"
@@ -750,6 +752,9 @@ meshlib_error_t* meshlib_server_handle(meshlib_server_t* server, const char* met
               return;
             }
             meshlib::core::ScopedDeadline deadline(call->deadline());
+            const std::optional<meshlib::core::TraceContext> trace =
+                meshlib::core::TraceContext::FromMetadata(call->metadata());
+            meshlib::core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
             tls_handler_server = owner;
             handler(user_data, c);
             tls_handler_server = nullptr;

@@ -419,6 +419,7 @@ void ServiceChannel::Apply(std::shared_ptr<const discovery::EndpointSet> set) {
         m.stats = known->stats;
       } else {
         m.stats = std::make_shared<lb::EndpointStats>(stats_options_);
+        m.stats->set_address(e.address);
       }
       if (resilience::OutlierDetector* outliers = stack_->health->outliers()) {
         m.outlier = outliers->AddHost(
@@ -700,7 +701,9 @@ void ServiceChannel::RecordAttempt(absl::string_view method, const Picked& picke
   a.stats = picked.stats.get();
   a.outlier = picked.outlier.get();
   a.probe = picked.probe;
-  if (picked.channel != nullptr) a.endpoint = picked.channel->address();
+  // The channel is not held by an asynchronous attempt's callback; the
+  // stats (which carry the address) are.
+  if (picked.stats != nullptr) a.endpoint = picked.stats->address();
   stack_->AttemptEnded(a, r);
 }
 

@@ -17,6 +17,7 @@
 #define MESHLIB_LB_ENDPOINT_STATS_H_
 
 #include <atomic>
+#include <string>
 #include <cstdint>
 
 #include "absl/time/time.h"
@@ -53,6 +54,11 @@ class EndpointStats {
   // failure; its elapsed time is a lower bound on its latency, so it can
   // only raise the latency estimate.
   void OnCallAbandoned(absl::Duration elapsed, absl::Time now);
+
+  // The endpoint's address, as discovery gave it: set once by whoever makes
+  // the stats, before they are shared (for labels: metrics, logs).
+  void set_address(std::string address) { address_ = std::move(address); }
+  const std::string& address() const { return address_; }
 
   int64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
   uint64_t calls() const { return calls_.load(std::memory_order_relaxed); }
@@ -91,6 +97,7 @@ class EndpointStats {
 
  private:
   const double decay_ns_;
+  std::string address_;
   std::atomic<int64_t> in_flight_{0};
   std::atomic<uint64_t> calls_{0};
   std::atomic<uint64_t> failures_{0};

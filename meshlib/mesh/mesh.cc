@@ -14,6 +14,7 @@
 #include "meshlib/client/channel.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/core/log.h"
+#include "meshlib/core/trace_context.h"
 #include "meshlib/mesh/internal/mesh_core.h"
 #include "meshlib/mesh/internal/stack.h"
 #include "meshlib/mesh/internal/watcher.h"
@@ -76,6 +77,14 @@ CallResult MeshClosed(const std::string& service, absl::string_view method) {
 
 CallHandle Client::Call(absl::string_view method, absl::string_view request,
                         const CallOptions& options, client::CallCallback done) {
+  if (core::CurrentTrace() != nullptr) {
+    // Serving a traced call: this one continues the trace (a new span).
+    CallOptions traced = options;
+    if (core::PropagateTrace(&traced.metadata)) {
+      core::ScopedTrace none(nullptr);
+      return Call(method, request, traced, std::move(done));
+    }
+  }
   if (core_->closed.load(std::memory_order_acquire)) {
     done(MeshClosed(service_, method));
     return CallHandle();
@@ -138,6 +147,13 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
 
 CallResult Client::CallBlocking(absl::string_view method, absl::string_view request,
                                 const CallOptions& options) {
+  if (core::CurrentTrace() != nullptr) {
+    CallOptions traced = options;
+    if (core::PropagateTrace(&traced.metadata)) {
+      core::ScopedTrace none(nullptr);
+      return CallBlocking(method, request, traced);
+    }
+  }
   if (core_->closed.load(std::memory_order_acquire)) return MeshClosed(service_, method);
   if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor(method)) {
     return *refused;
@@ -289,6 +305,75 @@ bool Client::WaitForEndpoints(absl::Duration timeout) const {
 
 // --- Mesh ---
 
+namespace {
+
+// What a mesh reports at each scrape, read from its live state.
+std::vector<metrics::CollectedFamily> MeshMetricFamilies() {
+  using metrics::Type;
+  return {
+      {"meshlib_endpoint_ejected", "1 while outlier detection or a health check keeps the "
+                                   "endpoint out of the balancer, else 0.", Type::kGauge},
+      {"meshlib_endpoint_in_flight", "Attempts outstanding on the endpoint.", Type::kGauge},
+      {"meshlib_endpoint_latency_estimate_seconds",
+       "The balancer's latency estimate of the endpoint (EWMA).", Type::kGauge},
+      {"meshlib_client_retries_total", "Retries sent (the transparent ones included).",
+       Type::kCounter},
+      {"meshlib_client_retries_denied_total",
+       "Retries the retry budget or the breaker refused.", Type::kCounter},
+      {"meshlib_client_hedges_total", "Hedged attempts sent.", Type::kCounter},
+      {"meshlib_client_hedges_denied_total", "Hedges the hedge budget refused.",
+       Type::kCounter},
+      {"meshlib_client_breaker_overflows_total", "Calls the circuit breaker refused.",
+       Type::kCounter},
+      {"meshlib_client_ejections_total", "Endpoints ejected by outlier detection.",
+       Type::kCounter},
+      {"meshlib_mesh_reloads_total", "Configurations applied after the first.",
+       Type::kCounter},
+      {"meshlib_mesh_reloads_rejected_total", "Configuration documents rejected.",
+       Type::kCounter},
+  };
+}
+
+void CollectMeshMetrics(internal::MeshCore& core, std::vector<metrics::Sample>* out) {
+  std::vector<std::shared_ptr<Client>> clients;
+  ReloadStats reload;
+  {
+    std::lock_guard<std::mutex> lock(core.mu);
+    for (const auto& [name, weak] : core.clients) {
+      if (auto c = weak.lock()) clients.push_back(std::move(c));
+    }
+    reload = core.reload;
+  }
+  out->push_back({"meshlib_mesh_reloads_total", {}, static_cast<double>(reload.applied)});
+  out->push_back(
+      {"meshlib_mesh_reloads_rejected_total", {}, static_cast<double>(reload.rejected)});
+  for (const auto& c : clients) {
+    const std::string& service = c->service();
+    for (const client::EndpointState& e : c->EndpointStates()) {
+      std::vector<std::pair<std::string, std::string>> labels = {{"service", service},
+                                                                 {"endpoint", e.address}};
+      out->push_back({"meshlib_endpoint_ejected", labels, e.healthy ? 0.0 : 1.0});
+      out->push_back({"meshlib_endpoint_in_flight", labels, static_cast<double>(e.in_flight)});
+      out->push_back({"meshlib_endpoint_latency_estimate_seconds", labels,
+                      absl::ToDoubleSeconds(e.latency_ewma)});
+    }
+    const ClientStats st = c->stats();
+    const std::vector<std::pair<std::string, std::string>> labels = {{"service", service}};
+    out->push_back({"meshlib_client_retries_total", labels,
+                    static_cast<double>(st.retries + st.transparent_retries)});
+    out->push_back(
+        {"meshlib_client_retries_denied_total", labels, static_cast<double>(st.retries_denied)});
+    out->push_back({"meshlib_client_hedges_total", labels, static_cast<double>(st.hedges)});
+    out->push_back(
+        {"meshlib_client_hedges_denied_total", labels, static_cast<double>(st.hedges_denied)});
+    out->push_back({"meshlib_client_breaker_overflows_total", labels,
+                    static_cast<double>(st.breaker_overflows)});
+    out->push_back({"meshlib_client_ejections_total", labels, static_cast<double>(st.ejections)});
+  }
+}
+
+}  // namespace
+
 Mesh::Mesh(std::shared_ptr<internal::MeshCore> core) : core_(std::move(core)) {}
 
 absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
@@ -311,6 +396,13 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
   if (!options.etcd_endpoints.empty() || !options.watch_path.empty()) {
     mesh->watcher_ = std::make_unique<internal::Watcher>(core, options.watch_path);
   }
+  if (options.metrics != nullptr) {
+    mesh->metrics_collector_ = options.metrics->AddCollector(
+        MeshMetricFamilies(), [weak = std::weak_ptr<internal::MeshCore>(core)](
+                                  std::vector<metrics::Sample>* out) {
+          if (auto c = weak.lock()) CollectMeshMetrics(*c, out);
+        });
+  }
   return mesh;
 }
 
@@ -322,6 +414,7 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Open(const std::string& path, MeshOp
 }
 
 Mesh::~Mesh() {
+  if (metrics_collector_ != 0) core_->options.metrics->RemoveCollector(metrics_collector_);
   // Calls end first (on this thread, whatever it is), then the watcher
   // stops and the core goes; the waiting parts of that (joining the
   // watcher's thread, the loops) move off a reactor thread.

@@ -234,6 +234,8 @@ class Mesh {
 
   std::shared_ptr<internal::MeshCore> core_;
   std::unique_ptr<internal::Watcher> watcher_;
+  // The collector of the mesh's live state in options.metrics (0: none).
+  int metrics_collector_ = 0;
 };
 
 }  // namespace meshlib::mesh

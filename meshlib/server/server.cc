@@ -8,13 +8,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <shared_mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "meshlib/core/deadline_context.h"
-#include "meshlib/core/sync.h"
 #include "meshlib/core/log.h"
+#include "meshlib/core/sync.h"
+#include "meshlib/core/trace_context.h"
 #include "meshlib/transport/connection.h"
 #include "meshlib/transport/socket.h"
 
@@ -284,6 +286,9 @@ class ServerConnection final : public transport::FramedConnection {
     if (!sync) {
       {
         core::ScopedDeadline scope(deadline);
+        const std::optional<core::TraceContext> trace =
+            core::TraceContext::FromMetadata(call->metadata());
+        core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
         method->async(call);
       }
       // Most async handlers answer at once; only a call still open needs a
@@ -318,6 +323,9 @@ class ServerConnection final : public transport::FramedConnection {
         absl::Status s;
         {
           core::ScopedDeadline scope(call->deadline_);
+          const std::optional<core::TraceContext> trace =
+              core::TraceContext::FromMetadata(call->metadata());
+          core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
           s = (*handler)(*call, &out);
         }
         // The worker is free: drop its hold first, so that the reply (which
