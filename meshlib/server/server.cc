@@ -626,11 +626,6 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
   bool need_workers = false;
   for (const auto& [name, m] : methods_) need_workers |= static_cast<bool>(m.sync);
   if (options_.metrics != nullptr) {
-    static const char* const kCodeNames[ServerMethodMetrics::kCodes] = {
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-        "UNAUTHENTICATED"};
     metrics::CounterFamily& requests = options_.metrics->AddCounter(
         "meshlib_server_requests_total", "Calls served, by method and outcome.",
         {"method", "code"});
@@ -640,7 +635,8 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
     for (auto& [name, m] : methods_) {
       auto made = std::make_unique<ServerMethodMetrics>();
       for (int c = 0; c < ServerMethodMetrics::kCodes; ++c) {
-        made->requests[c] = &requests.With({name, kCodeNames[c]});
+        made->requests[c] =
+            &requests.With({name, absl::StatusCodeToString(static_cast<absl::StatusCode>(c))});
       }
       made->latency = &latency.With({name});
       m.metrics = made.get();

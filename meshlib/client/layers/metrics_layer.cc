@@ -10,14 +10,6 @@ namespace meshlib::client {
 
 namespace {
 
-// Code names, by number (as absl::StatusCode).
-const char* const kCodeNames[MetricsLayer::kCodes] = {
-    "OK",        "CANCELLED",           "UNKNOWN",          "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED", "NOT_FOUND",   "ALREADY_EXISTS",   "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL",        "UNAVAILABLE",      "DATA_LOSS",
-    "UNAUTHENTICATED"};
-
 int CodeIndex(const absl::Status& s) {
   const int c = static_cast<int>(s.code());
   return c >= 0 && c < MetricsLayer::kCodes ? c : static_cast<int>(absl::StatusCode::kUnknown);
@@ -84,7 +76,8 @@ MetricsLayer::MethodMetrics& MetricsLayer::ForMethod(absl::string_view method) {
       const std::string name = methods_.size() + 1 >= kMaxNames ? "other" : std::string(method);
       auto made = std::make_unique<MethodMetrics>();
       for (int c = 0; c < kCodes; ++c) {
-        made->requests[c] = &requests_.With({service_, name, kCodeNames[c]});
+        made->requests[c] = &requests_.With(
+            {service_, name, absl::StatusCodeToString(static_cast<absl::StatusCode>(c))});
       }
       made->latency = &latency_.With({service_, name});
       m = made.get();
@@ -116,7 +109,8 @@ MetricsLayer::EndpointMetrics& MetricsLayer::ForEndpoint(const void* stats,
           endpoints_.size() + 1 >= kMaxNames ? "other" : std::string(endpoint);
       auto made = std::make_unique<EndpointMetrics>();
       for (int c = 0; c < kCodes; ++c) {
-        made->attempts[c] = &attempts_.With({service_, name, kCodeNames[c]});
+        made->attempts[c] = &attempts_.With(
+            {service_, name, absl::StatusCodeToString(static_cast<absl::StatusCode>(c))});
       }
       e = made.get();
       endpoints_.emplace(name, std::move(made));
