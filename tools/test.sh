@@ -16,6 +16,7 @@ bash tools/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1;
 passed=0
 failed=0
 failures=()
+failed_logs=()
 log_dir=$(mktemp -d)
 
 # Runs bazel test with the given flags and counts targets by their status.
@@ -33,6 +34,11 @@ run_bazel_suite() {
     f=1
     failures+=("$label: build failed (see $log)")
   fi
+  # A failed test's own log says why; CI keeps only this script's output,
+  # so the end of each is printed again at the end (see below).
+  local test_log
+  while read -r test_log; do failed_logs+=("$label|$test_log"); done < <(
+    sed -nE 's/^FAIL: .* \(see (.*)\)$/\1/p' "$log")
   while read -r line; do failures+=("$label: $line"); done < <(
     grep -E "^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|NO STATUS|INCOMPLETE)" "$log" | awk '{print $1}')
   passed=$((passed + p))
@@ -78,6 +84,10 @@ if [[ -z "${SKIP_FUZZ:-}" ]]; then
   fi
 fi
 
-for f in "${failures[@]}"; do echo "FAILED: $f" >&2; done
+for entry in "${failed_logs[@]+"${failed_logs[@]}"}"; do
+  echo "---- ${entry%%|*}: the end of ${entry#*|}" >&2
+  tail -40 "${entry#*|}" >&2
+done
+for f in "${failures[@]+"${failures[@]}"}"; do echo "FAILED: $f" >&2; done
 echo "$passed passed, $failed failed"
 ((failed == 0))
