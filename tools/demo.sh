@@ -4,7 +4,8 @@
 # called first through meshlib's resilience stack (p2c_peak_ewma, retries on
 # a budget, hedging, outlier detection), then through plain round robin with
 # the same load and faults. A table per endpoint is refreshed every second;
-# a summary compares the two phases. Every server it starts is stopped, also
+# a summary compares the two phases. It prints the URL of a live page that
+# shows the same fleet in a browser. Every server it starts is stopped, also
 # on Ctrl-C. Installs and builds what it needs first.
 #
 #   tools/demo.sh                                   # ~35 s: 2 phases of 15 s, 800 calls/s

@@ -19,6 +19,8 @@ PACKAGES=(
   python3-grpcio           # grpcio: the Python benchmark's peer
   abigail-tools            # abidiff: the C ABI check
   prometheus               # promtool and a Prometheus server for the metrics tests
+  chromium                 # a headless browser for the live page's test
+  python3-websocket        # drives that browser over the DevTools protocol
   procps                   # pkill/ps, used by the scripts
   dnsmasq-base             # a real DNS server for the DNS discovery tests
   etcd-server etcd-client  # a real etcd for etcd discovery and registration

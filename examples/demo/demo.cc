@@ -63,11 +63,14 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "examples/demo/fleet.h"
+#include "meshlib/admin/admin_server.h"
+#include "meshlib/admin/live.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/config/config.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/mesh/mesh.h"
+#include "meshlib/metrics/metrics.h"
 #include "meshlib/runtime/event_loop.h"
 #include "nlohmann/json.hpp"
 
@@ -81,6 +84,9 @@ ABSL_FLAG(int, slow_ms, 250, "latency of the slow instance, in milliseconds");
 ABSL_FLAG(double, flaky_error_rate, 0.3,
           "share of the flaky instance's calls answered with UNAVAILABLE (0 to 1)");
 ABSL_FLAG(bool, plain, false, "print plain lines even on a terminal (no redrawing)");
+ABSL_FLAG(int, admin_port, 0,
+          "serve the admin endpoint on 127.0.0.1:PORT (0, the default, picks a free port): the "
+          "live page at /, /metrics, /metrics.json; -1: none");
 ABSL_FLAG(std::string, echo_server, "",
           "path of echo_server; default: beside this binary in bazel-bin "
           "(../echo/echo_server)");
@@ -131,6 +137,9 @@ struct Phase {
   std::string name;         // "meshlib", "round robin"
   std::string description;  // one line, for the table's title
   const char* config;
+  // The service's name in the phase's mesh (its metrics' `service` label):
+  // each phase has its own, so the live page shows them side by side.
+  std::string service;
 };
 
 // Set by the signal thread; every wait of the demo watches it.
@@ -187,15 +196,17 @@ absl::StatusOr<EchoClient> ConnectToEcho(const Phase& phase,
                                          const std::vector<std::string>& endpoints,
                                          absl::Duration* timeout) {
   nlohmann::json doc = nlohmann::json::parse(phase.config);
-  doc["services"]["echo"]["discovery"] = {{"static", {{"endpoints", endpoints}}}};
+  nlohmann::json service = doc["services"]["echo"];
+  service["discovery"] = {{"static", {{"endpoints", endpoints}}}};
+  doc["services"] = {{phase.service, service}};
   absl::StatusOr<config::MeshConfig> cfg = config::ParseMeshConfig(doc.dump());
   if (!cfg.ok()) return cfg.status();
-  *timeout = cfg->Find("echo")->timeout;
+  *timeout = cfg->Find(phase.service)->timeout;
   EchoClient out;
   auto m = mesh::Mesh::Create(*std::move(cfg));
   if (!m.ok()) return m.status();
   out.mesh = *std::move(m);
-  auto client = out.mesh->Client("echo");
+  auto client = out.mesh->Client(phase.service);
   if (!client.ok()) return client.status();
   out.client = *std::move(client);
   if (!out.client->WaitForEndpoints(absl::Seconds(5))) {
@@ -734,6 +745,17 @@ int Main(int argc, char** argv) {
     // land in the middle of the table; they are shown above it instead.
     core::SetLogSink([](core::LogLevel, absl::string_view line) { g_log_lines.Add(line); });
   }
+  std::unique_ptr<admin::AdminServer> admin_server;
+  if (const int admin_port = absl::GetFlag(FLAGS_admin_port); admin_port >= 0) {
+    admin::AdminOptions ao;
+    ao.address = absl::StrCat("127.0.0.1:", admin_port);
+    admin::AdminServer::Handlers pages = admin::StandardPages(metrics::DefaultRegistry(), &ao);
+    auto started = admin::AdminServer::Start(ao, std::move(pages));
+    if (!started.ok()) return Fail(absl::StrCat("--admin_port: ", started.status().message()), 2);
+    admin_server = *std::move(started);
+    std::printf("admin on %s\nlive page: http://%s/\n", admin_server->address().c_str(),
+                admin_server->address().c_str());
+  }
   Fleet fleet(echo_server);  // stops every server when Main returns, whichever way
   std::printf(
       "meshlib demo: service \"echo\" on %d echo_server processes (loopback), "
@@ -754,9 +776,10 @@ int Main(int argc, char** argv) {
   std::fflush(stdout);
 
   const Phase phases[] = {
-      {"meshlib", "p2c_peak_ewma, retries, hedging at p95, outlier detection", kMeshlibConfig},
+      {"meshlib", "p2c_peak_ewma, retries, hedging at p95, outlier detection", kMeshlibConfig,
+       "echo"},
       {"round robin", "round_robin, no retries, no hedging, no outlier detection",
-       kRoundRobinConfig},
+       kRoundRobinConfig, "echo-round-robin"},
   };
   std::vector<PhaseResult> results;
   for (const Phase& phase : phases) {

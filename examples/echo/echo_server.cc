@@ -45,7 +45,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "meshlib/admin/admin_server.h"
-#include "meshlib/admin/pages.h"
+#include "meshlib/admin/live.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/metrics/metrics.h"
 #include "meshlib/server/etcd_registration.h"
@@ -211,8 +211,9 @@ int main(int argc, char** argv) {
   if (const int admin_port = absl::GetFlag(FLAGS_admin_port); admin_port >= 0) {
     meshlib::admin::AdminOptions ao;
     ao.address = absl::StrCat("127.0.0.1:", admin_port);
-    auto started = meshlib::admin::AdminServer::Start(
-        ao, meshlib::admin::MetricsPages(meshlib::metrics::DefaultRegistry()));
+    meshlib::admin::AdminServer::Handlers pages =
+        meshlib::admin::StandardPages(meshlib::metrics::DefaultRegistry(), &ao);
+    auto started = meshlib::admin::AdminServer::Start(ao, std::move(pages));
     if (!started.ok()) {
       std::cerr << "echo_server: --admin_port: " << started.status() << "\n";
       return 2;

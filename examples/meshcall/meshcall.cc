@@ -33,7 +33,7 @@
 #include "meshlib/client/channel.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/admin/admin_server.h"
-#include "meshlib/admin/pages.h"
+#include "meshlib/admin/live.h"
 #include "meshlib/core/trace_context.h"
 #include "meshlib/mesh/mesh.h"
 #include "meshlib/metrics/metrics.h"
@@ -243,8 +243,9 @@ int main(int argc, char** argv) {
   if (const int admin_port = absl::GetFlag(FLAGS_admin_port); admin_port >= 0) {
     meshlib::admin::AdminOptions ao;
     ao.address = absl::StrCat("127.0.0.1:", admin_port);
-    auto started = meshlib::admin::AdminServer::Start(
-        ao, meshlib::admin::MetricsPages(meshlib::metrics::DefaultRegistry()));
+    meshlib::admin::AdminServer::Handlers pages =
+        meshlib::admin::StandardPages(meshlib::metrics::DefaultRegistry(), &ao);
+    auto started = meshlib::admin::AdminServer::Start(ao, std::move(pages));
     if (!started.ok()) return Fail(absl::StrCat("--admin_port: ", started.status().message()));
     admin = *std::move(started);
     std::fprintf(stderr, "admin on %s\n", admin->address().c_str());

@@ -40,7 +40,9 @@ std::string Render(const HttpResponse& r, bool head) {
   std::string out = absl::StrCat("HTTP/1.1 ", r.status, " ", StatusText(r.status),
                                  "\r\nContent-Type: ", r.content_type,
                                  "\r\nContent-Length: ", r.body.size(),
-                                 "\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n");
+                                 "\r\nCache-Control: no-store\r\nConnection: close\r\n");
+  for (const auto& [name, value] : r.headers) absl::StrAppend(&out, name, ": ", value, "\r\n");
+  out += "\r\n";
   if (!head) out += r.body;
   return out;
 }
@@ -128,13 +130,24 @@ void AdminServer::Run() {
   std::vector<pollfd> fds;
   std::vector<Conn*> by_index;
   char buf[4096];
+  absl::Time next_tick = absl::Now();
   while (!stop_.load()) {
+    if (options_.tick && absl::Now() >= next_tick) {
+      try {
+        options_.tick();
+      } catch (...) {
+        // A failing sampler must not take the admin endpoint down.
+      }
+      next_tick += options_.tick_interval;
+      if (next_tick < absl::Now()) next_tick = absl::Now() + options_.tick_interval;  // fell behind
+    }
     fds.clear();
     by_index.clear();
     fds.push_back({wake_read_, POLLIN, 0});
     fds.push_back({listen_fd_, POLLIN, 0});
     absl::Time now = absl::Now();
     absl::Time next_deadline = now + absl::Seconds(1);
+    if (options_.tick) next_deadline = std::min(next_deadline, next_tick);
     for (Conn& c : conns) {
       fds.push_back({c.fd, static_cast<short>(c.out.empty() ? POLLIN : POLLOUT), 0});
       by_index.push_back(&c);

@@ -22,6 +22,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -33,6 +35,8 @@ struct HttpResponse {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  // More header lines, e.g. {"Content-Security-Policy", "..."}.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 struct AdminOptions {
@@ -40,6 +44,10 @@ struct AdminOptions {
   std::string address = "127.0.0.1:0";
   absl::Duration idle_timeout = absl::Seconds(5);
   int max_connections = 64;
+  // Called on the server's thread when it starts and every `tick_interval`
+  // after (the live page samples the metrics this way). Optional.
+  std::function<void()> tick;
+  absl::Duration tick_interval = absl::Seconds(1);
 };
 
 class AdminServer {

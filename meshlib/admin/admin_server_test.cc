@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "meshlib/admin/http_request.h"
+#include "meshlib/admin/test_http.h"
 
 namespace meshlib::admin {
 namespace {
@@ -84,33 +85,8 @@ TEST(HttpRequestParserTest, RefusesWhatItDoesNotServe) {
   EXPECT_EQ(s, HttpRequestParser::kError);
 }
 
-// A client socket connected to `port`, with a 10 s receive timeout.
-int Connect(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
-
-// Sends `request`, reads the whole answer (the server closes).
-std::string Exchange(int port, const std::string& request) {
-  int fd = Connect(port);
-  send(fd, request.data(), request.size(), MSG_NOSIGNAL);
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    out.append(buf, n);
-  }
-  close(fd);
-  return out;
-}
+using testing::Connect;
+using testing::Exchange;
 
 class AdminServerTest : public ::testing::Test {
  protected:

@@ -97,14 +97,25 @@ CallResult Failure(absl::Status status, bool not_processed) {
 
 class Subchannel;
 
+// Connections a channel opened and saw closed, shared with its connections
+// (which can outlive it by a moment).
+struct ConnectionCounters {
+  std::atomic<int64_t> opened{0};
+  std::atomic<int64_t> closed{0};
+};
+
 class ClientConnection final : public transport::FramedConnection {
  public:
   ClientConnection(std::shared_ptr<Subchannel> owner, runtime::EventLoop* loop,
                    std::unique_ptr<transport::ByteStream> stream,
-                   transport::ConnectionOptions options)
+                   transport::ConnectionOptions options,
+                   std::shared_ptr<ConnectionCounters> counters)
       : FramedConnection(loop, std::move(stream), options),
         owner_(owner),
-        owner_raw_(owner.get()) {}
+        owner_raw_(owner.get()),
+        counters_(std::move(counters)) {
+    counters_->opened.fetch_add(1, std::memory_order_relaxed);
+  }
 
   std::shared_ptr<ClientConnection> self() {
     return std::static_pointer_cast<ClientConnection>(shared_from_this());
@@ -191,6 +202,7 @@ class ClientConnection final : public transport::FramedConnection {
 
   const std::weak_ptr<Subchannel> owner_;
   Subchannel* const owner_raw_;  // identity only, for dispatching_subchannel
+  const std::shared_ptr<ConnectionCounters> counters_;
   core::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending_ ABSL_GUARDED_BY(mu_);
   uint32_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
@@ -227,13 +239,15 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   enum class State { kIdle, kConnecting, kReady, kBackoff, kShutdown };
 
   Subchannel(std::string address, transport::SocketAddress addr, const ChannelOptions& options,
-             runtime::EventLoop* loop, uint64_t seed)
+             runtime::EventLoop* loop, uint64_t seed,
+             std::shared_ptr<ConnectionCounters> counters)
       : address_(std::move(address)),
         addr_(addr),
         options_(WithoutRuntime(options)),
         loop_(loop),
         backoff_(options.reconnect_backoff, seed),
-        watcher_(this) {}
+        watcher_(this),
+        counters_(std::move(counters)) {}
 
   runtime::EventLoop* loop() const { return loop_; }
   bool ready() const { return state_view_.load(std::memory_order_acquire) == State::kReady; }
@@ -418,7 +432,8 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     transport::ConnectionOptions copts;
     copts.limits = options_.limits;
     auto conn = std::make_shared<ClientConnection>(
-        shared_from_this(), loop_, std::make_unique<transport::TcpStream>(fd, address_), copts);
+        shared_from_this(), loop_, std::make_unique<transport::TcpStream>(fd, address_), copts,
+        counters_);
     conn->Start();
     std::vector<std::shared_ptr<ClientCall>> queued;
     bool abandoned = false;
@@ -488,6 +503,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   // Loop-thread state.
   core::Backoff backoff_;
   ConnectWatcher watcher_;
+  const std::shared_ptr<ConnectionCounters> counters_;
   int connect_fd_ = -1;
   runtime::TimerId timer_;
 
@@ -613,6 +629,7 @@ void ClientConnection::OnClosed(const absl::Status& reason) {
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending;
   {
     core::MutexLock lock(&mu_);
+    if (!closed_) counters_->closed.fetch_add(1, std::memory_order_relaxed);
     closed_ = true;
     pending.swap(pending_);
   }
@@ -644,7 +661,9 @@ absl::Status ChannelOptions::Validate() const {
 }
 
 Channel::Channel(std::string address, ChannelOptions options)
-    : address_(std::move(address)), options_(std::move(options)) {}
+    : address_(std::move(address)),
+      options_(std::move(options)),
+      connection_counters_(std::make_shared<ConnectionCounters>()) {}
 
 absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(std::string address,
                                                          ChannelOptions options) {
@@ -665,10 +684,18 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(std::string address,
     seed = absl::HashOf(ch->address_, absl::ToUnixNanos(absl::Now()));
   }
   for (int i = 0; i < ch->options_.connections; ++i) {
-    ch->subchannels_.push_back(std::make_shared<Subchannel>(
-        ch->address_, *addr, ch->options_, &ch->runtime_->NextLoop(), seed + i));
+    ch->subchannels_.push_back(std::make_shared<Subchannel>(ch->address_, *addr, ch->options_,
+                                                            &ch->runtime_->NextLoop(), seed + i,
+                                                            ch->connection_counters_));
   }
   return ch;
+}
+
+Channel::ConnectionCounts Channel::connection_counts() const {
+  ConnectionCounts c;
+  c.opened = connection_counters_->opened.load(std::memory_order_relaxed);
+  c.closed = connection_counters_->closed.load(std::memory_order_relaxed);
+  return c;
 }
 
 Channel::~Channel() {

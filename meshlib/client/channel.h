@@ -91,6 +91,7 @@ struct ChannelOptions {
 std::optional<CallResult> RefuseBlockingOnReactor(absl::string_view method);
 
 class Subchannel;
+struct ConnectionCounters;
 
 class Channel final : public EndpointChannel {
  public:
@@ -117,6 +118,12 @@ class Channel final : public EndpointChannel {
   // Calls not yet completed: awaiting a reply, or queued while a connection
   // is set up. A channel with none can be destroyed without failing a call.
   size_t CallsOutstanding() const override;
+  // Connections opened (TCP connected) and closed since the channel was made.
+  struct ConnectionCounts {
+    int64_t opened = 0;
+    int64_t closed = 0;
+  };
+  ConnectionCounts connection_counts() const;
   // Starts connecting now instead of at the first call.
   void Connect() override;
   // Closes every connection (calls in flight and queued end with
@@ -134,6 +141,7 @@ class Channel final : public EndpointChannel {
   std::shared_ptr<runtime::Runtime> runtime_;
   std::vector<std::shared_ptr<Subchannel>> subchannels_;
   std::atomic<uint32_t> next_{0};
+  const std::shared_ptr<ConnectionCounters> connection_counters_;
 };
 
 }  // namespace meshlib::client

@@ -17,6 +17,7 @@ struct EndpointState {
   std::string outlier = "healthy";  // healthy, ejected or probation
   bool health_check_ok = true;    // true without active checks
   bool connected = false;         // has a ready connection now
+  bool unreachable = false;       // its last connection attempts failed (in backoff)
   int64_t in_flight = 0;
   uint64_t calls = 0;
   uint64_t failures = 0;

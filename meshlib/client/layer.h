@@ -58,12 +58,23 @@ struct AttemptInfo {
   bool probe = false;
   // The endpoint's address, as discovery gave it.
   absl::string_view endpoint;
+  // 1 for the call's first attempt, then 2, 3, ... in the order sent
+  // (retries and hedges alike).
+  int number = 0;
+  // The call's request metadata (its trace context among it); null when
+  // not known.
+  const Metadata* metadata = nullptr;
 };
 
 // A call that completed, as its caller hears of it.
 struct CallEndInfo {
   absl::string_view method;
   absl::Duration latency;  // from the call's start, every attempt and wait included
+  absl::Time end;
+  // Attempts sent (0: refused before any was).
+  int attempts = 0;
+  // The call's request metadata; null when not known.
+  const Metadata* metadata = nullptr;
 };
 
 class Layer {

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <thread>
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
@@ -128,6 +129,7 @@ struct Stack {
   std::vector<Layer*> observers;  // with Layer::kAttemptEnd, top to bottom
   std::vector<Layer*> finishers;  // with Layer::kCallEnd, top to bottom
   std::unique_ptr<Layer> metrics;  // the metrics recorder, when asked for
+  std::unique_ptr<Layer> tracing;  // the span exporter's layer, when asked for
   // The clock call latencies are read from (the channel's).
   runtime::Clock* clock = nullptr;
 
@@ -150,11 +152,15 @@ struct Stack {
     for (Layer* l : observers) l->OnAttemptEnd(attempt, r);
   }
   // A call that started at `start` ends with `r`.
-  void CallEnded(absl::string_view method, absl::Time start, const CallResult& r) {
+  void CallEnded(absl::string_view method, absl::Time start, const CallResult& r, int attempts,
+                 const Metadata* metadata) {
     if (finishers.empty()) return;
     CallEndInfo info;
     info.method = method;
-    info.latency = clock->Now() - start;
+    info.end = clock->Now();
+    info.latency = info.end - start;
+    info.attempts = attempts;
+    info.metadata = metadata;
     for (Layer* l : finishers) l->OnCallEnd(info, r);
   }
 };
@@ -208,6 +214,11 @@ std::shared_ptr<client_internal::Stack> BuildLayers(
   if (o.metrics != nullptr) {
     s->metrics = std::make_unique<MetricsLayer>(*o.metrics, o.metrics_service);
     s->layers.insert(s->layers.begin(), s->metrics.get());
+  }
+  // Tracing on top too: spans of calls as their callers saw them.
+  if (o.span_exporter) {
+    s->tracing = std::make_unique<TracingLayer>(o.span_exporter, o.metrics_service);
+    s->layers.insert(s->layers.begin(), s->tracing.get());
   }
   s->clock = o.clock != nullptr ? o.clock : &runtime::RealClock();
   for (auto it = s->layers.rbegin(); it != s->layers.rend(); ++it) {
@@ -352,11 +363,46 @@ absl::StatusOr<std::shared_ptr<ServiceChannel>> ServiceChannel::Create(
       });
 }
 
+namespace {
+
+// The callbacks of one channel's calls running on this thread (nested: a
+// callback that makes a call that completes at once), so that a channel
+// destroyed from inside one of its own callbacks does not wait for it.
+struct ThreadFinishing {
+  const void* live = nullptr;
+  int depth = 0;
+};
+thread_local ThreadFinishing thread_finishing;
+
+class FinishingHere {
+ public:
+  explicit FinishingHere(const void* live) : saved_(thread_finishing) {
+    if (thread_finishing.live == live) {
+      ++thread_finishing.depth;
+    } else {
+      thread_finishing = {live, 1};
+    }
+  }
+  ~FinishingHere() { thread_finishing = saved_; }
+  FinishingHere(const FinishingHere&) = delete;
+  FinishingHere& operator=(const FinishingHere&) = delete;
+
+ private:
+  const ThreadFinishing saved_;
+};
+
+int FinishingOnThisThread(const void* live) {
+  return thread_finishing.live == live ? thread_finishing.depth : 0;
+}
+
+}  // namespace
+
 ServiceChannel::~ServiceChannel() {
   // Calls in flight or waiting on a timer (a retry's backoff, a hedge
   // delay, an injected delay) end with CANCELLED now; a timer running right
   // now is waited for.
   Close("service channel destroyed");
+  WaitForCallbacksElsewhere();
   {
     // Waits for timer callbacks running now.
     std::unique_lock<std::shared_mutex> lock(lifeline_->mu);
@@ -693,9 +739,12 @@ ServiceChannel::Next ServiceChannel::Decide(const CallResult& r, const CallOptio
 }
 
 void ServiceChannel::RecordAttempt(absl::string_view method, const Picked& picked,
-                                   const CallResult& r, absl::Duration latency, absl::Time now) {
+                                   const CallResult& r, absl::Duration latency, absl::Time now,
+                                   int number, const Metadata* metadata) {
   AttemptInfo a;
   a.method = method;
+  a.number = number;
+  a.metadata = metadata;
   a.latency = latency;
   a.end = now;
   a.stats = picked.stats.get();
@@ -722,6 +771,7 @@ struct ServiceChannel::AttemptSlot {
   bool retry_slot = false;  // holds a circuit-breaker max_retries slot
   bool pending = false;     // holds a circuit-breaker max_pending slot
   absl::Time start;
+  int number = 0;  // the attempt's number in its call (1, 2, ...)
   Picked picked;  // the endpoint's signals (not its channel)
   // Keeps the channel alive until the callback has run, so a late answer
   // (a losing hedge, a cancelled attempt) finds it.
@@ -865,6 +915,10 @@ struct ServiceChannel::LiveCalls {
   struct alignas(64) Shard {
     core::SpinLock mu;
     CallState* head = nullptr;
+    // Calls of this shard taken out to complete whose callback has not
+    // returned yet: the channel's destructor waits for them (on the shard's
+    // own cache line, which completing touches anyway).
+    std::atomic<int> finishing{0};
   };
   explicit LiveCalls(std::shared_ptr<Stack> s) : stack(std::move(s)) {}
   Shard shards[kShards];
@@ -888,15 +942,26 @@ struct ServiceChannel::LiveCalls {
     st->live_linked = true;
     return true;
   }
-  void Remove(CallState* st) {
+  // Takes a call out, as its callback is about to run: counted as
+  // finishing until Finished(shard).
+  Shard* RemoveFinishing(CallState* st) {
     Shard& s = ShardOf(this, st);
     std::lock_guard<core::SpinLock> lock(s.mu);
-    if (!st->live_linked) return;
+    s.finishing.fetch_add(1, std::memory_order_relaxed);
+    if (!st->live_linked) return &s;
     if (st->live_prev != nullptr) st->live_prev->live_next = st->live_next;
     else s.head = st->live_next;
     if (st->live_next != nullptr) st->live_next->live_prev = st->live_prev;
     st->live_prev = st->live_next = nullptr;
     st->live_linked = false;
+    return &s;
+  }
+  static void Finished(Shard* s) { s->finishing.fetch_sub(1, std::memory_order_release); }
+  // Callbacks running now, on any thread.
+  int FinishingNow() const {
+    int n = 0;
+    for (const Shard& s : shards) n += s.finishing.load(std::memory_order_acquire);
+    return n;
   }
   // Refuses new calls and returns those not yet completed.
   std::vector<std::shared_ptr<CallState>> CloseAndTakeAll() {
@@ -917,6 +982,7 @@ struct ServiceChannel::LiveCalls {
     return out;
   }
 };
+
 
 void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
   if (s->retry_slot) live->stack->retry->EndRetry();
@@ -941,11 +1007,38 @@ void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock,
   }
   lock.unlock();
   for (CallHandle& h : stop_first) h.Cancel();  // their results are dropped
-  live->Remove(this);
+  LiveCalls::Shard* shard = live->RemoveFinishing(this);
   live->stack->Release();
-  live->stack->CallEnded(method, start, r);
+  live->stack->CallEnded(method, start, r, static_cast<int>(tried.size()), &options.metadata);
   std::shared_ptr<const void> held = std::move(keep_alive);
-  d(std::move(r));
+  {
+    FinishingHere here(live.get());
+    d(std::move(r));
+  }
+  LiveCalls::Finished(shard);
+}
+
+// A call that completed on another thread just before the channel closed
+// may still be in its callback: it ends before the destructor returns too.
+// (Callbacks of this channel running on this thread are the ones
+// destroying it.)
+void ServiceChannel::WaitForCallbacksElsewhere() {
+  const int own = FinishingOnThisThread(live_.get());
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  for (int spins = 0; live_->FinishingNow() > own; ++spins) {
+    if (absl::Now() > give_up) {
+      core::Log(core::LogLevel::kWarning,
+                absl::StrCat("service ", service_,
+                             ": a call's callback has not returned for 10s; the channel is "
+                             "destroyed without waiting for it"));
+      break;
+    }
+    if (spins < 100) {
+      std::this_thread::yield();
+    } else {
+      absl::SleepFor(absl::Microseconds(50));
+    }
+  }
 }
 
 void ServiceChannel::Close(absl::string_view reason) {
@@ -1091,6 +1184,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   CallOptions attempt;
   AttemptSlot* slot;
   uint64_t generation;
+  int attempt_number = 0;
   bool pending;
   {
     std::unique_lock<std::mutex> lock(st->mu);
@@ -1114,6 +1208,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
     }
     generation = slot->generation;
     st->tried.push_back(picked.channel->address());
+    attempt_number = static_cast<int>(st->tried.size());
     slot->retry_slot = st->next_holds_retry_slot;
     st->next_holds_retry_slot = false;
   }
@@ -1136,6 +1231,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   slot->picked = std::move(picked);
   slot->start = start;
   slot->pending = pending;
+  slot->number = attempt_number;
   CallHandle handle =
       channel->Call(st->method, st->request, attempt,
                     [slot = std::shared_ptr<AttemptSlot>(st, slot)](CallResult r) mutable {
@@ -1157,7 +1253,8 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
 void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r) {
   std::shared_ptr<ServiceChannel> self = std::move(slot->self);
   absl::Time now = self->clock_->Now();
-  self->RecordAttempt(slot->call->method, slot->picked, r, now - slot->start, now);
+  self->RecordAttempt(slot->call->method, slot->picked, r, now - slot->start, now, slot->number,
+                      &slot->call->options.metadata);
   slot->picked = Picked();
   if (slot->pending) self->stack_->breaker->breaker().EndPending();
   AttemptSlot* s = slot.get();
@@ -1277,7 +1374,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
     CallResult r;
     r.status = std::move(admitted);
     r.not_processed = true;
-    stack_->CallEnded(method, now, r);
+    stack_->CallEnded(method, now, r, 0, &options.metadata);
     done(std::move(r));
     return CallHandle();
   }
@@ -1356,14 +1453,16 @@ CallResult ServiceChannel::CallBlockingWithFault(absl::string_view method,
     return result;
   }
   const absl::Time now = clock_->Now();
-  CallResult r = CallBlockingAttempts(method, request, options, now);
-  stack_->CallEnded(method, now, r);
+  int attempts = 0;
+  CallResult r = CallBlockingAttempts(method, request, options, now, &attempts);
+  stack_->CallEnded(method, now, r, attempts, &options.metadata);
   return r;
 }
 
 CallResult ServiceChannel::CallBlockingAttempts(absl::string_view method,
                                                 absl::string_view request,
-                                                const CallOptions& options, absl::Time now) {
+                                                const CallOptions& options, absl::Time now,
+                                                int* attempts_sent) {
   CallInfo info;
   info.method = method;
   info.options = &options;
@@ -1399,7 +1498,9 @@ CallResult ServiceChannel::CallBlockingAttempts(absl::string_view method,
     picked.stats->OnCallStart();
     CallResult r = picked.channel->CallBlocking(method, request, attempt);
     absl::Time end = clock_->Now();
-    RecordAttempt(method, picked, r, end - start, end);
+    if (attempts_sent != nullptr) *attempts_sent = static_cast<int>(tried.size());
+    RecordAttempt(method, picked, r, end - start, end, static_cast<int>(tried.size()),
+                  &options.metadata);
     if (pending) stack_->breaker->breaker().EndPending();
     if (active.retry) {
       active.retry = false;
@@ -1473,6 +1574,7 @@ std::vector<EndpointState> ServiceChannel::EndpointStates() const {
     e.health_check_ok = m.health == nullptr || m.health->healthy.load(std::memory_order_relaxed);
     e.healthy = e.health_check_ok && e.outlier != "ejected";
     e.connected = m.channel->ReadyConnections() > 0;
+    e.unreachable = m.channel->Unreachable();
     e.in_flight = m.stats->in_flight();
     e.calls = m.stats->calls();
     e.failures = m.stats->failures();

@@ -88,6 +88,7 @@
 #include "meshlib/core/rcu.h"
 #include "meshlib/discovery/resolver.h"
 #include "meshlib/lb/policy.h"
+#include "meshlib/client/layers/tracing_layer.h"
 #include "meshlib/metrics/metrics.h"
 #include "meshlib/resilience/circuit_breaker.h"
 #include "meshlib/resilience/fault_injection.h"
@@ -180,6 +181,9 @@ struct ServiceChannelOptions {
   // service's name). Null: none recorded. Must outlive the channel.
   metrics::Registry* metrics = nullptr;
   std::string metrics_service;
+  // Receives a span for each call and each attempt as it ends
+  // (layers/tracing_layer.h). Empty: none.
+  SpanExporter span_exporter;
   // Keep only the endpoints this accepts (a subset of the service, e.g. by
   // metadata). Null: all.
   std::function<bool(const discovery::Endpoint&)> endpoint_filter;
@@ -289,9 +293,11 @@ class ServiceChannel final : public Caller {
   };
   // What a call holds after the pick: keeps the channel alive without the
   // snapshot (a blocking call must not hold a read guard while it waits).
-  // CallBlockingWithFault's attempts, on this thread, from `now`.
+  // CallBlockingWithFault's attempts, on this thread, from `now`;
+  // `*attempts_sent` counts them.
   CallResult CallBlockingAttempts(absl::string_view method, absl::string_view request,
-                                  const CallOptions& options, absl::Time now);
+                                  const CallOptions& options, absl::Time now,
+                                  int* attempts_sent);
   struct Picked {
     std::shared_ptr<EndpointChannel> channel;
     std::shared_ptr<lb::EndpointStats> stats;
@@ -320,6 +326,7 @@ class ServiceChannel final : public Caller {
   struct CallState;
   struct Lifeline;
   struct LiveCalls;
+  void WaitForCallbacksElsewhere();
   // Runs `fn(this)` after `delay` on `loop`, unless this channel is gone by
   // then; then `st` ends with CANCELLED instead.
   // Sets closing_ and ends every call waiting on a timer (destructor).
@@ -341,7 +348,8 @@ class ServiceChannel final : public Caller {
   void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult r);
   // Tells the layers that observe attempts how one ended.
   void RecordAttempt(absl::string_view method, const Picked& picked, const CallResult& r,
-                     absl::Duration latency, absl::Time now);
+                     absl::Duration latency, absl::Time now, int number,
+                     const Metadata* metadata);
   // A pick by the policy; endpoints in `avoid` (addresses) are skipped when
   // another exists. False when the set is empty.
   bool PickMember(const CallOptions& options, absl::Span<const std::string> avoid,

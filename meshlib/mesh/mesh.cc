@@ -73,6 +73,18 @@ CallResult MeshClosed(const std::string& service, absl::string_view method) {
   return Failed(absl::CancelledError(
       absl::StrCat("mesh closed: call to ", service, " ", method, " not sent")));
 }
+
+// With a span exporter, a call outside any trace starts one: the options
+// with a new root traceparent, or nullopt when it needs none.
+std::optional<CallOptions> StartTrace(const internal::MeshCore& core, const CallOptions& options) {
+  if (!core.options.span_exporter) return std::nullopt;
+  for (const auto& [key, value] : options.metadata) {
+    if (key == core::kTraceparentKey) return std::nullopt;
+  }
+  CallOptions traced = options;
+  traced.metadata.emplace_back(core::kTraceparentKey, core::TraceContext::NewRoot().Traceparent());
+  return traced;
+}
 }  // namespace
 
 CallHandle Client::Call(absl::string_view method, absl::string_view request,
@@ -84,6 +96,9 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
       core::ScopedTrace none(nullptr);
       return Call(method, request, traced, std::move(done));
     }
+  }
+  if (std::optional<CallOptions> traced = StartTrace(*core_, options)) {
+    return Call(method, request, *traced, std::move(done));
   }
   if (core_->closed.load(std::memory_order_acquire)) {
     done(MeshClosed(service_, method));
@@ -153,6 +168,9 @@ CallResult Client::CallBlocking(absl::string_view method, absl::string_view requ
       core::ScopedTrace none(nullptr);
       return CallBlocking(method, request, traced);
     }
+  }
+  if (std::optional<CallOptions> traced = StartTrace(*core_, options)) {
+    return CallBlocking(method, request, *traced);
   }
   if (core_->closed.load(std::memory_order_acquire)) return MeshClosed(service_, method);
   if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor(method)) {
@@ -314,6 +332,9 @@ std::vector<metrics::CollectedFamily> MeshMetricFamilies() {
       {"meshlib_endpoint_ejected", "1 while outlier detection or a health check keeps the "
                                    "endpoint out of the balancer, else 0.", Type::kGauge},
       {"meshlib_endpoint_in_flight", "Attempts outstanding on the endpoint.", Type::kGauge},
+      {"meshlib_endpoint_unreachable",
+       "1 while every connection to the endpoint failed to connect and waits to try again.",
+       Type::kGauge},
       {"meshlib_endpoint_latency_estimate_seconds",
        "The balancer's latency estimate of the endpoint (EWMA).", Type::kGauge},
       {"meshlib_client_retries_total", "Retries sent (the transparent ones included).",
@@ -327,6 +348,11 @@ std::vector<metrics::CollectedFamily> MeshMetricFamilies() {
        Type::kCounter},
       {"meshlib_client_ejections_total", "Endpoints ejected by outlier detection.",
        Type::kCounter},
+      {"meshlib_client_connections_opened_total",
+       "Connections opened to the endpoint (by every service calling it).", Type::kCounter},
+      {"meshlib_client_connections_closed_total",
+       "Connections to the endpoint that closed (lost, drained or shut).", Type::kCounter},
+      {"meshlib_client_connections", "Connections to the endpoint ready now.", Type::kGauge},
       {"meshlib_mesh_reloads_total", "Configurations applied after the first.",
        Type::kCounter},
       {"meshlib_mesh_reloads_rejected_total", "Configuration documents rejected.",
@@ -344,6 +370,29 @@ void CollectMeshMetrics(internal::MeshCore& core, std::vector<metrics::Sample>* 
     }
     reload = core.reload;
   }
+  // Channels are pooled by address (and connection count): one endpoint
+  // may have two.
+  struct Connections {
+    int64_t opened = 0, closed = 0, ready = 0;
+  };
+  std::map<std::string, Connections> by_endpoint;
+  if (core.pool != nullptr) {
+    for (const auto& ch : core.pool->Live()) {
+      const client::Channel::ConnectionCounts n = ch->connection_counts();
+      Connections& c = by_endpoint[ch->address()];
+      c.opened += n.opened;
+      c.closed += n.closed;
+      c.ready += ch->ReadyConnections();
+    }
+  }
+  for (const auto& [endpoint, c] : by_endpoint) {
+    const std::vector<std::pair<std::string, std::string>> labels = {{"endpoint", endpoint}};
+    out->push_back(
+        {"meshlib_client_connections_opened_total", labels, static_cast<double>(c.opened)});
+    out->push_back(
+        {"meshlib_client_connections_closed_total", labels, static_cast<double>(c.closed)});
+    out->push_back({"meshlib_client_connections", labels, static_cast<double>(c.ready)});
+  }
   out->push_back({"meshlib_mesh_reloads_total", {}, static_cast<double>(reload.applied)});
   out->push_back(
       {"meshlib_mesh_reloads_rejected_total", {}, static_cast<double>(reload.rejected)});
@@ -354,6 +403,7 @@ void CollectMeshMetrics(internal::MeshCore& core, std::vector<metrics::Sample>* 
                                                                  {"endpoint", e.address}};
       out->push_back({"meshlib_endpoint_ejected", labels, e.healthy ? 0.0 : 1.0});
       out->push_back({"meshlib_endpoint_in_flight", labels, static_cast<double>(e.in_flight)});
+      out->push_back({"meshlib_endpoint_unreachable", labels, e.unreachable ? 1.0 : 0.0});
       out->push_back({"meshlib_endpoint_latency_estimate_seconds", labels,
                       absl::ToDoubleSeconds(e.latency_ewma)});
     }

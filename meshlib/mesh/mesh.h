@@ -57,6 +57,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "meshlib/client/caller.h"
+#include "meshlib/client/layers/tracing_layer.h"
 #include "meshlib/client/endpoint_channel.h"
 #include "meshlib/client/endpoint_state.h"
 #include "meshlib/config/config.h"
@@ -195,6 +196,12 @@ struct MeshOptions {
   // and meshcall's --admin_port expose. Null: none recorded. Must outlive
   // the mesh.
   metrics::Registry* metrics = &metrics::DefaultRegistry();
+  // Receives a span for every call and every attempt as it ends (see
+  // client/layers/tracing_layer.h: ids, endpoint, attempt number, times,
+  // status). With one, a call that is not part of a trace starts one (a
+  // traceparent in its metadata), so every call can be followed to the
+  // server. Empty: none, and no trace is started.
+  client::SpanExporter span_exporter;
 };
 
 class Mesh {

@@ -108,13 +108,11 @@ std::string FormatBound(absl::Duration d) {
 }
 
 // {a="x",b="y"} (with `extra` appended), or "" with no labels.
-std::string LabelText(const std::vector<std::string>& names,
-                      const std::vector<std::string>& values,
+std::string LabelText(const std::vector<std::pair<std::string, std::string>>& labels,
                       const std::pair<std::string, std::string>* extra = nullptr) {
   std::string out;
-  for (size_t i = 0; i < names.size(); ++i) {
-    absl::StrAppend(&out, out.empty() ? "{" : ",", names[i], "=\"",
-                    EscapeLabelValue(i < values.size() ? values[i] : ""), "\"");
+  for (const auto& [name, value] : labels) {
+    absl::StrAppend(&out, out.empty() ? "{" : ",", name, "=\"", EscapeLabelValue(value), "\"");
   }
   if (extra != nullptr) {
     absl::StrAppend(&out, out.empty() ? "{" : ",", extra->first, "=\"",
@@ -135,13 +133,6 @@ const char* TypeName(Type t) {
   }
   return "untyped";
 }
-
-// The exposition of one family: its header, then its lines.
-struct Block {
-  std::string help;
-  Type type = Type::kGauge;
-  std::string lines;
-};
 
 }  // namespace
 
@@ -201,46 +192,44 @@ void Registry::RemoveCollector(int id) {
   collectors_.erase(it);
 }
 
-std::string Registry::Prometheus() const {
-  std::map<std::string, Block> blocks;
+std::map<std::string, FamilySnapshot> Registry::Snapshot() const {
+  std::map<std::string, FamilySnapshot> out;
+  auto labels_of = [](const std::vector<std::string>& names,
+                      const std::vector<std::string>& values) {
+    std::vector<std::pair<std::string, std::string>> labels;
+    labels.reserve(names.size());
+    for (size_t i = 0; i < names.size(); ++i) {
+      labels.emplace_back(names[i], i < values.size() ? values[i] : "");
+    }
+    return labels;
+  };
   std::vector<Collector> collectors;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [name, family] : counters_) {
-      Block& b = blocks[name];
-      b.help = family->help();
-      b.type = Type::kCounter;
+      FamilySnapshot& f = out[name];
+      f.help = family->help();
+      f.type = Type::kCounter;
       family->ForEach([&](const std::vector<std::string>& values, const Counter& c) {
-        absl::StrAppend(&b.lines, name, LabelText(family->label_names(), values), " ",
-                        c.Value(), "\n");
+        f.points.push_back({labels_of(family->label_names(), values),
+                            static_cast<double>(c.Value()), {}});
       });
     }
     for (const auto& [name, family] : gauges_) {
-      Block& b = blocks[name];
-      b.help = family->help();
-      b.type = Type::kGauge;
+      FamilySnapshot& f = out[name];
+      f.help = family->help();
+      f.type = Type::kGauge;
       family->ForEach([&](const std::vector<std::string>& values, const Gauge& g) {
-        absl::StrAppend(&b.lines, name, LabelText(family->label_names(), values), " ",
-                        g.Value(), "\n");
+        f.points.push_back({labels_of(family->label_names(), values),
+                            static_cast<double>(g.Value()), {}});
       });
     }
     for (const auto& [name, family] : histograms_) {
-      Block& b = blocks[name];
-      b.help = family->help();
-      b.type = Type::kHistogram;
+      FamilySnapshot& f = out[name];
+      f.help = family->help();
+      f.type = Type::kHistogram;
       family->ForEach([&](const std::vector<std::string>& values, const Histogram& h) {
-        const Histogram::Snapshot s = h.Read();
-        int64_t cumulative = 0;
-        for (int i = 0; i <= Histogram::kBuckets; ++i) {
-          cumulative += s.counts[i];
-          std::pair<std::string, std::string> le = {
-              "le", i == Histogram::kBuckets ? "+Inf" : FormatBound(Histogram::Bounds()[i])};
-          absl::StrAppend(&b.lines, name, "_bucket", LabelText(family->label_names(), values, &le),
-                          " ", cumulative, "\n");
-        }
-        const std::string labels = LabelText(family->label_names(), values);
-        absl::StrAppend(&b.lines, name, "_sum", labels, " ", FormatDouble(s.sum_seconds), "\n");
-        absl::StrAppend(&b.lines, name, "_count", labels, " ", s.count, "\n");
+        f.points.push_back({labels_of(family->label_names(), values), 0, h.Read()});
       });
     }
     for (const auto& [id, c] : collectors_) collectors.push_back(c);
@@ -248,30 +237,28 @@ std::string Registry::Prometheus() const {
   // Collectors run outside the lock: they read live state that may take
   // locks of its own.
   for (const Collector& c : collectors) {
-    for (const CollectedFamily& f : c.families) {
-      Block& b = blocks[f.name];
-      if (b.help.empty()) {
-        b.help = f.help;
-        b.type = f.type;
+    for (const CollectedFamily& cf : c.families) {
+      auto [it, inserted] = out.try_emplace(cf.name);
+      if (inserted) {
+        it->second.help = cf.help;
+        it->second.type = cf.type;
       }
     }
     std::vector<Sample> samples;
     c.collect(&samples);
-    for (const Sample& s : samples) {
-      std::vector<std::string> names, values;
-      for (const auto& [k, v] : s.labels) {
-        names.push_back(k);
-        values.push_back(v);
-      }
-      absl::StrAppend(&blocks[s.name].lines, s.name, LabelText(names, values), " ",
-                      FormatDouble(s.value), "\n");
+    for (Sample& s : samples) {
+      out[s.name].points.push_back({std::move(s.labels), s.value, {}});
     }
   }
+  return out;
+}
+
+std::string Registry::Prometheus() const {
   std::string out;
-  for (const auto& [name, b] : blocks) {
-    if (b.lines.empty()) continue;
+  for (const auto& [name, f] : Snapshot()) {
+    if (f.points.empty()) continue;
     std::string help;
-    for (char c : b.help) {
+    for (char c : f.help) {
       if (c == '\\') {
         help += "\\\\";
       } else if (c == '\n') {
@@ -280,82 +267,57 @@ std::string Registry::Prometheus() const {
         help += c;
       }
     }
-    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", TypeName(b.type),
-                    "\n", b.lines);
+    absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", TypeName(f.type),
+                    "\n");
+    for (const Point& p : f.points) {
+      if (f.type != Type::kHistogram) {
+        absl::StrAppend(&out, name, LabelText(p.labels), " ", FormatDouble(p.value), "\n");
+        continue;
+      }
+      const Histogram::Snapshot& s = p.histogram;
+      int64_t cumulative = 0;
+      for (int i = 0; i <= Histogram::kBuckets; ++i) {
+        cumulative += s.counts[i];
+        std::pair<std::string, std::string> le = {
+            "le", i == Histogram::kBuckets ? "+Inf" : FormatBound(Histogram::Bounds()[i])};
+        absl::StrAppend(&out, name, "_bucket", LabelText(p.labels, &le), " ", cumulative, "\n");
+      }
+      const std::string labels = LabelText(p.labels);
+      absl::StrAppend(&out, name, "_sum", labels, " ", FormatDouble(s.sum_seconds), "\n");
+      absl::StrAppend(&out, name, "_count", labels, " ", s.count, "\n");
+    }
   }
   return out;
 }
 
 std::string Registry::Json() const {
   nlohmann::json out = nlohmann::json::object();
-  std::vector<Collector> collectors;
-  auto labels_of = [](const std::vector<std::string>& names,
-                      const std::vector<std::string>& values) {
-    nlohmann::json l = nlohmann::json::object();
-    for (size_t i = 0; i < names.size(); ++i) l[names[i]] = i < values.size() ? values[i] : "";
-    return l;
-  };
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [name, family] : counters_) {
-      nlohmann::json& f = out[name];
-      f["type"] = "counter";
-      f["help"] = family->help();
-      f["samples"] = nlohmann::json::array();
-      family->ForEach([&](const std::vector<std::string>& values, const Counter& c) {
-        f["samples"].push_back(
-            {{"labels", labels_of(family->label_names(), values)}, {"value", c.Value()}});
-      });
-    }
-    for (const auto& [name, family] : gauges_) {
-      nlohmann::json& f = out[name];
-      f["type"] = "gauge";
-      f["help"] = family->help();
-      f["samples"] = nlohmann::json::array();
-      family->ForEach([&](const std::vector<std::string>& values, const Gauge& g) {
-        f["samples"].push_back(
-            {{"labels", labels_of(family->label_names(), values)}, {"value", g.Value()}});
-      });
-    }
-    for (const auto& [name, family] : histograms_) {
-      nlohmann::json& f = out[name];
-      f["type"] = "histogram";
-      f["help"] = family->help();
-      f["samples"] = nlohmann::json::array();
-      family->ForEach([&](const std::vector<std::string>& values, const Histogram& h) {
-        const Histogram::Snapshot s = h.Read();
-        nlohmann::json buckets = nlohmann::json::array();
-        int64_t cumulative = 0;
-        for (int i = 0; i < Histogram::kBuckets; ++i) {
-          cumulative += s.counts[i];
-          buckets.push_back({absl::ToDoubleSeconds(Histogram::Bounds()[i]), cumulative});
-        }
-        f["samples"].push_back({{"labels", labels_of(family->label_names(), values)},
-                                {"count", s.count},
-                                {"sum", s.sum_seconds},
-                                {"p50", s.Quantile(0.5)},
-                                {"p90", s.Quantile(0.9)},
-                                {"p99", s.Quantile(0.99)},
-                                {"buckets", std::move(buckets)}});
-      });
-    }
-    for (const auto& [id, c] : collectors_) collectors.push_back(c);
-  }
-  for (const Collector& c : collectors) {
-    for (const CollectedFamily& f : c.families) {
-      nlohmann::json& j = out[f.name];
-      if (!j.contains("type")) {
-        j["type"] = TypeName(f.type);
-        j["help"] = f.help;
-        j["samples"] = nlohmann::json::array();
+  for (const auto& [name, f] : Snapshot()) {
+    nlohmann::json& j = out[name];
+    j["type"] = TypeName(f.type);
+    j["help"] = f.help;
+    j["samples"] = nlohmann::json::array();
+    for (const Point& p : f.points) {
+      nlohmann::json labels = nlohmann::json::object();
+      for (const auto& [k, v] : p.labels) labels[k] = v;
+      if (f.type != Type::kHistogram) {
+        j["samples"].push_back({{"labels", std::move(labels)}, {"value", p.value}});
+        continue;
       }
-    }
-    std::vector<Sample> samples;
-    c.collect(&samples);
-    for (const Sample& s : samples) {
-      nlohmann::json l = nlohmann::json::object();
-      for (const auto& [k, v] : s.labels) l[k] = v;
-      out[s.name]["samples"].push_back({{"labels", std::move(l)}, {"value", s.value}});
+      const Histogram::Snapshot& s = p.histogram;
+      nlohmann::json buckets = nlohmann::json::array();
+      int64_t cumulative = 0;
+      for (int i = 0; i < Histogram::kBuckets; ++i) {
+        cumulative += s.counts[i];
+        buckets.push_back({absl::ToDoubleSeconds(Histogram::Bounds()[i]), cumulative});
+      }
+      j["samples"].push_back({{"labels", std::move(labels)},
+                              {"count", s.count},
+                              {"sum", s.sum_seconds},
+                              {"p50", s.Quantile(0.5)},
+                              {"p90", s.Quantile(0.9)},
+                              {"p99", s.Quantile(0.99)},
+                              {"buckets", std::move(buckets)}});
     }
   }
   return out.dump();

@@ -156,6 +156,20 @@ struct CollectedFamily {
   Type type = Type::kGauge;
 };
 
+// One labelled member of a family as read at one moment.
+struct Point {
+  std::vector<std::pair<std::string, std::string>> labels;
+  double value = 0;               // counters and gauges
+  Histogram::Snapshot histogram;  // histograms
+};
+
+// A family as read at one moment: every member, collectors' samples included.
+struct FamilySnapshot {
+  std::string help;
+  Type type = Type::kGauge;
+  std::vector<Point> points;
+};
+
 // Every family of a process (or of a Mesh, a Server), and the exposition.
 class Registry {
  public:
@@ -179,6 +193,9 @@ class Registry {
                    std::function<void(std::vector<Sample>*)> collect);
   void RemoveCollector(int id);
 
+  // Every family with its members, by name: what the expositions print and
+  // what the live page samples. Collectors run outside the registry's lock.
+  std::map<std::string, FamilySnapshot> Snapshot() const;
   // The Prometheus text exposition format, version 0.0.4.
   std::string Prometheus() const;
   // The same state as JSON: {"<family>": {"type": ..., "help": ...,

@@ -34,6 +34,8 @@ struct CallCounter {
   std::atomic<int64_t> rejected_expired{0};
   std::atomic<int64_t> shed{0};
   std::atomic<int64_t> health_checks{0};
+  std::atomic<int64_t> connections_opened{0};
+  std::atomic<int64_t> connections_closed{0};
   // The adaptive concurrency limit; null when disabled. Here rather than in
   // the Server because calls release their slot when they finish, which may
   // be after the Server is gone.
@@ -581,7 +583,10 @@ Server::Server(ServerOptions options)
   }
 }
 
-Server::~Server() { Shutdown(absl::ZeroDuration()); }
+Server::~Server() {
+  Shutdown(absl::ZeroDuration());
+  if (metrics_collector_ != 0) options_.metrics->RemoveCollector(metrics_collector_);
+}
 
 absl::Status Server::RegisterAsync(std::string method, AsyncHandler handler) {
   if (started_) return absl::FailedPreconditionError("RegisterAsync after Start");
@@ -653,6 +658,40 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
     return bound.status();
   }
   address_ = bound->ToString();
+  if (options_.metrics != nullptr) {
+    // What the server's state says at each scrape, labelled by its address
+    // (a process may run several servers).
+    using metrics::Type;
+    metrics_collector_ = options_.metrics->AddCollector(
+        {{"meshlib_server_in_flight", "Calls being served now.", Type::kGauge},
+         {"meshlib_server_shed_total", "Calls refused by the adaptive concurrency limit.",
+          Type::kCounter},
+         {"meshlib_server_expired_total",
+          "Calls answered DEADLINE_EXCEEDED without running their handler.", Type::kCounter},
+         {"meshlib_server_concurrency_limit",
+          "The adaptive concurrency limit now (0: disabled).", Type::kGauge},
+         {"meshlib_server_connections_opened_total", "Connections accepted.", Type::kCounter},
+         {"meshlib_server_connections_closed_total", "Connections closed.", Type::kCounter},
+         {"meshlib_server_connections", "Connections open now.", Type::kGauge}},
+        [weak = std::weak_ptr<CallCounter>(counter_),
+         address = address_](std::vector<metrics::Sample>* out) {
+          std::shared_ptr<CallCounter> c = weak.lock();
+          if (c == nullptr) return;
+          const std::vector<std::pair<std::string, std::string>> labels = {{"server", address}};
+          auto add = [&](const char* name, int64_t v) {
+            out->push_back({name, labels, static_cast<double>(v)});
+          };
+          const int64_t opened = c->connections_opened.load(std::memory_order_relaxed);
+          const int64_t closed = c->connections_closed.load(std::memory_order_relaxed);
+          add("meshlib_server_in_flight", c->active.load(std::memory_order_relaxed));
+          add("meshlib_server_shed_total", c->shed.load(std::memory_order_relaxed));
+          add("meshlib_server_expired_total", c->rejected_expired.load(std::memory_order_relaxed));
+          add("meshlib_server_concurrency_limit", c->limiter ? c->limiter->limit() : 0);
+          add("meshlib_server_connections_opened_total", opened);
+          add("meshlib_server_connections_closed_total", closed);
+          add("meshlib_server_connections", opened - closed);
+        });
+  }
   runtime::EventLoop& loop = runtime_->loop(0);
   acceptor_ = std::make_unique<Acceptor>(this, &loop, *fd);
   absl::Status watched;
@@ -673,6 +712,8 @@ ServerStats Server::stats() const {
   s.shed = counter_->shed.load(std::memory_order_relaxed);
   s.concurrency_limit = counter_->limiter ? counter_->limiter->limit() : 0;
   s.health_checks = counter_->health_checks.load(std::memory_order_relaxed);
+  s.connections_opened = counter_->connections_opened.load(std::memory_order_relaxed);
+  s.connections_closed = counter_->connections_closed.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -699,13 +740,16 @@ void Server::OnAccepted(int fd, std::string peer) {
     if (shut_down_) return;  // conn's destructor closes the fd
     conns_.emplace(conn.get(), conn);
   }
+  counter_->connections_opened.fetch_add(1, std::memory_order_relaxed);
   conn->Start();
   loop.Post([conn, idle = options_.idle_timeout] { conn->StartIdleCheck(idle); });
 }
 
 void Server::OnConnectionClosed(ServerConnection* conn) {
   core::MutexLock lock(&mu_);
-  conns_.erase(conn);
+  if (conns_.erase(conn) > 0) {
+    counter_->connections_closed.fetch_add(1, std::memory_order_relaxed);
+  }
 }
 
 void Server::AddPreShutdownHook(absl::AnyInvocable<void()> hook) {

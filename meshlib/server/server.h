@@ -127,6 +127,9 @@ struct ServerStats {
   int64_t concurrency_limit = 0;
   // Health checks answered by the built-in health service.
   int64_t health_checks = 0;
+  // Connections accepted, and closed, since Start.
+  int64_t connections_opened = 0;
+  int64_t connections_closed = 0;
 };
 
 class ServerConnection;
@@ -282,6 +285,8 @@ class Server {
   const std::shared_ptr<CallCounter> counter_;
   // Why the adaptive_concurrency options are invalid; Start returns it.
   absl::Status limiter_error_;
+  // The collector of the server's live state in options.metrics (0: none).
+  int metrics_collector_ = 0;
   std::string address_;
   std::atomic<bool> started_{false};
   std::atomic<bool> serving_{true};

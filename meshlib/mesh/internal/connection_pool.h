@@ -42,6 +42,15 @@ class ConnectionPool {
     }
     return std::shared_ptr<client::EndpointChannel>(ch);
   }
+  // Every channel still in use (for the metrics).
+  std::vector<std::shared_ptr<client::Channel>> Live() {
+    std::vector<std::shared_ptr<client::Channel>> live;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [key, weak] : pool_) {
+      if (auto ch = weak.lock()) live.push_back(std::move(ch));
+    }
+    return live;
+  }
   // Closes every pooled connection: calls in flight on them (blocking ones
   // included) end with CANCELLED; no new connection is made.
   void Shutdown() {

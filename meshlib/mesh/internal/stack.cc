@@ -62,6 +62,7 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   o.clock = core.options.clock;
   o.metrics = core.options.metrics;
   o.metrics_service = name;
+  o.span_exporter = core.options.span_exporter;
   o.shared_discovery = *d;
   o.config_path = absl::StrCat("services.", name);
   client::ChannelOptions channel_options = o.channel;
