@@ -11,6 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+#include "meshlib/admin/admin_server.h"
+#include "meshlib/admin/live.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/client/service_channel.h"
 #include "meshlib/core/log.h"
@@ -422,6 +425,52 @@ void CollectMeshMetrics(internal::MeshCore& core, std::vector<metrics::Sample>* 
   }
 }
 
+// Every client this mesh made that is still in use.
+std::vector<std::shared_ptr<Client>> LiveClients(internal::MeshCore& core) {
+  std::vector<std::shared_ptr<Client>> clients;
+  std::lock_guard<std::mutex> lock(core.mu);
+  for (const auto& [name, weak] : core.clients) {
+    if (auto c = weak.lock()) clients.push_back(std::move(c));
+  }
+  return clients;
+}
+
+// The mesh's own admin pages, beside the standard ones.
+void AddMeshPages(std::weak_ptr<internal::MeshCore> weak, admin::AdminServer::Handlers* pages) {
+  (*pages)["/stacks"] = [weak](const admin::HttpRequest&) {
+    std::shared_ptr<internal::MeshCore> core = weak.lock();
+    if (core == nullptr) return admin::HttpResponse{503, "text/plain; charset=utf-8", "mesh closed\n"};
+    std::string out;
+    for (const auto& c : LiveClients(*core)) {
+      absl::StrAppend(&out, "== ", c->service(), "\n", c->Describe(), "\n");
+    }
+    if (out.empty()) out = "no clients yet\n";
+    return admin::HttpResponse{200, "text/plain; charset=utf-8", std::move(out)};
+  };
+  (*pages)["/endpoints.json"] = [weak](const admin::HttpRequest&) {
+    std::shared_ptr<internal::MeshCore> core = weak.lock();
+    if (core == nullptr) return admin::HttpResponse{503, "text/plain; charset=utf-8", "mesh closed\n"};
+    nlohmann::json out = nlohmann::json::object();
+    for (const auto& c : LiveClients(*core)) {
+      nlohmann::json eps = nlohmann::json::array();
+      for (const client::EndpointState& e : c->EndpointStates()) {
+        eps.push_back({{"address", e.address},
+                       {"healthy", e.healthy},
+                       {"outlier", e.outlier},
+                       {"health_check_ok", e.health_check_ok},
+                       {"connected", e.connected},
+                       {"unreachable", e.unreachable},
+                       {"in_flight", e.in_flight},
+                       {"calls", e.calls},
+                       {"failures", e.failures},
+                       {"latency_estimate_seconds", absl::ToDoubleSeconds(e.latency_ewma)}});
+      }
+      out[c->service()] = std::move(eps);
+    }
+    return admin::HttpResponse{200, "application/json", out.dump()};
+  };
+}
+
 }  // namespace
 
 Mesh::Mesh(std::shared_ptr<internal::MeshCore> core) : core_(std::move(core)) {}
@@ -446,6 +495,20 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
   if (!options.etcd_endpoints.empty() || !options.watch_path.empty()) {
     mesh->watcher_ = std::make_unique<internal::Watcher>(core, options.watch_path);
   }
+  if (!options.admin_address.empty()) {
+    admin::AdminOptions ao;
+    ao.address = options.admin_address;
+    metrics::Registry& registry =
+        options.metrics != nullptr ? *options.metrics : metrics::DefaultRegistry();
+    admin::AdminServer::Handlers pages = admin::StandardPages(registry, &ao);
+    AddMeshPages(core, &pages);
+    auto started = admin::AdminServer::Start(ao, std::move(pages));
+    if (!started.ok()) {
+      return absl::Status(started.status().code(),
+                          absl::StrCat("MeshOptions.admin_address: ", started.status().message()));
+    }
+    mesh->admin_ = *std::move(started);
+  }
   if (options.metrics != nullptr) {
     mesh->metrics_collector_ = options.metrics->AddCollector(
         MeshMetricFamilies(), [weak = std::weak_ptr<internal::MeshCore>(core)](
@@ -464,6 +527,7 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Open(const std::string& path, MeshOp
 }
 
 Mesh::~Mesh() {
+  admin_.reset();  // no page reads the mesh from here on
   if (metrics_collector_ != 0) core_->options.metrics->RemoveCollector(metrics_collector_);
   // Calls end first (on this thread, whatever it is), then the watcher
   // stops and the core goes; the waiting parts of that (joining the
@@ -474,6 +538,8 @@ Mesh::~Mesh() {
     core.reset();
   });
 }
+
+std::string Mesh::admin_address() const { return admin_ != nullptr ? admin_->address() : ""; }
 
 absl::StatusOr<std::shared_ptr<Client>> Mesh::Client(absl::string_view service) {
   if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor("Mesh::Client")) {

@@ -65,6 +65,10 @@
 #include "meshlib/metrics/metrics.h"
 #include "meshlib/runtime/executor.h"
 
+namespace meshlib::admin {
+class AdminServer;
+}  // namespace meshlib::admin
+
 namespace meshlib::mesh {
 
 // An application's hook around every call of a Client: adds metadata (an
@@ -202,6 +206,12 @@ struct MeshOptions {
   // traceparent in its metadata), so every call can be followed to the
   // server. Empty: none, and no trace is started.
   client::SpanExporter span_exporter;
+  // Opens the admin endpoint on this address ("127.0.0.1:0" picks a free
+  // port; see docs/metrics.md): the live page at /, /live.json, /metrics,
+  // /metrics.json over `metrics` (the process's registry when null), and
+  // this mesh's /stacks (every client's Describe()) and /endpoints.json
+  // (every endpoint with its health). Empty (the default): none.
+  std::string admin_address;
 };
 
 class Mesh {
@@ -235,12 +245,17 @@ class Mesh {
   absl::Status Apply(config::MeshConfig config);
   ReloadStats reload_stats() const;
   std::shared_ptr<const config::MeshConfig> config() const;
+  // The admin endpoint's address as bound ("127.0.0.1:PORT"), or "" when
+  // MeshOptions::admin_address asked for none.
+  std::string admin_address() const;
 
  private:
   explicit Mesh(std::shared_ptr<internal::MeshCore> core);
 
   std::shared_ptr<internal::MeshCore> core_;
   std::unique_ptr<internal::Watcher> watcher_;
+  // MeshOptions::admin_address's server; stopped first when the mesh goes.
+  std::unique_ptr<admin::AdminServer> admin_;
   // The collector of the mesh's live state in options.metrics (0: none).
   int metrics_collector_ = 0;
 };

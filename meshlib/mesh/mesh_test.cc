@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
+#include "absl/strings/numbers.h"
+#include "meshlib/admin/test_http.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/server/server.h"
 #include "meshlib/testing/subprocess.h"
@@ -457,6 +459,60 @@ TEST_F(MeshTest, AStackWithoutEndpointsDoesNotReplaceOneWithEndpoints) {
   EXPECT_TRUE(absl::StrContains(st.message(), "services.echo.discovery")) << st;
   EXPECT_EQ(mesh->reload_stats().generation, 1u);
   EXPECT_TRUE(echo->CallBlocking("Echo/Say", "x").status.ok());  // the old stack serves
+}
+
+// MeshOptions::admin_address: the standard pages over the mesh's registry,
+// and its own (/stacks, /endpoints.json); gone with the mesh.
+TEST_F(MeshTest, AdminEndpointShowsTheMeshItsClientsAndEndpoints) {
+  metrics::Registry registry;
+  MeshOptions options;
+  options.metrics = &registry;
+  options.admin_address = "127.0.0.1:0";
+  auto m = Mesh::Create(Config(ServiceJson("")), options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const std::string address = (*m)->admin_address();
+  ASSERT_TRUE(absl::StartsWith(address, "127.0.0.1:")) << address;
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(address.substr(address.rfind(':') + 1), &port));
+  auto body = [port](const std::string& path) {
+    std::string r = admin::testing::Exchange(port, absl::StrCat("GET ", path, " HTTP/1.1\r\n\r\n"));
+    EXPECT_TRUE(absl::StartsWith(r, "HTTP/1.1 200 ")) << path << ": " << r.substr(0, 200);
+    size_t at = r.find("\r\n\r\n");
+    return at == std::string::npos ? std::string() : r.substr(at + 4);
+  };
+  EXPECT_EQ(body("/stacks"), "no clients yet\n");
+
+  auto echo = (*m)->Client("echo");
+  ASSERT_TRUE(echo.ok()) << echo.status();
+  ASSERT_TRUE((*echo)->CallBlocking("Echo/Say", "hi").status.ok());
+
+  std::string stacks = body("/stacks");
+  EXPECT_TRUE(absl::StrContains(stacks, "== echo")) << stacks;
+  EXPECT_TRUE(absl::StrContains(stacks, "balancer")) << stacks;
+  json endpoints = json::parse(body("/endpoints.json"));
+  ASSERT_EQ(endpoints["echo"].size(), 3u) << endpoints.dump();
+  int64_t calls = 0;
+  for (const json& e : endpoints["echo"]) {
+    EXPECT_EQ(e["healthy"], true) << e.dump();
+    calls += e["calls"].get<int64_t>();
+  }
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(absl::StrContains(
+      body("/metrics"),
+      R"(meshlib_client_requests_total{service="echo",method="Echo/Say",code="OK"} 1)"));
+  EXPECT_TRUE(absl::StrContains(body("/"), "<!DOCTYPE html>"));
+
+  m->reset();
+  EXPECT_EQ(admin::testing::Connect(port), -1) << "the admin endpoint closes with the mesh";
+}
+
+TEST_F(MeshTest, ABadAdminAddressFailsCreateAndSaysWhich) {
+  MeshOptions options;
+  options.admin_address = "no port here";
+  auto m = Mesh::Create(Config(ServiceJson("")), options);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << m.status();
+  EXPECT_TRUE(absl::StrContains(m.status().message(), "MeshOptions.admin_address")) << m.status();
 }
 
 }  // namespace

@@ -13,12 +13,15 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "meshlib/admin/admin_server.h"
+#include "meshlib/admin/live.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/core/trace_context.h"
 #include "meshlib/transport/connection.h"
 #include "meshlib/transport/socket.h"
+#include "nlohmann/json.hpp"
 
 namespace meshlib::server {
 
@@ -585,6 +588,7 @@ Server::Server(ServerOptions options)
 
 Server::~Server() {
   Shutdown(absl::ZeroDuration());
+  admin_.reset();  // also when Start failed after opening it
   if (metrics_collector_ != 0) options_.metrics->RemoveCollector(metrics_collector_);
 }
 
@@ -692,6 +696,33 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
           add("meshlib_server_connections", opened - closed);
         });
   }
+  if (!options_.admin_address.empty()) {
+    admin::AdminOptions ao;
+    ao.address = options_.admin_address;
+    admin::AdminServer::Handlers pages = admin::StandardPages(
+        options_.metrics != nullptr ? *options_.metrics : metrics::DefaultRegistry(), &ao);
+    pages["/server.json"] = [this](const admin::HttpRequest&) {
+      const ServerStats st = stats();
+      nlohmann::json j = {{"address", address_},
+                          {"serving", Serving()},
+                          {"calls", st.calls},
+                          {"active_calls", st.active_calls},
+                          {"rejected_expired", st.rejected_expired},
+                          {"shed", st.shed},
+                          {"concurrency_limit", st.concurrency_limit},
+                          {"health_checks", st.health_checks},
+                          {"connections_opened", st.connections_opened},
+                          {"connections_closed", st.connections_closed}};
+      return admin::HttpResponse{200, "application/json", j.dump()};
+    };
+    auto started = admin::AdminServer::Start(ao, std::move(pages));
+    if (!started.ok()) {
+      close(*fd);
+      return absl::Status(started.status().code(), absl::StrCat("ServerOptions.admin_address: ",
+                                                                started.status().message()));
+    }
+    admin_ = *std::move(started);
+  }
   runtime::EventLoop& loop = runtime_->loop(0);
   acceptor_ = std::make_unique<Acceptor>(this, &loop, *fd);
   absl::Status watched;
@@ -701,6 +732,8 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
 }
 
 std::string Server::address() const { return address_; }
+
+std::string Server::admin_address() const { return admin_ != nullptr ? admin_->address() : ""; }
 
 int64_t Server::active_calls() const { return counter_->active.load(std::memory_order_acquire); }
 
@@ -809,6 +842,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
   // (or the caller's shared one) outlives us.
   for (size_t i = 0; i < runtime_->size(); ++i) runtime_->loop(i).RunAndWait([] {});
   runtime_.reset();
+  admin_.reset();
 }
 
 }  // namespace meshlib::server

@@ -56,6 +56,10 @@
 #include "meshlib/server/concurrency_limiter.h"
 #include "meshlib/transport/frame.h"
 
+namespace meshlib::admin {
+class AdminServer;
+}  // namespace meshlib::admin
+
 namespace meshlib::server {
 
 using transport::Metadata;
@@ -99,6 +103,12 @@ struct ServerOptions {
   // see docs/metrics.md). Default: the process's registry. Null: none.
   // Must outlive the server and every call it served.
   metrics::Registry* metrics = &metrics::DefaultRegistry();
+  // Opens the admin endpoint on this address at Start ("127.0.0.1:0" picks
+  // a free port; see docs/metrics.md): the live page at /, /live.json,
+  // /metrics, /metrics.json over `metrics` (the process's registry when
+  // null), and /server.json (this server's stats). It closes when the
+  // server has shut down. Empty (the default): none.
+  std::string admin_address;
 };
 
 // One registered method's metrics: found once, at Start.
@@ -233,6 +243,8 @@ class Server {
   absl::StatusOr<int> Start(absl::string_view address);
   // "host:port" actually bound, after Start.
   std::string address() const;
+  // The admin endpoint's address as bound, or "" without one.
+  std::string admin_address() const;
 
   // Graceful stop: stop accepting, tell every client (GOAWAY) to send new
   // calls elsewhere, wait up to `drain_timeout` for calls in flight, then
@@ -287,6 +299,8 @@ class Server {
   absl::Status limiter_error_;
   // The collector of the server's live state in options.metrics (0: none).
   int metrics_collector_ = 0;
+  // ServerOptions::admin_address's server.
+  std::unique_ptr<admin::AdminServer> admin_;
   std::string address_;
   std::atomic<bool> started_{false};
   std::atomic<bool> serving_{true};

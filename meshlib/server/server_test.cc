@@ -30,6 +30,8 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "meshlib/admin/test_http.h"
+#include "meshlib/testing/subprocess.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/transport/frame.h"
@@ -1124,6 +1126,60 @@ TEST(ServerProtectionTest, InvalidAdaptiveOptionsFailStartNamingTheField) {
   Server plain(TestServerOptions());
   EXPECT_EQ(plain.stats().concurrency_limit, 0);
   EXPECT_EQ(plain.stats().calls, 0);
+}
+
+// ServerOptions::admin_address: the standard pages and /server.json, with
+// the server's connection and in-flight metrics; closed at shutdown.
+TEST(ServerTest, AdminEndpointShowsTheServer) {
+  metrics::Registry registry;
+  ServerOptions o = TestServerOptions();
+  o.metrics = &registry;
+  o.admin_address = "127.0.0.1:0";
+  Server server(o);
+  ASSERT_TRUE(server
+                  .RegisterSync("Echo/Sync",
+                                [](ServerCall& call, std::string* out) {
+                                  *out = call.request();
+                                  return absl::OkStatus();
+                                })
+                  .ok());
+  StartOnLoopback(server);
+  const std::string admin = server.admin_address();
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(admin.substr(admin.rfind(':') + 1), &port)) << admin;
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+  ASSERT_TRUE(ch->CallBlocking("Echo/Sync", "x", WithTimeout(absl::Seconds(10))).status.ok());
+
+  std::string stats =
+      admin::testing::Exchange(port, "GET /server.json HTTP/1.1\r\n\r\n");
+  EXPECT_TRUE(absl::StrContains(stats, "\"calls\":1")) << stats;
+  EXPECT_TRUE(absl::StrContains(stats, "\"connections_opened\":1")) << stats;
+  std::string text = admin::testing::Exchange(port, "GET /metrics HTTP/1.1\r\n\r\n");
+  const std::string label = absl::StrCat("{server=\"", server.address(), "\"}");
+  EXPECT_TRUE(absl::StrContains(text, absl::StrCat("meshlib_server_connections", label, " 1")))
+      << text;
+  EXPECT_TRUE(absl::StrContains(text, absl::StrCat("meshlib_server_in_flight", label, " 0")))
+      << text;
+  EXPECT_TRUE(absl::StrContains(
+      text, R"(meshlib_server_requests_total{method="Echo/Sync",code="OK"} 1)"))
+      << text;
+
+  ch.reset();
+  EXPECT_TRUE(testing::Eventually([&] { return server.stats().connections_closed == 1; },
+                                  absl::Seconds(5)));
+  server.Shutdown(absl::Seconds(1));
+  EXPECT_EQ(admin::testing::Connect(port), -1) << "closed with the server";
+}
+
+TEST(ServerTest, ABadAdminAddressFailsStart) {
+  ServerOptions o = TestServerOptions();
+  o.admin_address = "127.0.0.1:99999";
+  Server server(o);
+  absl::StatusOr<int> port = server.Start("127.0.0.1:0");
+  ASSERT_FALSE(port.ok());
+  EXPECT_TRUE(absl::StrContains(port.status().message(), "ServerOptions.admin_address"))
+      << port.status();
 }
 
 }  // namespace
