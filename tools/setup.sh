@@ -21,6 +21,7 @@ PACKAGES=(
   prometheus               # promtool and a Prometheus server for the metrics tests
   chromium                 # a headless browser for the live page's test
   python3-websocket        # drives that browser over the DevTools protocol
+  openssl faketime         # real certificates for the TLS tests (expired ones via faketime)
   procps                   # pkill/ps, used by the scripts
   dnsmasq-base             # a real DNS server for the DNS discovery tests
   etcd-server etcd-client  # a real etcd for etcd discovery and registration

@@ -46,6 +46,7 @@
 #include "absl/strings/str_split.h"
 #include "meshlib/admin/admin_server.h"
 #include "meshlib/admin/live.h"
+#include "meshlib/tls/credentials.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/metrics/metrics.h"
 #include "meshlib/server/etcd_registration.h"
@@ -77,6 +78,15 @@ ABSL_FLAG(int, busy_poll_us, 0,
           "reactor busy polling after work, in microseconds (0 = off, max 1000)");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(10),
           "how long SIGTERM waits for calls in flight");
+ABSL_FLAG(std::string, tls_cert, "",
+          "serve TLS 1.3 only, with this PEM certificate chain (and --tls_key); changed files "
+          "are picked up without a restart");
+ABSL_FLAG(std::string, tls_key, "", "the PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_ca, "",
+          "with --tls_cert: require client certificates that chain to this PEM CA bundle");
+ABSL_FLAG(std::string, tls_allow, "",
+          "with --tls_ca: comma-separated SPIFFE IDs of the clients allowed to call (empty: "
+          "any the CA signed)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Serves Echo/Say over meshlib's protocol.");
@@ -144,6 +154,24 @@ int main(int argc, char** argv) {
   options.io_threads = absl::GetFlag(FLAGS_io_threads);
   options.busy_poll = absl::Microseconds(absl::GetFlag(FLAGS_busy_poll_us));
   options.adaptive_concurrency.enabled = absl::GetFlag(FLAGS_adaptive_concurrency);
+  if (!absl::GetFlag(FLAGS_tls_cert).empty() || !absl::GetFlag(FLAGS_tls_key).empty() ||
+      !absl::GetFlag(FLAGS_tls_ca).empty()) {
+    meshlib::tls::TlsOptions t;
+    t.cert_file = absl::GetFlag(FLAGS_tls_cert);
+    t.key_file = absl::GetFlag(FLAGS_tls_key);
+    t.ca_file = absl::GetFlag(FLAGS_tls_ca);
+    for (absl::string_view id : absl::StrSplit(absl::GetFlag(FLAGS_tls_allow), ',',
+                                               absl::SkipEmpty())) {
+      t.identities.emplace_back(id);
+    }
+    auto watcher = meshlib::tls::CredentialsWatcher::Start(t, meshlib::tls::Role::kServer);
+    if (!watcher.ok()) {
+      // "tls.cert_file: ..." names the flag's field.
+      std::cerr << "echo_server: --tls_*: " << watcher.status().message() << "\n";
+      return 2;
+    }
+    options.tls = *std::move(watcher);
+  }
   meshlib::server::Server server(options);
 
   // Set once before the first call can arrive, then only read.

@@ -11,10 +11,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/core/log.h"
+#include "meshlib/tls/tls_stream.h"
 #include "meshlib/transport/connection.h"
 #include "meshlib/transport/socket.h"
 
@@ -109,11 +111,12 @@ class ClientConnection final : public transport::FramedConnection {
   ClientConnection(std::shared_ptr<Subchannel> owner, runtime::EventLoop* loop,
                    std::unique_ptr<transport::ByteStream> stream,
                    transport::ConnectionOptions options,
-                   std::shared_ptr<ConnectionCounters> counters)
+                   std::shared_ptr<ConnectionCounters> counters, bool tls)
       : FramedConnection(loop, std::move(stream), options),
         owner_(owner),
         owner_raw_(owner.get()),
-        counters_(std::move(counters)) {
+        counters_(std::move(counters)),
+        tls_(tls) {
     counters_->opened.fetch_add(1, std::memory_order_relaxed);
   }
 
@@ -203,6 +206,7 @@ class ClientConnection final : public transport::FramedConnection {
   const std::weak_ptr<Subchannel> owner_;
   Subchannel* const owner_raw_;  // identity only, for dispatching_subchannel
   const std::shared_ptr<ConnectionCounters> counters_;
+  const bool tls_;
   core::Mutex mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending_ ABSL_GUARDED_BY(mu_);
   uint32_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
@@ -335,6 +339,10 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     }
     loop_->Cancel(timer_);
     CloseConnectFd();
+    if (handshake_ != nullptr) {
+      handshake_->Cancel(absl::CancelledError(absl::StrCat("channel to ", address_, " destroyed")));
+      handshake_.reset();
+    }
     if (conn) conn->Close(absl::CancelledError("channel destroyed"));
     for (auto& c : queued) {
       c->Complete(Failure(absl::CancelledError(absl::StrCat(
@@ -429,11 +437,33 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
       OnConnectFailed(s);
       return;
     }
+    if (options_.tls != nullptr) {
+      // The handshake comes first; calls stay queued until it is done.
+      std::weak_ptr<Subchannel> weak = shared_from_this();
+      handshake_ = tls::Handshake::Start(
+          loop_, fd, address_, *options_.tls, tls::Role::kClient,
+          [weak](absl::StatusOr<std::unique_ptr<tls::TlsStream>> r) {
+            auto self = weak.lock();
+            if (self == nullptr) return;  // the stream, if any, closes here
+            self->handshake_.reset();
+            if (!r.ok()) {
+              self->OnConnectFailed(r.status());
+              return;
+            }
+            self->OnTransportReady(*std::move(r));
+          });
+      return;
+    }
+    OnTransportReady(std::make_unique<transport::TcpStream>(fd, address_));
+  }
+
+  // A connected stream (TCP, or TLS after its handshake): the connection
+  // starts, and the calls that waited for it go.
+  void OnTransportReady(std::unique_ptr<transport::ByteStream> stream) {
     transport::ConnectionOptions copts;
     copts.limits = options_.limits;
-    auto conn = std::make_shared<ClientConnection>(
-        shared_from_this(), loop_, std::make_unique<transport::TcpStream>(fd, address_), copts,
-        counters_);
+    auto conn = std::make_shared<ClientConnection>(shared_from_this(), loop_, std::move(stream),
+                                                   copts, counters_, options_.tls != nullptr);
     conn->Start();
     std::vector<std::shared_ptr<ClientCall>> queued;
     bool abandoned = false;
@@ -505,6 +535,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   ConnectWatcher watcher_;
   const std::shared_ptr<ConnectionCounters> counters_;
   int connect_fd_ = -1;
+  std::shared_ptr<tls::Handshake> handshake_;  // while a TLS handshake runs
   runtime::TimerId timer_;
 
   core::Mutex mu_;
@@ -633,12 +664,19 @@ void ClientConnection::OnClosed(const absl::Status& reason) {
     closed_ = true;
     pending.swap(pending_);
   }
-  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, reason, received_frame_.load(std::memory_order_relaxed));
+  const bool answered = received_frame_.load(std::memory_order_relaxed);
+  if (auto owner = owner_.lock()) owner->OnConnectionLost(this, reason, answered);
+  // A TLS-only server closes a plaintext client before answering anything.
+  const bool hint = !answered && !tls_ && reason.code() != absl::StatusCode::kCancelled &&
+                    !absl::StrContains(reason.message(), "speaks TLS");
   absl::Status status =
       reason.code() == absl::StatusCode::kCancelled
           ? absl::CancelledError(absl::StrCat("call cancelled: ", reason.message()))
-          : absl::UnavailableError(
-                absl::StrCat("connection to ", peer(), " lost: ", reason.message()));
+          : absl::UnavailableError(absl::StrCat(
+                "connection to ", peer(), " lost: ", reason.message(),
+                hint ? " before anything was answered (a TLS-only server does that to "
+                       "plaintext clients: does the service need TLS settings?)"
+                     : ""));
   for (auto& [id, call] : pending) call->Complete(Failure(status, false));
 }
 

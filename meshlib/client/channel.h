@@ -43,6 +43,10 @@
 #include "meshlib/client/endpoint_channel.h"
 #include "meshlib/transport/frame.h"
 
+namespace meshlib::tls {
+class CredentialsWatcher;
+}  // namespace meshlib::tls
+
 namespace meshlib::client {
 
 struct ChannelOptions {
@@ -68,6 +72,11 @@ struct ChannelOptions {
   transport::FrameLimits limits;
   // Seed for reconnect jitter; 0 = from the address and time.
   uint64_t seed = 0;
+  // TLS for every connection (tls/credentials.h): a handshake with the
+  // credentials current at connect time, before any call is sent; one that
+  // fails fails the waiting calls with UNAVAILABLE naming the reason. Null:
+  // plaintext.
+  std::shared_ptr<tls::CredentialsWatcher> tls;
   // How long CallBlocking waits for its reply without sleeping (yielding the
   // CPU to anything runnable) before it blocks. Keeps a fast reply from
   // paying a wake-up of an idle CPU, which on VMs costs tens of

@@ -1041,6 +1041,11 @@ void ServiceChannel::WaitForCallbacksElsewhere() {
   }
 }
 
+void ServiceChannel::RecordUnsent(absl::string_view method, const CallOptions& options,
+                                  const CallResult& r) {
+  stack_->CallEnded(method, clock_->Now(), r, 0, &options.metadata);
+}
+
 void ServiceChannel::Close(absl::string_view reason) {
   EndWaitingCalls(reason);
   for (std::shared_ptr<CallState>& st : live_->CloseAndTakeAll()) {

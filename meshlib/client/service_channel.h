@@ -256,6 +256,11 @@ class ServiceChannel final : public Caller {
                                    const CallOptions& options,
                                    const resilience::FaultInjection* fault);
 
+  // A call refused above the channel (a mesh's routing or interceptors, a
+  // closed mesh) is counted like the channel's own calls (its metrics, its
+  // span) with no attempt.
+  void RecordUnsent(absl::string_view method, const CallOptions& options, const CallResult& r);
+
   // Blocks until discovery has produced endpoints and they are applied.
   bool WaitForEndpoints(absl::Duration timeout);
   // Addresses in the current snapshot, sorted.

@@ -37,9 +37,61 @@ absl::Status Section(const json& service, absl::string_view path, absl::string_v
   return absl::OkStatus();
 }
 
+}  // namespace
+
+absl::StatusOr<tls::TlsOptions> ParseTls(const json& j, absl::string_view path) {
+  if (auto st = CheckObject(j, path,
+                            {"ca_file", "cert_file", "key_file", "server_name", "identities",
+                             "handshake_timeout", "reload_interval"});
+      !st.ok()) {
+    return st;
+  }
+  tls::TlsOptions o;
+  for (auto [key, out] : {std::pair<const char*, std::string*>{"ca_file", &o.ca_file},
+                          {"cert_file", &o.cert_file},
+                          {"key_file", &o.key_file},
+                          {"server_name", &o.server_name}}) {
+    auto it = j.find(key);
+    if (it == j.end()) continue;
+    if (!it->is_string() || it->get<std::string>().empty()) {
+      return FieldError(JoinPath(path, key), "must be a non-empty string");
+    }
+    *out = it->get<std::string>();
+  }
+  if (auto ids = j.find("identities"); ids != j.end()) {
+    if (!ids->is_array()) return FieldError(JoinPath(path, "identities"), "must be an array");
+    for (size_t i = 0; i < ids->size(); ++i) {
+      if (!(*ids)[i].is_string()) {
+        return FieldError(absl::StrCat(path, ".identities[", i, "]"), "must be a string");
+      }
+      o.identities.push_back((*ids)[i].get<std::string>());
+    }
+  }
+  if (auto st = OptionalDuration(j, path, "handshake_timeout", absl::Milliseconds(1),
+                                 absl::Minutes(1), &o.handshake_timeout);
+      !st.ok()) {
+    return st;
+  }
+  if (auto st = OptionalDuration(j, path, "reload_interval", absl::ZeroDuration(), absl::Hours(1),
+                                 &o.reload_interval);
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = o.Validate(tls::Role::kClient); !st.ok()) {
+    // "tls.ca_file: ..." -> "<path>.ca_file: ..."
+    std::string m(st.message());
+    if (m.rfind("tls.", 0) == 0) m = absl::StrCat(path, ".", m.substr(4));
+    return absl::InvalidArgumentError(m);
+  }
+  return o;
+}
+
+namespace {
+
 absl::StatusOr<MeshSettings> ParseMeshSettings(const json& j, absl::string_view path) {
   if (auto st = CheckObject(j, path,
-                            {"zone", "io_threads", "connections_per_endpoint", "drain_timeout"});
+                            {"zone", "io_threads", "connections_per_endpoint", "drain_timeout",
+                             "tls"});
       !st.ok()) {
     return st;
   }
@@ -62,6 +114,7 @@ absl::StatusOr<MeshSettings> ParseMeshSettings(const json& j, absl::string_view 
       !st.ok()) {
     return st;
   }
+  if (auto st = Section(j, path, "tls", ParseTls, &m.tls); !st.ok()) return st;
   return m;
 }
 
@@ -71,7 +124,7 @@ absl::StatusOr<ServiceConfig> ParseService(const std::string& name, const json& 
   if (auto st = CheckObject(s, path,
                             {"discovery", "load_balancer", "timeout", "retry", "hedging",
                              "circuit_breaker", "outlier_detection", "health_check", "fault",
-                             "subsets", "routes"});
+                             "subsets", "routes", "tls"});
       !st.ok()) {
     return st;
   }
@@ -133,6 +186,7 @@ absl::StatusOr<ServiceConfig> ParseService(const std::string& name, const json& 
   if (auto st = Section(s, path, "fault", resilience::ParseFaultInjection, &sc.fault); !st.ok()) {
     return st;
   }
+  if (auto st = Section(s, path, "tls", ParseTls, &sc.tls); !st.ok()) return st;
   if (auto st = Section(s, path, "subsets", ParseSubsets, &sc.subsets); !st.ok()) return st;
   // After subsets: every route's subset names are checked against them.
   if (auto st = Section(
@@ -157,6 +211,12 @@ const SubsetConfig* ServiceConfig::FindSubset(absl::string_view name) const {
 const ServiceConfig* MeshConfig::Find(absl::string_view name) const {
   auto it = services.find(std::string(name));
   return it == services.end() ? nullptr : &it->second;
+}
+
+const tls::TlsOptions* MeshConfig::TlsFor(const ServiceConfig& service) const {
+  if (service.tls.has_value()) return &*service.tls;
+  if (mesh.tls.has_value()) return &*mesh.tls;
+  return nullptr;
 }
 
 absl::StatusOr<MeshConfig> ParseMeshConfigJson(const json& root) {

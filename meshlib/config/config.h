@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "meshlib/tls/credentials.h"
 #include "meshlib/core/json_fields.h"
 #include "meshlib/config/routing_config.h"
 #include "meshlib/resilience/circuit_breaker.h"
@@ -83,6 +84,10 @@ struct ServiceConfig {
   // `routes`, in order (the first that matches a call wins); empty when
   // absent: every call uses every endpoint.
   std::vector<RouteConfig> routes;
+  // `tls`: how the service is called over TLS (ca_file, cert_file,
+  // key_file, server_name, identities, handshake_timeout, reload_interval).
+  // nullopt: the mesh's `tls`, if any, else plaintext.
+  std::optional<tls::TlsOptions> tls;
   // The service's whole JSON object.
   nlohmann::json raw;
 
@@ -105,6 +110,8 @@ struct MeshSettings {
   // How long a client replaced by a config reload keeps serving the calls
   // it has in flight before it closes. Default 30s; 0s-1h.
   absl::Duration drain_timeout = absl::Seconds(30);
+  // `tls`: the default for every service without its own. nullopt: none.
+  std::optional<tls::TlsOptions> tls;
 };
 
 struct MeshConfig {
@@ -115,7 +122,13 @@ struct MeshConfig {
   nlohmann::json raw;
 
   const ServiceConfig* Find(absl::string_view name) const;
+  // The TLS settings a service is called with (its own, else the mesh's);
+  // null: plaintext.
+  const tls::TlsOptions* TlsFor(const ServiceConfig& service) const;
 };
+
+// A `tls` object of mesh.json, validated for a client at `path`.
+absl::StatusOr<tls::TlsOptions> ParseTls(const nlohmann::json& j, absl::string_view path);
 
 // Parses and validates a mesh.json document. The top level is an object
 // with `services` (required) and `mesh` (optional).

@@ -360,7 +360,7 @@ TEST(ConfigTypedTest, RoutingMeshAndUnknownKeyErrors) {
       {R"({"services": [], "mesh": {}})", "services: must be an object of service name -> service"},
       {R"({"services": {}, "mesh": {"zones": "a"}})",
        "mesh.zones: unknown key (known: zone, io_threads, connections_per_endpoint, "
-       "drain_timeout)"},
+       "drain_timeout, tls)"},
       {R"({"services": {}, "mesh": []})", "mesh: must be an object"},
       {R"({"services": {}, "mesh": {"zone": 1}})", "mesh.zone: must be a string"},
       {R"({"services": {}, "mesh": {"io_threads": 0}})",
@@ -376,7 +376,7 @@ TEST(ConfigTypedTest, RoutingMeshAndUnknownKeyErrors) {
       // Service level.
       {OneService(R"("route": [])"),
        "services.echo.route: unknown key (known: discovery, load_balancer, timeout, retry, "
-       "hedging, circuit_breaker, outlier_detection, health_check, fault, subsets, routes)"},
+       "hedging, circuit_breaker, outlier_detection, health_check, fault, subsets, routes, tls)"},
       {R"({"services": {"echo": 5}})", "services.echo: must be an object"},
       {OneService(R"("timeout": "0s")"), "services.echo.timeout: must be > 0"},
       {OneService(R"("retry": {"max_attempts": 11})"),

@@ -77,6 +77,14 @@ CallResult MeshClosed(const std::string& service, absl::string_view method) {
       absl::StrCat("mesh closed: call to ", service, " ", method, " not sent")));
 }
 
+// A call that ends before reaching a channel still counts in the service's
+// metrics and spans (when the stack has a channel to count it with).
+CallResult Unsent(const internal::Stack& s, absl::string_view method, const CallOptions& options,
+                  CallResult r) {
+  if (s.all != nullptr) s.all->RecordUnsent(method, options, r);
+  return r;
+}
+
 // With a span exporter, a call outside any trace starts one: the options
 // with a new root traceparent, or nullopt when it needs none.
 std::optional<CallOptions> StartTrace(const internal::MeshCore& core, const CallOptions& options) {
@@ -103,11 +111,12 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
   if (std::optional<CallOptions> traced = StartTrace(*core_, options)) {
     return Call(method, request, *traced, std::move(done));
   }
+  std::shared_ptr<const internal::Stack> s = stack();
   if (core_->closed.load(std::memory_order_acquire)) {
+    // Not counted: the registry need not outlive the mesh.
     done(MeshClosed(service_, method));
     return CallHandle();
   }
-  std::shared_ptr<const internal::Stack> s = stack();
   if (s->service == nullptr) {
     done(NotInConfiguration(service_, s->generation));
     return CallHandle();
@@ -117,7 +126,7 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
     // The common path: no copy of the options, no wrapper around `done`.
     internal::Routed routed = internal::Route(*s, method, options);
     if (!routed.error.ok()) {
-      done(Failed(routed.error));
+      done(Unsent(*s, method, options, Failed(routed.error)));
       return CallHandle();
     }
     // The fault (the route's, else the service's) is applied by the
@@ -136,7 +145,7 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
   // before it see the failure.
   for (size_t i = 0; i < s->interceptors.size(); ++i) {
     if (absl::Status st = s->interceptors[i]->Before(method, opts); !st.ok()) {
-      CallResult r = Failed(std::move(st));
+      CallResult r = Unsent(*s, method, opts, Failed(std::move(st)));
       for (size_t j = i; j-- > 0;) s->interceptors[j]->After(method, opts, r, absl::Now() - start);
       done(std::move(r));
       return CallHandle();
@@ -144,7 +153,7 @@ CallHandle Client::Call(absl::string_view method, absl::string_view request,
   }
   internal::Routed routed = internal::Route(*s, method, opts);
   if (!routed.error.ok()) {
-    CallResult r = Failed(routed.error);
+    CallResult r = Unsent(*s, method, opts, Failed(routed.error));
     for (size_t j = s->interceptors.size(); j-- > 0;) {
       s->interceptors[j]->After(method, opts, r, absl::Now() - start);
     }
@@ -175,11 +184,13 @@ CallResult Client::CallBlocking(absl::string_view method, absl::string_view requ
   if (std::optional<CallOptions> traced = StartTrace(*core_, options)) {
     return CallBlocking(method, request, *traced);
   }
-  if (core_->closed.load(std::memory_order_acquire)) return MeshClosed(service_, method);
-  if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor(method)) {
-    return *refused;
-  }
   std::shared_ptr<const internal::Stack> s = stack();
+  if (core_->closed.load(std::memory_order_acquire)) {
+    return MeshClosed(service_, method);  // not counted, as above
+  }
+  if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor(method)) {
+    return Unsent(*s, method, options, *std::move(refused));
+  }
   if (s->service == nullptr) {
     return NotInConfiguration(service_, s->generation);
   }
@@ -191,7 +202,7 @@ CallResult Client::CallBlocking(absl::string_view method, absl::string_view requ
   CallResult r;
   for (; ran < s->interceptors.size(); ++ran) {
     if (absl::Status st = s->interceptors[ran]->Before(method, opts); !st.ok()) {
-      r = Failed(std::move(st));
+      r = Unsent(*s, method, opts, Failed(std::move(st)));
       break;
     }
   }
@@ -199,7 +210,7 @@ CallResult Client::CallBlocking(absl::string_view method, absl::string_view requ
     internal::Routed routed = internal::Route(*s, method, opts);
     r = routed.error.ok()
             ? routed.target->CallBlockingWithFault(method, request, opts, routed.fault)
-            : Failed(routed.error);
+            : Unsent(*s, method, opts, Failed(routed.error));
   }
   for (size_t j = ran; j-- > 0;) s->interceptors[j]->After(method, opts, r, absl::Now() - start);
   return r;

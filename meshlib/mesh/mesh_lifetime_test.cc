@@ -12,7 +12,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "meshlib/admin/test_http.h"
 #include "meshlib/core/sync.h"
 #include "gtest/gtest.h"
 #include "meshlib/mesh/mesh.h"
@@ -96,10 +98,10 @@ class MeshLifetimeTest : public ::testing::Test {
           "hedging": {"delay": "2ms", "max_attempts": 2, "max_extra_load": 1.0})",
         extra, "}}}");
   }
-  std::unique_ptr<Mesh> NewMesh(const std::string& extra = "") {
+  std::unique_ptr<Mesh> NewMesh(const std::string& extra = "", MeshOptions options = {}) {
     auto cfg = config::ParseMeshConfig(Json(extra));
     EXPECT_TRUE(cfg.ok()) << cfg.status();
-    auto mesh = Mesh::Create(*std::move(cfg));
+    auto mesh = Mesh::Create(*std::move(cfg), options);
     EXPECT_TRUE(mesh.ok()) << mesh.status();
     return *std::move(mesh);
   }
@@ -210,6 +212,42 @@ TEST_F(MeshLifetimeTest, DestroyingTheMeshEndsEveryCallExactlyOnce) {
   for (int round = 0; round < rounds; ++round) {
     SCOPED_TRACE(absl::StrCat("round ", round));
     RunRound(this, NewMesh(), kinds[round % 4], 2000);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// Scrapes (the registry's expositions, and the mesh's own admin pages)
+// running all the time while meshes with calls in flight are destroyed
+// every way: a scrape never reads a mesh that is going or gone.
+TEST_F(MeshLifetimeTest, ScrapingWhileMeshesComeAndGo) {
+  const Teardown kinds[] = {Teardown::kDropClientThenMesh, Teardown::kMeshThenClient,
+                            Teardown::kMeshOnAnotherThread, Teardown::kMeshInsideCallback};
+  for (int round = 0; round < 8; ++round) {
+    SCOPED_TRACE(absl::StrCat("round ", round));
+    MeshOptions options;
+    options.admin_address = "127.0.0.1:0";
+    options.span_exporter = [](const client::Span&) {};
+    std::unique_ptr<Mesh> mesh = NewMesh("", options);
+    const std::string admin = mesh->admin_address();
+    int port = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(admin.substr(admin.rfind(':') + 1), &port)) << admin;
+    std::atomic<bool> stop{false};
+    std::atomic<int> scrapes{0};
+    std::thread scraper([&] {
+      const char* paths[] = {"/metrics", "/endpoints.json", "/stacks", "/live.json",
+                             "/metrics.json"};
+      for (int i = 0; !stop.load(); ++i) {
+        std::string text = metrics::DefaultRegistry().Prometheus();
+        EXPECT_FALSE(text.empty());
+        // Refused once the mesh (and its admin endpoint) is gone.
+        admin::testing::Exchange(port, absl::StrCat("GET ", paths[i % 5], " HTTP/1.1\r\n\r\n"));
+        ++scrapes;
+      }
+    });
+    RunRound(this, std::move(mesh), kinds[round % 4], 500);
+    EXPECT_TRUE(Eventually([&] { return scrapes.load() > 2; }, absl::Seconds(10)));
+    stop = true;
+    scraper.join();
     if (HasFatalFailure()) return;
   }
 }

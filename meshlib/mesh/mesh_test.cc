@@ -506,6 +506,37 @@ TEST_F(MeshTest, AdminEndpointShowsTheMeshItsClientsAndEndpoints) {
   EXPECT_EQ(admin::testing::Connect(port), -1) << "the admin endpoint closes with the mesh";
 }
 
+// A call refused above the channels (here by an interceptor) is still a
+// request in the service's metrics, with the refusal's code.
+TEST_F(MeshTest, RefusedCallsCountInTheServicesMetrics) {
+  struct Refuser : Interceptor {
+    std::string name() const override { return "refuser"; }
+    absl::Status Before(absl::string_view, client::CallOptions&) override {
+      return absl::PermissionDeniedError("not you");
+    }
+  };
+  metrics::Registry registry;
+  MeshOptions options;
+  options.metrics = &registry;
+  auto m = Mesh::Create(Config(ServiceJson("")), options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto echo = (*m)->Client("echo").value();
+  echo->AddInterceptor(std::make_shared<Refuser>());
+  EXPECT_EQ(echo->CallBlocking("Echo/Say", "hi").status.code(),
+            absl::StatusCode::kPermissionDenied);
+  core::Notification done;
+  echo->Call("Echo/Say", "hi", {}, [&](CallResult r) {
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kPermissionDenied);
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(absl::StrContains(
+      registry.Prometheus(),
+      R"(meshlib_client_requests_total{service="echo",method="Echo/Say",code="PERMISSION_DENIED"} 2)"))
+      << registry.Prometheus();
+  EXPECT_EQ(v1a.handled + v1b.handled + v2.handled, 0);
+}
+
 TEST_F(MeshTest, ABadAdminAddressFailsCreateAndSaysWhich) {
   MeshOptions options;
   options.admin_address = "no port here";

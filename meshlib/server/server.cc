@@ -13,12 +13,15 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "meshlib/admin/admin_server.h"
 #include "meshlib/admin/live.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/core/trace_context.h"
+#include "meshlib/tls/credentials.h"
+#include "meshlib/tls/tls_stream.h"
 #include "meshlib/transport/connection.h"
 #include "meshlib/transport/socket.h"
 #include "nlohmann/json.hpp"
@@ -39,6 +42,7 @@ struct CallCounter {
   std::atomic<int64_t> health_checks{0};
   std::atomic<int64_t> connections_opened{0};
   std::atomic<int64_t> connections_closed{0};
+  std::atomic<int64_t> tls_handshake_failures{0};
   // The adaptive concurrency limit; null when disabled. Here rather than in
   // the Server because calls release their slot when they finish, which may
   // be after the Server is gone.
@@ -57,10 +61,13 @@ class ServerConnection final : public transport::FramedConnection {
  public:
   ServerConnection(Server* server, std::shared_ptr<CallCounter> counter,
                    runtime::EventLoop* loop, std::unique_ptr<transport::ByteStream> stream,
-                   transport::ConnectionOptions options)
+                   transport::ConnectionOptions options, std::string peer_identity)
       : FramedConnection(loop, std::move(stream), options),
         server_(server),
-        counter_(std::move(counter)) {}
+        counter_(std::move(counter)),
+        peer_identity_(std::move(peer_identity)) {}
+
+  const std::string& peer_identity() const { return peer_identity_; }
 
   std::shared_ptr<ServerConnection> self() {
     return std::static_pointer_cast<ServerConnection>(shared_from_this());
@@ -253,6 +260,13 @@ class ServerConnection final : public transport::FramedConnection {
                 {}, {});
       return;
     }
+    if (server_->options_.tls != nullptr) {
+      if (absl::Status denied = server_->Authorize(req->method, peer_identity_); !denied.ok()) {
+        if (method->metrics) method->metrics->Record(denied, absl::ZeroDuration());
+        SendReply(id, 0, denied, {}, {});
+        return;
+      }
+    }
     counter_->calls.fetch_add(1, std::memory_order_relaxed);
     const absl::Time deadline = req->timeout == absl::InfiniteDuration()
                                     ? absl::InfiniteFuture()
@@ -372,6 +386,7 @@ class ServerConnection final : public transport::FramedConnection {
 
   Server* const server_;
   const std::shared_ptr<CallCounter> counter_;
+  const std::string peer_identity_;  // proved by TLS; "" without
   // Loop-thread state.
   absl::flat_hash_map<uint32_t, std::shared_ptr<ServerCall>> calls_;
   uint32_t last_stream_id_ = 0;
@@ -423,6 +438,8 @@ void ServerCall::DropLimiterRef() {
 }
 
 const std::string& ServerCall::peer() const { return conn_->peer(); }
+
+const std::string& ServerCall::peer_identity() const { return conn_->peer_identity(); }
 
 absl::string_view ServerCall::MetadataValue(absl::string_view key) const {
   for (const auto& [k, v] : request_.metadata) {
@@ -747,6 +764,7 @@ ServerStats Server::stats() const {
   s.health_checks = counter_->health_checks.load(std::memory_order_relaxed);
   s.connections_opened = counter_->connections_opened.load(std::memory_order_relaxed);
   s.connections_closed = counter_->connections_closed.load(std::memory_order_relaxed);
+  s.tls_handshake_failures = counter_->tls_handshake_failures.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -764,10 +782,72 @@ size_t Server::connection_count() {
 
 void Server::OnAccepted(int fd, std::string peer) {
   runtime::EventLoop& loop = runtime_->NextLoop();
+  if (options_.tls == nullptr) {
+    StartConnection(&loop, std::make_unique<transport::TcpStream>(fd, std::move(peer)), "");
+    return;
+  }
+  // TLS: the handshake first, on the connection's loop. Shutdown cancels
+  // the ones still running (and waits for their ends on the loops).
+  struct Slot {
+    tls::Handshake* handshake = nullptr;
+    bool ended = false;  // guarded by mu_
+  };
+  auto slot = std::make_shared<Slot>();
+  std::shared_ptr<tls::Handshake> hs = tls::Handshake::Start(
+      &loop, fd, peer, *options_.tls, tls::Role::kServer,
+      [this, loop = &loop, peer, slot](absl::StatusOr<std::unique_ptr<tls::TlsStream>> r) {
+        {
+          core::MutexLock lock(&mu_);
+          slot->ended = true;
+          if (slot->handshake != nullptr) handshakes_.erase(slot->handshake);
+        }
+        if (!r.ok()) {
+          counter_->tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
+          if (r.status().code() != absl::StatusCode::kCancelled) {
+            core::Log(core::LogLevel::kInfo,
+                      absl::StrCat("server ", address_, ": ", r.status().message()));
+          }
+          return;
+        }
+        std::string identity = (*r)->peer_info().identity;
+        StartConnection(loop, *std::move(r), std::move(identity));
+      });
+  core::MutexLock lock(&mu_);
+  if (slot->ended) return;  // over already, on its loop
+  slot->handshake = hs.get();
+  if (shut_down_) {
+    hs->Cancel(absl::CancelledError("server shutting down"));
+    return;
+  }
+  handshakes_.emplace(hs.get(), std::move(hs));
+}
+
+absl::Status Server::Authorize(const std::string& method, const std::string& identity) const {
+  auto it = options_.method_identities.find(method);
+  const std::vector<std::string>& allowed =
+      it != options_.method_identities.end() ? it->second : options_.tls->options().identities;
+  if (allowed.empty()) return absl::OkStatus();
+  if (identity.empty()) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        method, " needs a caller with a SPIFFE identity (", absl::StrJoin(allowed, ", "),
+        "); this one presented none"));
+  }
+  if (std::find(allowed.begin(), allowed.end(), identity) == allowed.end()) {
+    return absl::PermissionDeniedError(absl::StrCat(identity, " may not call ", method,
+                                                    " (allowed: ", absl::StrJoin(allowed, ", "),
+                                                    ")"));
+  }
+  return absl::OkStatus();
+}
+
+void Server::StartConnection(runtime::EventLoop* loop_ptr,
+                             std::unique_ptr<transport::ByteStream> stream,
+                             std::string peer_identity) {
+  runtime::EventLoop& loop = *loop_ptr;
   transport::ConnectionOptions copts;
   copts.limits = options_.limits;
-  auto conn = std::make_shared<ServerConnection>(
-      this, counter_, &loop, std::make_unique<transport::TcpStream>(fd, std::move(peer)), copts);
+  auto conn = std::make_shared<ServerConnection>(this, counter_, &loop, std::move(stream), copts,
+                                                 std::move(peer_identity));
   {
     core::MutexLock lock(&mu_);
     if (shut_down_) return;  // conn's destructor closes the fd
@@ -805,6 +885,12 @@ void Server::Shutdown(absl::Duration drain_timeout) {
   if (!started_ || !runtime_) return;
   if (acceptor_) {
     runtime_->loop(0).RunAndWait([&] { acceptor_->Stop(); });
+  }
+  {
+    // TLS handshakes still running end now (their ends run on the loops,
+    // which are flushed below before the runtime goes).
+    core::MutexLock lock(&mu_);
+    for (auto& [raw, hs] : handshakes_) hs->Cancel(absl::CancelledError("server shutting down"));
   }
   std::vector<std::shared_ptr<ServerConnection>> conns;
   {

@@ -36,6 +36,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -54,11 +55,17 @@
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/runtime/thread_pool.h"
 #include "meshlib/server/concurrency_limiter.h"
+#include "meshlib/transport/byte_stream.h"
 #include "meshlib/transport/frame.h"
 
 namespace meshlib::admin {
 class AdminServer;
 }  // namespace meshlib::admin
+
+namespace meshlib::tls {
+class CredentialsWatcher;
+class Handshake;
+}  // namespace meshlib::tls
 
 namespace meshlib::server {
 
@@ -109,6 +116,16 @@ struct ServerOptions {
   // null), and /server.json (this server's stats). It closes when the
   // server has shut down. Empty (the default): none.
   std::string admin_address;
+  // TLS on the port (tls/credentials.h, role kServer): every connection
+  // starts with a TLS 1.3 handshake, with the credentials current then (so
+  // rotated files apply to new connections only). With a CA in it, clients
+  // must present a certificate that chains to it. Null: plaintext.
+  std::shared_ptr<tls::CredentialsWatcher> tls;
+  // With `tls`: the client identities (SPIFFE IDs) allowed per method; a
+  // method not listed takes the watcher's options().identities (empty:
+  // any client the CA signed). A caller without an identity gets
+  // UNAUTHENTICATED, one not allowed PERMISSION_DENIED, naming both.
+  std::map<std::string, std::vector<std::string>> method_identities;
 };
 
 // One registered method's metrics: found once, at Start.
@@ -140,6 +157,9 @@ struct ServerStats {
   // Connections accepted, and closed, since Start.
   int64_t connections_opened = 0;
   int64_t connections_closed = 0;
+  // TLS handshakes that failed (untrusted or missing client certificates,
+  // plaintext or garbage clients, timeouts).
+  int64_t tls_handshake_failures = 0;
 };
 
 class ServerConnection;
@@ -164,6 +184,9 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   // right away on the calling thread if the call already is cancelled.
   void OnCancel(absl::AnyInvocable<void()> fn);
   const std::string& peer() const;
+  // The caller's SPIFFE ID as its TLS certificate proved it; "" on a
+  // plaintext server or for a client without one.
+  const std::string& peer_identity() const;
   // The reactor that owns this call's connection: for timers in async
   // handlers. Valid until the server shuts down.
   runtime::Executor& executor() const;
@@ -282,6 +305,11 @@ class Server {
   };
   const Method* FindMethod(absl::string_view name) const;
   void OnAccepted(int fd, std::string peer);
+  // A connected stream (TCP, or TLS after its handshake) starts serving.
+  void StartConnection(runtime::EventLoop* loop, std::unique_ptr<transport::ByteStream> stream,
+                       std::string peer_identity);
+  // With TLS: whether `identity` may call `method`.
+  absl::Status Authorize(const std::string& method, const std::string& identity) const;
   void OnConnectionClosed(ServerConnection* conn);
   bool Serving() const;
 
@@ -311,6 +339,9 @@ class Server {
       ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<absl::AnyInvocable<void()>> pre_shutdown_hooks_ ABSL_GUARDED_BY(mu_);
+  // TLS handshakes running; Shutdown cancels them.
+  absl::flat_hash_map<tls::Handshake*, std::shared_ptr<tls::Handshake>> handshakes_
+      ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace meshlib::server

@@ -22,6 +22,20 @@ FramedConnection::FramedConnection(runtime::EventLoop* loop,
 
 FramedConnection::~FramedConnection() = default;
 
+namespace {
+
+// TLS records (an alert, a handshake) where frames should be: the peer
+// speaks TLS and this side does not.
+bool LooksLikeTls(absl::string_view bytes) {
+  return bytes.size() >= 3 && bytes[0] >= 0x14 && bytes[0] <= 0x17 && bytes[1] == 0x03 &&
+         static_cast<uint8_t>(bytes[2]) <= 0x04;
+}
+
+constexpr char kTlsHint[] =
+    " (the peer speaks TLS: does this side need TLS settings for it?)";
+
+}  // namespace
+
 void FramedConnection::Start() {
   loop_->Post([self = shared_from_this()] {
     if (self->closed()) return;
@@ -231,7 +245,10 @@ absl::Status FramedConnection::ReadAndDispatchLocked() {
       return have == 0 ? absl::UnavailableError(absl::StrCat("connection closed by ", peer()))
                        : absl::DataLossError(absl::StrCat(
                              "connection closed by ", peer(), " in the middle of a frame (",
-                             have, " bytes of it received)"));
+                             have, " bytes of it received)",
+                             LooksLikeTls(absl::string_view(in_.data() + in_begin_, have))
+                                 ? kTlsHint
+                                 : ""));
     }
     if (r.kind == IoResult::kError) return r.error;
     in_end_ += r.bytes;
@@ -244,8 +261,8 @@ absl::Status FramedConnection::ReadAndDispatchLocked() {
       absl::string_view avail(in_.data() + in_begin_, in_end_ - in_begin_);
       absl::Status s = DecodeFrame(avail, options_.limits, &frame, &used);
       if (!s.ok()) {
-        return absl::Status(s.code(),
-                            absl::StrCat("protocol error from ", peer(), ": ", s.message()));
+        return absl::Status(s.code(), absl::StrCat("protocol error from ", peer(), ": ",
+                                                   s.message(), LooksLikeTls(avail) ? kTlsHint : ""));
       }
       if (used == 0) break;
       in_begin_ += used;

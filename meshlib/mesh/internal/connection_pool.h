@@ -28,7 +28,10 @@ class ConnectionPool {
     if (shut_down_) {
       return absl::CancelledError(absl::StrCat("mesh closed: no new connection to ", address));
     }
-    auto& slot = pool_[absl::StrCat(address, "#", options.connections)];
+    // Services calling one address with different TLS settings get
+    // different connections.
+    auto& slot = pool_[absl::StrCat(address, "#", options.connections, "#",
+                                    reinterpret_cast<uintptr_t>(options.tls.get()))];
     if (auto ch = slot.lock()) return std::shared_ptr<client::EndpointChannel>(ch);
     auto created = client::Channel::Create(address, options);
     if (!created.ok()) return created.status();

@@ -13,9 +13,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "meshlib/config/config.h"
 #include "meshlib/core/log.h"
 #include "meshlib/discovery/resolver.h"
+#include "meshlib/tls/credentials.h"
 #include "meshlib/mesh/internal/connection_pool.h"
 #include "meshlib/mesh/internal/stack.h"
 #include "meshlib/mesh/mesh.h"
@@ -44,6 +46,29 @@ struct MeshCore {
   std::map<std::string, DiscoveryEntry> discoveries;  // guarded by discovery_mu
 
   const std::shared_ptr<ConnectionPool> pool = std::make_shared<ConnectionPool>();
+
+  // TLS credentials by their settings, shared by the services (and the
+  // reloads) that use the same ones: one file watcher, one session cache.
+  std::mutex tls_mu;
+  std::map<std::string, std::weak_ptr<tls::CredentialsWatcher>> tls_watchers;  // guarded by tls_mu
+
+  absl::StatusOr<std::shared_ptr<tls::CredentialsWatcher>> TlsFor(const tls::TlsOptions& o,
+                                                                  const std::string& path) {
+    std::string key = absl::StrCat(o.ca_file, "\n", o.cert_file, "\n", o.key_file, "\n",
+                                   o.server_name, "\n", absl::StrJoin(o.identities, ","), "\n",
+                                   absl::FormatDuration(o.handshake_timeout), "\n",
+                                   absl::FormatDuration(o.reload_interval));
+    std::lock_guard<std::mutex> lock(tls_mu);
+    if (auto w = tls_watchers[key].lock()) return w;
+    auto made = tls::CredentialsWatcher::Start(o, tls::Role::kClient);
+    if (!made.ok()) {
+      std::string m(made.status().message());
+      if (m.rfind("tls.", 0) == 0) m = absl::StrCat(path, ".", m.substr(4));
+      return absl::Status(made.status().code(), m);
+    }
+    tls_watchers[key] = *made;
+    return *made;
+  }
 
   // Stacks replaced by a reload (or whose Client went away), closed on the
   // control loop once no call holds them, or when the mesh's drain_timeout

@@ -43,6 +43,12 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   o.channel.runtime = core.runtime;
   o.channel.default_timeout = svc->timeout;
   o.channel.connections = cfg->mesh.connections_per_endpoint;
+  if (const tls::TlsOptions* t = cfg->TlsFor(*svc)) {
+    auto watcher = core.TlsFor(
+        *t, svc->tls.has_value() ? absl::StrCat("services.", name, ".tls") : "mesh.tls");
+    if (!watcher.ok()) return watcher.status();
+    o.channel.tls = *std::move(watcher);
+  }
   o.load_balancer = svc->load_balancer_list;
   // The typed configuration is the only parse of the policies.
   client::ServiceChannelOptions::Policies policies;
