@@ -23,10 +23,13 @@
 #   --payload=N         bytes per request and reply (default 64)
 #   --connections=N     throughput: connections (default 4)
 #   --inflight=N        throughput: calls in flight in total (default 32)
-#   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib,mesh
-#                       (default all). "meshlib" drives a bare client::Channel;
-#                       "mesh" calls through a mesh Client (the whole stack over
-#                       a static discovery of the server), as applications do
+#   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib,mesh,
+#                       mesh_tls,grpc_tls (default: the first four). "meshlib"
+#                       drives a bare client::Channel; "mesh" calls through a
+#                       mesh Client (the whole stack over a static discovery of
+#                       the server), as applications do. "mesh_tls" and
+#                       "grpc_tls" are "mesh" and "grpc" over mutual TLS 1.3
+#                       (certificates made with the openssl CLI for the run)
 #   --server-threads=N  I/O threads of every server (default 1): raw TCP, gRPC
 #                       and meshlib alike
 #   --busy-poll-us=N    meshlib only: reactor busy polling after work, in
@@ -105,7 +108,8 @@ readonly run_ms=$(( duration_value_ms + warmup_value_ms ))
 
 IFS=',' read -r -a selected <<<"${systems}"
 for s in "${selected[@]}"; do
-  case "${s}" in raw_tcp | grpc | meshlib | mesh) ;; *) die "unknown system '${s}' in --systems" ;; esac
+  case "${s}" in raw_tcp | grpc | meshlib | mesh | mesh_tls | grpc_tls) ;;
+    *) die "unknown system '${s}' in --systems" ;; esac
 done
 
 server_cpu=()
@@ -175,12 +179,16 @@ declare -A server_target=(
   [grpc]=//benchmarks:grpc_echo_server
   [meshlib]=//examples/echo:echo_server
   [mesh]=//examples/echo:echo_server
+  [mesh_tls]=//examples/echo:echo_server
+  [grpc_tls]=//benchmarks:grpc_echo_server
 )
 declare -A client_target=(
   [raw_tcp]=//benchmarks:raw_echo_client
   [grpc]=//benchmarks:grpc_echo_client
   [meshlib]=//benchmarks:meshlib_echo_client
   [mesh]=//benchmarks:meshlib_echo_client
+  [mesh_tls]=//benchmarks:meshlib_echo_client
+  [grpc_tls]=//benchmarks:grpc_echo_client
 )
 declare -A status=()  # system -> "" (ready) or why it has no numbers
 
@@ -284,6 +292,8 @@ run_client() {
   local extra_client_flags=()
   if [[ "${s}" == meshlib ]]; then extra_client_flags=(--busy_poll_us="${busy_poll_us}"); fi
   if [[ "${s}" == mesh ]]; then extra_client_flags=(--mesh); fi
+  if [[ "${s}" == mesh_tls ]]; then extra_client_flags=(--mesh "${tls_client_flags[@]}"); fi
+  if [[ "${s}" == grpc_tls ]]; then extra_client_flags=("${tls_client_flags[@]}"); fi
   # Clients stop themselves; this only catches a hung one.
   local limit_s=$(( run_ms / 1000 + 60 ))
   echo "running ${s} ${mode} ..." >&2
@@ -310,6 +320,37 @@ run_client() {
   results["${s}.${mode}"]="${line}"
 }
 
+# Certificates for the TLS systems: a CA, a server leaf (SPIFFE ID, and
+# IP 127.0.0.1 for gRPC's hostname check) and a client leaf, ECDSA P-256.
+tls_dir="${workdir}/tls"
+tls_client_flags=()
+tls_server_flags=()
+make_certs() {
+  mkdir -p "${tls_dir}"
+  (
+    cd "${tls_dir}"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+      -out ca.crt -days 2 -subj /CN=bench-ca -addext basicConstraints=critical,CA:TRUE \
+      -addext keyUsage=critical,keyCertSign,cRLSign
+    for leaf in server client; do
+      printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n%s\n%s\n' \
+        "extendedKeyUsage=serverAuth,clientAuth" \
+        "subjectAltName=URI:spiffe://bench.test/${leaf},DNS:localhost,IP:127.0.0.1" >"${leaf}.ext"
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "${leaf}.key" \
+        -out "${leaf}.csr" -subj "/CN=${leaf}"
+      openssl x509 -req -in "${leaf}.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -out "${leaf}.crt" -days 2 -extfile "${leaf}.ext"
+    done
+  ) >"${workdir}/certs.log" 2>&1 || { cat "${workdir}/certs.log" >&2; die "openssl failed"; }
+  tls_client_flags=(--tls_ca="${tls_dir}/ca.crt" --tls_cert="${tls_dir}/client.crt"
+                    --tls_key="${tls_dir}/client.key")
+  tls_server_flags=(--tls_ca="${tls_dir}/ca.crt" --tls_cert="${tls_dir}/server.crt"
+                    --tls_key="${tls_dir}/server.key")
+}
+for s in "${selected[@]}"; do
+  if [[ "${s}" == *_tls ]]; then make_certs; break; fi
+done
+
 declare -A results=()
 failed=0
 for s in "${selected[@]}"; do
@@ -320,6 +361,10 @@ for s in "${selected[@]}"; do
     grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
     meshlib | mesh) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
                                 --busy_poll_us="${busy_poll_us}") ;;
+    mesh_tls) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
+                          --busy_poll_us="${busy_poll_us}" "${tls_server_flags[@]}") ;;
+    grpc_tls) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}"
+                          "${tls_server_flags[@]}") ;;
   esac
   if ! start_server "${s}" "${server_cmd[@]}"; then
     status[${s}]="server did not start"
@@ -361,6 +406,8 @@ percent() {
 raw_pp="${results[raw_tcp.pingpong]:-}"
 raw_tp="${results[raw_tcp.throughput]:-}"
 grpc_tp="${results[grpc.throughput]:-}"
+mesh_pp="${results[mesh.pingpong]:-}"
+mesh_tp="${results[mesh.throughput]:-}"
 
 echo
 echo "meshlib end-to-end echo benchmark: ${payload}-byte payload, loopback," \
@@ -397,6 +444,15 @@ for s in "${selected[@]}"; do
     "$(us "$(field "${line}" p50_us)")" "$(us "$(field "${line}" p99_us)")" \
     "$(us "$(field "${line}" p999_us)")"
 done
+if [[ -n "${results[mesh_tls.throughput]:-}" && -n "${mesh_tp}" ]]; then
+  echo
+  echo "TLS against plaintext, meshlib's whole stack: throughput" \
+    "$(percent "$(field "${results[mesh_tls.throughput]}" qps)" "$(field "${mesh_tp}" qps)")" \
+    "of plaintext; throughput p50 $(times "$(field "${results[mesh_tls.throughput]}" p50_us)" \
+    "$(field "${mesh_tp}" p50_us)") plaintext's; ping-pong p50" \
+    "$(times "$(field "${results[mesh_tls.pingpong]:-}" p50_us)" "$(field "${mesh_pp}" p50_us)")" \
+    "plaintext's"
+fi
 echo
 echo "JSON lines: ${out}"
 exit "${failed}"

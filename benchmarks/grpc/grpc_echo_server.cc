@@ -16,7 +16,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <utility>
@@ -33,6 +35,24 @@
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
 ABSL_FLAG(int, port, 0, "TCP port; 0 picks a free one (printed on stdout).");
 ABSL_FLAG(int, threads, 1, "Completion queues, each with its own thread.");
+ABSL_FLAG(std::string, tls_cert, "", "Serve TLS with this PEM certificate (and --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "The PEM key of --tls_cert.");
+ABSL_FLAG(std::string, tls_ca, "", "With --tls_cert: require client certificates from this CA.");
+
+namespace {
+// A whole file, or "" for an empty path; exits when it cannot be read.
+std::string ReadFileOrDie(const std::string& path) {
+  if (path.empty()) return "";
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (!in) {
+    std::fprintf(stderr, "grpc_echo_server: cannot read %s\n", path.c_str());
+    std::exit(2);
+  }
+  return ss.str();
+}
+}  // namespace
 
 namespace meshlib::bench {
 namespace {
@@ -169,8 +189,21 @@ int Main() {
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string host = absl::GetFlag(FLAGS_host);
-  builder.AddListeningPort(host + ":" + std::to_string(absl::GetFlag(FLAGS_port)),
-                           grpc::InsecureServerCredentials(), &port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+    // TLS (gRPC's own, on OpenSSL) with a client certificate required, as
+    // mutual TLS in a mesh.
+    grpc::SslServerCredentialsOptions ssl(
+        absl::GetFlag(FLAGS_tls_ca).empty()
+            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = ReadFileOrDie(absl::GetFlag(FLAGS_tls_ca));
+    ssl.pem_key_cert_pairs.push_back({ReadFileOrDie(absl::GetFlag(FLAGS_tls_key)),
+                                      ReadFileOrDie(absl::GetFlag(FLAGS_tls_cert))});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(host + ":" + std::to_string(absl::GetFlag(FLAGS_port)), credentials,
+                           &port);
   builder.RegisterAsyncGenericService(&service);
   std::vector<std::unique_ptr<ServingQueue>> queues;
   for (int i = 0; i < threads; ++i) {

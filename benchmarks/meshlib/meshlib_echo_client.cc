@@ -18,6 +18,7 @@
 #include "benchmarks/common/bench_stats.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/mesh/mesh.h"
+#include "meshlib/tls/credentials.h"
 
 ABSL_FLAG(std::string, address, "127.0.0.1:7000", "Server as host:port.");
 ABSL_FLAG(std::string, mode, "pingpong", "pingpong or throughput.");
@@ -37,6 +38,11 @@ ABSL_FLAG(bool, mesh, false,
           "instead of a bare client::Channel. Its reactor threads and connections come from "
           "mesh.json's io_threads and connections_per_endpoint (set from --io_threads and "
           "--connections); --busy_poll_us and --blocking_spin_us apply to the bare channel only.");
+
+ABSL_FLAG(std::string, tls_ca, "",
+          "Call over mutual TLS, trusting this PEM CA (with --tls_cert and --tls_key).");
+ABSL_FLAG(std::string, tls_cert, "", "With --tls_ca: this client's PEM certificate.");
+ABSL_FLAG(std::string, tls_key, "", "With --tls_ca: the PEM key of --tls_cert.");
 
 namespace {
 
@@ -74,11 +80,28 @@ int main(int argc, char** argv) {
   std::unique_ptr<meshlib::mesh::Mesh> mesh;
   std::shared_ptr<meshlib::mesh::Client> client;
   meshlib::client::Caller* caller = nullptr;
+  const bool tls = !absl::GetFlag(FLAGS_tls_ca).empty();
+  std::string tls_block;
+  if (tls) {
+    meshlib::tls::TlsOptions t;
+    t.ca_file = absl::GetFlag(FLAGS_tls_ca);
+    t.cert_file = absl::GetFlag(FLAGS_tls_cert);
+    t.key_file = absl::GetFlag(FLAGS_tls_key);
+    auto w = meshlib::tls::CredentialsWatcher::Start(t, meshlib::tls::Role::kClient);
+    if (!w.ok()) return Fail(std::string(w.status().message()));
+    opts.tls = *std::move(w);
+    tls_block = absl::StrCat(R"(, "tls": {"ca_file": ")", t.ca_file, R"(")",
+                             t.cert_file.empty()
+                                 ? ""
+                                 : absl::StrCat(R"(, "cert_file": ")", t.cert_file,
+                                                R"(", "key_file": ")", t.key_file, R"(")"),
+                             "}");
+  }
   if (absl::GetFlag(FLAGS_mesh)) {
     auto cfg = meshlib::config::ParseMeshConfig(absl::StrCat(
         R"({"mesh": {"io_threads": )", opts.io_threads, R"(, "connections_per_endpoint": )",
         opts.connections, R"(}, "services": {"echo": {"discovery": {"static": {"endpoints": [")",
-        absl::GetFlag(FLAGS_address), R"("]}}, "timeout": "10s"}}})"));
+        absl::GetFlag(FLAGS_address), R"("]}}, "timeout": "10s")", tls_block, "}}}"));
     if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
     auto m = meshlib::mesh::Mesh::Create(*std::move(cfg));
     if (!m.ok()) return Fail(std::string(m.status().message()));
@@ -106,7 +129,7 @@ int main(int argc, char** argv) {
   const int64_t warmup_end = NowNs() + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_warmup));
   const int64_t end = warmup_end + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_duration));
   meshlib::bench::RunResult result;
-  result.system = client != nullptr ? "mesh" : "meshlib";
+  result.system = absl::StrCat(client != nullptr ? "mesh" : "meshlib", tls ? "_tls" : "");
   result.mode = mode;
 
   if (pingpong) {

@@ -290,6 +290,13 @@ std::string Client::Describe() const {
     }
     line(role, text);
   }
+  if (const tls::TlsOptions* t = s->mesh_config->TlsFor(svc)) {
+    auto w = core_->TlsFor(*t, svc.tls.has_value() ? absl::StrCat("services.", service_, ".tls")
+                                                   : "mesh.tls");
+    line("tls", w.ok() ? (*w)->Describe() : std::string(w.status().message()));
+  } else {
+    line("tls", "none: plaintext");
+  }
   std::vector<std::string> eps;
   for (const client::EndpointState& e : s->all->EndpointStates()) {
     eps.push_back(absl::StrCat(e.address, " ", e.healthy ? "healthy" : "out", e.outlier != "healthy" ? absl::StrCat(" (", e.outlier, ")") : ""));
@@ -367,6 +374,11 @@ std::vector<metrics::CollectedFamily> MeshMetricFamilies() {
       {"meshlib_client_connections_closed_total",
        "Connections to the endpoint that closed (lost, drained or shut).", Type::kCounter},
       {"meshlib_client_connections", "Connections to the endpoint ready now.", Type::kGauge},
+      {"meshlib_tls_certificate_expiry_timestamp_seconds",
+       "When the certificate this side presents expires (Unix time).", Type::kGauge},
+      {"meshlib_tls_reload_errors_total",
+       "Changed TLS files that failed their checks (the old credentials were kept).",
+       Type::kCounter},
       {"meshlib_mesh_reloads_total", "Configurations applied after the first.",
        Type::kCounter},
       {"meshlib_mesh_reloads_rejected_total", "Configuration documents rejected.",
@@ -406,6 +418,24 @@ void CollectMeshMetrics(internal::MeshCore& core, std::vector<metrics::Sample>* 
     out->push_back(
         {"meshlib_client_connections_closed_total", labels, static_cast<double>(c.closed)});
     out->push_back({"meshlib_client_connections", labels, static_cast<double>(c.ready)});
+  }
+  std::vector<std::shared_ptr<tls::CredentialsWatcher>> watchers;
+  {
+    std::lock_guard<std::mutex> lock(core.tls_mu);
+    for (const auto& [key, weak] : core.tls_watchers) {
+      if (auto w = weak.lock()) watchers.push_back(std::move(w));
+    }
+  }
+  for (const auto& w : watchers) {
+    const tls::CredentialsStats st = w->stats();
+    const std::vector<std::pair<std::string, std::string>> labels = {
+        {"side", "client"}, {"identity", st.identity}, {"certificate", w->options().cert_file}};
+    if (st.not_after != absl::InfiniteFuture()) {
+      out->push_back({"meshlib_tls_certificate_expiry_timestamp_seconds", labels,
+                      absl::ToDoubleSeconds(st.not_after - absl::UnixEpoch())});
+    }
+    out->push_back(
+        {"meshlib_tls_reload_errors_total", labels, static_cast<double>(st.reload_errors)});
   }
   out->push_back({"meshlib_mesh_reloads_total", {}, static_cast<double>(reload.applied)});
   out->push_back(

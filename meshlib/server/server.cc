@@ -693,9 +693,18 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
           "The adaptive concurrency limit now (0: disabled).", Type::kGauge},
          {"meshlib_server_connections_opened_total", "Connections accepted.", Type::kCounter},
          {"meshlib_server_connections_closed_total", "Connections closed.", Type::kCounter},
-         {"meshlib_server_connections", "Connections open now.", Type::kGauge}},
-        [weak = std::weak_ptr<CallCounter>(counter_),
-         address = address_](std::vector<metrics::Sample>* out) {
+         {"meshlib_server_connections", "Connections open now.", Type::kGauge},
+         {"meshlib_server_tls_handshake_failures_total",
+          "TLS handshakes that failed (untrusted or missing certificates, plaintext or garbage "
+          "clients, timeouts).",
+          Type::kCounter},
+         {"meshlib_tls_certificate_expiry_timestamp_seconds",
+          "When the certificate this side presents expires (Unix time).", Type::kGauge},
+         {"meshlib_tls_reload_errors_total",
+          "Changed TLS files that failed their checks (the old credentials were kept).",
+          Type::kCounter}},
+        [weak = std::weak_ptr<CallCounter>(counter_), address = address_,
+         tls = options_.tls](std::vector<metrics::Sample>* out) {
           std::shared_ptr<CallCounter> c = weak.lock();
           if (c == nullptr) return;
           const std::vector<std::pair<std::string, std::string>> labels = {{"server", address}};
@@ -711,6 +720,22 @@ absl::StatusOr<int> Server::Start(absl::string_view address) {
           add("meshlib_server_connections_opened_total", opened);
           add("meshlib_server_connections_closed_total", closed);
           add("meshlib_server_connections", opened - closed);
+          if (tls != nullptr) {
+            add("meshlib_server_tls_handshake_failures_total",
+                c->tls_handshake_failures.load(std::memory_order_relaxed));
+            const tls::CredentialsStats st = tls->stats();
+            const std::vector<std::pair<std::string, std::string>> tls_labels = {
+                {"side", "server"},
+                {"identity", st.identity},
+                {"certificate", tls->options().cert_file},
+                {"server", address}};
+            if (st.not_after != absl::InfiniteFuture()) {
+              out->push_back({"meshlib_tls_certificate_expiry_timestamp_seconds", tls_labels,
+                              absl::ToDoubleSeconds(st.not_after - absl::UnixEpoch())});
+            }
+            out->push_back({"meshlib_tls_reload_errors_total", tls_labels,
+                            static_cast<double>(st.reload_errors)});
+          }
         });
   }
   if (!options_.admin_address.empty()) {

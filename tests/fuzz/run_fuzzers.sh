@@ -90,5 +90,17 @@ run_fuzzer http_response_parser meshlib/etcd/http_parser.cc tests/fuzz/http_resp
 run_fuzzer etcd_watch_stream meshlib/etcd/internal/etcd_json.cc tests/fuzz/etcd_watch_stream_fuzzer.cc
 run_fuzzer http_request_parser meshlib/admin/http_request.cc tests/fuzz/http_request_parser_fuzzer.cc
 
+# TLS: BoringSSL's headers (/usr/include/android) shadow OpenSSL's, and its
+# libraries are linked by path; the server's certificate is made here.
+tls_cert_dir="${out_dir}/tls_cert"
+mkdir -p "${tls_cert_dir}"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout "${tls_cert_dir}/key.pem" -out "${tls_cert_dir}/cert.pem" -days 30 -subj /CN=fuzz \
+  -addext "subjectAltName=URI:spiffe://mesh.test/fuzz" >/dev/null 2>&1
+export MESHLIB_FUZZ_CERT_DIR="${tls_cert_dir}"
+run_fuzzer tls_handshake meshlib/tls/spiffe.cc meshlib/tls/tls_errors.cc \
+  tests/fuzz/tls_handshake_fuzzer.cc -I/usr/include/android \
+  -L/usr/lib/x86_64-linux-gnu/android -Wl,-rpath,/usr/lib/x86_64-linux-gnu/android -lssl -lcrypto
+
 echo "== output in ${out_dir}"
 exit "${status}"
