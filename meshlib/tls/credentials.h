@@ -26,8 +26,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "meshlib/core/sync.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_st SSL;
@@ -163,7 +163,7 @@ class CredentialsWatcher {
   std::shared_ptr<Credentials> current_;  // guarded by mu_
   std::vector<FileState> seen_;           // guarded by mu_
   CredentialsStats stats_;                // guarded by mu_
-  absl::Notification stop_;
+  core::Notification stop_;
   std::thread thread_;
 };
 

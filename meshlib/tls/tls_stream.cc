@@ -118,10 +118,26 @@ IoResult TlsStream::Fail(int ret, const char* what) {
 IoResult TlsStream::Read(char* buf, size_t len) {
   std::lock_guard<std::mutex> lock(mu_);
   if (fd_ < 0) return {IoResult::kEof, 0, {}};
-  ERR_clear_error();
-  const int n = SSL_read(ssl_, buf, static_cast<int>(std::min<size_t>(len, 1 << 30)));
-  if (n > 0) return {IoResult::kOk, static_cast<size_t>(n), {}};
-  return Fail(n, "read");
+  // SSL_read gives one record at a time, and records already taken off the
+  // socket no longer wake the reactor: read until the buffer is full or
+  // the socket has nothing more, as a TCP read would. (The framing reads
+  // again only when the buffer came back full.)
+  size_t got = 0;
+  while (got < len) {
+    ERR_clear_error();
+    const int n = SSL_read(ssl_, buf + got, static_cast<int>(std::min<size_t>(len - got, 1 << 30)));
+    if (n > 0) {
+      got += static_cast<size_t>(n);
+      continue;
+    }
+    if (got > 0) {
+      // What is read goes up now; an error or EOF shows on the next read.
+      ERR_clear_error();
+      break;
+    }
+    return Fail(n, "read");
+  }
+  return {IoResult::kOk, got, {}};
 }
 
 IoResult TlsStream::Write(const iovec* iov, int iovcnt) {
@@ -147,6 +163,11 @@ IoResult TlsStream::Write(const iovec* iov, int iovcnt) {
     }
   }
   return {IoResult::kOk, total, {}};
+}
+
+size_t TlsStream::BufferedBytes() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return fd_ < 0 ? 0 : static_cast<size_t>(SSL_pending(ssl_));
 }
 
 void TlsStream::Close() {

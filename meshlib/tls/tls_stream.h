@@ -45,6 +45,7 @@ class TlsStream final : public transport::ByteStream {
   int fd() const override { return fd_; }
   transport::IoResult Read(char* buf, size_t len) override;
   transport::IoResult Write(const iovec* iov, int iovcnt) override;
+  size_t BufferedBytes() override;
   void Close() override;
   const std::string& peer() const override { return peer_; }
 

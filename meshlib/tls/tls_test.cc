@@ -19,8 +19,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/testing/subprocess.h"
 #include "meshlib/testing/test_certs.h"
@@ -125,7 +125,7 @@ class TlsTest : public ::testing::Test {
 
   // Runs one side's handshake on the loop and waits for it.
   std::shared_ptr<Handshake> StartSide(int fd, const CredentialsWatcher& creds, Role role,
-                                       Outcome* out, absl::Notification* done) {
+                                       Outcome* out, core::Notification* done) {
     return Handshake::Start(loop_.get(), fd, "127.0.0.1:1", creds, role,
                             [out, done](absl::StatusOr<std::unique_ptr<TlsStream>> r) {
                               if (r.ok()) {
@@ -142,7 +142,7 @@ class TlsTest : public ::testing::Test {
                                          const CredentialsWatcher& server) {
     auto [c, s] = SocketPair();
     Outcome co, so;
-    absl::Notification cd, sd;
+    core::Notification cd, sd;
     StartSide(c, client, Role::kClient, &co, &cd);
     StartSide(s, server, Role::kServer, &so, &sd);
     EXPECT_TRUE(cd.WaitForNotificationWithTimeout(absl::Seconds(20)));
@@ -419,7 +419,7 @@ TEST_F(TlsTest, PlaintextPeersAndSilentOnesFailFastAndSaySo) {
     // A plaintext client (meshlib's framing) on a TLS port.
     auto [c, s] = SocketPair();
     Outcome so;
-    absl::Notification sd;
+    core::Notification sd;
     StartSide(s, *server, Role::kServer, &so, &sd);
     std::string frame("\x00\x00\x00\x01\x01\x00\x00\x00\x00\x00\x00\x05hello", 17);
     ASSERT_EQ(write(c, frame.data(), frame.size()), static_cast<ssize_t>(frame.size()));
@@ -431,7 +431,7 @@ TEST_F(TlsTest, PlaintextPeersAndSilentOnesFailFastAndSaySo) {
     // A TLS client on a plaintext port: the server answers with its framing.
     auto [c, s] = SocketPair();
     Outcome co2;
-    absl::Notification cd;
+    core::Notification cd;
     StartSide(c, *client, Role::kClient, &co2, &cd);
     char buf[512];
     pollfd p{s, POLLIN, 0};
@@ -448,7 +448,7 @@ TEST_F(TlsTest, PlaintextPeersAndSilentOnesFailFastAndSaySo) {
     // A server that hangs up at the ClientHello.
     auto [c, s] = SocketPair();
     Outcome co2;
-    absl::Notification cd;
+    core::Notification cd;
     StartSide(c, *client, Role::kClient, &co2, &cd);
     close(s);
     ASSERT_TRUE(cd.WaitForNotificationWithTimeout(absl::Seconds(10)));
@@ -459,7 +459,7 @@ TEST_F(TlsTest, PlaintextPeersAndSilentOnesFailFastAndSaySo) {
     // A server that never answers: the handshake timeout.
     auto [c, s] = SocketPair();
     Outcome co2;
-    absl::Notification cd;
+    core::Notification cd;
     const absl::Time start = absl::Now();
     StartSide(c, *client, Role::kClient, &co2, &cd);
     ASSERT_TRUE(cd.WaitForNotificationWithTimeout(absl::Seconds(10)));
@@ -483,7 +483,7 @@ TEST_F(TlsTest, GarbageAndTruncatedHandshakesEndCleanly) {
   for (const std::string& in : inputs) {
     auto [c, s] = SocketPair();
     Outcome so;
-    absl::Notification sd;
+    core::Notification sd;
     StartSide(s, *server, Role::kServer, &so, &sd);
     ASSERT_EQ(write(c, in.data(), in.size()), static_cast<ssize_t>(in.size()));
     shutdown(c, SHUT_WR);  // then nothing more
@@ -628,7 +628,7 @@ TEST_F(TlsTest, OpensslPeers) {
   ASSERT_GE(fd, 0) << "s_server did not start: " << s_server.err();
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   Outcome co;
-  absl::Notification cd;
+  core::Notification cd;
   StartSide(fd, *client, Role::kClient, &co, &cd);
   ASSERT_TRUE(cd.WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_TRUE(absl::StrContains(co.status.message(), "the server's certificate has expired"))
@@ -657,7 +657,7 @@ TEST_F(TlsTest, OpensslPeers) {
   close(listener);
   fcntl(accepted, F_SETFL, fcntl(accepted, F_GETFL) | O_NONBLOCK);
   Outcome so;
-  absl::Notification sd;
+  core::Notification sd;
   StartSide(accepted, *server, Role::kServer, &so, &sd);
   ASSERT_TRUE(sd.WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(so.status.ok()) << so.status << "; s_client said: " << s_client.err();

@@ -46,6 +46,11 @@ class ByteStream {
   // reads (a TLS handshake or renegotiation). Plain TCP never does.
   virtual bool WantsWritable() const { return false; }
 
+  // Bytes the stream has taken off the socket and not handed out yet (a
+  // TLS record's rest): the fd will not signal them, so a reader must not
+  // wait for it while this is non-zero. Plain TCP has none.
+  virtual size_t BufferedBytes() { return 0; }
+
   // Closes both directions. Idempotent.
   virtual void Close() = 0;
 

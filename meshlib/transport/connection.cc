@@ -169,7 +169,8 @@ bool FramedConnection::ReadInline(absl::Duration timeout) {
   int ms = timeout <= absl::ZeroDuration()
                ? 0
                : static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(timeout, absl::Milliseconds(1))));
-  if (poll(&p, 1, ms) <= 0) return !closed();
+  // Bytes a TLS stream already holds do not show on the fd.
+  if (stream_->BufferedBytes() == 0 && poll(&p, 1, ms) <= 0) return !closed();
   absl::Status status;
   {
     ReadLock lock(this);
@@ -199,6 +200,13 @@ void FramedConnection::HandleReadable() {
     return;
   }
   if (close_done_) return;
+  if (stream_->BufferedBytes() > 0) {
+    // Read but not handed out (the read cap was reached inside a TLS
+    // record): the socket will not wake us for it.
+    loop_->Post([self = shared_from_this()] {
+      if (!self->close_done_) self->HandleReadable();
+    });
+  }
   // What this batch of frames made us send (replies, or the next calls of
   // pipelined callers) leaves now, in one write, when other connections are
   // still to be served in this iteration: the peer starts on it meanwhile.
