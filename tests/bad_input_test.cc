@@ -19,6 +19,9 @@
 #include "meshlib/client/channel.h"
 #include "meshlib/core/log.h"
 #include "meshlib/server/server.h"
+#include "meshlib/testing/subprocess.h"
+#include "meshlib/testing/test_certs.h"
+#include "meshlib/tls/credentials.h"
 #include "meshlib/transport/frame.h"
 #include "meshlib/transport/socket.h"
 
@@ -501,6 +504,76 @@ TEST(MisbehavingServerTest, ServerResetMidCallFailsTheCallWithUnavailable) {
   EXPECT_EQ(res.result.status.code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(absl::StrContains(res.result.status.message(), peer.address()))
       << res.result.status;
+}
+
+// A TLS server fed garbage, a truncated ClientHello then a close, a
+// truncated one then silence, and plaintext frames: each fails only that
+// handshake (counted, logged with its reason), and a good TLS client is
+// served throughout.
+TEST(BadTlsInputTest, BadHandshakesCloseOnlyTheirConnection) {
+  LogCapture logs;
+  testing::TestCerts certs = testing::TestCerts::Make();
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  ASSERT_TRUE(certs.Leaf("echo").ok());
+  tls::TlsOptions st;
+  st.cert_file = certs.Cert("echo");
+  st.key_file = certs.Key("echo");
+  st.handshake_timeout = absl::Milliseconds(300);
+  st.reload_interval = absl::ZeroDuration();
+  server::ServerOptions so;
+  so.io_threads = 1;
+  so.metrics = nullptr;
+  so.tls = tls::CredentialsWatcher::Start(st, tls::Role::kServer).value();
+  server::Server server(so);
+  ASSERT_TRUE(server
+                  .RegisterSync("Echo/Say",
+                                [](server::ServerCall& call, std::string* out) {
+                                  *out = call.request();
+                                  return absl::OkStatus();
+                                })
+                  .ok());
+  auto port = server.Start("127.0.0.1:0");
+  ASSERT_TRUE(port.ok()) << port.status();
+  tls::TlsOptions ct;
+  ct.ca_file = certs.ca();
+  ct.reload_interval = absl::ZeroDuration();
+  client::ChannelOptions co;
+  co.tls = tls::CredentialsWatcher::Start(ct, tls::Role::kClient).value();
+  auto good = client::Channel::Create(server.address(), co).value();
+  auto call = [&] { return good->CallBlocking("Echo/Say", "still here").status; };
+  ASSERT_TRUE(call().ok());
+
+  std::string garbage(3000, '\0');
+  for (size_t i = 0; i < garbage.size(); ++i) garbage[i] = static_cast<char>((i * 131 + 7) & 0xff);
+  const std::string truncated_hello("\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03\x11\x22", 13);
+  std::string plaintext_frame;
+  transport::AppendPing(&plaintext_frame, false, 42);
+  struct Case {
+    const char* what;
+    std::string bytes;
+    bool close_after;
+  };
+  const Case cases[] = {{"garbage", garbage, true},
+                        {"truncated ClientHello, then close", truncated_hello, true},
+                        {"truncated ClientHello, then silence", truncated_hello, false},
+                        {"a plaintext meshlib frame", plaintext_frame, false}};
+  int64_t failures = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    int fd = RawConnect(*port);
+    ASSERT_GE(fd, 0);
+    SendAll(fd, c.bytes);
+    if (c.close_after) shutdown(fd, SHUT_WR);
+    // Closed by the server: at once, or at the handshake timeout.
+    EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+    close(fd);
+    ++failures;
+    EXPECT_TRUE(testing::Eventually(
+        [&] { return server.stats().tls_handshake_failures >= failures; }, absl::Seconds(5)));
+    EXPECT_TRUE(call().ok());
+  }
+  EXPECT_TRUE(logs.WaitFor("does not speak TLS")) << logs.All();
+  EXPECT_TRUE(logs.WaitFor("did not finish within 300ms")) << logs.All();
 }
 
 }  // namespace
