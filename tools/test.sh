@@ -36,9 +36,13 @@ run_bazel_suite() {
   fi
   # A failed test's own log says why; CI keeps only this script's output,
   # so the end of each is printed again at the end (see below).
-  local test_log
-  while read -r test_log; do failed_logs+=("$label|$test_log"); done < <(
-    sed -nE 's/^FAIL: .* \(see (.*)\)$/\1/p' "$log")
+  # Copied now: a later pass (same output directory) overwrites it.
+  local test_log kept
+  while read -r test_log; do
+    kept="$log_dir/$label.$(echo "$test_log" | tr '/' '_' | tail -c 120)"
+    cp "$test_log" "$kept" 2>/dev/null || kept="$test_log"
+    failed_logs+=("$label|$kept")
+  done < <(sed -nE 's/^FAIL: .* \(see (.*)\)$/\1/p' "$log")
   while read -r line; do failures+=("$label: $line"); done < <(
     grep -E "^//[^ ]+ +(\(cached\) )?(FAILED|TIMEOUT|FLAKY|NO STATUS|INCOMPLETE)" "$log" | awk '{print $1}')
   passed=$((passed + p))

@@ -942,19 +942,23 @@ struct ServiceChannel::LiveCalls {
     st->live_linked = true;
     return true;
   }
-  // Takes a call out, as its callback is about to run: counted as
-  // finishing until Finished(shard).
-  Shard* RemoveFinishing(CallState* st) {
+  // A call whose outcome is claimed: counted as finishing until
+  // Finished(shard), after its callback returned.
+  Shard* BeginFinishing(CallState* st) {
+    Shard& s = ShardOf(this, st);
+    s.finishing.fetch_add(1, std::memory_order_acq_rel);
+    return &s;
+  }
+  // Takes a call out of the set.
+  void Unlink(CallState* st) {
     Shard& s = ShardOf(this, st);
     std::lock_guard<core::SpinLock> lock(s.mu);
-    s.finishing.fetch_add(1, std::memory_order_relaxed);
-    if (!st->live_linked) return &s;
+    if (!st->live_linked) return;
     if (st->live_prev != nullptr) st->live_prev->live_next = st->live_next;
     else s.head = st->live_next;
     if (st->live_next != nullptr) st->live_next->live_prev = st->live_prev;
     st->live_prev = st->live_next = nullptr;
     st->live_linked = false;
-    return &s;
   }
   static void Finished(Shard* s) { s->finishing.fetch_sub(1, std::memory_order_release); }
   // Callbacks running now, on any thread.
@@ -1001,13 +1005,17 @@ void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock,
   CallCallback d = std::move(done);
   done = nullptr;
   over = true;
+  // Counted as finishing from the moment the outcome is claimed, under the
+  // call's lock: a destructor that then finds the call over (CancelWith
+  // takes this lock) also finds it counted, and waits for its callback.
+  LiveCalls::Shard* shard = live->BeginFinishing(this);
   if (next_holds_retry_slot) {
     next_holds_retry_slot = false;
     live->stack->retry->EndRetry();
   }
   lock.unlock();
   for (CallHandle& h : stop_first) h.Cancel();  // their results are dropped
-  LiveCalls::Shard* shard = live->RemoveFinishing(this);
+  live->Unlink(this);
   live->stack->Release();
   live->stack->CallEnded(method, start, r, static_cast<int>(tried.size()), &options.metadata);
   std::shared_ptr<const void> held = std::move(keep_alive);
