@@ -576,5 +576,41 @@ TEST(BadTlsInputTest, BadHandshakesCloseOnlyTheirConnection) {
   EXPECT_TRUE(logs.WaitFor("did not finish within 300ms")) << logs.All();
 }
 
+// A server shut down (and destroyed) while TLS handshakes are pending ends
+// them at once: nothing waits for their timeout, nothing runs afterwards.
+TEST(BadTlsInputTest, ShutdownWithHandshakesPendingEndsThem) {
+  testing::TestCerts certs = testing::TestCerts::Make();
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  ASSERT_TRUE(certs.Leaf("echo").ok());
+  tls::TlsOptions st;
+  st.cert_file = certs.Cert("echo");
+  st.key_file = certs.Key("echo");
+  st.handshake_timeout = absl::Seconds(30);
+  st.reload_interval = absl::ZeroDuration();
+  server::ServerOptions so;
+  so.io_threads = 2;
+  so.metrics = nullptr;
+  so.tls = tls::CredentialsWatcher::Start(st, tls::Role::kServer).value();
+  auto server = std::make_unique<server::Server>(so);
+  auto port = server->Start("127.0.0.1:0");
+  ASSERT_TRUE(port.ok()) << port.status();
+  std::vector<int> fds;
+  for (int i = 0; i < 8; ++i) {
+    int fd = RawConnect(*port);
+    ASSERT_GE(fd, 0);
+    if (i % 2 == 0) SendAll(fd, std::string("\x16\x03\x01\x00\xc8\x01", 6));  // half a hello
+    fds.push_back(fd);
+  }
+  absl::SleepFor(absl::Milliseconds(100));  // accepted, handshakes waiting
+  const absl::Time start = absl::Now();
+  server->Shutdown(absl::Seconds(1));
+  server.reset();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  for (int fd : fds) {
+    EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+    close(fd);
+  }
+}
+
 }  // namespace
 }  // namespace meshlib
