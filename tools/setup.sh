@@ -9,6 +9,8 @@ PACKAGES=(
   pkg-config
   libabsl-dev              # Abseil
   libc-ares-dev            # c-ares (DNS discovery)
+  libnghttp2-dev           # nghttp2 (HTTP/2 for gRPC)
+  nghttp2-client           # h2load: HTTP/2 load against the gRPC server side
   android-libboringssl-dev # BoringSSL (TLS)
   nlohmann-json3-dev       # JSON
   libgtest-dev libgmock-dev

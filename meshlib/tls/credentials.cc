@@ -32,20 +32,31 @@ absl::Time ToTime(const ASN1_TIME* t) {
   return absl::Now() + absl::Hours(24) * days + absl::Seconds(seconds);
 }
 
-// The server's ALPN choice: meshlib's protocol when the client offers it;
-// otherwise none (an outside TLS client may still talk to the port).
-int SelectAlpn(SSL*, const uint8_t** out, uint8_t* out_len, const uint8_t* in, unsigned in_len,
-               void*) {
-  const size_t want = std::strlen(kAlpnMeshlib);
+// The server's ALPN choice: meshlib's protocol when the client offers it,
+// else HTTP/2 (a gRPC client; the server tells the two apart by the
+// agreed protocol); otherwise none (an outside TLS client may still talk
+// to the port).
+bool Offered(const uint8_t* in, unsigned in_len, const char* want, const uint8_t** out,
+             uint8_t* out_len) {
+  const size_t n = std::strlen(want);
   for (unsigned i = 0; i < in_len;) {
     const unsigned len = in[i];
     if (i + 1 + len > in_len) break;
-    if (len == want && std::memcmp(in + i + 1, kAlpnMeshlib, want) == 0) {
+    if (len == n && std::memcmp(in + i + 1, want, n) == 0) {
       *out = in + i + 1;
       *out_len = static_cast<uint8_t>(len);
-      return SSL_TLSEXT_ERR_OK;
+      return true;
     }
     i += 1 + len;
+  }
+  return false;
+}
+
+int SelectAlpn(SSL*, const uint8_t** out, uint8_t* out_len, const uint8_t* in, unsigned in_len,
+               void*) {
+  if (Offered(in, in_len, kAlpnMeshlib, out, out_len) ||
+      Offered(in, in_len, kAlpnH2, out, out_len)) {
+    return SSL_TLSEXT_ERR_OK;
   }
   return SSL_TLSEXT_ERR_NOACK;
 }

@@ -37,6 +37,8 @@ namespace meshlib::tls {
 
 // The ALPN protocol id of meshlib's own protocol.
 inline constexpr char kAlpnMeshlib[] = "meshlib/1";
+// HTTP/2, which gRPC runs on.
+inline constexpr char kAlpnH2[] = "h2";
 
 enum class Role { kClient, kServer };
 

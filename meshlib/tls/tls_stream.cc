@@ -184,9 +184,10 @@ void TlsStream::Close() {
 
 std::shared_ptr<Handshake> Handshake::Start(runtime::EventLoop* loop, int fd, std::string address,
                                             const CredentialsWatcher& credentials, Role role,
-                                            Done done) {
+                                            Done done, std::string alpn) {
   std::shared_ptr<Handshake> h(new Handshake(loop, fd, std::move(address), credentials.Current(),
-                                             credentials.options(), role, std::move(done)));
+                                             credentials.options(), role, std::move(done),
+                                             std::move(alpn)));
   h->self_ = h;
   loop->Post([h] { h->Begin(); });
   return h;
@@ -194,7 +195,7 @@ std::shared_ptr<Handshake> Handshake::Start(runtime::EventLoop* loop, int fd, st
 
 Handshake::Handshake(runtime::EventLoop* loop, int fd, std::string address,
                      std::shared_ptr<Credentials> credentials, const TlsOptions& options,
-                     Role role, Done done)
+                     Role role, Done done, std::string alpn)
     : loop_(loop),
       fd_(fd),
       address_(std::move(address)),
@@ -203,6 +204,7 @@ Handshake::Handshake(runtime::EventLoop* loop, int fd, std::string address,
       timeout_(options.handshake_timeout),
       server_name_(options.server_name),
       role_(role),
+      alpn_(std::move(alpn)),
       done_(std::move(done)) {}
 
 Handshake::~Handshake() {
@@ -225,6 +227,11 @@ void Handshake::Begin() {
       SSL_SESSION_free(s);  // the SSL holds its own reference
     }
     if (!server_name_.empty()) SSL_set_tlsext_host_name(ssl_, server_name_.c_str());
+    if (!alpn_.empty()) {
+      std::string protos(1, static_cast<char>(alpn_.size()));
+      protos += alpn_;
+      SSL_set_alpn_protos(ssl_, reinterpret_cast<const uint8_t*>(protos.data()), protos.size());
+    }
   } else {
     SSL_set_accept_state(ssl_);
   }

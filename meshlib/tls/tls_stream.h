@@ -76,9 +76,12 @@ class Handshake : public runtime::FdHandler, public std::enable_shared_from_this
   // (the fd then closed). `address` ("host:port") names the peer in
   // messages and keys the client's session cache. Any thread. The returned
   // handle can cancel it (done then gets CANCELLED).
+  // A client offers `alpn` over ALPN (default: meshlib's own protocol;
+  // kAlpnH2 for gRPC); a server picks meshlib's protocol or h2, and
+  // PeerInfo::alpn says which.
   static std::shared_ptr<Handshake> Start(runtime::EventLoop* loop, int fd, std::string address,
                                           const CredentialsWatcher& credentials, Role role,
-                                          Done done);
+                                          Done done, std::string alpn = "");
   ~Handshake() override;
 
   // Ends a handshake still running with `reason`. Any thread.
@@ -89,7 +92,7 @@ class Handshake : public runtime::FdHandler, public std::enable_shared_from_this
  private:
   Handshake(runtime::EventLoop* loop, int fd, std::string address,
             std::shared_ptr<Credentials> credentials, const TlsOptions& options, Role role,
-            Done done);
+            Done done, std::string alpn);
   void Begin();
   void Step();
   void Finish(absl::Status failure);  // loop thread; OK: success
@@ -102,6 +105,7 @@ class Handshake : public runtime::FdHandler, public std::enable_shared_from_this
   const absl::Duration timeout_;
   const std::string server_name_;
   const Role role_;
+  const std::string alpn_;
   Done done_;
   // Loop-thread state.
   SSL* ssl_ = nullptr;

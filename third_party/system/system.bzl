@@ -41,6 +41,7 @@ def _pkg_config_libs(ctx, modules):
 def _system_libs_impl(ctx):
     absl = _pkg_config_libs(ctx, _ABSL_COMPONENTS)
     cares = _pkg_config_libs(ctx, ["libcares"])
+    nghttp2 = _pkg_config_libs(ctx, ["libnghttp2"])
     grpc = []
     if ctx.execute(["pkg-config", "--exists", "grpc++"]).return_code == 0:
         grpc = _pkg_config_libs(ctx, ["grpc++"])
@@ -60,6 +61,12 @@ cc_library(
 
 cc_library(
     name = "nlohmann_json",
+)
+
+# nghttp2 (libnghttp2-dev): HTTP/2 framing for the gRPC transport.
+cc_library(
+    name = "nghttp2",
+    linkopts = {nghttp2},
 )
 
 # BoringSSL from android-libboringssl-dev. Its headers live in
@@ -106,6 +113,7 @@ cc_library(
 """.format(
         absl = repr(absl),
         cares = repr(cares),
+        nghttp2 = repr(nghttp2),
         grpc = repr(grpc),
         have_grpc = "1" if grpc else "0",
     ))

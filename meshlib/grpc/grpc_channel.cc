@@ -1,0 +1,968 @@
+#include "meshlib/grpc/grpc_channel.h"
+
+#include <nghttp2/nghttp2.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/hash/hash.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "meshlib/core/backoff.h"
+#include "meshlib/core/deadline_context.h"
+#include "meshlib/core/log.h"
+#include "meshlib/core/sync.h"
+#include "meshlib/grpc/wire.h"
+#include "meshlib/tls/tls_stream.h"
+#include "meshlib/transport/byte_stream.h"
+#include "meshlib/transport/socket.h"
+
+namespace meshlib::grpc {
+
+using client::CallCallback;
+using client::CallHandle;
+using client::CallOptions;
+using client::CallResult;
+
+namespace {
+
+CallResult Failure(absl::Status status, bool not_processed) {
+  CallResult r;
+  r.status = std::move(status);
+  r.not_processed = not_processed;
+  return r;
+}
+
+// Windows we advertise: a 3 MiB message arrives without waiting for a
+// WINDOW_UPDATE, and many streams share the connection's window.
+constexpr int32_t kStreamWindow = 8 << 20;
+constexpr int32_t kConnectionWindow = 32 << 20;
+constexpr size_t kReadChunk = 64 << 10;
+constexpr size_t kMaxResponseHeaders = 64;
+
+}  // namespace
+
+struct GrpcChannelShared {
+  std::string address;
+  transport::SocketAddress socket_address;
+  client::ChannelOptions options;
+  std::atomic<size_t> outstanding{0};
+  std::atomic<int64_t> opened{0};
+  std::atomic<int64_t> closed{0};
+};
+
+// One unary call. Shared by the caller's handle, the deadline timer and the
+// connection that carries it; it completes exactly once, by whoever claims
+// it first (the stream's end, the timer, Cancel, the connection's loss).
+struct GrpcCall final : public client::Cancellable,
+                         public std::enable_shared_from_this<GrpcCall> {
+  // Immutable once submitted.
+  std::string method;
+  std::string path;
+  std::string body;  // the framed request
+  client::Metadata metadata;
+  absl::Time deadline;
+  absl::Duration timeout;
+  GrpcChannelShared* shared = nullptr;  // the channel outlives its calls' completion
+  std::weak_ptr<GrpcConnection> connection;
+  runtime::EventLoop* loop = nullptr;
+  runtime::TimerId timer;
+
+  std::atomic<bool> claimed{false};
+  CallCallback done;  // touched only by the claimer
+
+  // Connection-loop state.
+  int32_t stream_id = 0;
+  bool headers_sent = false;
+  size_t body_offset = 0;
+  int http_status = 0;
+  std::string content_type;
+  bool has_grpc_status = false;
+  absl::StatusCode code = absl::StatusCode::kUnknown;
+  std::string message;
+  std::string response;
+  client::Metadata response_metadata;
+  absl::Status local_failure;  // set when this side ends the stream (too large, bad metadata)
+
+  bool Claim() { return !claimed.exchange(true, std::memory_order_acq_rel); }
+  // Completes the call when nobody has yet; true if this did.
+  bool Complete(CallResult r) {
+    if (!Claim()) return false;
+    loop->Cancel(timer);
+    CallCallback cb = std::move(done);
+    shared->outstanding.fetch_sub(1, std::memory_order_relaxed);
+    cb(std::move(r));
+    return true;
+  }
+  void Cancel() override;
+};
+
+class GrpcConnection final : public runtime::FdHandler,
+                             public std::enable_shared_from_this<GrpcConnection> {
+ public:
+  enum State { kIdle, kConnecting, kReady, kBackoff, kClosed };
+
+  GrpcConnection(std::shared_ptr<GrpcChannelShared> shared, runtime::EventLoop* loop,
+                 uint64_t seed)
+      : shared_(std::move(shared)), loop_(loop), backoff_(shared_->options.reconnect_backoff, seed) {}
+  ~GrpcConnection() override { DeleteSession(); }
+
+  runtime::EventLoop* loop() const { return loop_; }
+  State state() const { return state_.load(std::memory_order_acquire); }
+
+  // Loop thread.
+  void Submit(std::shared_ptr<GrpcCall> call);
+  void Abandon(const std::shared_ptr<GrpcCall>& call);
+  void StartConnecting();
+  void Shutdown();
+  void OnFdEvents(uint32_t events) override;
+
+ private:
+  void SetState(State s) { state_.store(s, std::memory_order_release); }
+  void OnConnected();
+  void StartSession(std::unique_ptr<transport::ByteStream> stream);
+  void SubmitStream(std::shared_ptr<GrpcCall> call);
+  void FailPending(const absl::Status& status, bool not_processed);
+  void ConnectFailed(absl::Status status);
+  // Ends the session: streams still open fail with `status`; queued calls
+  // reconnect.
+  void CloseSession(const absl::Status& status);
+  void DeleteSession();
+  void ReadAvailable();
+  void Flush();
+  void ScheduleFlush();
+  void RunCompletions();
+  void MaybeFinishDraining();
+  void FinishStream(GrpcCall* call, uint32_t error_code);
+
+  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t,
+                      void* user_data);
+  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                         const uint8_t* data, size_t len, void* user_data);
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                           void* user_data);
+  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
+  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
+  static ssize_t ReadBody(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
+                          size_t length, uint32_t* data_flags, nghttp2_data_source* source,
+                          void* user_data);
+
+  const std::shared_ptr<GrpcChannelShared> shared_;
+  runtime::EventLoop* const loop_;
+  std::atomic<State> state_{kIdle};
+
+  // Loop-thread state.
+  core::Backoff backoff_;
+  absl::Status last_error_;
+  int fd_ = -1;  // while connecting
+  runtime::TimerId connect_timer_;
+  runtime::TimerId backoff_timer_;
+  std::shared_ptr<tls::Handshake> handshake_;
+  std::unique_ptr<transport::ByteStream> stream_;
+  nghttp2_session* session_ = nullptr;
+  bool watching_out_ = false;
+  bool draining_ = false;  // GOAWAY received: no new streams on this session
+  bool flush_scheduled_ = false;
+  bool in_session_ = false;  // inside nghttp2 (its callbacks may not end the session)
+  std::string out_;
+  size_t out_offset_ = 0;
+  std::deque<std::shared_ptr<GrpcCall>> pending_;
+  std::unordered_map<int32_t, std::shared_ptr<GrpcCall>> streams_;
+  std::vector<std::pair<std::shared_ptr<GrpcCall>, CallResult>> completions_;
+  uint64_t session_generation_ = 0;
+};
+
+void GrpcCall::Cancel() {
+  if (!Complete(Failure(absl::CancelledError(absl::StrCat("call to ", method, " on ",
+                                                          shared->address, " cancelled")),
+                        false))) {
+    return;
+  }
+  // The connection's loop resets the stream, or drops the queued call.
+  if (auto conn = connection.lock()) {
+    std::shared_ptr<GrpcCall> self = shared_from_this();
+    loop->Post([conn = std::move(conn), self = std::move(self)] { conn->Abandon(self); });
+  }
+}
+
+// --- GrpcConnection: connecting ---
+
+void GrpcConnection::StartConnecting() {
+  if (state() != kIdle) return;
+  SetState(kConnecting);
+  absl::StatusOr<int> fd = transport::StartConnect(shared_->socket_address);
+  if (!fd.ok()) {
+    ConnectFailed(fd.status());
+    return;
+  }
+  fd_ = *fd;
+  if (absl::Status s = loop_->Watch(fd_, EPOLLOUT, this); !s.ok()) {
+    close(fd_);
+    fd_ = -1;
+    ConnectFailed(s);
+    return;
+  }
+  std::weak_ptr<GrpcConnection> weak = shared_from_this();
+  connect_timer_ = loop_->RunAt(loop_->Now() + shared_->options.connect_timeout, [weak] {
+    auto self = weak.lock();
+    if (!self || self->state() != kConnecting) return;
+    if (self->handshake_) {
+      self->handshake_->Cancel(absl::UnavailableError(absl::StrCat(
+          "TLS handshake with ", self->shared_->address, " did not finish within ",
+          absl::FormatDuration(self->shared_->options.connect_timeout))));
+      return;
+    }
+    if (self->fd_ >= 0) {
+      self->loop_->Unwatch(self->fd_);
+      close(self->fd_);
+      self->fd_ = -1;
+    }
+    self->ConnectFailed(absl::UnavailableError(
+        absl::StrCat("connecting to ", self->shared_->address, " timed out after ",
+                     absl::FormatDuration(self->shared_->options.connect_timeout))));
+  });
+}
+
+void GrpcConnection::OnConnected() {
+  loop_->Unwatch(fd_);
+  const int fd = fd_;
+  fd_ = -1;
+  if (absl::Status s = transport::FinishConnect(fd, shared_->address); !s.ok()) {
+    close(fd);
+    ConnectFailed(s);
+    return;
+  }
+  transport::SetTcpNoDelay(fd);
+  if (!shared_->options.tls) {
+    StartSession(std::make_unique<transport::TcpStream>(fd, shared_->address));
+    return;
+  }
+  std::weak_ptr<GrpcConnection> weak = shared_from_this();
+  handshake_ = tls::Handshake::Start(
+      loop_, fd, shared_->address, *shared_->options.tls, tls::Role::kClient,
+      [weak](absl::StatusOr<std::unique_ptr<tls::TlsStream>> s) {
+        auto self = weak.lock();
+        if (!self) return;
+        self->handshake_.reset();
+        if (self->state() != kConnecting) return;  // shut down meanwhile
+        if (!s.ok()) {
+          self->ConnectFailed(s.status());
+          return;
+        }
+        if ((*s)->peer_info().alpn != tls::kAlpnH2) {
+          self->ConnectFailed(absl::UnavailableError(absl::StrCat(
+              "TLS with ", self->shared_->address, ": the server did not agree to HTTP/2 (ALPN \"",
+              (*s)->peer_info().alpn, "\"), which gRPC requires")));
+          return;
+        }
+        self->StartSession(*std::move(s));
+      },
+      tls::kAlpnH2);
+}
+
+void GrpcConnection::ConnectFailed(absl::Status status) {
+  loop_->Cancel(connect_timer_);
+  last_error_ = absl::UnavailableError(
+      absl::StrCat("cannot reach ", shared_->address, " (gRPC): ", status.message()));
+  SetState(kBackoff);
+  FailPending(last_error_, /*not_processed=*/true);
+  std::weak_ptr<GrpcConnection> weak = shared_from_this();
+  backoff_timer_ = loop_->RunAt(loop_->Now() + backoff_.Next(), [weak] {
+    auto self = weak.lock();
+    if (!self || self->state() != kBackoff) return;
+    self->SetState(kIdle);
+    if (!self->pending_.empty()) self->StartConnecting();
+  });
+}
+
+void GrpcConnection::FailPending(const absl::Status& status, bool not_processed) {
+  std::deque<std::shared_ptr<GrpcCall>> pending;
+  pending.swap(pending_);
+  for (auto& call : pending) call->Complete(Failure(status, not_processed));
+}
+
+void GrpcConnection::StartSession(std::unique_ptr<transport::ByteStream> stream) {
+  loop_->Cancel(connect_timer_);
+  nghttp2_session_callbacks* cbs = nullptr;
+  nghttp2_session_callbacks_new(&cbs);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, &GrpcConnection::OnHeader);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &GrpcConnection::OnDataChunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &GrpcConnection::OnStreamClose);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &GrpcConnection::OnFrameRecv);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &GrpcConnection::OnFrameSend);
+  nghttp2_option* opt = nullptr;
+  nghttp2_option_new(&opt);
+  // Bounds on what a misbehaving server can make us hold or do.
+  nghttp2_option_set_max_continuations(opt, 8);
+  nghttp2_option_set_max_settings(opt, 32);
+  nghttp2_option_set_max_outbound_ack(opt, 1000);
+  nghttp2_option_set_max_send_header_block_length(opt, 64 << 10);
+  const int rv = nghttp2_session_client_new2(&session_, cbs, this, opt);
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cbs);
+  if (rv != 0) {
+    session_ = nullptr;
+    ConnectFailed(absl::ResourceExhaustedError(
+        absl::StrCat("HTTP/2 session: ", nghttp2_strerror(rv))));
+    return;
+  }
+  const nghttp2_settings_entry settings[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kStreamWindow},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64 << 10},
+  };
+  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings,
+                          sizeof(settings) / sizeof(settings[0]));
+  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
+  stream_ = std::move(stream);
+  if (absl::Status s = loop_->Watch(stream_->fd(), EPOLLIN, this); !s.ok()) {
+    DeleteSession();
+    stream_.reset();
+    ConnectFailed(s);
+    return;
+  }
+  watching_out_ = false;
+  draining_ = false;
+  ++session_generation_;
+  backoff_.Reset();
+  shared_->opened.fetch_add(1, std::memory_order_relaxed);
+  SetState(kReady);
+  std::deque<std::shared_ptr<GrpcCall>> pending;
+  pending.swap(pending_);
+  for (auto& call : pending) SubmitStream(std::move(call));
+  Flush();
+  // A TLS stream may already hold the server's first bytes.
+  if (stream_ && stream_->BufferedBytes() > 0) ReadAvailable();
+}
+
+// --- GrpcConnection: calls ---
+
+void GrpcConnection::Submit(std::shared_ptr<GrpcCall> call) {
+  if (call->claimed.load(std::memory_order_acquire)) return;
+  switch (state()) {
+    case kReady:
+      if (!draining_) {
+        SubmitStream(std::move(call));
+        ScheduleFlush();
+        return;
+      }
+      [[fallthrough]];
+    case kIdle:
+    case kConnecting:
+      if (pending_.size() >= shared_->options.max_queued_calls) {
+        call->Complete(Failure(
+            absl::ResourceExhaustedError(absl::StrCat(
+                pending_.size(), " calls already wait for a connection to ", shared_->address)),
+            true));
+        return;
+      }
+      pending_.push_back(std::move(call));
+      if (state() == kIdle) StartConnecting();
+      return;
+    case kBackoff:
+      call->Complete(Failure(last_error_, /*not_processed=*/true));
+      return;
+    case kClosed:
+      call->Complete(Failure(absl::CancelledError(absl::StrCat("channel to ", shared_->address,
+                                                               " shut down")),
+                             true));
+      return;
+  }
+}
+
+void GrpcConnection::SubmitStream(std::shared_ptr<GrpcCall> call) {
+  if (call->claimed.load(std::memory_order_acquire)) return;
+  const std::string scheme = shared_->options.tls ? "https" : "http";
+  const std::string timeout = EncodeTimeout(call->deadline - loop_->Now());
+  std::vector<std::string> encoded;  // binary metadata values, kept alive for the submit
+  encoded.reserve(call->metadata.size());
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(8 + call->metadata.size());
+  auto add = [&nv](absl::string_view k, absl::string_view v) {
+    nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(k.data())),
+                  reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), k.size(), v.size(),
+                  NGHTTP2_NV_FLAG_NONE});
+  };
+  add(":method", "POST");
+  add(":scheme", scheme);
+  add(":path", call->path);
+  add(":authority", shared_->address);
+  add("te", "trailers");
+  add("content-type", "application/grpc");
+  add("user-agent", "meshlib-grpc/1");
+  add("grpc-timeout", timeout);
+  for (const auto& [k, v] : call->metadata) {
+    if (IsReservedHeader(k)) continue;
+    if (IsBinaryKey(k)) {
+      encoded.push_back(EncodeBinaryValue(v));
+      add(k, encoded.back());
+    } else {
+      add(k, v);
+    }
+  }
+  nghttp2_data_provider body;
+  body.source.ptr = call.get();
+  body.read_callback = &GrpcConnection::ReadBody;
+  const int32_t id = nghttp2_submit_request(session_, nullptr, nv.data(), nv.size(), &body,
+                                            call.get());
+  if (id < 0) {
+    // NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE: this session has used up its
+    // stream ids; finish it and carry on over a new one.
+    if (id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE || id == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED) {
+      draining_ = true;
+      pending_.push_back(std::move(call));
+      MaybeFinishDraining();
+      return;
+    }
+    call->Complete(Failure(absl::InternalError(absl::StrCat(
+                               "HTTP/2 request to ", shared_->address, ": ", nghttp2_strerror(id))),
+                           true));
+    return;
+  }
+  call->stream_id = id;
+  streams_.emplace(id, std::move(call));
+}
+
+void GrpcConnection::Abandon(const std::shared_ptr<GrpcCall>& call) {
+  if (call->stream_id == 0) {
+    auto it = std::find(pending_.begin(), pending_.end(), call);
+    if (it != pending_.end()) pending_.erase(it);
+    return;
+  }
+  auto it = streams_.find(call->stream_id);
+  if (it == streams_.end() || it->second != call || session_ == nullptr) return;
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, call->stream_id, NGHTTP2_CANCEL);
+  ScheduleFlush();
+}
+
+void GrpcConnection::Shutdown() {
+  if (state() == kClosed) return;
+  const State before = state();
+  SetState(kClosed);
+  loop_->Cancel(connect_timer_);
+  loop_->Cancel(backoff_timer_);
+  if (handshake_) {
+    handshake_->Cancel(absl::CancelledError("channel shut down"));
+    handshake_.reset();
+  }
+  if (fd_ >= 0) {
+    loop_->Unwatch(fd_);
+    close(fd_);
+    fd_ = -1;
+  }
+  const absl::Status cancelled =
+      absl::CancelledError(absl::StrCat("channel to ", shared_->address, " shut down"));
+  FailPending(cancelled, true);
+  if (before == kReady) CloseSession(cancelled);
+}
+
+// --- GrpcConnection: I/O ---
+
+void GrpcConnection::OnFdEvents(uint32_t events) {
+  if (state() == kConnecting && fd_ >= 0) {
+    OnConnected();
+    return;
+  }
+  if (state() != kReady || !stream_) return;
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) ReadAvailable();
+  if (state() == kReady && (events & EPOLLOUT)) Flush();
+}
+
+void GrpcConnection::ReadAvailable() {
+  char buf[kReadChunk];
+  // Bounded per wake-up so one busy connection cannot starve the others on
+  // this loop; level-triggered polling brings us back.
+  for (int round = 0; round < 16 && state() == kReady && stream_; ++round) {
+    transport::IoResult r = stream_->Read(buf, sizeof(buf));
+    if (r.kind == transport::IoResult::kWouldBlock) break;
+    if (r.kind == transport::IoResult::kEof) {
+      CloseSession(absl::UnavailableError(
+          absl::StrCat("connection to ", shared_->address, " closed by the server")));
+      return;
+    }
+    if (r.kind == transport::IoResult::kError) {
+      CloseSession(absl::UnavailableError(
+          absl::StrCat("connection to ", shared_->address, " lost: ", r.error.message())));
+      return;
+    }
+    in_session_ = true;
+    const ssize_t n = nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(buf),
+                                               r.bytes);
+    in_session_ = false;
+    RunCompletions();
+    if (n < 0) {
+      CloseSession(absl::UnavailableError(absl::StrCat(
+          "HTTP/2 protocol error from ", shared_->address, ": ", nghttp2_strerror(n))));
+      return;
+    }
+    if (r.bytes < sizeof(buf) && stream_->BufferedBytes() == 0) break;
+  }
+  if (state() == kReady) Flush();
+}
+
+void GrpcConnection::ScheduleFlush() {
+  if (flush_scheduled_) return;
+  flush_scheduled_ = true;
+  std::weak_ptr<GrpcConnection> weak = shared_from_this();
+  loop_->DeferToEndOfIteration([weak] {
+    if (auto self = weak.lock()) {
+      self->flush_scheduled_ = false;
+      if (self->state() == kReady) self->Flush();
+    }
+  });
+}
+
+void GrpcConnection::Flush() {
+  if (session_ == nullptr || !stream_) return;
+  for (;;) {
+    // Gather what nghttp2 has to send, up to a bound, then write it at once.
+    while (out_.size() - out_offset_ < (256 << 10)) {
+      const uint8_t* data = nullptr;
+      in_session_ = true;
+      const ssize_t n = nghttp2_session_mem_send(session_, &data);
+      in_session_ = false;
+      if (n < 0) {
+        RunCompletions();
+        CloseSession(absl::InternalError(
+            absl::StrCat("HTTP/2 to ", shared_->address, ": ", nghttp2_strerror(n))));
+        return;
+      }
+      if (n == 0) break;
+      if (out_offset_ > 0 && out_offset_ == out_.size()) {
+        out_.clear();
+        out_offset_ = 0;
+      }
+      out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+    }
+    RunCompletions();
+    if (!stream_) return;
+    if (out_offset_ == out_.size()) break;
+    iovec iov{const_cast<char*>(out_.data() + out_offset_), out_.size() - out_offset_};
+    transport::IoResult r = stream_->Write(&iov, 1);
+    if (r.kind == transport::IoResult::kOk) {
+      out_offset_ += r.bytes;
+      if (out_offset_ == out_.size()) {
+        out_.clear();
+        out_offset_ = 0;
+      }
+      continue;
+    }
+    if (r.kind == transport::IoResult::kWouldBlock) {
+      if (!watching_out_) {
+        watching_out_ = true;
+        (void)loop_->Rewatch(stream_->fd(), EPOLLIN | EPOLLOUT);
+      }
+      return;
+    }
+    CloseSession(absl::UnavailableError(absl::StrCat(
+        "connection to ", shared_->address, " lost: ",
+        r.kind == transport::IoResult::kError ? r.error.message() : "closed")));
+    return;
+  }
+  if (watching_out_) {
+    watching_out_ = false;
+    (void)loop_->Rewatch(stream_->fd(), EPOLLIN);
+  }
+  // nghttp2 is done with the session (it sent GOAWAY after a protocol error
+  // of the server's, or took the server's last word).
+  if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_)) {
+    CloseSession(absl::UnavailableError(
+        absl::StrCat("HTTP/2 session with ", shared_->address, " ended")));
+    return;
+  }
+  MaybeFinishDraining();
+}
+
+void GrpcConnection::MaybeFinishDraining() {
+  if (!draining_ || session_ == nullptr || !streams_.empty()) return;
+  if (out_offset_ != out_.size()) return;
+  CloseSession(absl::UnavailableError(
+      absl::StrCat("connection to ", shared_->address, " drained after GOAWAY")));
+}
+
+void GrpcConnection::DeleteSession() {
+  if (session_ != nullptr) {
+    nghttp2_session_del(session_);
+    session_ = nullptr;
+  }
+}
+
+void GrpcConnection::CloseSession(const absl::Status& status) {
+  if (session_ == nullptr && !stream_) return;
+  DeleteSession();
+  if (stream_) {
+    loop_->Unwatch(stream_->fd());
+    stream_->Close();
+    stream_.reset();
+  }
+  out_.clear();
+  out_offset_ = 0;
+  watching_out_ = false;
+  shared_->closed.fetch_add(1, std::memory_order_relaxed);
+  auto streams = std::move(streams_);
+  streams_.clear();
+  for (auto& [id, call] : streams) {
+    // A stream whose HEADERS never left cannot have reached the server.
+    call->Complete(Failure(status, /*not_processed=*/!call->headers_sent));
+  }
+  if (state() == kClosed) return;
+  SetState(kIdle);
+  if (!pending_.empty()) StartConnecting();
+}
+
+void GrpcConnection::RunCompletions() {
+  while (!completions_.empty()) {
+    auto batch = std::move(completions_);
+    completions_.clear();
+    for (auto& [call, result] : batch) call->Complete(std::move(result));
+  }
+  if (draining_ && !in_session_) MaybeFinishDraining();
+}
+
+// --- GrpcConnection: nghttp2 callbacks (no session changes beyond nghttp2's own) ---
+
+int GrpcConnection::OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
+                             size_t namelen, const uint8_t* value, size_t valuelen, uint8_t,
+                             void* user_data) {
+  auto* self = static_cast<GrpcConnection*>(user_data);
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  auto it = self->streams_.find(frame->hd.stream_id);
+  if (it == self->streams_.end()) return 0;
+  GrpcCall* call = it->second.get();
+  const absl::string_view k(reinterpret_cast<const char*>(name), namelen);
+  const absl::string_view v(reinterpret_cast<const char*>(value), valuelen);
+  if (k == ":status") {
+    int status = 0;
+    if (absl::SimpleAtoi(v, &status)) call->http_status = status;
+  } else if (k == "content-type") {
+    call->content_type.assign(v.data(), v.size());
+  } else if (k == "grpc-status") {
+    call->has_grpc_status = true;
+    call->code = ParseStatusCode(v);
+  } else if (k == "grpc-message") {
+    call->message = PercentDecode(v);
+  } else if (!IsReservedHeader(k)) {
+    if (call->response_metadata.size() >= kMaxResponseHeaders) return 0;  // the rest is dropped
+    if (IsBinaryKey(k)) {
+      absl::StatusOr<std::string> decoded = DecodeBinaryValue(v);
+      if (!decoded.ok()) return 0;  // an undecodable value is dropped, as gRPC does
+      call->response_metadata.emplace_back(std::string(k), *std::move(decoded));
+    } else {
+      call->response_metadata.emplace_back(std::string(k), std::string(v));
+    }
+  }
+  return 0;
+}
+
+int GrpcConnection::OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
+                                const uint8_t* data, size_t len, void* user_data) {
+  auto* self = static_cast<GrpcConnection*>(user_data);
+  auto it = self->streams_.find(stream_id);
+  if (it == self->streams_.end()) return 0;
+  GrpcCall* call = it->second.get();
+  if (!call->local_failure.ok()) return 0;
+  const size_t limit = self->shared_->options.limits.max_frame_size + kMessagePrefix;
+  if (call->response.size() + len > limit) {
+    call->local_failure = absl::ResourceExhaustedError(absl::StrCat(
+        "gRPC response from ", self->shared_->address, " exceeds the limit of ",
+        self->shared_->options.limits.max_frame_size, " bytes"));
+    call->response.clear();
+    call->response.shrink_to_fit();
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_CANCEL);
+    return 0;
+  }
+  call->response.append(reinterpret_cast<const char*>(data), len);
+  return 0;
+}
+
+int GrpcConnection::OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
+  auto* self = static_cast<GrpcConnection*>(user_data);
+  if (frame->hd.type == NGHTTP2_GOAWAY) {
+    // nghttp2 closes the streams above last_stream_id with REFUSED_STREAM
+    // (not processed); the rest may finish. New calls wait for a new
+    // connection.
+    self->draining_ = true;
+  }
+  return 0;
+}
+
+int GrpcConnection::OnFrameSend(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
+  auto* self = static_cast<GrpcConnection*>(user_data);
+  if (frame->hd.type == NGHTTP2_HEADERS) {
+    auto it = self->streams_.find(frame->hd.stream_id);
+    if (it != self->streams_.end()) it->second->headers_sent = true;
+  }
+  return 0;
+}
+
+ssize_t GrpcConnection::ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
+                                 uint32_t* data_flags, nghttp2_data_source* source, void*) {
+  auto* call = static_cast<GrpcCall*>(source->ptr);
+  const size_t n = std::min(length, call->body.size() - call->body_offset);
+  std::memcpy(buf, call->body.data() + call->body_offset, n);
+  call->body_offset += n;
+  if (call->body_offset == call->body.size()) *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<ssize_t>(n);
+}
+
+int GrpcConnection::OnStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
+                                  void* user_data) {
+  auto* self = static_cast<GrpcConnection*>(user_data);
+  auto it = self->streams_.find(stream_id);
+  if (it == self->streams_.end()) return 0;
+  std::shared_ptr<GrpcCall> call = std::move(it->second);
+  self->streams_.erase(it);
+  self->FinishStream(call.get(), error_code);
+  return 0;
+}
+
+void GrpcConnection::FinishStream(GrpcCall* call, uint32_t error_code) {
+  if (call->claimed.load(std::memory_order_acquire)) return;
+  CallResult r;
+  r.endpoint = shared_->address;
+  const std::string& peer = shared_->address;
+  if (!call->local_failure.ok()) {
+    r.status = call->local_failure;
+  } else if (call->has_grpc_status) {
+    r.metadata = std::move(call->response_metadata);
+    if (call->code == absl::StatusCode::kOk) {
+      absl::StatusOr<std::string> m =
+          ParseUnaryMessage(call->response, shared_->options.limits.max_frame_size);
+      if (m.ok()) {
+        r.payload = *std::move(m);
+      } else {
+        r.status = absl::Status(m.status().code(),
+                                absl::StrCat("from ", peer, ": ", m.status().message()));
+      }
+    } else {
+      r.status = absl::Status(call->code, call->message);
+    }
+  } else if (call->http_status != 0 && call->http_status != 200) {
+    r.status = absl::Status(CodeForHttpStatus(call->http_status),
+                            absl::StrCat("HTTP status ", call->http_status, " from ", peer,
+                                         " without grpc-status"));
+  } else if (error_code != NGHTTP2_NO_ERROR) {
+    r.status = StatusForReset(error_code, peer, &r.not_processed);
+    r.endpoint.clear();
+  } else if (call->http_status == 200 && !absl::StartsWith(call->content_type, "application/grpc")) {
+    r.status = absl::UnknownError(absl::StrCat("not a gRPC response from ", peer,
+                                               " (content-type \"", call->content_type, "\")"));
+  } else {
+    r.status = absl::InternalError(
+        absl::StrCat("gRPC stream from ", peer, " ended without grpc-status"));
+  }
+  if (!r.status.ok()) r.payload.clear();
+  completions_.emplace_back(call->shared_from_this(), std::move(r));
+}
+
+// --- GrpcChannel ---
+
+GrpcChannel::GrpcChannel(std::shared_ptr<GrpcChannelShared> shared) : shared_(std::move(shared)) {}
+
+absl::StatusOr<std::unique_ptr<GrpcChannel>> GrpcChannel::Create(std::string address,
+                                                                 client::ChannelOptions options) {
+  if (absl::Status s = options.Validate(); !s.ok()) return s;
+  absl::StatusOr<transport::SocketAddress> addr = transport::ParseHostPort(address);
+  if (!addr.ok()) return addr.status();
+  auto shared = std::make_shared<GrpcChannelShared>();
+  shared->address = std::move(address);
+  shared->socket_address = *addr;
+  shared->options = std::move(options);
+  std::unique_ptr<GrpcChannel> ch(new GrpcChannel(shared));
+  ch->runtime_ = shared->options.runtime;
+  if (!ch->runtime_) {
+    runtime::EventLoopOptions loop_options;
+    loop_options.busy_poll = shared->options.busy_poll;
+    auto rt = runtime::Runtime::Create(shared->options.io_threads, "grpc-client-io", loop_options);
+    if (!rt.ok()) return rt.status();
+    ch->runtime_ = *std::move(rt);
+  }
+  uint64_t seed = shared->options.seed;
+  if (seed == 0) seed = absl::HashOf(shared->address, absl::ToUnixNanos(absl::Now()));
+  for (int i = 0; i < shared->options.connections; ++i) {
+    ch->connections_.push_back(
+        std::make_shared<GrpcConnection>(shared, &ch->runtime_->NextLoop(), seed + i));
+  }
+  return ch;
+}
+
+GrpcChannel::~GrpcChannel() {
+  for (auto& c : connections_) c->loop()->RunAndWait([&] { c->Shutdown(); });
+  for (auto& c : connections_) c->loop()->RunAndWait([] {});
+}
+
+void GrpcChannel::Shutdown() {
+  for (auto& c : connections_) {
+    if (c->loop()->InExecutorThread()) {
+      c->Shutdown();
+    } else if (runtime::EventLoop::Current() != nullptr) {
+      c->loop()->Post([c] { c->Shutdown(); });
+    } else {
+      c->loop()->RunAndWait([&] { c->Shutdown(); });
+    }
+  }
+}
+
+const std::string& GrpcChannel::address() const { return shared_->address; }
+
+int GrpcChannel::ReadyConnections() const {
+  int n = 0;
+  for (const auto& c : connections_) n += c->state() == GrpcConnection::kReady;
+  return n;
+}
+
+bool GrpcChannel::Unreachable() const {
+  for (const auto& c : connections_) {
+    if (c->state() != GrpcConnection::kBackoff) return false;
+  }
+  return true;
+}
+
+size_t GrpcChannel::CallsOutstanding() const {
+  return shared_->outstanding.load(std::memory_order_relaxed);
+}
+
+client::Channel::ConnectionCounts GrpcChannel::connection_counts() const {
+  client::Channel::ConnectionCounts c;
+  c.opened = shared_->opened.load(std::memory_order_relaxed);
+  c.closed = shared_->closed.load(std::memory_order_relaxed);
+  return c;
+}
+
+void GrpcChannel::Connect() {
+  for (auto& c : connections_) {
+    c->loop()->Post([c] { c->StartConnecting(); });
+  }
+}
+
+CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request,
+                             const CallOptions& options, CallCallback done) {
+  const size_t n = connections_.size();
+  const uint32_t start = next_.fetch_add(1, std::memory_order_relaxed);
+  GrpcConnection* conn = connections_[start % n].get();
+  if (conn->state() != GrpcConnection::kReady) {
+    for (size_t i = 1; i < n; ++i) {
+      GrpcConnection* other = connections_[(start + i) % n].get();
+      if (other->state() == GrpcConnection::kReady) {
+        conn = other;
+        break;
+      }
+    }
+  }
+  if (request.size() > shared_->options.limits.max_frame_size) {
+    done(Failure(absl::ResourceExhaustedError(absl::StrCat(
+                     "request of ", request.size(), " bytes to ", method,
+                     " exceeds the limit of ", shared_->options.limits.max_frame_size)),
+                 true));
+    return CallHandle();
+  }
+  auto call = std::make_shared<GrpcCall>();
+  call->method.assign(method.data(), method.size());
+  call->path = absl::StrCat("/", method);
+  call->shared = shared_.get();
+  call->loop = conn->loop();
+  call->timeout = options.timeout > absl::ZeroDuration() ? options.timeout
+                                                         : shared_->options.default_timeout;
+  const absl::Time now = conn->loop()->Now();
+  call->deadline = now + call->timeout;
+  const absl::Time inherited = std::min(options.deadline, core::CurrentDeadline());
+  if (inherited < call->deadline) {
+    if (inherited <= now) {
+      done(Failure(absl::DeadlineExceededError(absl::StrCat(
+                       "deadline of the calling context passed ",
+                       absl::FormatDuration(now - inherited), " ago; ", method, " to ",
+                       shared_->address, " not sent")),
+                   true));
+      return CallHandle();
+    }
+    call->deadline = inherited;
+    call->timeout = inherited - now;
+  }
+  call->metadata = options.metadata;
+  for (auto& [k, v] : call->metadata) {
+    // HTTP/2 header names are lowercase; meshlib's own metadata need not be.
+    for (char& c : k) c = absl::ascii_tolower(static_cast<unsigned char>(c));
+    if (!IsValidMetadataKey(k)) {
+      done(Failure(absl::InvalidArgumentError(absl::StrCat(
+                       "metadata key \"", absl::CHexEscape(k),
+                       "\" is not a valid gRPC header name (lowercase letters, digits, '-', "
+                       "'_', '.')")),
+                   true));
+      return CallHandle();
+    }
+  }
+  call->body.reserve(kMessagePrefix + request.size());
+  AppendMessage(&call->body, request);
+  call->done = std::move(done);
+  shared_->outstanding.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<GrpcConnection> owner;
+  for (auto& c : connections_) {
+    if (c.get() == conn) owner = c;
+  }
+  call->connection = owner;
+  std::weak_ptr<GrpcCall> weak = call;
+  call->timer = conn->loop()->RunAt(call->deadline, [weak, owner] {
+    auto c = weak.lock();
+    if (!c) return;
+    if (c->Complete(Failure(
+            absl::DeadlineExceededError(absl::StrCat("deadline of ",
+                                                     absl::FormatDuration(c->timeout),
+                                                     " exceeded calling ", c->method, " on ",
+                                                     c->shared->address, " (gRPC)")),
+            false))) {
+      owner->Abandon(c);
+    }
+  });
+  if (conn->loop()->InExecutorThread()) {
+    owner->Submit(call);
+  } else {
+    conn->loop()->Post([owner, call] { owner->Submit(call); });
+  }
+  return CallHandle(std::move(call));
+}
+
+CallResult GrpcChannel::CallBlocking(absl::string_view method, absl::string_view request,
+                                     const CallOptions& options) {
+  if (std::optional<CallResult> refused = client::RefuseBlockingOnReactor(method)) {
+    return *refused;
+  }
+  CallResult result;
+  std::atomic<bool> ready{false};
+  core::Notification done;
+  CallHandle handle = Call(method, request, options, [&](CallResult r) {
+    result = std::move(r);
+    done.Notify();
+    ready.store(true, std::memory_order_release);
+  });
+  const int64_t spin_until = absl::GetCurrentTimeNanos() +
+                             absl::ToInt64Nanoseconds(shared_->options.blocking_spin);
+  while (!ready.load(std::memory_order_acquire) && absl::GetCurrentTimeNanos() < spin_until) {
+    sched_yield();
+  }
+  if (!ready.load(std::memory_order_acquire)) {
+    if (options.interrupt_fd >= 0) {
+      while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(1))) {
+        if (client::InterruptRequested(options.interrupt_fd)) handle.Cancel();
+      }
+    } else {
+      done.WaitForNotification();
+    }
+  }
+  while (!ready.load(std::memory_order_acquire)) sched_yield();
+  return result;
+}
+
+}  // namespace meshlib::grpc
