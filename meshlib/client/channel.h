@@ -128,11 +128,7 @@ class Channel final : public EndpointChannel {
   // is set up. A channel with none can be destroyed without failing a call.
   size_t CallsOutstanding() const override;
   // Connections opened (TCP connected) and closed since the channel was made.
-  struct ConnectionCounts {
-    int64_t opened = 0;
-    int64_t closed = 0;
-  };
-  ConnectionCounts connection_counts() const;
+  ConnectionCounts connection_counts() const override;
   // Starts connecting now instead of at the first call.
   void Connect() override;
   // Closes every connection (calls in flight and queued end with

@@ -1,6 +1,7 @@
 // EndpointChannel: calls to one endpoint, as a ServiceChannel uses them.
-// client::Channel (TCP, meshlib's protocol) is the implementation; tests
-// and benchmarks plug in others (an in-memory transport) through
+// client::Channel (TCP, meshlib's protocol) and grpc::GrpcChannel (gRPC
+// over HTTP/2) are the implementations; tests and benchmarks plug in
+// others (an in-memory transport) through
 // ServiceChannelOptions::channel_factory.
 //
 // Threading: implementations are thread-safe.
@@ -8,6 +9,7 @@
 #define MESHLIB_CLIENT_ENDPOINT_CHANNEL_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "meshlib/client/caller.h"
@@ -27,6 +29,12 @@ class EndpointChannel : public Caller {
   virtual size_t CallsOutstanding() const = 0;
   // Starts connecting now instead of at the first call.
   virtual void Connect() = 0;
+  // Connections opened (connected) and closed since the channel was made.
+  struct ConnectionCounts {
+    int64_t opened = 0;
+    int64_t closed = 0;
+  };
+  virtual ConnectionCounts connection_counts() const { return {}; }
   // Ends every call in flight with CANCELLED and refuses new ones: for an
   // owner going away while others may still hold the channel. Any thread.
   virtual void Shutdown() {}

@@ -617,7 +617,8 @@ void ServiceChannel::StartHealthProbe(const std::string& address,
     core::ScopedNoDeadline no_deadline;
     channel->Call(hp->checker.options().method, "", o,
                   [life = lifeline_, hp, address](CallResult r) {
-                    bool ok = r.status.ok();
+                    bool ok = r.status.ok() && resilience::ProbeReplySaysServing(
+                                                   hp->checker.options().method, r.payload);
                     std::shared_lock<std::shared_mutex> lock(life->mu);
                     if (life->sc == nullptr) return;
                     ServiceChannel* sc = life->sc;

@@ -124,7 +124,7 @@ absl::StatusOr<ServiceConfig> ParseService(const std::string& name, const json& 
   if (auto st = CheckObject(s, path,
                             {"discovery", "load_balancer", "timeout", "retry", "hedging",
                              "circuit_breaker", "outlier_detection", "health_check", "fault",
-                             "subsets", "routes", "tls"});
+                             "subsets", "routes", "tls", "protocol"});
       !st.ok()) {
     return st;
   }
@@ -141,6 +141,18 @@ absl::StatusOr<ServiceConfig> ParseService(const std::string& name, const json& 
   }
   sc.discovery = *disc;
   sc.discovery_kind = disc->begin().key();
+
+  if (auto p = s.find("protocol"); p != s.end()) {
+    const std::string pp = JoinPath(path, "protocol");
+    if (!p->is_string()) return FieldError(pp, "must be a string: \"meshlib\" or \"grpc\"");
+    const std::string v = p->get<std::string>();
+    if (v == "grpc") {
+      sc.protocol = ServiceConfig::Protocol::kGrpc;
+    } else if (v != "meshlib") {
+      return FieldError(pp, absl::StrCat("unknown protocol \"", v,
+                                         "\"; expected \"meshlib\" or \"grpc\""));
+    }
+  }
 
   if (auto t = s.find("timeout"); t != s.end()) {
     std::string tp = JoinPath(path, "timeout");
@@ -182,6 +194,12 @@ absl::StatusOr<ServiceConfig> ParseService(const std::string& name, const json& 
   if (auto st = Section(s, path, "health_check", resilience::ParseHealthCheck, &sc.health_check);
       !st.ok()) {
     return st;
+  }
+  // gRPC services are probed with the standard gRPC health service unless
+  // the configuration names a method.
+  if (sc.health_check.has_value() && sc.protocol == ServiceConfig::Protocol::kGrpc &&
+      !s.at("health_check").contains("method")) {
+    sc.health_check->method = transport::kGrpcHealthCheckMethod;
   }
   if (auto st = Section(s, path, "fault", resilience::ParseFaultInjection, &sc.fault); !st.ok()) {
     return st;

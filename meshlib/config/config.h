@@ -88,6 +88,11 @@ struct ServiceConfig {
   // key_file, server_name, identities, handshake_timeout, reload_interval).
   // nullopt: the mesh's `tls`, if any, else plaintext.
   std::optional<tls::TlsOptions> tls;
+  // `protocol`: how the service's endpoints are called: "meshlib"
+  // (default, meshlib's own framing) or "grpc" (gRPC over HTTP/2; method
+  // "Echo/Say" is the path "/Echo/Say"). The stack above is the same.
+  enum class Protocol { kMeshlib, kGrpc };
+  Protocol protocol = Protocol::kMeshlib;
   // The service's whole JSON object.
   nlohmann::json raw;
 

@@ -1,6 +1,7 @@
 #include "meshlib/config/config.h"
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace meshlib::config {
@@ -28,6 +29,31 @@ TEST(ConfigTest, ParsesDesignDocExample) {
   EXPECT_EQ(echo->timeout, absl::Milliseconds(250));
   EXPECT_FALSE(echo->load_balancer.empty());
   EXPECT_EQ(cfg->Find("other"), nullptr);
+}
+
+TEST(ConfigTest, ProtocolChoosesGrpcAndItsHealthService) {
+  auto cfg = ParseMeshConfig(R"({"services": {
+      "a": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}},
+      "g": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}, "protocol": "grpc",
+            "health_check": {"interval": "1s"}},
+      "h": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}, "protocol": "grpc",
+            "health_check": {"method": "my.Health/Ping"}},
+      "m": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}}, "protocol": "meshlib",
+            "health_check": {}}}})");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->Find("a")->protocol, ServiceConfig::Protocol::kMeshlib);
+  EXPECT_EQ(cfg->Find("g")->protocol, ServiceConfig::Protocol::kGrpc);
+  EXPECT_EQ(cfg->Find("g")->health_check->method, "grpc.health.v1.Health/Check");
+  EXPECT_EQ(cfg->Find("h")->health_check->method, "my.Health/Ping");
+  EXPECT_EQ(cfg->Find("m")->health_check->method, "meshlib.Health/Check");
+  for (const char* bad : {R"("http")", "7", "null"}) {
+    auto b = ParseMeshConfig(absl::StrCat(
+        R"({"services": {"x": {"discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
+           "protocol": )", bad, "}}}"));
+    ASSERT_FALSE(b.ok()) << bad;
+    EXPECT_TRUE(absl::StartsWith(b.status().message(), "services.x.protocol:"))
+        << b.status().message();
+  }
 }
 
 TEST(ConfigTest, DefaultTimeoutIsOneSecond) {
@@ -376,7 +402,7 @@ TEST(ConfigTypedTest, RoutingMeshAndUnknownKeyErrors) {
       // Service level.
       {OneService(R"("route": [])"),
        "services.echo.route: unknown key (known: discovery, load_balancer, timeout, retry, "
-       "hedging, circuit_breaker, outlier_detection, health_check, fault, subsets, routes, tls)"},
+       "hedging, circuit_breaker, outlier_detection, health_check, fault, subsets, routes, tls, protocol)"},
       {R"({"services": {"echo": 5}})", "services.echo: must be an object"},
       {OneService(R"("timeout": "0s")"), "services.echo.timeout: must be > 0"},
       {OneService(R"("retry": {"max_attempts": 11})"),

@@ -835,8 +835,8 @@ size_t GrpcChannel::CallsOutstanding() const {
   return shared_->outstanding.load(std::memory_order_relaxed);
 }
 
-client::Channel::ConnectionCounts GrpcChannel::connection_counts() const {
-  client::Channel::ConnectionCounts c;
+client::EndpointChannel::ConnectionCounts GrpcChannel::connection_counts() const {
+  ConnectionCounts c;
   c.opened = shared_->opened.load(std::memory_order_relaxed);
   c.closed = shared_->closed.load(std::memory_order_relaxed);
   return c;

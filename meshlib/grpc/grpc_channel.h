@@ -66,7 +66,7 @@ class GrpcChannel final : public client::EndpointChannel {
   size_t CallsOutstanding() const override;
   void Connect() override;
   void Shutdown() override;
-  client::Channel::ConnectionCounts connection_counts() const;
+  ConnectionCounts connection_counts() const override;
 
  private:
   GrpcChannel(std::shared_ptr<GrpcChannelShared> shared);

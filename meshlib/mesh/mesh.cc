@@ -285,7 +285,10 @@ std::string Client::Describe() const {
       line(role, absl::StrCat(s->all->endpoint_count(), " endpoints, ",
                               s->mesh_config->mesh.connections_per_endpoint,
                               " connection(s) each, pooled by address (shared by the subsets "
-                              "and across reloads)"));
+                              "and across reloads), ",
+                              svc.protocol == config::ServiceConfig::Protocol::kGrpc
+                                  ? "gRPC over HTTP/2"
+                                  : "meshlib protocol"));
       continue;
     }
     line(role, text);
@@ -404,7 +407,7 @@ void CollectMeshMetrics(internal::MeshCore& core, std::vector<metrics::Sample>* 
   std::map<std::string, Connections> by_endpoint;
   if (core.pool != nullptr) {
     for (const auto& ch : core.pool->Live()) {
-      const client::Channel::ConnectionCounts n = ch->connection_counts();
+      const client::EndpointChannel::ConnectionCounts n = ch->connection_counts();
       Connections& c = by_endpoint[ch->address()];
       c.opened += n.opened;
       c.closed += n.closed;

@@ -127,4 +127,41 @@ absl::Duration HealthChecker::NextProbeDelay(uint64_t random64) const {
   return options_.interval * factor;
 }
 
+bool ProbeReplySaysServing(absl::string_view method, absl::string_view reply) {
+  if (method != transport::kGrpcHealthCheckMethod) return true;
+  // Walk the protobuf fields; the status is field 1, a varint.
+  uint64_t status = 0;
+  size_t i = 0;
+  auto varint = [&](uint64_t* v) {
+    *v = 0;
+    for (int shift = 0; shift < 64 && i < reply.size(); shift += 7) {
+      const auto b = static_cast<unsigned char>(reply[i++]);
+      *v |= uint64_t{b & 0x7fu} << shift;
+      if ((b & 0x80u) == 0) return true;
+    }
+    return false;
+  };
+  while (i < reply.size()) {
+    uint64_t key = 0;
+    if (!varint(&key)) return false;
+    const uint64_t wire_type = key & 7;
+    if (wire_type == 0) {
+      uint64_t v = 0;
+      if (!varint(&v)) return false;
+      if ((key >> 3) == 1) status = v;
+    } else if (wire_type == 2) {
+      uint64_t len = 0;
+      if (!varint(&len) || len > reply.size() - i) return false;
+      i += len;
+    } else if (wire_type == 1 && reply.size() - i >= 8) {
+      i += 8;
+    } else if (wire_type == 5 && reply.size() - i >= 4) {
+      i += 4;
+    } else {
+      return false;
+    }
+  }
+  return status == 1;  // SERVING
+}
+
 }  // namespace meshlib::resilience

@@ -71,6 +71,13 @@ struct HealthCheckOptions {
   absl::Status Validate() const;
 };
 
+// Whether a probe's successful reply says the endpoint serves. For
+// kGrpcHealthCheckMethod the reply is a grpc.health.v1.HealthCheckResponse
+// (protobuf: field 1, the status, SERVING = 1): anything else (NOT_SERVING,
+// UNKNOWN, an empty or garbled reply) is a failed probe. Any other method:
+// true (the call's OK status is the answer).
+bool ProbeReplySaysServing(absl::string_view method, absl::string_view reply);
+
 // Parses a `health_check` object at `path` (e.g. "services.echo.health_check");
 // unknown keys are rejected, errors name the field:
 // `<path>.timeout: must be <= interval (5s)`.

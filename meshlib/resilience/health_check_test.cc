@@ -143,5 +143,19 @@ TEST(HealthCheckTest, ValidateChecksTheSameRanges) {
   EXPECT_TRUE(absl::StartsWith(o.Validate().message(), "method:"));
 }
 
+TEST(ProbeReplyTest, GrpcHealthReplyMustSaySERVING) {
+  const std::string m = transport::kGrpcHealthCheckMethod;
+  EXPECT_TRUE(ProbeReplySaysServing(m, std::string("\x08\x01", 2)));
+  EXPECT_FALSE(ProbeReplySaysServing(m, std::string("\x08\x02", 2)));  // NOT_SERVING
+  EXPECT_FALSE(ProbeReplySaysServing(m, ""));                            // UNKNOWN
+  EXPECT_FALSE(ProbeReplySaysServing(m, std::string("\x08", 1)));       // truncated
+  EXPECT_FALSE(ProbeReplySaysServing(m, "\xff\xff"));                    // garbage
+  // Unknown fields before the status are skipped.
+  EXPECT_TRUE(ProbeReplySaysServing(m, std::string("\x12\x02hi\x08\x01", 6)));
+  // Other methods: the call's status decides.
+  EXPECT_TRUE(ProbeReplySaysServing("meshlib.Health/Check", "SERVING"));
+  EXPECT_TRUE(ProbeReplySaysServing("x.Y/Z", ""));
+}
+
 }  // namespace
 }  // namespace meshlib::resilience

@@ -57,6 +57,9 @@ inline constexpr char kRetryPushbackKey[] = "meshlib-retry-pushback-ms";
 // The method every meshlib server answers for active health checks: OK
 // with payload "SERVING", or UNAVAILABLE "NOT_SERVING" while it drains.
 inline constexpr char kHealthCheckMethod[] = "meshlib.Health/Check";
+// The standard gRPC health service's method (grpc.health.v1): services
+// called over gRPC are probed with it; meshlib servers answer it too.
+inline constexpr char kGrpcHealthCheckMethod[] = "grpc.health.v1.Health/Check";
 
 // Limits applied while decoding; a frame over a limit is an error.
 struct FrameLimits {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/client/endpoint_channel.h"
+#include "meshlib/grpc/grpc_channel.h"
 #include "meshlib/runtime/event_loop.h"
 
 namespace meshlib::mesh::internal {
@@ -22,20 +23,30 @@ namespace meshlib::mesh::internal {
 // mesh's core by a moment.
 class ConnectionPool {
  public:
+  // `grpc`: gRPC over HTTP/2 (grpc::GrpcChannel) instead of meshlib's own
+  // protocol (client::Channel).
   absl::StatusOr<std::shared_ptr<client::EndpointChannel>> Get(
-      const std::string& address, const client::ChannelOptions& options) {
+      const std::string& address, const client::ChannelOptions& options, bool grpc = false) {
     std::lock_guard<std::mutex> lock(mu_);
     if (shut_down_) {
       return absl::CancelledError(absl::StrCat("mesh closed: no new connection to ", address));
     }
-    // Services calling one address with different TLS settings get
-    // different connections.
+    // Services calling one address with different protocols or TLS
+    // settings get different connections.
     auto& slot = pool_[absl::StrCat(address, "#", options.connections, "#",
-                                    reinterpret_cast<uintptr_t>(options.tls.get()))];
-    if (auto ch = slot.lock()) return std::shared_ptr<client::EndpointChannel>(ch);
-    auto created = client::Channel::Create(address, options);
-    if (!created.ok()) return created.status();
-    std::shared_ptr<client::Channel> ch = runtime::ShareOffLoop(std::move(*created));
+                                    reinterpret_cast<uintptr_t>(options.tls.get()),
+                                    grpc ? "#grpc" : "")];
+    if (auto ch = slot.lock()) return ch;
+    std::shared_ptr<client::EndpointChannel> ch;
+    if (grpc) {
+      auto created = grpc::GrpcChannel::Create(address, options);
+      if (!created.ok()) return created.status();
+      ch = runtime::ShareOffLoop(std::move(*created));
+    } else {
+      auto created = client::Channel::Create(address, options);
+      if (!created.ok()) return created.status();
+      ch = runtime::ShareOffLoop(std::move(*created));
+    }
     slot = ch;
     // Forget addresses whose channels are gone, now and then.
     if (pool_.size() > 64) {
@@ -43,11 +54,11 @@ class ConnectionPool {
         it = it->second.expired() ? pool_.erase(it) : std::next(it);
       }
     }
-    return std::shared_ptr<client::EndpointChannel>(ch);
+    return ch;
   }
   // Every channel still in use (for the metrics).
-  std::vector<std::shared_ptr<client::Channel>> Live() {
-    std::vector<std::shared_ptr<client::Channel>> live;
+  std::vector<std::shared_ptr<client::EndpointChannel>> Live() {
+    std::vector<std::shared_ptr<client::EndpointChannel>> live;
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& [key, weak] : pool_) {
       if (auto ch = weak.lock()) live.push_back(std::move(ch));
@@ -57,7 +68,7 @@ class ConnectionPool {
   // Closes every pooled connection: calls in flight on them (blocking ones
   // included) end with CANCELLED; no new connection is made.
   void Shutdown() {
-    std::vector<std::shared_ptr<client::Channel>> live;
+    std::vector<std::shared_ptr<client::EndpointChannel>> live;
     {
       std::lock_guard<std::mutex> lock(mu_);
       shut_down_ = true;
@@ -70,7 +81,7 @@ class ConnectionPool {
 
  private:
   std::mutex mu_;
-  std::map<std::string, std::weak_ptr<client::Channel>> pool_;  // guarded by mu_
+  std::map<std::string, std::weak_ptr<client::EndpointChannel>> pool_;  // guarded by mu_
   bool shut_down_ = false;                                       // guarded by mu_
 };
 

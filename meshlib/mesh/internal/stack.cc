@@ -75,8 +75,9 @@ absl::StatusOr<std::shared_ptr<Stack>> BuildStack(
   if (core.options.channel_factory) {
     o.channel_factory = core.options.channel_factory;
   } else {
-    o.channel_factory = [pool = core.pool, channel_options](const std::string& address) {
-      return pool->Get(address, channel_options);
+    const bool grpc = svc->protocol == config::ServiceConfig::Protocol::kGrpc;
+    o.channel_factory = [pool = core.pool, channel_options, grpc](const std::string& address) {
+      return pool->Get(address, channel_options, grpc);
     };
   }
   auto all = client::ServiceChannel::Create(name, json(), o);
