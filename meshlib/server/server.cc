@@ -20,6 +20,7 @@
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/core/trace_context.h"
+#include "meshlib/server/internal/call_host.h"
 #include "meshlib/tls/credentials.h"
 #include "meshlib/tls/tls_stream.h"
 #include "meshlib/transport/connection.h"
@@ -31,47 +32,23 @@ namespace meshlib::server {
 using transport::FrameType;
 using transport::FrameView;
 
-// State shared by the server, its connections and its calls; it outlives the
-// Server, so that a handler finishing a call after Shutdown is safe.
-struct CallCounter {
-  std::atomic<int64_t> active{0};
-  // ServerStats.
-  std::atomic<int64_t> calls{0};
-  std::atomic<int64_t> rejected_expired{0};
-  std::atomic<int64_t> shed{0};
-  std::atomic<int64_t> health_checks{0};
-  std::atomic<int64_t> connections_opened{0};
-  std::atomic<int64_t> connections_closed{0};
-  std::atomic<int64_t> tls_handshake_failures{0};
-  // The adaptive concurrency limit; null when disabled. Here rather than in
-  // the Server because calls release their slot when they finish, which may
-  // be after the Server is gone.
-  std::unique_ptr<ConcurrencyLimiter> limiter;
-  // The methods' metrics (Server::Method points into them): here because a
-  // call counts its outcome when it finishes, which may be after the
-  // Server is gone. Filled at Start, before any call.
-  std::vector<std::unique_ptr<ServerMethodMetrics>> method_metrics;
-  // Finishing off the reactor touches the connection's loop; Shutdown flips
-  // `loops_alive` (exclusively) before the loops may be destroyed.
-  std::shared_mutex loops_mu;
-  bool loops_alive = true;  // guarded by loops_mu
-};
-
-class ServerConnection final : public transport::FramedConnection {
+class ServerConnection final : public transport::FramedConnection, public CallHost {
  public:
   ServerConnection(Server* server, std::shared_ptr<CallCounter> counter,
                    runtime::EventLoop* loop, std::unique_ptr<transport::ByteStream> stream,
                    transport::ConnectionOptions options, std::string peer_identity)
       : FramedConnection(loop, std::move(stream), options),
-        server_(server),
-        counter_(std::move(counter)),
-        peer_identity_(std::move(peer_identity)) {}
-
-  const std::string& peer_identity() const { return peer_identity_; }
+        CallHost(server, std::move(counter), std::move(peer_identity)) {}
 
   std::shared_ptr<ServerConnection> self() {
     return std::static_pointer_cast<ServerConnection>(shared_from_this());
   }
+
+  runtime::EventLoop* host_loop() const override { return loop(); }
+  const std::string& host_peer() const override { return peer(); }
+  bool host_closed() const override { return closed(); }
+  std::shared_ptr<CallHost> host_self() override { return self(); }
+  void CloseHost(absl::Status reason) override { Close(std::move(reason)); }
 
   void StartIdleCheck(absl::Duration idle_timeout) {
     idle_timeout_ = idle_timeout;
@@ -83,7 +60,7 @@ class ServerConnection final : public transport::FramedConnection {
   // cross the GOAWAY on the wire are still served (the frame promises every
   // stream id), so none is lost to the race; the connection closes once it
   // is quiet.
-  void SendGoAway(std::string why) {
+  void SendGoAway(std::string why) override {
     auto send = [self = self(), why = std::move(why)] {
       if (self->goaway_sent_ || self->closed()) return;
       self->goaway_sent_ = true;
@@ -99,34 +76,8 @@ class ServerConnection final : public transport::FramedConnection {
     }
   }
 
-  // The call's reply has been queued (or dropped). `on_loop`: called on
-  // this connection's reactor thread.
-  void CallDone(uint32_t stream_id, bool on_loop) {
-    counter_->active.fetch_sub(1, std::memory_order_acq_rel);
-    if (closed()) return;  // calls_ was cleared at close
-    if (on_loop) {
-      calls_.erase(stream_id);
-    } else {
-      loop()->Post([self = self(), stream_id] { self->calls_.erase(stream_id); });
-    }
-  }
-
-  // Frees the call's slot under max_concurrent_streams. Called before the
-  // reply is sent, so that the client's next request, which may arrive
-  // before this call is forgotten on the reactor, finds the slot free.
-  void ReleaseStream() { open_streams_.fetch_sub(1, std::memory_order_acq_rel); }
-
-  // DEADLINE_EXCEEDED for a sync call whose deadline passed before a worker
-  // took it.
-  static absl::Status ExpiredInQueue(const ServerCall& call, absl::Time now) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "deadline passed before the handler of ", call.method(), " started: queued ",
-        absl::FormatDuration(now - call.arrival_), " waiting for a worker (timeout ",
-        absl::FormatDuration(call.deadline_ - call.arrival_), "); not run"));
-  }
-
   void SendReply(uint32_t stream_id, uint16_t flags, const absl::Status& status,
-                 const Metadata& md, absl::string_view payload) {
+                 const Metadata& md, absl::string_view payload) override {
     absl::Status s = Send([&](std::string* out) {
       transport::AppendResponse(out, stream_id, flags, status.code(), status.message(), md,
                                 payload);
@@ -144,12 +95,10 @@ class ServerConnection final : public transport::FramedConnection {
       case FrameType::kRequest:
         OnRequest(frame);
         return;
-      case FrameType::kCancel: {
-        auto it = calls_.find(frame.header.stream_id);
-        // A cancel racing with our reply is normal: ignore unknown ids.
-        if (it != calls_.end()) it->second->Cancel();
+      case FrameType::kCancel:
+        // A cancel racing with our reply is normal: unknown ids are ignored.
+        CancelCall(frame.header.stream_id);
         return;
-      }
       case FrameType::kPing:
         return;  // answered by FramedConnection
       case FrameType::kGoAway:
@@ -172,16 +121,12 @@ class ServerConnection final : public transport::FramedConnection {
                                ? core::LogLevel::kDebug
                                : core::LogLevel::kWarning;
     core::Log(level, absl::StrCat("closed connection from ", peer(), ": ", reason.ToString()));
-    auto calls = std::move(calls_);
-    calls_.clear();
-    for (auto& [id, call] : calls) call->Cancel();
+    CancelAllCalls();
     loop()->Cancel(idle_timer_);
     server_->OnConnectionClosed(this);
   }
 
  private:
-  friend class ServerCall;
-
   void ScheduleIdleCheck() {
     std::weak_ptr<ServerConnection> weak = self();
     absl::Duration period = std::max(idle_timeout_ / 4, absl::Milliseconds(10));
@@ -189,14 +134,14 @@ class ServerConnection final : public transport::FramedConnection {
       auto self = weak.lock();
       if (!self || self->closed()) return;
       absl::Duration idle = self->loop()->Now() - self->last_read_time();
-      if (self->calls_.empty() && idle >= self->idle_timeout_ + self->goaway_grace_) {
+      if (!self->HasCalls() && idle >= self->idle_timeout_ + self->goaway_grace_) {
         self->Close(absl::DeadlineExceededError(absl::StrCat(
             "connection from ", self->peer(), " idle for ", absl::FormatDuration(idle),
             " with no call in flight (idle_timeout ",
             absl::FormatDuration(self->idle_timeout_), ")")));
         return;
       }
-      if (self->calls_.empty() && idle >= self->idle_timeout_ && !self->goaway_sent_) {
+      if (!self->HasCalls() && idle >= self->idle_timeout_ && !self->goaway_sent_) {
         // GOAWAY first and close a little later, so that a healthy client
         // moves to a new connection without losing a call sent meanwhile.
         self->SendGoAway("idle connection closed by the server");
@@ -212,7 +157,7 @@ class ServerConnection final : public transport::FramedConnection {
           absl::StrCat("protocol error from ", peer(), ": REQUEST on stream 0")));
       return;
     }
-    if (calls_.contains(id)) {
+    if (HasCall(id)) {
       Close(absl::InvalidArgumentError(absl::StrCat(
           "protocol error from ", peer(), ": REQUEST reuses stream ", id,
           " which is still in flight")));
@@ -233,174 +178,206 @@ class ServerConnection final : public transport::FramedConnection {
       SendReply(id, 0, err, {}, {});
       return;
     }
-    // Answered here, before every limit: a health check costs less than
-    // refusing it would, and a checker must see a loaded instance as alive.
-    if (server_->builtin_health_ && req->method == transport::kHealthCheckMethod) {
-      counter_->health_checks.fetch_add(1, std::memory_order_relaxed);
-      if (server_->Serving()) {
-        SendReply(id, 0, absl::OkStatus(), {}, "SERVING");
-      } else {
-        SendReply(id, 0, absl::UnavailableError("NOT_SERVING"), {}, {});
-      }
-      return;
-    }
-    if (open_streams_.load(std::memory_order_acquire) >=
-        server_->options_.max_concurrent_streams) {
-      SendReply(id, transport::kFlagRefused,
-                absl::ResourceExhaustedError(absl::StrCat(
-                    "max_concurrent_streams (", server_->options_.max_concurrent_streams,
-                    ") reached on this connection; call refused")),
-                {}, {});
-      return;
-    }
-    const Server::Method* method = server_->FindMethod(req->method);
-    if (method == nullptr) {
-      SendReply(id, 0,
-                absl::UnimplementedError(absl::StrCat("unknown method \"", req->method, "\"")),
-                {}, {});
-      return;
-    }
-    if (server_->options_.tls != nullptr) {
-      if (absl::Status denied = server_->Authorize(req->method, peer_identity_); !denied.ok()) {
-        if (method->metrics) method->metrics->Record(denied, absl::ZeroDuration());
-        SendReply(id, 0, denied, {}, {});
-        return;
-      }
-    }
-    counter_->calls.fetch_add(1, std::memory_order_relaxed);
-    const absl::Time deadline = req->timeout == absl::InfiniteDuration()
-                                    ? absl::InfiniteFuture()
-                                    : arrival + req->timeout;
-    const absl::Time now = loop()->Now();
-    if (deadline <= now) {
-      counter_->rejected_expired.fetch_add(1, std::memory_order_relaxed);
-      if (method->metrics) method->metrics->Record(absl::DeadlineExceededError(""), now - arrival);
-      SendReply(id, 0,
-                absl::DeadlineExceededError(absl::StrCat(
-                    "deadline passed before the handler of ", req->method,
-                    " started: it arrived with ", absl::FormatDuration(req->timeout),
-                    " left and waited ", absl::FormatDuration(now - arrival),
-                    " to be dispatched; not run")),
-                {}, {});
-      return;
-    }
-    ConcurrencyLimiter* const limiter = counter_->limiter.get();
-    if (limiter != nullptr && !limiter->TryAcquire()) {
-      counter_->shed.fetch_add(1, std::memory_order_relaxed);
-      if (method->metrics) method->metrics->Record(absl::ResourceExhaustedError(""), now - arrival);
-      SendReply(id, transport::kFlagRefused,
-                absl::ResourceExhaustedError(absl::StrCat(
-                    "adaptive concurrency limit (", limiter->limit(),
-                    " calls in flight) reached; ", req->method, " refused")),
-                {}, {});
-      return;
-    }
-    const bool sync = !method->async;
-    auto call = std::make_shared<ServerCall>(self(), id, *std::move(req), arrival, deadline,
-                                             sync, /*holds_limiter_slot=*/limiter != nullptr);
-    call->metrics_ = method->metrics;
-    calls_.emplace(id, call);
-    open_streams_.fetch_add(1, std::memory_order_acq_rel);
-    counter_->active.fetch_add(1, std::memory_order_acq_rel);
-    if (!sync) {
-      {
-        core::ScopedDeadline scope(deadline);
-        const std::optional<core::TraceContext> trace =
-            core::TraceContext::FromMetadata(call->metadata());
-        core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
-        method->async(call);
-      }
-      // Most async handlers answer at once; only a call still open needs a
-      // deadline timer, so the fast path pays for none.
-      ArmDeadline(call);
-    } else {
-      ArmDeadline(call);
-      const SyncHandler* handler = &method->sync;
-      server_->workers_->Submit([handler, call = std::move(call), counter = counter_] {
-        const absl::Time start = absl::Now();
-        const bool expired = start >= call->deadline_;
-        // The deadline timer may have answered the call already (it then
-        // took it out of the queue): whoever leaves the queue answers.
-        if (expired || call->IsCancelled()) {
-          const bool mine = call->LeaveQueue(ServerCall::kNotRun);
-          call->DropLimiterRef();
-          if (!mine) return;
-          if (expired) {
-            counter->rejected_expired.fetch_add(1, std::memory_order_relaxed);
-            call->FinishInternal(ExpiredInQueue(*call, start), {}, /*from_handler=*/false);
-          } else {
-            call->FinishInternal(absl::CancelledError("cancelled before the handler started"),
-                                 {}, /*from_handler=*/false);
-          }
-          return;
-        }
-        if (!call->LeaveQueue(ServerCall::kRunning)) {
-          call->DropLimiterRef();
-          return;
-        }
-        std::string out;
-        absl::Status s;
-        {
-          core::ScopedDeadline scope(call->deadline_);
-          const std::optional<core::TraceContext> trace =
-              core::TraceContext::FromMetadata(call->metadata());
-          core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
-          s = (*handler)(*call, &out);
-        }
-        // The worker is free: drop its hold first, so that the reply (which
-        // drops the other) leaves with the call's slot already free.
-        call->DropLimiterRef();
-        call->FinishInternal(std::move(s), std::move(out), /*from_handler=*/true);
-      });
-    }
+    Dispatch(id, *std::move(req), arrival);
   }
 
-  // Cancels and answers the call when its deadline passes, unless it is
-  // already finished. Loop thread.
-  void ArmDeadline(const std::shared_ptr<ServerCall>& call) {
-    if (call->deadline_ == absl::InfiniteFuture()) return;
-    std::lock_guard<std::mutex> lock(call->mu_);
-    if (call->finished_.load(std::memory_order_acquire)) return;
-    std::weak_ptr<ServerCall> weak = call;
-    call->deadline_timer_ = loop()->RunAt(call->deadline_, [weak] {
-      auto c = weak.lock();
-      if (!c) return;
-      const bool cancelled_before = c->IsCancelled();
-      c->Cancel();
-      if (c->LeaveQueue(ServerCall::kNotRun)) {
-        // A sync call still waiting for a worker: its handler never runs.
-        if (cancelled_before) {
-          c->FinishInternal(absl::CancelledError("cancelled before the handler started"), {},
-                            /*from_handler=*/false);
-          return;
-        }
-        c->conn_->counter_->rejected_expired.fetch_add(1, std::memory_order_relaxed);
-        c->FinishInternal(ExpiredInQueue(*c, absl::Now()), {}, /*from_handler=*/false);
-      } else if (c->stage_.load(std::memory_order_acquire) == ServerCall::kRunning) {
-        c->FinishInternal(
-            absl::DeadlineExceededError("deadline passed while the server was working"), {},
-            /*from_handler=*/false);
-      }  // else a worker took it out of the queue and answers it
-    });
-  }
-
-  Server* const server_;
-  const std::shared_ptr<CallCounter> counter_;
-  const std::string peer_identity_;  // proved by TLS; "" without
-  // Loop-thread state.
-  absl::flat_hash_map<uint32_t, std::shared_ptr<ServerCall>> calls_;
   uint32_t last_stream_id_ = 0;
   bool goaway_sent_ = false;
-  // Calls not yet finished on this connection (calls_ may lag behind).
-  std::atomic<uint32_t> open_streams_{0};
   absl::Duration idle_timeout_;
   absl::Duration goaway_grace_;
   runtime::TimerId idle_timer_;
 };
 
+// --- CallHost ---
+
+void CallHost::CallDone(uint32_t stream_id, bool on_loop) {
+  counter_->active.fetch_sub(1, std::memory_order_acq_rel);
+  if (host_closed()) return;  // calls_ was cleared at close
+  if (on_loop) {
+    calls_.erase(stream_id);
+  } else {
+    host_loop()->Post([self = host_self(), stream_id] { self->calls_.erase(stream_id); });
+  }
+}
+
+void CallHost::CancelAllCalls() {
+  auto calls = std::move(calls_);
+  calls_.clear();
+  for (auto& [id, call] : calls) call->Cancel();
+}
+
+void CallHost::CancelCall(uint32_t id) {
+  auto it = calls_.find(id);
+  if (it != calls_.end()) it->second->Cancel();
+}
+
+absl::Status CallHost::ExpiredInQueue(const ServerCall& call, absl::Time now) {
+  return absl::DeadlineExceededError(absl::StrCat(
+      "deadline passed before the handler of ", call.method(), " started: queued ",
+      absl::FormatDuration(now - call.arrival_), " waiting for a worker (timeout ",
+      absl::FormatDuration(call.deadline_ - call.arrival_), "); not run"));
+}
+
+uint32_t CallHost::max_concurrent_streams() const {
+  return server_->options_.max_concurrent_streams;
+}
+
+void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival) {
+  // Answered here, before every limit: a health check costs less than
+  // refusing it would, and a checker must see a loaded instance as alive.
+  if (server_->builtin_health_ && req.method == transport::kHealthCheckMethod) {
+    counter_->health_checks.fetch_add(1, std::memory_order_relaxed);
+    if (server_->Serving()) {
+      SendReply(id, 0, absl::OkStatus(), {}, "SERVING");
+    } else {
+      SendReply(id, 0, absl::UnavailableError("NOT_SERVING"), {}, {});
+    }
+    return;
+  }
+  if (open_streams_.load(std::memory_order_acquire) >=
+      server_->options_.max_concurrent_streams) {
+    SendReply(id, transport::kFlagRefused,
+              absl::ResourceExhaustedError(absl::StrCat(
+                  "max_concurrent_streams (", server_->options_.max_concurrent_streams,
+                  ") reached on this connection; call refused")),
+              {}, {});
+    return;
+  }
+  const Server::Method* method = server_->FindMethod(req.method);
+  if (method == nullptr) {
+    SendReply(id, 0,
+              absl::UnimplementedError(absl::StrCat("unknown method \"", req.method, "\"")),
+              {}, {});
+    return;
+  }
+  if (server_->options_.tls != nullptr) {
+    if (absl::Status denied = server_->Authorize(req.method, peer_identity_); !denied.ok()) {
+      if (method->metrics) method->metrics->Record(denied, absl::ZeroDuration());
+      SendReply(id, 0, denied, {}, {});
+      return;
+    }
+  }
+  counter_->calls.fetch_add(1, std::memory_order_relaxed);
+  const absl::Time deadline = req.timeout == absl::InfiniteDuration()
+                                  ? absl::InfiniteFuture()
+                                  : arrival + req.timeout;
+  const absl::Time now = host_loop()->Now();
+  if (deadline <= now) {
+    counter_->rejected_expired.fetch_add(1, std::memory_order_relaxed);
+    if (method->metrics) method->metrics->Record(absl::DeadlineExceededError(""), now - arrival);
+    SendReply(id, 0,
+              absl::DeadlineExceededError(absl::StrCat(
+                  "deadline passed before the handler of ", req.method,
+                  " started: it arrived with ", absl::FormatDuration(req.timeout),
+                  " left and waited ", absl::FormatDuration(now - arrival),
+                  " to be dispatched; not run")),
+              {}, {});
+    return;
+  }
+  ConcurrencyLimiter* const limiter = counter_->limiter.get();
+  if (limiter != nullptr && !limiter->TryAcquire()) {
+    counter_->shed.fetch_add(1, std::memory_order_relaxed);
+    if (method->metrics) method->metrics->Record(absl::ResourceExhaustedError(""), now - arrival);
+    SendReply(id, transport::kFlagRefused,
+              absl::ResourceExhaustedError(absl::StrCat(
+                  "adaptive concurrency limit (", limiter->limit(),
+                  " calls in flight) reached; ", req.method, " refused")),
+              {}, {});
+    return;
+  }
+  const bool sync = !method->async;
+  auto call = std::make_shared<ServerCall>(host_self(), id, std::move(req), arrival, deadline,
+                                           sync, /*holds_limiter_slot=*/limiter != nullptr);
+  call->metrics_ = method->metrics;
+  calls_.emplace(id, call);
+  open_streams_.fetch_add(1, std::memory_order_acq_rel);
+  counter_->active.fetch_add(1, std::memory_order_acq_rel);
+  if (!sync) {
+    {
+      core::ScopedDeadline scope(deadline);
+      const std::optional<core::TraceContext> trace =
+          core::TraceContext::FromMetadata(call->metadata());
+      core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
+      method->async(call);
+    }
+    // Most async handlers answer at once; only a call still open needs a
+    // deadline timer, so the fast path pays for none.
+    ArmDeadline(call);
+  } else {
+    ArmDeadline(call);
+    const SyncHandler* handler = &method->sync;
+    server_->workers_->Submit([handler, call = std::move(call), counter = counter_] {
+      const absl::Time start = absl::Now();
+      const bool expired = start >= call->deadline_;
+      // The deadline timer may have answered the call already (it then
+      // took it out of the queue): whoever leaves the queue answers.
+      if (expired || call->IsCancelled()) {
+        const bool mine = call->LeaveQueue(ServerCall::kNotRun);
+        call->DropLimiterRef();
+        if (!mine) return;
+        if (expired) {
+          counter->rejected_expired.fetch_add(1, std::memory_order_relaxed);
+          call->FinishInternal(ExpiredInQueue(*call, start), {}, /*from_handler=*/false);
+        } else {
+          call->FinishInternal(absl::CancelledError("cancelled before the handler started"),
+                               {}, /*from_handler=*/false);
+        }
+        return;
+      }
+      if (!call->LeaveQueue(ServerCall::kRunning)) {
+        call->DropLimiterRef();
+        return;
+      }
+      std::string out;
+      absl::Status s;
+      {
+        core::ScopedDeadline scope(call->deadline_);
+        const std::optional<core::TraceContext> trace =
+            core::TraceContext::FromMetadata(call->metadata());
+        core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
+        s = (*handler)(*call, &out);
+      }
+      // The worker is free: drop its hold first, so that the reply (which
+      // drops the other) leaves with the call's slot already free.
+      call->DropLimiterRef();
+      call->FinishInternal(std::move(s), std::move(out), /*from_handler=*/true);
+    });
+  }
+}
+
+// Cancels and answers the call when its deadline passes, unless it is
+// already finished. Loop thread.
+void CallHost::ArmDeadline(const std::shared_ptr<ServerCall>& call) {
+  if (call->deadline_ == absl::InfiniteFuture()) return;
+  std::lock_guard<std::mutex> lock(call->mu_);
+  if (call->finished_.load(std::memory_order_acquire)) return;
+  std::weak_ptr<ServerCall> weak = call;
+  call->deadline_timer_ = host_loop()->RunAt(call->deadline_, [weak] {
+    auto c = weak.lock();
+    if (!c) return;
+    const bool cancelled_before = c->IsCancelled();
+    c->Cancel();
+    if (c->LeaveQueue(ServerCall::kNotRun)) {
+      // A sync call still waiting for a worker: its handler never runs.
+      if (cancelled_before) {
+        c->FinishInternal(absl::CancelledError("cancelled before the handler started"), {},
+                          /*from_handler=*/false);
+        return;
+      }
+      c->conn_->counter_->rejected_expired.fetch_add(1, std::memory_order_relaxed);
+      c->FinishInternal(ExpiredInQueue(*c, absl::Now()), {}, /*from_handler=*/false);
+    } else if (c->stage_.load(std::memory_order_acquire) == ServerCall::kRunning) {
+      c->FinishInternal(
+          absl::DeadlineExceededError("deadline passed while the server was working"), {},
+          /*from_handler=*/false);
+    }  // else a worker took it out of the queue and answers it
+  });
+}
+
+
 // --- ServerCall ---
 
-ServerCall::ServerCall(std::shared_ptr<ServerConnection> conn, uint32_t stream_id,
+ServerCall::ServerCall(std::shared_ptr<CallHost> conn, uint32_t stream_id,
                        transport::Request request, absl::Time arrival, absl::Time deadline,
                        bool sync, bool holds_limiter_slot)
     : conn_(std::move(conn)),
@@ -437,7 +414,7 @@ void ServerCall::DropLimiterRef() {
   }
 }
 
-const std::string& ServerCall::peer() const { return conn_->peer(); }
+const std::string& ServerCall::peer() const { return conn_->host_peer(); }
 
 const std::string& ServerCall::peer_identity() const { return conn_->peer_identity(); }
 
@@ -453,7 +430,7 @@ absl::Duration ServerCall::RemainingTime() const {
   return deadline_ - absl::Now();
 }
 
-runtime::Executor& ServerCall::executor() const { return *conn_->loop(); }
+runtime::Executor& ServerCall::executor() const { return *conn_->host_loop(); }
 
 void ServerCall::OnCancel(absl::AnyInvocable<void()> fn) {
   {
@@ -512,7 +489,7 @@ void ServerCall::FinishInternal(absl::Status status, std::string response, bool 
   latency_is_sample_.store(from_handler && !IsCancelled(), std::memory_order_relaxed);
   DropLimiterRef();
   // Compares pointers only: the loop may already be gone.
-  const bool on_loop = runtime::EventLoop::Current() == conn_->loop();
+  const bool on_loop = runtime::EventLoop::Current() == conn_->host_loop();
   std::shared_lock<std::shared_mutex> guard;
   if (!on_loop) {
     guard = std::shared_lock<std::shared_mutex>(conn_->counter_->loops_mu);
@@ -529,9 +506,9 @@ void ServerCall::FinishInternal(absl::Status status, std::string response, bool 
     md = std::move(response_metadata_);
     timer = deadline_timer_;
   }
-  if (timer.valid()) conn_->loop()->Cancel(timer);
+  if (timer.valid()) conn_->host_loop()->Cancel(timer);
   conn_->ReleaseStream();
-  if (!conn_->closed()) conn_->SendReply(stream_id_, 0, status, md, response);
+  if (!conn_->host_closed()) conn_->SendReply(stream_id_, 0, status, md, response);
   conn_->CallDone(stream_id_, on_loop);
 }
 
@@ -883,7 +860,7 @@ void Server::StartConnection(runtime::EventLoop* loop_ptr,
   loop.Post([conn, idle = options_.idle_timeout] { conn->StartIdleCheck(idle); });
 }
 
-void Server::OnConnectionClosed(ServerConnection* conn) {
+void Server::OnConnectionClosed(CallHost* conn) {
   core::MutexLock lock(&mu_);
   if (conns_.erase(conn) > 0) {
     counter_->connections_closed.fetch_add(1, std::memory_order_relaxed);
@@ -917,7 +894,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
     core::MutexLock lock(&mu_);
     for (auto& [raw, hs] : handshakes_) hs->Cancel(absl::CancelledError("server shutting down"));
   }
-  std::vector<std::shared_ptr<ServerConnection>> conns;
+  std::vector<std::shared_ptr<CallHost>> conns;
   {
     core::MutexLock lock(&mu_);
     for (auto& [p, c] : conns_) conns.push_back(c);
@@ -933,7 +910,7 @@ void Server::Shutdown(absl::Duration drain_timeout) {
                            absl::FormatDuration(drain_timeout), ") passed with ",
                            counter_->active.load(), " calls in flight; cancelling them"));
   }
-  for (auto& c : conns) c->Close(absl::UnavailableError("server shut down"));
+  for (auto& c : conns) c->CloseHost(absl::UnavailableError("server shut down"));
   conns.clear();
   for (;;) {
     {

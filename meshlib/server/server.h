@@ -162,7 +162,7 @@ struct ServerStats {
   int64_t tls_handshake_failures = 0;
 };
 
-class ServerConnection;
+class CallHost;
 class Server;
 struct CallCounter;
 
@@ -204,12 +204,13 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   void Finish(absl::Status status, std::string response = {});
 
   // Made by the server only.
-  ServerCall(std::shared_ptr<ServerConnection> conn, uint32_t stream_id,
+  ServerCall(std::shared_ptr<CallHost> conn, uint32_t stream_id,
              transport::Request request, absl::Time arrival, absl::Time deadline,
              bool sync, bool holds_limiter_slot);
   ~ServerCall();
 
  private:
+  friend class CallHost;
   friend class ServerConnection;
   // Where a sync call is: waiting for a worker, handed to its handler, or
   // answered without running it. Async calls start kRunning.
@@ -225,7 +226,7 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   // call also its worker) is done; the last one frees the slot.
   void DropLimiterRef();
 
-  const std::shared_ptr<ServerConnection> conn_;
+  const std::shared_ptr<CallHost> conn_;
   const uint32_t stream_id_;
   const transport::Request request_;
   const absl::Time arrival_;  // when the request was read
@@ -293,6 +294,7 @@ class Server {
   void SetServing(bool serving);
 
  private:
+  friend class CallHost;
   friend class ServerConnection;
   friend class ServerCall;
   class Acceptor;
@@ -310,7 +312,7 @@ class Server {
                        std::string peer_identity);
   // With TLS: whether `identity` may call `method`.
   absl::Status Authorize(const std::string& method, const std::string& identity) const;
-  void OnConnectionClosed(ServerConnection* conn);
+  void OnConnectionClosed(CallHost* conn);
   bool Serving() const;
 
   const ServerOptions options_;
@@ -335,7 +337,7 @@ class Server {
   std::atomic<bool> shutting_down_{false};
 
   core::Mutex mu_;
-  absl::flat_hash_map<ServerConnection*, std::shared_ptr<ServerConnection>> conns_
+  absl::flat_hash_map<CallHost*, std::shared_ptr<CallHost>> conns_
       ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<absl::AnyInvocable<void()>> pre_shutdown_hooks_ ABSL_GUARDED_BY(mu_);
