@@ -24,6 +24,7 @@
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
+#include "meshlib/grpc/session_io.h"
 #include "meshlib/grpc/wire.h"
 #include "meshlib/tls/tls_stream.h"
 #include "meshlib/transport/byte_stream.h"
@@ -49,7 +50,6 @@ CallResult Failure(absl::Status status, bool not_processed) {
 // WINDOW_UPDATE, and many streams share the connection's window.
 constexpr int32_t kStreamWindow = 8 << 20;
 constexpr int32_t kConnectionWindow = 32 << 20;
-constexpr size_t kReadChunk = 64 << 10;
 constexpr size_t kMaxResponseHeaders = 64;
 
 }  // namespace
@@ -171,14 +171,13 @@ class GrpcConnection final : public runtime::FdHandler,
   runtime::TimerId connect_timer_;
   runtime::TimerId backoff_timer_;
   std::shared_ptr<tls::Handshake> handshake_;
-  std::unique_ptr<transport::ByteStream> stream_;
+  // The session's connection; closed (not destroyed) when the session ends,
+  // since that may happen inside its own Read.
+  std::unique_ptr<SessionIo> io_;
   nghttp2_session* session_ = nullptr;
-  bool watching_out_ = false;
   bool draining_ = false;  // GOAWAY received: no new streams on this session
   bool flush_scheduled_ = false;
   bool in_session_ = false;  // inside nghttp2 (its callbacks may not end the session)
-  std::string out_;
-  size_t out_offset_ = 0;
   std::deque<std::shared_ptr<GrpcCall>> pending_;
   std::unordered_map<int32_t, std::shared_ptr<GrpcCall>> streams_;
   std::vector<std::pair<std::shared_ptr<GrpcCall>, CallResult>> completions_;
@@ -327,14 +326,13 @@ void GrpcConnection::StartSession(std::unique_ptr<transport::ByteStream> stream)
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings,
                           sizeof(settings) / sizeof(settings[0]));
   nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, kConnectionWindow);
-  stream_ = std::move(stream);
-  if (absl::Status s = loop_->Watch(stream_->fd(), EPOLLIN, this); !s.ok()) {
+  io_ = std::make_unique<SessionIo>(loop_, std::move(stream));
+  if (absl::Status s = io_->Watch(this); !s.ok()) {
     DeleteSession();
-    stream_.reset();
+    io_->Close();
     ConnectFailed(s);
     return;
   }
-  watching_out_ = false;
   draining_ = false;
   ++session_generation_;
   backoff_.Reset();
@@ -345,7 +343,7 @@ void GrpcConnection::StartSession(std::unique_ptr<transport::ByteStream> stream)
   for (auto& call : pending) SubmitStream(std::move(call));
   Flush();
   // A TLS stream may already hold the server's first bytes.
-  if (stream_ && stream_->BufferedBytes() > 0) ReadAvailable();
+  if (state() == kReady && io_->BufferedBytes() > 0) ReadAvailable();
 }
 
 // --- GrpcConnection: calls ---
@@ -476,39 +474,19 @@ void GrpcConnection::OnFdEvents(uint32_t events) {
     OnConnected();
     return;
   }
-  if (state() != kReady || !stream_) return;
+  if (state() != kReady || io_ == nullptr || io_->closed()) return;
   if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) ReadAvailable();
   if (state() == kReady && (events & EPOLLOUT)) Flush();
 }
 
 void GrpcConnection::ReadAvailable() {
-  char buf[kReadChunk];
-  // Bounded per wake-up so one busy connection cannot starve the others on
-  // this loop; level-triggered polling brings us back.
-  for (int round = 0; round < 16 && state() == kReady && stream_; ++round) {
-    transport::IoResult r = stream_->Read(buf, sizeof(buf));
-    if (r.kind == transport::IoResult::kWouldBlock) break;
-    if (r.kind == transport::IoResult::kEof) {
-      CloseSession(absl::UnavailableError(
-          absl::StrCat("connection to ", shared_->address, " closed by the server")));
-      return;
-    }
-    if (r.kind == transport::IoResult::kError) {
-      CloseSession(absl::UnavailableError(
-          absl::StrCat("connection to ", shared_->address, " lost: ", r.error.message())));
-      return;
-    }
-    in_session_ = true;
-    const ssize_t n = nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(buf),
-                                               r.bytes);
+  absl::Status s = io_->Read(session_, [this] {
     in_session_ = false;
     RunCompletions();
-    if (n < 0) {
-      CloseSession(absl::UnavailableError(absl::StrCat(
-          "HTTP/2 protocol error from ", shared_->address, ": ", nghttp2_strerror(n))));
-      return;
-    }
-    if (r.bytes < sizeof(buf) && stream_->BufferedBytes() == 0) break;
+  });
+  if (!s.ok()) {
+    if (state() == kReady) CloseSession(absl::UnavailableError(s.message()));
+    return;
   }
   if (state() == kReady) Flush();
 }
@@ -526,59 +504,20 @@ void GrpcConnection::ScheduleFlush() {
 }
 
 void GrpcConnection::Flush() {
-  if (session_ == nullptr || !stream_) return;
-  for (;;) {
-    // Gather what nghttp2 has to send, up to a bound, then write it at once.
-    while (out_.size() - out_offset_ < (256 << 10)) {
-      const uint8_t* data = nullptr;
-      in_session_ = true;
-      const ssize_t n = nghttp2_session_mem_send(session_, &data);
-      in_session_ = false;
-      if (n < 0) {
-        RunCompletions();
-        CloseSession(absl::InternalError(
-            absl::StrCat("HTTP/2 to ", shared_->address, ": ", nghttp2_strerror(n))));
-        return;
-      }
-      if (n == 0) break;
-      if (out_offset_ > 0 && out_offset_ == out_.size()) {
-        out_.clear();
-        out_offset_ = 0;
-      }
-      out_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
-    }
-    RunCompletions();
-    if (!stream_) return;
-    if (out_offset_ == out_.size()) break;
-    iovec iov{const_cast<char*>(out_.data() + out_offset_), out_.size() - out_offset_};
-    transport::IoResult r = stream_->Write(&iov, 1);
-    if (r.kind == transport::IoResult::kOk) {
-      out_offset_ += r.bytes;
-      if (out_offset_ == out_.size()) {
-        out_.clear();
-        out_offset_ = 0;
-      }
-      continue;
-    }
-    if (r.kind == transport::IoResult::kWouldBlock) {
-      if (!watching_out_) {
-        watching_out_ = true;
-        (void)loop_->Rewatch(stream_->fd(), EPOLLIN | EPOLLOUT);
-      }
-      return;
-    }
-    CloseSession(absl::UnavailableError(absl::StrCat(
-        "connection to ", shared_->address, " lost: ",
-        r.kind == transport::IoResult::kError ? r.error.message() : "closed")));
+  if (session_ == nullptr || io_ == nullptr || io_->closed()) return;
+  in_session_ = true;
+  absl::Status s = io_->Flush(session_);
+  in_session_ = false;
+  RunCompletions();
+  if (session_ == nullptr) return;  // a completion shut the channel down
+  if (!s.ok()) {
+    CloseSession(s);
     return;
-  }
-  if (watching_out_) {
-    watching_out_ = false;
-    (void)loop_->Rewatch(stream_->fd(), EPOLLIN);
   }
   // nghttp2 is done with the session (it sent GOAWAY after a protocol error
   // of the server's, or took the server's last word).
-  if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_)) {
+  if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_) &&
+      !io_->WritePending()) {
     CloseSession(absl::UnavailableError(
         absl::StrCat("HTTP/2 session with ", shared_->address, " ended")));
     return;
@@ -588,7 +527,7 @@ void GrpcConnection::Flush() {
 
 void GrpcConnection::MaybeFinishDraining() {
   if (!draining_ || session_ == nullptr || !streams_.empty()) return;
-  if (out_offset_ != out_.size()) return;
+  if (io_ != nullptr && io_->WritePending()) return;
   CloseSession(absl::UnavailableError(
       absl::StrCat("connection to ", shared_->address, " drained after GOAWAY")));
 }
@@ -601,16 +540,9 @@ void GrpcConnection::DeleteSession() {
 }
 
 void GrpcConnection::CloseSession(const absl::Status& status) {
-  if (session_ == nullptr && !stream_) return;
+  if (session_ == nullptr && (io_ == nullptr || io_->closed())) return;
   DeleteSession();
-  if (stream_) {
-    loop_->Unwatch(stream_->fd());
-    stream_->Close();
-    stream_.reset();
-  }
-  out_.clear();
-  out_offset_ = 0;
-  watching_out_ = false;
+  if (io_ != nullptr) io_->Close();
   shared_->closed.fetch_add(1, std::memory_order_relaxed);
   auto streams = std::move(streams_);
   streams_.clear();

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <shared_mutex>
 #include <thread>
@@ -21,6 +22,7 @@
 #include "meshlib/core/sync.h"
 #include "meshlib/core/trace_context.h"
 #include "meshlib/server/internal/call_host.h"
+#include "meshlib/server/internal/grpc_server_connection.h"
 #include "meshlib/tls/credentials.h"
 #include "meshlib/tls/tls_stream.h"
 #include "meshlib/transport/connection.h"
@@ -225,6 +227,17 @@ uint32_t CallHost::max_concurrent_streams() const {
 void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival) {
   // Answered here, before every limit: a health check costs less than
   // refusing it would, and a checker must see a loaded instance as alive.
+  // The standard gRPC health service too (grpc.health.v1), for gRPC
+  // clients and checkers: OK with a HealthCheckResponse of SERVING (1) or
+  // NOT_SERVING (2), unless a handler is registered for it.
+  if (server_->builtin_health_ && req.method == transport::kGrpcHealthCheckMethod &&
+      server_->FindMethod(req.method) == nullptr) {
+    counter_->health_checks.fetch_add(1, std::memory_order_relaxed);
+    SendReply(id, 0, absl::OkStatus(), {},
+              server_->Serving() ? absl::string_view("\x08\x01", 2)
+                                 : absl::string_view("\x08\x02", 2));
+    return;
+  }
   if (server_->builtin_health_ && req.method == transport::kHealthCheckMethod) {
     counter_->health_checks.fetch_add(1, std::memory_order_relaxed);
     if (server_->Serving()) {
@@ -782,10 +795,109 @@ size_t Server::connection_count() {
   return conns_.size();
 }
 
+// Tells a gRPC client (the HTTP/2 preface) from a meshlib one on a new
+// plaintext connection by peeking at its first bytes, then hands the
+// socket on. A client that sends nothing is closed after idle_timeout.
+class Server::Sniffer final : public runtime::FdHandler,
+                              public std::enable_shared_from_this<Sniffer> {
+ public:
+  Sniffer(Server* server, runtime::EventLoop* loop, int fd, std::string peer)
+      : server_(server), loop_(loop), fd_(fd), peer_(std::move(peer)) {}
+  ~Sniffer() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  void Begin() {  // loop thread
+    if (fd_ < 0) return;
+    if (!loop_->Watch(fd_, EPOLLIN, this).ok()) {
+      Finish();
+      return;
+    }
+    watched_ = true;
+    std::weak_ptr<Sniffer> weak = shared_from_this();
+    timer_ = loop_->RunAfter(server_->options_.idle_timeout, [weak] {
+      auto self = weak.lock();
+      if (!self) return;
+      core::Log(core::LogLevel::kWarning,
+                absl::StrCat("closed connection from ", self->peer_, ": it sent nothing for ",
+                             absl::FormatDuration(self->server_->options_.idle_timeout),
+                             ", with no call in flight (idle_timeout ",
+                             absl::FormatDuration(self->server_->options_.idle_timeout), ")"));
+      self->Finish();
+    });
+  }
+
+  void OnFdEvents(uint32_t) override {
+    char buf[kHttp2PrefaceSize];
+    const ssize_t n = recv(fd_, buf, sizeof(buf), MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) {
+      Finish();  // closed before saying anything
+      return;
+    }
+    const size_t got = static_cast<size_t>(n);
+    if (std::memcmp(buf, kHttp2Preface, got) == 0 && got < kHttp2PrefaceSize) return;  // more
+    const bool grpc = got == kHttp2PrefaceSize && std::memcmp(buf, kHttp2Preface, got) == 0;
+    Unwatch();
+    const int fd = fd_;
+    fd_ = -1;
+    auto stream = std::make_unique<transport::TcpStream>(fd, peer_);
+    if (grpc) {
+      server_->StartGrpcConnection(loop_, std::move(stream), "");
+    } else {
+      server_->StartConnection(loop_, std::move(stream), "");
+    }
+    server_->ForgetSniffer(this);
+  }
+
+  runtime::EventLoop* loop() const { return loop_; }
+
+  // Closes the socket undecided (timeout, shutdown). Loop thread.
+  void Finish() {
+    Unwatch();
+    if (fd_ >= 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+    server_->ForgetSniffer(this);
+  }
+
+ private:
+  void Unwatch() {
+    loop_->Cancel(timer_);
+    if (watched_) loop_->Unwatch(fd_);
+    watched_ = false;
+  }
+
+  Server* const server_;
+  runtime::EventLoop* const loop_;
+  int fd_;
+  const std::string peer_;
+  bool watched_ = false;
+  runtime::TimerId timer_;
+};
+
+void Server::ForgetSniffer(Sniffer* sniffer) {
+  std::shared_ptr<Sniffer> keep;  // destroyed after the lock is released
+  core::MutexLock lock(&mu_);
+  auto it = sniffers_.find(sniffer);
+  if (it == sniffers_.end()) return;
+  keep = std::move(it->second);
+  sniffers_.erase(it);
+  // Destroyed on the loop after this handler returns.
+  sniffer->loop()->Post([keep = std::move(keep)] {});
+}
+
 void Server::OnAccepted(int fd, std::string peer) {
   runtime::EventLoop& loop = runtime_->NextLoop();
   if (options_.tls == nullptr) {
-    StartConnection(&loop, std::make_unique<transport::TcpStream>(fd, std::move(peer)), "");
+    auto sniffer = std::make_shared<Sniffer>(this, &loop, fd, std::move(peer));
+    {
+      core::MutexLock lock(&mu_);
+      if (shut_down_) return;  // the sniffer's destructor closes the fd
+      sniffers_.emplace(sniffer.get(), sniffer);
+    }
+    loop.Post([sniffer] { sniffer->Begin(); });
     return;
   }
   // TLS: the handshake first, on the connection's loop. Shutdown cancels
@@ -812,7 +924,11 @@ void Server::OnAccepted(int fd, std::string peer) {
           return;
         }
         std::string identity = (*r)->peer_info().identity;
-        StartConnection(loop, *std::move(r), std::move(identity));
+        if ((*r)->peer_info().alpn == tls::kAlpnH2) {
+          StartGrpcConnection(loop, *std::move(r), std::move(identity));
+        } else {
+          StartConnection(loop, *std::move(r), std::move(identity));
+        }
       });
   core::MutexLock lock(&mu_);
   if (slot->ended) return;  // over already, on its loop
@@ -860,6 +976,28 @@ void Server::StartConnection(runtime::EventLoop* loop_ptr,
   loop.Post([conn, idle = options_.idle_timeout] { conn->StartIdleCheck(idle); });
 }
 
+void Server::StartGrpcConnection(runtime::EventLoop* loop,
+                                 std::unique_ptr<transport::ByteStream> stream,
+                                 std::string peer_identity) {
+  GrpcServerConnection::Options o;
+  o.limits = options_.limits;
+  o.max_concurrent_streams = options_.max_concurrent_streams;
+  o.idle_timeout = options_.idle_timeout;
+  auto conn = std::make_shared<GrpcServerConnection>(this, counter_, loop, std::move(stream),
+                                                     std::move(peer_identity), o);
+  {
+    core::MutexLock lock(&mu_);
+    if (shut_down_) return;  // conn's destructor closes the socket
+    conns_.emplace(conn.get(), conn);
+  }
+  counter_->connections_opened.fetch_add(1, std::memory_order_relaxed);
+  if (loop->InExecutorThread()) {
+    conn->Start();
+  } else {
+    loop->Post([conn] { conn->Start(); });
+  }
+}
+
 void Server::OnConnectionClosed(CallHost* conn) {
   core::MutexLock lock(&mu_);
   if (conns_.erase(conn) > 0) {
@@ -893,6 +1031,13 @@ void Server::Shutdown(absl::Duration drain_timeout) {
     // which are flushed below before the runtime goes).
     core::MutexLock lock(&mu_);
     for (auto& [raw, hs] : handshakes_) hs->Cancel(absl::CancelledError("server shutting down"));
+  }
+  {
+    // Connections still being sniffed close undecided.
+    core::MutexLock lock(&mu_);
+    for (auto& [raw, sn] : sniffers_) {
+      sn->loop()->Post([sn = sn] { sn->Finish(); });
+    }
   }
   std::vector<std::shared_ptr<CallHost>> conns;
   {

@@ -297,7 +297,9 @@ class Server {
   friend class CallHost;
   friend class ServerConnection;
   friend class ServerCall;
+  friend class GrpcServerConnection;
   class Acceptor;
+  class Sniffer;
 
   struct Method {
     AsyncHandler async;
@@ -310,6 +312,10 @@ class Server {
   // A connected stream (TCP, or TLS after its handshake) starts serving.
   void StartConnection(runtime::EventLoop* loop, std::unique_ptr<transport::ByteStream> stream,
                        std::string peer_identity);
+  // The same for a gRPC client (HTTP/2 preface, or ALPN h2).
+  void StartGrpcConnection(runtime::EventLoop* loop, std::unique_ptr<transport::ByteStream> stream,
+                           std::string peer_identity);
+  void ForgetSniffer(Sniffer* sniffer);
   // With TLS: whether `identity` may call `method`.
   absl::Status Authorize(const std::string& method, const std::string& identity) const;
   void OnConnectionClosed(CallHost* conn);
@@ -341,6 +347,8 @@ class Server {
       ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<absl::AnyInvocable<void()>> pre_shutdown_hooks_ ABSL_GUARDED_BY(mu_);
+  // Plaintext connections whose protocol is not known yet.
+  absl::flat_hash_map<Sniffer*, std::shared_ptr<Sniffer>> sniffers_ ABSL_GUARDED_BY(mu_);
   // TLS handshakes running; Shutdown cancels them.
   absl::flat_hash_map<tls::Handshake*, std::shared_ptr<tls::Handshake>> handshakes_
       ABSL_GUARDED_BY(mu_);
