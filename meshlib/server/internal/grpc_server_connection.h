@@ -4,14 +4,12 @@
 // every registered method on it with the same handlers, deadlines
 // (grpc-timeout), cancellation (RST_STREAM), limits and metrics as over
 // meshlib's protocol; CallHost does all of that, this class only speaks
-// HTTP/2 (nghttp2) and gRPC's framing. docs/grpc.md describes the mapping.
+// HTTP/2 and gRPC's framing (grpc::ServerSession) on the reactor. docs/grpc.md describes the mapping.
 //
 // Threading: everything on the connection's loop thread, except the
 // CallHost methods documented as any-thread (they post to the loop).
 #ifndef MESHLIB_SERVER_INTERNAL_GRPC_SERVER_CONNECTION_H_
 #define MESHLIB_SERVER_INTERNAL_GRPC_SERVER_CONNECTION_H_
-
-#include <nghttp2/nghttp2.h>
 
 #include <atomic>
 #include <cstdint>
@@ -22,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "meshlib/grpc/server_session.h"
 #include "meshlib/grpc/session_io.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/server/internal/call_host.h"
@@ -63,30 +62,12 @@ class GrpcServerConnection final : public runtime::FdHandler,
   void OnFdEvents(uint32_t events) override;
 
  private:
-  struct Stream;
-
   void Close(const absl::Status& reason);
   void Reply(uint32_t id, uint16_t flags, const absl::Status& status, const Metadata& md,
              std::string payload);
-  // An HTTP error before gRPC takes over (wrong method or content-type).
-  void ReplyHttp(int32_t id, int http_status);
-  void DispatchReady();
   void Flush();
   void ScheduleFlush();
   void ScheduleIdleCheck();
-
-  static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
-  static int OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
-                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t,
-                      void* user_data);
-  static int OnDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id,
-                         const uint8_t* data, size_t len, void* user_data);
-  static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
-  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
-                           void* user_data);
-  static ssize_t ReadReply(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
-                           size_t length, uint32_t* data_flags, nghttp2_data_source* source,
-                           void* user_data);
 
   runtime::EventLoop* const loop_;
   const std::string peer_;
@@ -94,9 +75,7 @@ class GrpcServerConnection final : public runtime::FdHandler,
   std::atomic<bool> closed_{false};
   // Loop-thread state.
   grpc::SessionIo io_;
-  nghttp2_session* session_ = nullptr;
-  std::unordered_map<int32_t, std::unique_ptr<Stream>> streams_;
-  std::vector<int32_t> ready_;  // requests complete, dispatched after nghttp2 returns
+  std::unique_ptr<grpc::ServerSession> session_;
   bool flush_scheduled_ = false;
   bool goaway_sent_ = false;
   absl::Time last_read_;
