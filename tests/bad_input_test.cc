@@ -4,8 +4,11 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <nghttp2/nghttp2.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,6 +21,7 @@
 #include "gtest/gtest.h"
 #include "meshlib/client/channel.h"
 #include "meshlib/core/log.h"
+#include "meshlib/grpc/grpc_channel.h"
 #include "meshlib/server/server.h"
 #include "meshlib/testing/subprocess.h"
 #include "meshlib/testing/test_certs.h"
@@ -196,6 +200,13 @@ class BadInputTest : public ::testing::Test {
                                         slow_cancelled_.Notify();
                                         c->Finish(absl::CancelledError("gone"));
                                       });
+                                    })
+                    .ok());
+    // A big answer (512 KiB) to anything: for clients that stop reading.
+    ASSERT_TRUE(server_
+                    ->RegisterAsync("Big/Get",
+                                    [](std::shared_ptr<server::ServerCall> c) {
+                                      c->Finish(absl::OkStatus(), std::string(512 << 10, 'b'));
                                     })
                     .ok());
     auto port = server_->Start("127.0.0.1:0");
@@ -429,6 +440,138 @@ struct AsyncResult {
   meshlib::core::Notification done;
   client::CallResult result;
 };
+
+// --- gRPC clients (HTTP/2) on the same port ---
+
+// What an HTTP/2 client sends: the preface, its SETTINGS (a window as large
+// as HTTP/2 allows, so the server may send all it wants), and `n` requests
+// for `path` with a small body, made with nghttp2's client session.
+std::string H2ClientBytes(int n, const std::string& path) {
+  nghttp2_session_callbacks* cbs = nullptr;
+  nghttp2_session_callbacks_new(&cbs);
+  nghttp2_session* session = nullptr;
+  nghttp2_session_client_new(&session, cbs, nullptr);
+  nghttp2_session_callbacks_del(cbs);
+  const nghttp2_settings_entry settings[] = {{NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (1u << 31) - 1}};
+  nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, settings, 1);
+  nghttp2_session_set_local_window_size(session, NGHTTP2_FLAG_NONE, 0, (1 << 30));
+  static const std::string body("\0\0\0\0\2hi", 7);
+  auto nv = [](const char* k, const std::string& v) {
+    return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(k)),
+                      reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), strlen(k),
+                      v.size(), NGHTTP2_NV_FLAG_NONE};
+  };
+  const std::string post = "POST", http = "http", auth = "x", ct = "application/grpc";
+  for (int i = 0; i < n; ++i) {
+    const nghttp2_nv hdrs[] = {nv(":method", post), nv(":scheme", http), nv(":path", path),
+                               nv(":authority", auth), nv("content-type", ct)};
+    nghttp2_data_provider data;
+    data.source.ptr = nullptr;
+    data.read_callback = [](nghttp2_session*, int32_t, uint8_t* buf, size_t len,
+                            uint32_t* flags, nghttp2_data_source*, void*) -> ssize_t {
+      std::memcpy(buf, body.data(), std::min(len, body.size()));
+      *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return static_cast<ssize_t>(std::min(len, body.size()));
+    };
+    nghttp2_submit_request(session, nullptr, hdrs, 5, &data, nullptr);
+  }
+  std::string out;
+  const uint8_t* d = nullptr;
+  for (ssize_t k; (k = nghttp2_session_mem_send(session, &d)) > 0;) {
+    out.append(reinterpret_cast<const char*>(d), static_cast<size_t>(k));
+  }
+  nghttp2_session_del(session);
+  return out;
+}
+
+constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+class BadGrpcInputTest : public BadInputTest {
+ protected:
+  void SetUp() override {
+    BadInputTest::SetUp();
+    auto ch = grpc::GrpcChannel::Create(server_->address(), client::ChannelOptions{});
+    ASSERT_TRUE(ch.ok());
+    grpc_ = *std::move(ch);
+  }
+  // Both kinds of well-behaved client still get answers.
+  void ExpectBothServed() {
+    ExpectGoodClientServed();
+    client::CallOptions o;
+    o.timeout = absl::Seconds(5);
+    client::CallResult r = grpc_->CallBlocking("Echo/Say", "grpc still here", o);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.payload, "grpc still here");
+  }
+  std::unique_ptr<grpc::GrpcChannel> grpc_;
+};
+
+TEST_F(BadGrpcInputTest, GarbageAfterThePrefaceClosesOnlyThatConnection) {
+  ExpectBothServed();
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  SendAll(fd, std::string(kPreface) + std::string(64, '\xff'));
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("HTTP/2 protocol error (PROTOCOL_ERROR)")) << logs_.All();
+  ExpectBothServed();
+}
+
+TEST_F(BadGrpcInputTest, OversizedFrameClosesOnlyThatConnection) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  // SETTINGS, then a DATA frame header announcing 1 MiB on stream 1: over
+  // the 16 KiB frame size HTTP/2 allows until the server raises it.
+  std::string bytes = std::string(kPreface) + std::string("\0\0\0\4\0\0\0\0\0", 9);
+  bytes += std::string("\x10\0\0\0\0\0\0\0\1", 9);
+  SendAll(fd, bytes);
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("HTTP/2 protocol error (FRAME_SIZE_ERROR)")) << logs_.All();
+  ExpectBothServed();
+}
+
+TEST_F(BadGrpcInputTest, OversizedMessageFailsOnlyThatCall) {
+  client::CallOptions o;
+  o.timeout = absl::Seconds(10);
+  client::CallResult r = grpc_->CallBlocking("Echo/Say", std::string(2 << 20, 'x'), o);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kResourceExhausted) << r.status;
+  EXPECT_NE(r.status.message().find("limit of 1048576"), std::string::npos) << r.status;
+  ExpectBothServed();
+}
+
+TEST_F(BadGrpcInputTest, PrefaceThenSilenceIsClosedByIdleTimeout) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  SendAll(fd, std::string(kPreface).substr(0, 10));  // not even the whole preface
+  ExpectBothServed();
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  int fd2 = RawConnect(port_);
+  ASSERT_GE(fd2, 0);
+  SendAll(fd2, std::string(kPreface) + std::string("\0\0\0\4\0\0\0\0\0", 9));
+  EXPECT_TRUE(WaitClosed(fd2, absl::Seconds(5)));
+  CloseFd(fd2);
+  EXPECT_TRUE(logs_.WaitFor("gRPC connection from")) << logs_.All();
+  EXPECT_TRUE(logs_.WaitFor("with no call in flight (idle_timeout 300ms)")) << logs_.All();
+  ExpectBothServed();
+}
+
+TEST_F(BadGrpcInputTest, APeerThatStopsReadingHurtsNoOneElse) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  // 40 calls for 512 KiB each (20 MiB), with windows that allow all of it,
+  // and then the client never reads.
+  SendAll(fd, H2ClientBytes(40, "/Big/Get"));
+  ASSERT_TRUE(testing::Eventually([&] { return server_->stats().calls >= 40; }));
+  for (int i = 0; i < 20; ++i) ExpectBothServed();
+  const size_t before = server_->connection_count();
+  CloseFd(fd);
+  // Its calls are done or dropped, and its connection goes.
+  EXPECT_TRUE(testing::Eventually([&] { return server_->active_calls() == 0; }));
+  EXPECT_TRUE(testing::Eventually([&] { return server_->connection_count() < before; }));
+  ExpectBothServed();
+}
 
 TEST(MisbehavingServerTest, ReplyForUnknownStreamIsDroppedAndTheRealOneArrives) {
   FakePeer peer;

@@ -38,6 +38,7 @@ struct ServerSession::Stream {
   transport::Metadata metadata;
   std::string body;
   bool answered = false;   // a reply was submitted
+  bool reset_after_reply = false;  // the client is still sending: stop it after the reply
   bool delivered = false;  // complete (queued for DeliverReady)
   // Reply.
   std::string reply_body;  // framed message
@@ -65,6 +66,7 @@ absl::StatusOr<std::unique_ptr<ServerSession>> ServerSession::Create(Options opt
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &OnDataChunk);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &OnFrameRecv);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &OnStreamClose);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &OnFrameSend);
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
   nghttp2_option_set_stream_reset_rate_limit(opt, /*burst=*/1000, /*rate=*/33);
@@ -153,8 +155,9 @@ int ServerSession::OnDataChunk(nghttp2_session*, uint8_t, int32_t stream_id, con
   if (it == self->streams_.end() || it->second->answered) return 0;
   Stream& s = *it->second;
   if (s.body.size() + len > self->options_.max_message + kMessagePrefix) {
-    // Answered now; RST_STREAM NO_ERROR after the reply tells the client
-    // to stop sending the rest.
+    // Answered now; RST_STREAM NO_ERROR once the reply is out tells the
+    // client to stop sending the rest (sent earlier, it would drop the
+    // reply).
     s.body.clear();
     s.body.shrink_to_fit();
     self->Reply(stream_id,
@@ -162,7 +165,7 @@ int ServerSession::OnDataChunk(nghttp2_session*, uint8_t, int32_t stream_id, con
                     "request larger than the server's limit of ", self->options_.max_message,
                     " bytes")),
                 {}, {}, false);
-    nghttp2_submit_rst_stream(self->session_, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_NO_ERROR);
+    s.reset_after_reply = true;
     return 0;
   }
   s.body.append(reinterpret_cast<const char*>(data), len);
@@ -186,6 +189,25 @@ int ServerSession::OnStreamClose(nghttp2_session*, int32_t stream_id, uint32_t,
                                  void* user_data) {
   auto* self = static_cast<ServerSession*>(user_data);
   if (self->streams_.erase(stream_id) > 0) self->closed_.push_back(stream_id);
+  return 0;
+}
+
+int ServerSession::OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame,
+                               void* user_data) {
+  auto* self = static_cast<ServerSession*>(user_data);
+  if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+    self->protocol_error_ = absl::StrCat(
+        "HTTP/2 protocol error (", nghttp2_http2_strerror(frame->goaway.error_code), "): ",
+        absl::string_view(reinterpret_cast<const char*>(frame->goaway.opaque_data),
+                          frame->goaway.opaque_data_len));
+  }
+  if (frame->hd.type == NGHTTP2_HEADERS && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
+    auto it = self->streams_.find(frame->hd.stream_id);
+    if (it != self->streams_.end() && it->second->reset_after_reply) {
+      nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                NGHTTP2_NO_ERROR);
+    }
+  }
   return 0;
 }
 

@@ -90,6 +90,10 @@ class ServerSession {
   bool Done() const;
   // Streams open (requests being received or served).
   size_t open_streams() const { return streams_.size(); }
+  // Why this side ended the session with a GOAWAY carrying an error (the
+  // client broke the protocol: garbage, oversized frames, floods); "" if it
+  // did not.
+  const std::string& protocol_error() const { return protocol_error_; }
 
  private:
   struct Stream;
@@ -106,6 +110,7 @@ class ServerSession {
   static int OnFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
   static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
                            void* user_data);
+  static int OnFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void* user_data);
   static ssize_t ReadReply(nghttp2_session* session, int32_t stream_id, uint8_t* buf,
                            size_t length, uint32_t* data_flags, nghttp2_data_source* source,
                            void* user_data);
@@ -116,6 +121,7 @@ class ServerSession {
   std::unordered_map<int32_t, std::unique_ptr<Stream>> streams_;
   std::vector<int32_t> ready_;   // requests complete, delivered by DeliverReady
   std::vector<int32_t> closed_;  // streams ended, reported by DeliverReady
+  std::string protocol_error_;
 };
 
 }  // namespace meshlib::grpc

@@ -89,6 +89,9 @@ run_fuzzer dns_message meshlib/discovery/dns/dns_message.cc tests/fuzz/dns_messa
 run_fuzzer http_response_parser meshlib/etcd/http_parser.cc tests/fuzz/http_response_parser_fuzzer.cc
 run_fuzzer etcd_watch_stream meshlib/etcd/internal/etcd_json.cc tests/fuzz/etcd_watch_stream_fuzzer.cc
 run_fuzzer http_request_parser meshlib/admin/http_request.cc tests/fuzz/http_request_parser_fuzzer.cc
+# shellcheck disable=SC2046  # pkg-config output must split into words
+run_fuzzer grpc_server_session meshlib/grpc/server_session.cc meshlib/grpc/wire.cc \
+  meshlib/transport/frame.cc tests/fuzz/grpc_server_session_fuzzer.cc $(pkg-config --libs libnghttp2)
 
 # TLS: BoringSSL's headers (/usr/include/android) shadow OpenSSL's, and its
 # libraries are linked by path; the server's certificate is made here.

@@ -85,7 +85,12 @@ void GrpcServerConnection::Flush() {
     return;
   }
   if (session_->Done() && !io_.WritePending()) {
-    Close(absl::UnavailableError(absl::StrCat("HTTP/2 session with ", peer_, " ended")));
+    if (!session_->protocol_error().empty()) {
+      Close(absl::InvalidArgumentError(
+          absl::StrCat(session_->protocol_error(), " from ", peer_)));
+    } else {
+      Close(absl::UnavailableError(absl::StrCat("HTTP/2 session with ", peer_, " ended")));
+    }
   }
 }
 
@@ -112,7 +117,7 @@ void GrpcServerConnection::ScheduleIdleCheck() {
         idle >= self->options_.idle_timeout) {
       // GOAWAY says no stream was lost; then close.
       self->session_->GoAway("idle connection closed by the server");
-      self->Flush();
+      (void)self->io_.Flush(self->session_->session());
       self->Close(absl::DeadlineExceededError(absl::StrCat(
           "gRPC connection from ", self->peer_, " idle for ", absl::FormatDuration(idle),
           " with no call in flight (idle_timeout ",
