@@ -24,7 +24,12 @@
 #   --connections=N     throughput: connections (default 4)
 #   --inflight=N        throughput: calls in flight in total (default 32)
 #   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib,mesh,
-#                       mesh_tls,grpc_tls (default: the first four). "meshlib"
+#                       mesh_tls,grpc_tls,mesh_grpc,grpc_to_meshlib (default:
+#                       the first four). "mesh_grpc" is the mesh Client
+#                       speaking gRPC (a service with "protocol": "grpc") to
+#                       gRPC C++'s server, against which the "grpc" row is
+#                       gRPC's own C++ client; "grpc_to_meshlib" is gRPC's
+#                       C++ client calling meshlib's echo_server. "meshlib"
 #                       drives a bare client::Channel; "mesh" calls through a
 #                       mesh Client (the whole stack over a static discovery of
 #                       the server), as applications do. "mesh_tls" and
@@ -108,7 +113,7 @@ readonly run_ms=$(( duration_value_ms + warmup_value_ms ))
 
 IFS=',' read -r -a selected <<<"${systems}"
 for s in "${selected[@]}"; do
-  case "${s}" in raw_tcp | grpc | meshlib | mesh | mesh_tls | grpc_tls) ;;
+  case "${s}" in raw_tcp | grpc | meshlib | mesh | mesh_tls | grpc_tls | mesh_grpc | grpc_to_meshlib) ;;
     *) die "unknown system '${s}' in --systems" ;; esac
 done
 
@@ -181,6 +186,8 @@ declare -A server_target=(
   [mesh]=//examples/echo:echo_server
   [mesh_tls]=//examples/echo:echo_server
   [grpc_tls]=//benchmarks:grpc_echo_server
+  [mesh_grpc]=//benchmarks:grpc_echo_server
+  [grpc_to_meshlib]=//examples/echo:echo_server
 )
 declare -A client_target=(
   [raw_tcp]=//benchmarks:raw_echo_client
@@ -189,6 +196,8 @@ declare -A client_target=(
   [mesh]=//benchmarks:meshlib_echo_client
   [mesh_tls]=//benchmarks:meshlib_echo_client
   [grpc_tls]=//benchmarks:grpc_echo_client
+  [mesh_grpc]=//benchmarks:meshlib_echo_client
+  [grpc_to_meshlib]=//benchmarks:grpc_echo_client
 )
 declare -A status=()  # system -> "" (ready) or why it has no numbers
 
@@ -294,6 +303,7 @@ run_client() {
   if [[ "${s}" == mesh ]]; then extra_client_flags=(--mesh); fi
   if [[ "${s}" == mesh_tls ]]; then extra_client_flags=(--mesh "${tls_client_flags[@]}"); fi
   if [[ "${s}" == grpc_tls ]]; then extra_client_flags=("${tls_client_flags[@]}"); fi
+  if [[ "${s}" == mesh_grpc ]]; then extra_client_flags=(--mesh --grpc); fi
   # Clients stop themselves; this only catches a hung one.
   local limit_s=$(( run_ms / 1000 + 60 ))
   echo "running ${s} ${mode} ..." >&2
@@ -358,7 +368,8 @@ for s in "${selected[@]}"; do
   bin="${workdir}/bin/${s}"
   case "${s}" in
     raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
-    grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
+    grpc | mesh_grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
+    grpc_to_meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}") ;;
     meshlib | mesh) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
                                 --busy_poll_us="${busy_poll_us}") ;;
     mesh_tls) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
@@ -414,14 +425,14 @@ echo "meshlib end-to-end echo benchmark: ${payload}-byte payload, loopback," \
   "${duration} measured after ${warmup} warmup, $(nproc) CPUs, ${placement}"
 echo
 echo "Ping-pong latency (1 call in flight), microseconds; 'vs raw' = p50 / raw TCP p50"
-printf '%-10s %10s %10s %10s %10s %12s %8s\n' system p50 p99 p999 max calls/s "vs raw"
+printf '%-16s %10s %10s %10s %10s %12s %8s\n' system p50 p99 p999 max calls/s "vs raw"
 for s in "${selected[@]}"; do
   line="${results[${s}.pingpong]:-}"
   if [[ -z "${line}" ]]; then
-    printf '%-10s %s\n' "${s}" "${status[${s}]:-no result}"
+    printf '%-16s %s\n' "${s}" "${status[${s}]:-no result}"
     continue
   fi
-  printf '%-10s %10s %10s %10s %10s %12.0f %8s\n' "${s}" \
+  printf '%-16s %10s %10s %10s %10s %12.0f %8s\n' "${s}" \
     "$(us "$(field "${line}" p50_us)")" "$(us "$(field "${line}" p99_us)")" \
     "$(us "$(field "${line}" p999_us)")" "$(us "$(field "${line}" max_us)")" \
     "$(field "${line}" qps)" \
@@ -430,14 +441,14 @@ done
 echo
 echo "Throughput (${inflight} calls in flight over ${connections} connections);" \
   "'of raw' = share of raw TCP's calls/s, 'x gRPC' = multiple of gRPC's; latency in microseconds"
-printf '%-10s %12s %8s %8s %10s %10s %10s\n' system calls/s "of raw" "x gRPC" p50 p99 p999
+printf '%-16s %12s %8s %8s %10s %10s %10s\n' system calls/s "of raw" "x gRPC" p50 p99 p999
 for s in "${selected[@]}"; do
   line="${results[${s}.throughput]:-}"
   if [[ -z "${line}" ]]; then
-    printf '%-10s %s\n' "${s}" "${status[${s}]:-no result}"
+    printf '%-16s %s\n' "${s}" "${status[${s}]:-no result}"
     continue
   fi
-  printf '%-10s %12.0f %8s %8s %10s %10s %10s\n' "${s}" \
+  printf '%-16s %12.0f %8s %8s %10s %10s %10s\n' "${s}" \
     "$(field "${line}" qps)" \
     "$(percent "$(field "${line}" qps)" "$(field "${raw_tp}" qps)")" \
     "$(times "$(field "${line}" qps)" "$(field "${grpc_tp}" qps)")" \

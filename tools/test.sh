@@ -58,7 +58,8 @@ fi
 
 # Tests tagged "scenario" assert success rates or latencies of a whole
 # scenario (chaos, tail, slow instance, load shedding, reload, discovery
-# churn, TLS rotation, demo). On a
+# churn, TLS rotation, the full stack over gRPC against grpcio servers,
+# demo). On a
 # shared two-core machine they are only honest alone and unsanitized: they
 # run once, in their own pass, one at a time ("exclusive"). The parallel
 # and sanitized passes run everything else. Tests tagged "nosan" load

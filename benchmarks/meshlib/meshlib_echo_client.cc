@@ -17,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "benchmarks/common/bench_stats.h"
 #include "meshlib/client/channel.h"
+#include "meshlib/grpc/grpc_channel.h"
 #include "meshlib/mesh/mesh.h"
 #include "meshlib/tls/credentials.h"
 
@@ -39,6 +40,9 @@ ABSL_FLAG(bool, mesh, false,
           "mesh.json's io_threads and connections_per_endpoint (set from --io_threads and "
           "--connections); --busy_poll_us and --blocking_spin_us apply to the bare channel only.");
 
+ABSL_FLAG(bool, grpc, false,
+          "Speak gRPC (HTTP/2) to the server: a grpc::GrpcChannel, or with --mesh a service "
+          "with \"protocol\": \"grpc\".");
 ABSL_FLAG(std::string, tls_ca, "",
           "Call over mutual TLS, trusting this PEM CA (with --tls_cert and --tls_key).");
 ABSL_FLAG(std::string, tls_cert, "", "With --tls_ca: this client's PEM certificate.");
@@ -76,7 +80,8 @@ int main(int argc, char** argv) {
   const CallOptions call_opts;
 
   // The caller under test: a bare channel, or a mesh client.
-  std::unique_ptr<Channel> bare;
+  std::unique_ptr<meshlib::client::EndpointChannel> bare;
+  const bool grpc = absl::GetFlag(FLAGS_grpc);
   std::unique_ptr<meshlib::mesh::Mesh> mesh;
   std::shared_ptr<meshlib::mesh::Client> client;
   meshlib::client::Caller* caller = nullptr;
@@ -101,7 +106,8 @@ int main(int argc, char** argv) {
     auto cfg = meshlib::config::ParseMeshConfig(absl::StrCat(
         R"({"mesh": {"io_threads": )", opts.io_threads, R"(, "connections_per_endpoint": )",
         opts.connections, R"(}, "services": {"echo": {"discovery": {"static": {"endpoints": [")",
-        absl::GetFlag(FLAGS_address), R"("]}}, "timeout": "10s")", tls_block, "}}}"));
+        absl::GetFlag(FLAGS_address), R"("]}}, "timeout": "10s")",
+        grpc ? R"(, "protocol": "grpc")" : "", tls_block, "}}}"));
     if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
     auto m = meshlib::mesh::Mesh::Create(*std::move(cfg));
     if (!m.ok()) return Fail(std::string(m.status().message()));
@@ -111,9 +117,15 @@ int main(int argc, char** argv) {
     client = *std::move(c);
     caller = client.get();
   } else {
-    auto channel = Channel::Create(absl::GetFlag(FLAGS_address), opts);
-    if (!channel.ok()) return Fail(std::string(channel.status().message()));
-    bare = *std::move(channel);
+    if (grpc) {
+      auto channel = meshlib::grpc::GrpcChannel::Create(absl::GetFlag(FLAGS_address), opts);
+      if (!channel.ok()) return Fail(std::string(channel.status().message()));
+      bare = *std::move(channel);
+    } else {
+      auto channel = Channel::Create(absl::GetFlag(FLAGS_address), opts);
+      if (!channel.ok()) return Fail(std::string(channel.status().message()));
+      bare = *std::move(channel);
+    }
     bare->Connect();
     caller = bare.get();
   }
@@ -129,7 +141,8 @@ int main(int argc, char** argv) {
   const int64_t warmup_end = NowNs() + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_warmup));
   const int64_t end = warmup_end + absl::ToInt64Nanoseconds(absl::GetFlag(FLAGS_duration));
   meshlib::bench::RunResult result;
-  result.system = absl::StrCat(client != nullptr ? "mesh" : "meshlib", tls ? "_tls" : "");
+  result.system = absl::StrCat(client != nullptr ? "mesh" : "meshlib", grpc ? "_grpc" : "",
+                               tls ? "_tls" : "");
   result.mode = mode;
 
   if (pingpong) {
