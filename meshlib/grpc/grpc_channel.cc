@@ -389,10 +389,12 @@ void GrpcConnection::SubmitStream(std::shared_ptr<GrpcCall> call) {
   encoded.reserve(call->metadata.size());
   std::vector<nghttp2_nv> nv;
   nv.reserve(8 + call->metadata.size());
-  auto add = [&nv](absl::string_view k, absl::string_view v) {
+  // Values that differ from call to call are never indexed: entering each
+  // into HPACK's dynamic table would only evict the headers that repeat.
+  auto add = [&nv](absl::string_view k, absl::string_view v, bool varies = false) {
     nv.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(k.data())),
                   reinterpret_cast<uint8_t*>(const_cast<char*>(v.data())), k.size(), v.size(),
-                  NGHTTP2_NV_FLAG_NONE});
+                  static_cast<uint8_t>(varies ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE)});
   };
   add(":method", "POST");
   add(":scheme", scheme);
@@ -401,12 +403,12 @@ void GrpcConnection::SubmitStream(std::shared_ptr<GrpcCall> call) {
   add("te", "trailers");
   add("content-type", "application/grpc");
   add("user-agent", "meshlib-grpc/1");
-  add("grpc-timeout", timeout);
+  add("grpc-timeout", timeout, /*varies=*/true);
   for (const auto& [k, v] : call->metadata) {
     if (IsReservedHeader(k)) continue;
     if (IsBinaryKey(k)) {
       encoded.push_back(EncodeBinaryValue(v));
-      add(k, encoded.back());
+      add(k, encoded.back(), /*varies=*/true);
     } else {
       add(k, v);
     }
