@@ -557,6 +557,69 @@ TEST_F(BadGrpcInputTest, PrefaceThenSilenceIsClosedByIdleTimeout) {
   ExpectBothServed();
 }
 
+// HEADERS then RST_STREAM, again and again (CVE-2023-44487's "rapid
+// reset"): each stream costs the server work but the client nothing.
+std::string RapidResetBytes(int n) {
+  nghttp2_session_callbacks* cbs = nullptr;
+  nghttp2_session_callbacks_new(&cbs);
+  nghttp2_session* session = nullptr;
+  nghttp2_session_client_new(&session, cbs, nullptr);
+  nghttp2_session_callbacks_del(cbs);
+  nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, nullptr, 0);
+  static const char* const k[] = {":method", ":scheme", ":path", ":authority", "content-type"};
+  static const char* const v[] = {"POST", "http", "/Echo/Say", "x", "application/grpc"};
+  std::vector<nghttp2_nv> hdrs;
+  for (int i = 0; i < 5; ++i) {
+    hdrs.push_back({reinterpret_cast<uint8_t*>(const_cast<char*>(k[i])),
+                    reinterpret_cast<uint8_t*>(const_cast<char*>(v[i])), strlen(k[i]),
+                    strlen(v[i]), NGHTTP2_NV_FLAG_NONE});
+  }
+  std::string out;
+  const uint8_t* d = nullptr;
+  for (int i = 0; i < n; ++i) {
+    const int32_t id =
+        nghttp2_submit_request(session, nullptr, hdrs.data(), hdrs.size(), nullptr, nullptr);
+    for (ssize_t m; (m = nghttp2_session_mem_send(session, &d)) > 0;) {
+      out.append(reinterpret_cast<const char*>(d), static_cast<size_t>(m));
+    }
+    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+    for (ssize_t m; (m = nghttp2_session_mem_send(session, &d)) > 0;) {
+      out.append(reinterpret_cast<const char*>(d), static_cast<size_t>(m));
+    }
+  }
+  nghttp2_session_del(session);
+  return out;
+}
+
+TEST_F(BadGrpcInputTest, RapidResetFloodIsCutOff) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  SendAll(fd, RapidResetBytes(3000));
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(10)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("HTTP/2 protocol error (INTERNAL_ERROR) from")) << logs_.All();
+  ExpectBothServed();
+}
+
+TEST_F(BadGrpcInputTest, ContinuationFloodIsCutOff) {
+  int fd = RawConnect(port_);
+  ASSERT_GE(fd, 0);
+  // SETTINGS, then HEADERS on stream 1 without END_HEADERS, then endless
+  // CONTINUATION frames that never end the header block (CVE-2024-27316
+  // and kin). Each carries one literal header (8 bytes).
+  std::string bytes = std::string(kPreface) + std::string("\0\0\0\4\0\0\0\0\0", 9);
+  const std::string literal("\x00\x01" "a" "\x04" "bbbb", 8);
+  bytes += std::string("\0\0\x08\x01\x00\0\0\0\1", 9) + literal;
+  for (int i = 0; i < 100; ++i) {
+    bytes += std::string("\0\0\x08\x09\x00\0\0\0\1", 9) + literal;
+  }
+  SendAll(fd, bytes);
+  EXPECT_TRUE(WaitClosed(fd, absl::Seconds(5)));
+  CloseFd(fd);
+  EXPECT_TRUE(logs_.WaitFor("Too many CONTINUATION frames")) << logs_.All();
+  ExpectBothServed();
+}
+
 TEST_F(BadGrpcInputTest, APeerThatStopsReadingHurtsNoOneElse) {
   int fd = RawConnect(port_);
   ASSERT_GE(fd, 0);

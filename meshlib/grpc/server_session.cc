@@ -196,10 +196,13 @@ int ServerSession::OnFrameSend(nghttp2_session* session, const nghttp2_frame* fr
                                void* user_data) {
   auto* self = static_cast<ServerSession*>(user_data);
   if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
-    self->protocol_error_ = absl::StrCat(
-        "HTTP/2 protocol error (", nghttp2_http2_strerror(frame->goaway.error_code), "): ",
-        absl::string_view(reinterpret_cast<const char*>(frame->goaway.opaque_data),
-                          frame->goaway.opaque_data_len));
+    // INTERNAL_ERROR with no text is also how nghttp2 ends a session that
+    // reset streams faster than its rapid-reset limit allows.
+    const absl::string_view why(reinterpret_cast<const char*>(frame->goaway.opaque_data),
+                                frame->goaway.opaque_data_len);
+    self->protocol_error_ =
+        absl::StrCat("HTTP/2 protocol error (", nghttp2_http2_strerror(frame->goaway.error_code),
+                     ")", why.empty() ? "" : ": ", why);
   }
   if (frame->hd.type == NGHTTP2_HEADERS && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
     auto it = self->streams_.find(frame->hd.stream_id);
