@@ -75,7 +75,8 @@ struct GrpcCall final : public client::Cancellable,
   client::Metadata metadata;
   absl::Time deadline;
   absl::Duration timeout;
-  GrpcChannelShared* shared = nullptr;  // the channel outlives its calls' completion
+  // Shared, not borrowed: a handle may be cancelled after the channel is gone.
+  std::shared_ptr<GrpcChannelShared> shared;
   std::weak_ptr<GrpcConnection> connection;
   runtime::EventLoop* loop = nullptr;
   runtime::TimerId timer;
@@ -97,10 +98,12 @@ struct GrpcCall final : public client::Cancellable,
   absl::Status local_failure;  // set when this side ends the stream (too large, bad metadata)
 
   bool Claim() { return !claimed.exchange(true, std::memory_order_acq_rel); }
-  // Completes the call when nobody has yet; true if this did.
-  bool Complete(CallResult r) {
+  // Completes the call when nobody has yet; true if this did. The deadline
+  // timer passes `from_timer` (it is over, and `timer` may still be being
+  // set by the caller's thread).
+  bool Complete(CallResult r, bool from_timer = false) {
     if (!Claim()) return false;
-    loop->Cancel(timer);
+    if (!from_timer) loop->Cancel(timer);
     CallCallback cb = std::move(done);
     shared->outstanding.fetch_sub(1, std::memory_order_relaxed);
     cb(std::move(r));
@@ -185,6 +188,7 @@ class GrpcConnection final : public runtime::FdHandler,
 };
 
 void GrpcCall::Cancel() {
+  if (claimed.load(std::memory_order_acquire)) return;
   if (!Complete(Failure(absl::CancelledError(absl::StrCat("call to ", method, " on ",
                                                           shared->address, " cancelled")),
                         false))) {
@@ -806,7 +810,7 @@ CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request
   auto call = std::make_shared<GrpcCall>();
   call->method.assign(method.data(), method.size());
   call->path = absl::StrCat("/", method);
-  call->shared = shared_.get();
+  call->shared = shared_;
   call->loop = conn->loop();
   call->timeout = options.timeout > absl::ZeroDuration() ? options.timeout
                                                          : shared_->options.default_timeout;
@@ -856,7 +860,8 @@ CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request
                                                      absl::FormatDuration(c->timeout),
                                                      " exceeded calling ", c->method, " on ",
                                                      c->shared->address, " (gRPC)")),
-            false))) {
+            false),
+            /*from_timer=*/true)) {
       owner->Abandon(c);
     }
   });
