@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -125,28 +126,55 @@ class GrpcConnection final : public runtime::FdHandler,
   runtime::EventLoop* loop() const { return loop_; }
   State state() const { return state_.load(std::memory_order_acquire); }
 
-  // Loop thread.
+  // Entry points. Each takes the connection's lock for its work and runs
+  // the callbacks of the calls it ended after releasing it.
+  // Loop thread:
   void Submit(std::shared_ptr<GrpcCall> call);
   void Abandon(const std::shared_ptr<GrpcCall>& call);
   void StartConnecting();
   void Shutdown();
   void OnFdEvents(uint32_t events) override;
+  // Any thread: submits and writes `call` on the calling thread when the
+  // connection is ready (no hand-off to the reactor, which a blocking
+  // caller would wait for); false when it is not, and the caller posts
+  // Submit instead.
+  bool TrySubmitNow(const std::shared_ptr<GrpcCall>& call);
 
  private:
+  using Completions = std::vector<std::pair<std::shared_ptr<GrpcCall>, CallResult>>;
+  static void RunAll(Completions batch) {
+    for (auto& [call, result] : batch) call->Complete(std::move(result));
+  }
+  Completions TakeCompletions() {
+    Completions out;
+    out.swap(completions_);
+    return out;
+  }
+  void Fail(const std::shared_ptr<GrpcCall>& call, CallResult r) {
+    completions_.emplace_back(call, std::move(r));
+  }
+
+  // The rest runs with mu_ held.
   void SetState(State s) { state_.store(s, std::memory_order_release); }
+  void SubmitLocked(std::shared_ptr<GrpcCall> call);
+  void AbandonLocked(const std::shared_ptr<GrpcCall>& call);
+  void ShutdownLocked();
+  void StartConnectingLocked();
   void OnConnected();
   void StartSession(std::unique_ptr<transport::ByteStream> stream);
   void SubmitStream(std::shared_ptr<GrpcCall> call);
   void FailPending(const absl::Status& status, bool not_processed);
   void ConnectFailed(absl::Status status);
+  void ConnectTimedOut();
+  void HandshakeDone(absl::StatusOr<std::unique_ptr<tls::TlsStream>> s);
   // Ends the session: streams still open fail with `status`; queued calls
   // reconnect.
   void CloseSession(const absl::Status& status);
   void DeleteSession();
-  void ReadAvailable();
+  // Runs the callbacks of calls ended so far with `lock` released.
+  void ReadAvailable(std::unique_lock<std::mutex>& lock);
   void Flush();
   void ScheduleFlush();
-  void RunCompletions();
   void MaybeFinishDraining();
   void FinishStream(GrpcCall* call, uint32_t error_code);
 
@@ -167,7 +195,9 @@ class GrpcConnection final : public runtime::FdHandler,
   runtime::EventLoop* const loop_;
   std::atomic<State> state_{kIdle};
 
-  // Loop-thread state.
+  // Guards everything below: the reactor and callers' threads (TrySubmitNow)
+  // take turns on the session. Never held while a call's callback runs.
+  std::mutex mu_;
   core::Backoff backoff_;
   absl::Status last_error_;
   int fd_ = -1;  // while connecting
@@ -180,10 +210,9 @@ class GrpcConnection final : public runtime::FdHandler,
   nghttp2_session* session_ = nullptr;
   bool draining_ = false;  // GOAWAY received: no new streams on this session
   bool flush_scheduled_ = false;
-  bool in_session_ = false;  // inside nghttp2 (its callbacks may not end the session)
   std::deque<std::shared_ptr<GrpcCall>> pending_;
   std::unordered_map<int32_t, std::shared_ptr<GrpcCall>> streams_;
-  std::vector<std::pair<std::shared_ptr<GrpcCall>, CallResult>> completions_;
+  Completions completions_;  // ended under mu_, their callbacks run after it
   uint64_t session_generation_ = 0;
 };
 
@@ -204,6 +233,16 @@ void GrpcCall::Cancel() {
 // --- GrpcConnection: connecting ---
 
 void GrpcConnection::StartConnecting() {
+  Completions done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    StartConnectingLocked();
+    done = TakeCompletions();
+  }
+  RunAll(std::move(done));
+}
+
+void GrpcConnection::StartConnectingLocked() {
   if (state() != kIdle) return;
   SetState(kConnecting);
   absl::StatusOr<int> fd = transport::StartConnect(shared_->socket_address);
@@ -221,22 +260,33 @@ void GrpcConnection::StartConnecting() {
   std::weak_ptr<GrpcConnection> weak = shared_from_this();
   connect_timer_ = loop_->RunAt(loop_->Now() + shared_->options.connect_timeout, [weak] {
     auto self = weak.lock();
-    if (!self || self->state() != kConnecting) return;
-    if (self->handshake_) {
-      self->handshake_->Cancel(absl::UnavailableError(absl::StrCat(
-          "TLS handshake with ", self->shared_->address, " did not finish within ",
-          absl::FormatDuration(self->shared_->options.connect_timeout))));
-      return;
+    if (!self) return;
+    Completions done;
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      self->ConnectTimedOut();
+      done = self->TakeCompletions();
     }
-    if (self->fd_ >= 0) {
-      self->loop_->Unwatch(self->fd_);
-      close(self->fd_);
-      self->fd_ = -1;
-    }
-    self->ConnectFailed(absl::UnavailableError(
-        absl::StrCat("connecting to ", self->shared_->address, " timed out after ",
-                     absl::FormatDuration(self->shared_->options.connect_timeout))));
+    RunAll(std::move(done));
   });
+}
+
+void GrpcConnection::ConnectTimedOut() {
+  if (state() != kConnecting) return;
+  if (handshake_) {
+    handshake_->Cancel(absl::UnavailableError(
+        absl::StrCat("TLS handshake with ", shared_->address, " did not finish within ",
+                     absl::FormatDuration(shared_->options.connect_timeout))));
+    return;
+  }
+  if (fd_ >= 0) {
+    loop_->Unwatch(fd_);
+    close(fd_);
+    fd_ = -1;
+  }
+  ConnectFailed(absl::UnavailableError(
+      absl::StrCat("connecting to ", shared_->address, " timed out after ",
+                   absl::FormatDuration(shared_->options.connect_timeout))));
 }
 
 void GrpcConnection::OnConnected() {
@@ -259,21 +309,31 @@ void GrpcConnection::OnConnected() {
       [weak](absl::StatusOr<std::unique_ptr<tls::TlsStream>> s) {
         auto self = weak.lock();
         if (!self) return;
-        self->handshake_.reset();
-        if (self->state() != kConnecting) return;  // shut down meanwhile
-        if (!s.ok()) {
-          self->ConnectFailed(s.status());
-          return;
+        Completions done;
+        {
+          std::lock_guard<std::mutex> lock(self->mu_);
+          self->HandshakeDone(std::move(s));
+          done = self->TakeCompletions();
         }
-        if ((*s)->peer_info().alpn != tls::kAlpnH2) {
-          self->ConnectFailed(absl::UnavailableError(absl::StrCat(
-              "TLS with ", self->shared_->address, ": the server did not agree to HTTP/2 (ALPN \"",
-              (*s)->peer_info().alpn, "\"), which gRPC requires")));
-          return;
-        }
-        self->StartSession(*std::move(s));
+        RunAll(std::move(done));
       },
       tls::kAlpnH2);
+}
+
+void GrpcConnection::HandshakeDone(absl::StatusOr<std::unique_ptr<tls::TlsStream>> s) {
+  handshake_.reset();
+  if (state() != kConnecting) return;  // shut down meanwhile
+  if (!s.ok()) {
+    ConnectFailed(s.status());
+    return;
+  }
+  if ((*s)->peer_info().alpn != tls::kAlpnH2) {
+    ConnectFailed(absl::UnavailableError(absl::StrCat(
+        "TLS with ", shared_->address, ": the server did not agree to HTTP/2 (ALPN \"",
+        (*s)->peer_info().alpn, "\"), which gRPC requires")));
+    return;
+  }
+  StartSession(*std::move(s));
 }
 
 void GrpcConnection::ConnectFailed(absl::Status status) {
@@ -285,16 +345,23 @@ void GrpcConnection::ConnectFailed(absl::Status status) {
   std::weak_ptr<GrpcConnection> weak = shared_from_this();
   backoff_timer_ = loop_->RunAt(loop_->Now() + backoff_.Next(), [weak] {
     auto self = weak.lock();
-    if (!self || self->state() != kBackoff) return;
-    self->SetState(kIdle);
-    if (!self->pending_.empty()) self->StartConnecting();
+    if (!self) return;
+    Completions done;
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      if (self->state() != kBackoff) return;
+      self->SetState(kIdle);
+      if (!self->pending_.empty()) self->StartConnectingLocked();
+      done = self->TakeCompletions();
+    }
+    RunAll(std::move(done));
   });
 }
 
 void GrpcConnection::FailPending(const absl::Status& status, bool not_processed) {
   std::deque<std::shared_ptr<GrpcCall>> pending;
   pending.swap(pending_);
-  for (auto& call : pending) call->Complete(Failure(status, not_processed));
+  for (auto& call : pending) Fail(call, Failure(status, not_processed));
 }
 
 void GrpcConnection::StartSession(std::unique_ptr<transport::ByteStream> stream) {
@@ -346,13 +413,42 @@ void GrpcConnection::StartSession(std::unique_ptr<transport::ByteStream> stream)
   pending.swap(pending_);
   for (auto& call : pending) SubmitStream(std::move(call));
   Flush();
-  // A TLS stream may already hold the server's first bytes.
-  if (state() == kReady && io_->BufferedBytes() > 0) ReadAvailable();
+  // A TLS stream may already hold the server's first bytes; the fd will
+  // not say so.
+  if (state() == kReady && io_->BufferedBytes() > 0) {
+    loop_->Post([self = shared_from_this()] { self->OnFdEvents(EPOLLIN); });
+  }
 }
 
 // --- GrpcConnection: calls ---
 
 void GrpcConnection::Submit(std::shared_ptr<GrpcCall> call) {
+  Completions done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SubmitLocked(std::move(call));
+    done = TakeCompletions();
+  }
+  RunAll(std::move(done));
+}
+
+bool GrpcConnection::TrySubmitNow(const std::shared_ptr<GrpcCall>& call) {
+  Completions done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (state() != kReady || draining_ || !pending_.empty() || session_ == nullptr ||
+        io_ == nullptr || io_->closed()) {
+      return false;
+    }
+    SubmitStream(call);
+    Flush();
+    done = TakeCompletions();
+  }
+  RunAll(std::move(done));
+  return true;
+}
+
+void GrpcConnection::SubmitLocked(std::shared_ptr<GrpcCall> call) {
   if (call->claimed.load(std::memory_order_acquire)) return;
   switch (state()) {
     case kReady:
@@ -365,20 +461,20 @@ void GrpcConnection::Submit(std::shared_ptr<GrpcCall> call) {
     case kIdle:
     case kConnecting:
       if (pending_.size() >= shared_->options.max_queued_calls) {
-        call->Complete(Failure(
+        Fail(call, Failure(
             absl::ResourceExhaustedError(absl::StrCat(
                 pending_.size(), " calls already wait for a connection to ", shared_->address)),
             true));
         return;
       }
       pending_.push_back(std::move(call));
-      if (state() == kIdle) StartConnecting();
+      if (state() == kIdle) StartConnectingLocked();
       return;
     case kBackoff:
-      call->Complete(Failure(last_error_, /*not_processed=*/true));
+      Fail(call, Failure(last_error_, /*not_processed=*/true));
       return;
     case kClosed:
-      call->Complete(Failure(absl::CancelledError(absl::StrCat("channel to ", shared_->address,
+      Fail(call, Failure(absl::CancelledError(absl::StrCat("channel to ", shared_->address,
                                                                " shut down")),
                              true));
       return;
@@ -431,7 +527,7 @@ void GrpcConnection::SubmitStream(std::shared_ptr<GrpcCall> call) {
       MaybeFinishDraining();
       return;
     }
-    call->Complete(Failure(absl::InternalError(absl::StrCat(
+    Fail(call, Failure(absl::InternalError(absl::StrCat(
                                "HTTP/2 request to ", shared_->address, ": ", nghttp2_strerror(id))),
                            true));
     return;
@@ -441,6 +537,16 @@ void GrpcConnection::SubmitStream(std::shared_ptr<GrpcCall> call) {
 }
 
 void GrpcConnection::Abandon(const std::shared_ptr<GrpcCall>& call) {
+  Completions done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    AbandonLocked(call);
+    done = TakeCompletions();
+  }
+  RunAll(std::move(done));
+}
+
+void GrpcConnection::AbandonLocked(const std::shared_ptr<GrpcCall>& call) {
   if (call->stream_id == 0) {
     auto it = std::find(pending_.begin(), pending_.end(), call);
     if (it != pending_.end()) pending_.erase(it);
@@ -453,6 +559,16 @@ void GrpcConnection::Abandon(const std::shared_ptr<GrpcCall>& call) {
 }
 
 void GrpcConnection::Shutdown() {
+  Completions done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ShutdownLocked();
+    done = TakeCompletions();
+  }
+  RunAll(std::move(done));
+}
+
+void GrpcConnection::ShutdownLocked() {
   if (state() == kClosed) return;
   const State before = state();
   SetState(kClosed);
@@ -476,19 +592,32 @@ void GrpcConnection::Shutdown() {
 // --- GrpcConnection: I/O ---
 
 void GrpcConnection::OnFdEvents(uint32_t events) {
-  if (state() == kConnecting && fd_ >= 0) {
-    OnConnected();
-    return;
+  Completions done;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (state() == kConnecting && fd_ >= 0) {
+      OnConnected();
+    } else if (state() == kReady && io_ != nullptr && !io_->closed()) {
+      if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) ReadAvailable(lock);
+      if (state() == kReady && (events & EPOLLOUT)) Flush();
+    }
+    done = TakeCompletions();
   }
-  if (state() != kReady || io_ == nullptr || io_->closed()) return;
-  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) ReadAvailable();
-  if (state() == kReady && (events & EPOLLOUT)) Flush();
+  RunAll(std::move(done));
 }
 
-void GrpcConnection::ReadAvailable() {
-  absl::Status s = io_->Read(session_, [this] {
-    in_session_ = false;
-    RunCompletions();
+void GrpcConnection::ReadAvailable(std::unique_lock<std::mutex>& lock) {
+  absl::Status s = io_->Read(session_, [&] {
+    // Replies read so far are delivered now, without the lock: a callback
+    // may call again (TrySubmitNow) or shut the channel down. If it did,
+    // the stream is closed when Read looks again, and it stops.
+    Completions batch = TakeCompletions();
+    if (!batch.empty()) {
+      lock.unlock();
+      RunAll(std::move(batch));
+      lock.lock();
+    }
+    if (draining_) MaybeFinishDraining();
   });
   if (!s.ok()) {
     if (state() == kReady) CloseSession(absl::UnavailableError(s.message()));
@@ -502,20 +631,22 @@ void GrpcConnection::ScheduleFlush() {
   flush_scheduled_ = true;
   std::weak_ptr<GrpcConnection> weak = shared_from_this();
   loop_->DeferToEndOfIteration([weak] {
-    if (auto self = weak.lock()) {
+    auto self = weak.lock();
+    if (!self) return;
+    Completions done;
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
       self->flush_scheduled_ = false;
       if (self->state() == kReady) self->Flush();
+      done = self->TakeCompletions();
     }
+    RunAll(std::move(done));
   });
 }
 
 void GrpcConnection::Flush() {
   if (session_ == nullptr || io_ == nullptr || io_->closed()) return;
-  in_session_ = true;
   absl::Status s = io_->Flush(session_);
-  in_session_ = false;
-  RunCompletions();
-  if (session_ == nullptr) return;  // a completion shut the channel down
   if (!s.ok()) {
     CloseSession(s);
     return;
@@ -554,20 +685,11 @@ void GrpcConnection::CloseSession(const absl::Status& status) {
   streams_.clear();
   for (auto& [id, call] : streams) {
     // A stream whose HEADERS never left cannot have reached the server.
-    call->Complete(Failure(status, /*not_processed=*/!call->headers_sent));
+    Fail(call, Failure(status, /*not_processed=*/!call->headers_sent));
   }
   if (state() == kClosed) return;
   SetState(kIdle);
-  if (!pending_.empty()) StartConnecting();
-}
-
-void GrpcConnection::RunCompletions() {
-  while (!completions_.empty()) {
-    auto batch = std::move(completions_);
-    completions_.clear();
-    for (auto& [call, result] : batch) call->Complete(std::move(result));
-  }
-  if (draining_ && !in_session_) MaybeFinishDraining();
+  if (!pending_.empty()) StartConnectingLocked();
 }
 
 // --- GrpcConnection: nghttp2 callbacks (no session changes beyond nghttp2's own) ---
@@ -867,7 +989,7 @@ CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request
   });
   if (conn->loop()->InExecutorThread()) {
     owner->Submit(call);
-  } else {
+  } else if (!owner->TrySubmitNow(call)) {
     conn->loop()->Post([owner, call] { owner->Submit(call); });
   }
   return CallHandle(std::move(call));
