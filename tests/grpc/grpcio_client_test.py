@@ -1,6 +1,7 @@
 """gRPC clients calling a meshlib server: Debian's python3-grpcio (generic
-calls, raw bytes, no protoc) and nghttp2's h2load against echo_server,
-which answers gRPC on the same port as meshlib's protocol. Run by
+calls, raw bytes, no protoc; plaintext and mutual TLS) and nghttp2's h2load
+against echo_server, which answers gRPC on the same port as meshlib's
+protocol. Run by
 grpcio_client_test.sh with the binaries Bazel built.
 """
 from __future__ import annotations
@@ -45,6 +46,8 @@ class EchoServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def say(channel: grpc.Channel, method: str = "/Echo/Say"):
@@ -181,6 +184,59 @@ class GrpcioClientTest(unittest.TestCase):
         self.assertEqual((total, done, ok, failed, errored), (5000, 5000, 5000, 0, 0),
                          out.stdout)
         self.assertIn("status codes: 5000 2xx", out.stdout)
+
+
+def make_certs(directory: str) -> None:
+    """A CA and two ECDSA P-256 leaves (server, client) that are X509-SVIDs
+    of trust domain grpc.test, made with the openssl CLI."""
+    def run(*args):
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=grpc-test-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for leaf in ("server", "client"):
+        with open(os.path.join(directory, leaf + ".ext"), "w") as f:
+            f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n"
+                    "subjectAltName=URI:spiffe://grpc.test/%s,DNS:localhost,IP:127.0.0.1\n"
+                    % leaf)
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", leaf + ".key", "-out", leaf + ".csr", "-subj", "/CN=" + leaf)
+        run("x509", "-req", "-in", leaf + ".csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", leaf + ".crt", "-days", "2", "-extfile", leaf + ".ext")
+
+
+class GrpcioTlsClientTest(unittest.TestCase):
+    """grpcio's own TLS (BoringSSL inside grpcio) against echo_server's
+    mutual TLS: ALPN h2 picks gRPC on the TLS port."""
+
+    def test_mutual_tls_with_alpn_h2(self):
+        with tempfile.TemporaryDirectory() as d:
+            make_certs(d)
+            p = lambda name: os.path.join(d, name)  # noqa: E731
+            server = EchoServer("--tls_cert=" + p("server.crt"), "--tls_key=" + p("server.key"),
+                                "--tls_ca=" + p("ca.crt"),
+                                "--tls_allow=spiffe://grpc.test/client")
+            try:
+                def read(name):
+                    with open(p(name), "rb") as f:
+                        return f.read()
+                creds = grpc.ssl_channel_credentials(read("ca.crt"), read("client.key"),
+                                                     read("client.crt"))
+                with grpc.secure_channel(server.address, creds) as ch:
+                    self.assertEqual(say(ch)(b"over tls", timeout=10), b"over tls")
+                    with self.assertRaises(grpc.RpcError) as e:
+                        say(ch, "/Echo/Nope")(b"x", timeout=5)
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+                # Without a client certificate the server refuses the handshake.
+                anon = grpc.ssl_channel_credentials(read("ca.crt"))
+                with grpc.secure_channel(server.address, anon) as ch:
+                    with self.assertRaises(grpc.RpcError) as e:
+                        say(ch)(b"x", timeout=5)
+                    self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            finally:
+                server.stop()
 
 
 if __name__ == "__main__":
