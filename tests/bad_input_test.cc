@@ -446,6 +446,14 @@ struct AsyncResult {
 // What an HTTP/2 client sends: the preface, its SETTINGS (a window as large
 // as HTTP/2 allows, so the server may send all it wants), and `n` requests
 // for `path` with a small body, made with nghttp2's client session.
+// Everything `session` has queued to send, as bytes.
+void DrainSend(nghttp2_session* session, std::string* out) {
+  const uint8_t* d = nullptr;
+  for (ssize_t k; (k = nghttp2_session_mem_send(session, &d)) > 0;) {
+    out->append(reinterpret_cast<const char*>(d), static_cast<size_t>(k));
+  }
+}
+
 std::string H2ClientBytes(int n, const std::string& path) {
   nghttp2_session_callbacks* cbs = nullptr;
   nghttp2_session_callbacks_new(&cbs);
@@ -476,10 +484,7 @@ std::string H2ClientBytes(int n, const std::string& path) {
     nghttp2_submit_request(session, nullptr, hdrs, 5, &data, nullptr);
   }
   std::string out;
-  const uint8_t* d = nullptr;
-  for (ssize_t k; (k = nghttp2_session_mem_send(session, &d)) > 0;) {
-    out.append(reinterpret_cast<const char*>(d), static_cast<size_t>(k));
-  }
+  DrainSend(session, &out);
   nghttp2_session_del(session);
   return out;
 }
@@ -575,17 +580,12 @@ std::string RapidResetBytes(int n) {
                     strlen(v[i]), NGHTTP2_NV_FLAG_NONE});
   }
   std::string out;
-  const uint8_t* d = nullptr;
   for (int i = 0; i < n; ++i) {
     const int32_t id =
         nghttp2_submit_request(session, nullptr, hdrs.data(), hdrs.size(), nullptr, nullptr);
-    for (ssize_t m; (m = nghttp2_session_mem_send(session, &d)) > 0;) {
-      out.append(reinterpret_cast<const char*>(d), static_cast<size_t>(m));
-    }
+    DrainSend(session, &out);
     nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
-    for (ssize_t m; (m = nghttp2_session_mem_send(session, &d)) > 0;) {
-      out.append(reinterpret_cast<const char*>(d), static_cast<size_t>(m));
-    }
+    DrainSend(session, &out);
   }
   nghttp2_session_del(session);
   return out;

@@ -709,14 +709,9 @@ absl::StatusOr<std::unique_ptr<Channel>> Channel::Create(std::string address,
   absl::StatusOr<transport::SocketAddress> addr = transport::ParseHostPort(address);
   if (!addr.ok()) return addr.status();
   std::unique_ptr<Channel> ch(new Channel(std::move(address), std::move(options)));
-  ch->runtime_ = ch->options_.runtime;
-  if (!ch->runtime_) {
-    runtime::EventLoopOptions loop_options;
-    loop_options.busy_poll = ch->options_.busy_poll;
-    auto rt = runtime::Runtime::Create(ch->options_.io_threads, "client-io", loop_options);
-    if (!rt.ok()) return rt.status();
-    ch->runtime_ = *std::move(rt);
-  }
+  auto rt = RuntimeFor(ch->options_, "client-io");
+  if (!rt.ok()) return rt.status();
+  ch->runtime_ = *std::move(rt);
   uint64_t seed = ch->options_.seed;
   if (seed == 0) {
     seed = absl::HashOf(ch->address_, absl::ToUnixNanos(absl::Now()));
@@ -831,26 +826,14 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
   auto call = std::make_shared<ClientCall>();
   call->method.assign(method.data(), method.size());
   call->address = address_;
-  call->timeout = options.timeout > absl::ZeroDuration() ? options.timeout
-                                                         : options_.default_timeout;
-  const absl::Time now = sc->loop()->Now();
-  call->deadline = now + call->timeout;
-  // The earlier of the call's own deadline, an explicit one, and the one of
-  // the call this thread is serving.
-  const absl::Time inherited = std::min(options.deadline, core::CurrentDeadline());
-  if (inherited < call->deadline) {
-    if (inherited <= now) {
-      CallResult r = Failure(
-          absl::DeadlineExceededError(absl::StrCat(
-              "deadline of the calling context passed ", absl::FormatDuration(now - inherited),
-              " ago; ", method, " to ", address_, " not sent")),
-          /*not_processed=*/true);
-      done(std::move(r));
-      return CallHandle();
-    }
-    call->deadline = inherited;
-    call->timeout = inherited - now;
+  absl::StatusOr<CallDeadline> when =
+      DeadlineOfCall(options, options_.default_timeout, sc->loop()->Now(), method, address_);
+  if (!when.ok()) {
+    done(Failure(when.status(), /*not_processed=*/true));
+    return CallHandle();
   }
+  call->deadline = when->deadline;
+  call->timeout = when->timeout;
   call->done = std::move(done);
   call->want_inline_read = want_inline_read;
   call->loop = sc->loop();
@@ -911,6 +894,41 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
     inline_reader_call = nullptr;
     if (conn) conn->EndInlineRead();
   }
+  AwaitBlockingResult(ready, done, spin_until, options.interrupt_fd, handle);
+  return result;
+}
+
+absl::StatusOr<CallDeadline> DeadlineOfCall(const CallOptions& options,
+                                            absl::Duration default_timeout, absl::Time now,
+                                            absl::string_view method, absl::string_view address) {
+  CallDeadline out;
+  out.timeout = options.timeout > absl::ZeroDuration() ? options.timeout : default_timeout;
+  out.deadline = now + out.timeout;
+  // The earlier of the call's own deadline, an explicit one, and the one of
+  // the call this thread is serving.
+  const absl::Time inherited = std::min(options.deadline, core::CurrentDeadline());
+  if (inherited < out.deadline) {
+    if (inherited <= now) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "deadline of the calling context passed ", absl::FormatDuration(now - inherited),
+          " ago; ", method, " to ", address, " not sent"));
+    }
+    out.deadline = inherited;
+    out.timeout = inherited - now;
+  }
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<runtime::Runtime>> RuntimeFor(const ChannelOptions& options,
+                                                             std::string name) {
+  if (options.runtime) return options.runtime;
+  runtime::EventLoopOptions loop_options;
+  loop_options.busy_poll = options.busy_poll;
+  return runtime::Runtime::Create(options.io_threads, std::move(name), loop_options);
+}
+
+void AwaitBlockingResult(const std::atomic<bool>& ready, core::Notification& done,
+                         int64_t spin_until, int interrupt_fd, CallHandle& handle) {
   // A loopback or same-rack reply often arrives within tens of microseconds.
   // Waiting for it for a short, bounded time without sleeping keeps this CPU
   // from going idle, so the reply's wake-up costs no inter-processor
@@ -918,20 +936,19 @@ CallResult Channel::CallBlocking(absl::string_view method, absl::string_view req
   // trip itself. Yielding, not spinning: a reactor or server thread that
   // shares this CPU runs at once.
   for (;;) {
-    if (ready.load(std::memory_order_acquire)) return result;
+    if (ready.load(std::memory_order_acquire)) return;
     if (absl::GetCurrentTimeNanos() >= spin_until) break;
     sched_yield();
   }
-  if (options.interrupt_fd >= 0) {
+  if (interrupt_fd >= 0) {
     while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(1))) {
-      if (InterruptRequested(options.interrupt_fd)) handle.Cancel();
+      if (InterruptRequested(interrupt_fd)) handle.Cancel();
     }
   } else {
     done.WaitForNotification();
   }
   // The callback may still be between Notify and its store to `ready`.
   while (!ready.load(std::memory_order_acquire)) sched_yield();
-  return result;
 }
 
 }  // namespace meshlib::client

@@ -37,6 +37,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "meshlib/core/backoff.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/client/call_types.h"
 #include "meshlib/client/caller.h"
@@ -98,6 +99,28 @@ struct ChannelOptions {
 // call gets FAILED_PRECONDITION at once instead of hanging. nullopt off
 // reactor threads.
 std::optional<CallResult> RefuseBlockingOnReactor(absl::string_view method);
+
+// For implementations of EndpointChannel (Channel, grpc::GrpcChannel).
+//
+// When a call starting at `now` must end: its timeout (the channel's
+// `default_timeout` when the call sets none), or earlier an explicit
+// CallOptions::deadline or the deadline of the call this thread serves.
+// DEADLINE_EXCEEDED, naming `method` and `address`, when that has passed.
+struct CallDeadline {
+  absl::Time deadline;
+  absl::Duration timeout;  // deadline - now
+};
+absl::StatusOr<CallDeadline> DeadlineOfCall(const CallOptions& options,
+                                            absl::Duration default_timeout, absl::Time now,
+                                            absl::string_view method, absl::string_view address);
+// The channel's own runtime when ChannelOptions::runtime is unset.
+absl::StatusOr<std::shared_ptr<runtime::Runtime>> RuntimeFor(const ChannelOptions& options,
+                                                             std::string name);
+// The end of a blocking call: yields the CPU until `ready` or `spin_until`
+// (ns, absl::GetCurrentTimeNanos), then sleeps on `done`, cancelling
+// `handle` once `interrupt_fd` turns readable; returns with `ready` set.
+void AwaitBlockingResult(const std::atomic<bool>& ready, core::Notification& done,
+                         int64_t spin_until, int interrupt_fd, CallHandle& handle);
 
 class Subchannel;
 struct ConnectionCounters;

@@ -1,7 +1,6 @@
 #include "meshlib/grpc/grpc_channel.h"
 
 #include <nghttp2/nghttp2.h>
-#include <sched.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -153,6 +152,17 @@ class GrpcConnection final : public runtime::FdHandler,
   void Fail(const std::shared_ptr<GrpcCall>& call, CallResult r) {
     completions_.emplace_back(call, std::move(r));
   }
+  // Runs `work` under mu_, then the callbacks of the calls it ended.
+  template <typename Work>
+  void Locked(Work work) {
+    Completions done;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      work();
+      done = TakeCompletions();
+    }
+    RunAll(std::move(done));
+  }
 
   // The rest runs with mu_ held.
   void SetState(State s) { state_.store(s, std::memory_order_release); }
@@ -233,13 +243,7 @@ void GrpcCall::Cancel() {
 // --- GrpcConnection: connecting ---
 
 void GrpcConnection::StartConnecting() {
-  Completions done;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    StartConnectingLocked();
-    done = TakeCompletions();
-  }
-  RunAll(std::move(done));
+  Locked([&] { StartConnectingLocked(); });
 }
 
 void GrpcConnection::StartConnectingLocked() {
@@ -259,15 +263,7 @@ void GrpcConnection::StartConnectingLocked() {
   }
   std::weak_ptr<GrpcConnection> weak = shared_from_this();
   connect_timer_ = loop_->RunAt(loop_->Now() + shared_->options.connect_timeout, [weak] {
-    auto self = weak.lock();
-    if (!self) return;
-    Completions done;
-    {
-      std::lock_guard<std::mutex> lock(self->mu_);
-      self->ConnectTimedOut();
-      done = self->TakeCompletions();
-    }
-    RunAll(std::move(done));
+    if (auto self = weak.lock()) self->Locked([&] { self->ConnectTimedOut(); });
   });
 }
 
@@ -307,15 +303,7 @@ void GrpcConnection::OnConnected() {
   handshake_ = tls::Handshake::Start(
       loop_, fd, shared_->address, *shared_->options.tls, tls::Role::kClient,
       [weak](absl::StatusOr<std::unique_ptr<tls::TlsStream>> s) {
-        auto self = weak.lock();
-        if (!self) return;
-        Completions done;
-        {
-          std::lock_guard<std::mutex> lock(self->mu_);
-          self->HandshakeDone(std::move(s));
-          done = self->TakeCompletions();
-        }
-        RunAll(std::move(done));
+        if (auto self = weak.lock()) self->Locked([&] { self->HandshakeDone(std::move(s)); });
       },
       tls::kAlpnH2);
 }
@@ -346,15 +334,11 @@ void GrpcConnection::ConnectFailed(absl::Status status) {
   backoff_timer_ = loop_->RunAt(loop_->Now() + backoff_.Next(), [weak] {
     auto self = weak.lock();
     if (!self) return;
-    Completions done;
-    {
-      std::lock_guard<std::mutex> lock(self->mu_);
+    self->Locked([&] {
       if (self->state() != kBackoff) return;
       self->SetState(kIdle);
       if (!self->pending_.empty()) self->StartConnectingLocked();
-      done = self->TakeCompletions();
-    }
-    RunAll(std::move(done));
+    });
   });
 }
 
@@ -373,13 +357,7 @@ void GrpcConnection::StartSession(std::unique_ptr<transport::ByteStream> stream)
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &GrpcConnection::OnStreamClose);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &GrpcConnection::OnFrameRecv);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &GrpcConnection::OnFrameSend);
-  nghttp2_option* opt = nullptr;
-  nghttp2_option_new(&opt);
-  // Bounds on what a misbehaving server can make us hold or do.
-  nghttp2_option_set_max_continuations(opt, 8);
-  nghttp2_option_set_max_settings(opt, 32);
-  nghttp2_option_set_max_outbound_ack(opt, 1000);
-  nghttp2_option_set_max_send_header_block_length(opt, 64 << 10);
+  nghttp2_option* opt = NewSessionOptions(/*server=*/false);
   const int rv = nghttp2_session_client_new2(&session_, cbs, this, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
@@ -423,13 +401,7 @@ void GrpcConnection::StartSession(std::unique_ptr<transport::ByteStream> stream)
 // --- GrpcConnection: calls ---
 
 void GrpcConnection::Submit(std::shared_ptr<GrpcCall> call) {
-  Completions done;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    SubmitLocked(std::move(call));
-    done = TakeCompletions();
-  }
-  RunAll(std::move(done));
+  Locked([&] { SubmitLocked(std::move(call)); });
 }
 
 bool GrpcConnection::TrySubmitNow(const std::shared_ptr<GrpcCall>& call) {
@@ -537,13 +509,7 @@ void GrpcConnection::SubmitStream(std::shared_ptr<GrpcCall> call) {
 }
 
 void GrpcConnection::Abandon(const std::shared_ptr<GrpcCall>& call) {
-  Completions done;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    AbandonLocked(call);
-    done = TakeCompletions();
-  }
-  RunAll(std::move(done));
+  Locked([&] { AbandonLocked(call); });
 }
 
 void GrpcConnection::AbandonLocked(const std::shared_ptr<GrpcCall>& call) {
@@ -559,13 +525,7 @@ void GrpcConnection::AbandonLocked(const std::shared_ptr<GrpcCall>& call) {
 }
 
 void GrpcConnection::Shutdown() {
-  Completions done;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ShutdownLocked();
-    done = TakeCompletions();
-  }
-  RunAll(std::move(done));
+  Locked([&] { ShutdownLocked(); });
 }
 
 void GrpcConnection::ShutdownLocked() {
@@ -633,14 +593,10 @@ void GrpcConnection::ScheduleFlush() {
   loop_->DeferToEndOfIteration([weak] {
     auto self = weak.lock();
     if (!self) return;
-    Completions done;
-    {
-      std::lock_guard<std::mutex> lock(self->mu_);
+    self->Locked([&] {
       self->flush_scheduled_ = false;
       if (self->state() == kReady) self->Flush();
-      done = self->TakeCompletions();
-    }
-    RunAll(std::move(done));
+    });
   });
 }
 
@@ -715,14 +671,7 @@ int GrpcConnection::OnHeader(nghttp2_session*, const nghttp2_frame* frame, const
   } else if (k == "grpc-message") {
     call->message = PercentDecode(v);
   } else if (!IsReservedHeader(k)) {
-    if (call->response_metadata.size() >= kMaxResponseHeaders) return 0;  // the rest is dropped
-    if (IsBinaryKey(k)) {
-      absl::StatusOr<std::string> decoded = DecodeBinaryValue(v);
-      if (!decoded.ok()) return 0;  // an undecodable value is dropped, as gRPC does
-      call->response_metadata.emplace_back(std::string(k), *std::move(decoded));
-    } else {
-      call->response_metadata.emplace_back(std::string(k), std::string(v));
-    }
+    AddReceivedMetadata(&call->response_metadata, k, v, kMaxResponseHeaders);
   }
   return 0;
 }
@@ -842,14 +791,9 @@ absl::StatusOr<std::unique_ptr<GrpcChannel>> GrpcChannel::Create(std::string add
   shared->socket_address = *addr;
   shared->options = std::move(options);
   std::unique_ptr<GrpcChannel> ch(new GrpcChannel(shared));
-  ch->runtime_ = shared->options.runtime;
-  if (!ch->runtime_) {
-    runtime::EventLoopOptions loop_options;
-    loop_options.busy_poll = shared->options.busy_poll;
-    auto rt = runtime::Runtime::Create(shared->options.io_threads, "grpc-client-io", loop_options);
-    if (!rt.ok()) return rt.status();
-    ch->runtime_ = *std::move(rt);
-  }
+  auto rt = client::RuntimeFor(shared->options, "grpc-client-io");
+  if (!rt.ok()) return rt.status();
+  ch->runtime_ = *std::move(rt);
   uint64_t seed = shared->options.seed;
   if (seed == 0) seed = absl::HashOf(shared->address, absl::ToUnixNanos(absl::Now()));
   for (int i = 0; i < shared->options.connections; ++i) {
@@ -910,18 +854,21 @@ void GrpcChannel::Connect() {
 
 CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request,
                              const CallOptions& options, CallCallback done) {
+  // Round robin over the connections, preferring one that is ready.
   const size_t n = connections_.size();
   const uint32_t start = next_.fetch_add(1, std::memory_order_relaxed);
-  GrpcConnection* conn = connections_[start % n].get();
-  if (conn->state() != GrpcConnection::kReady) {
+  const std::shared_ptr<GrpcConnection>* pick = &connections_[start % n];
+  if ((*pick)->state() != GrpcConnection::kReady) {
     for (size_t i = 1; i < n; ++i) {
-      GrpcConnection* other = connections_[(start + i) % n].get();
+      const std::shared_ptr<GrpcConnection>& other = connections_[(start + i) % n];
       if (other->state() == GrpcConnection::kReady) {
-        conn = other;
+        pick = &other;
         break;
       }
     }
   }
+  const std::shared_ptr<GrpcConnection>& owner = *pick;
+  runtime::EventLoop* const loop = owner->loop();
   if (request.size() > shared_->options.limits.max_frame_size) {
     done(Failure(absl::ResourceExhaustedError(absl::StrCat(
                      "request of ", request.size(), " bytes to ", method,
@@ -933,24 +880,15 @@ CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request
   call->method.assign(method.data(), method.size());
   call->path = absl::StrCat("/", method);
   call->shared = shared_;
-  call->loop = conn->loop();
-  call->timeout = options.timeout > absl::ZeroDuration() ? options.timeout
-                                                         : shared_->options.default_timeout;
-  const absl::Time now = conn->loop()->Now();
-  call->deadline = now + call->timeout;
-  const absl::Time inherited = std::min(options.deadline, core::CurrentDeadline());
-  if (inherited < call->deadline) {
-    if (inherited <= now) {
-      done(Failure(absl::DeadlineExceededError(absl::StrCat(
-                       "deadline of the calling context passed ",
-                       absl::FormatDuration(now - inherited), " ago; ", method, " to ",
-                       shared_->address, " not sent")),
-                   true));
-      return CallHandle();
-    }
-    call->deadline = inherited;
-    call->timeout = inherited - now;
+  call->loop = loop;
+  absl::StatusOr<client::CallDeadline> when = client::DeadlineOfCall(
+      options, shared_->options.default_timeout, loop->Now(), method, shared_->address);
+  if (!when.ok()) {
+    done(Failure(when.status(), true));
+    return CallHandle();
   }
+  call->deadline = when->deadline;
+  call->timeout = when->timeout;
   call->metadata = options.metadata;
   for (auto& [k, v] : call->metadata) {
     // HTTP/2 header names are lowercase; meshlib's own metadata need not be.
@@ -968,13 +906,9 @@ CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request
   AppendMessage(&call->body, request);
   call->done = std::move(done);
   shared_->outstanding.fetch_add(1, std::memory_order_relaxed);
-  std::shared_ptr<GrpcConnection> owner;
-  for (auto& c : connections_) {
-    if (c.get() == conn) owner = c;
-  }
   call->connection = owner;
   std::weak_ptr<GrpcCall> weak = call;
-  call->timer = conn->loop()->RunAt(call->deadline, [weak, owner] {
+  call->timer = loop->RunAt(call->deadline, [weak, owner] {
     auto c = weak.lock();
     if (!c) return;
     if (c->Complete(Failure(
@@ -987,10 +921,10 @@ CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request
       owner->Abandon(c);
     }
   });
-  if (conn->loop()->InExecutorThread()) {
+  if (loop->InExecutorThread()) {
     owner->Submit(call);
   } else if (!owner->TrySubmitNow(call)) {
-    conn->loop()->Post([owner, call] { owner->Submit(call); });
+    loop->Post([owner, call] { owner->Submit(call); });
   }
   return CallHandle(std::move(call));
 }
@@ -1010,19 +944,7 @@ CallResult GrpcChannel::CallBlocking(absl::string_view method, absl::string_view
   });
   const int64_t spin_until = absl::GetCurrentTimeNanos() +
                              absl::ToInt64Nanoseconds(shared_->options.blocking_spin);
-  while (!ready.load(std::memory_order_acquire) && absl::GetCurrentTimeNanos() < spin_until) {
-    sched_yield();
-  }
-  if (!ready.load(std::memory_order_acquire)) {
-    if (options.interrupt_fd >= 0) {
-      while (!done.WaitForNotificationWithTimeout(absl::Milliseconds(1))) {
-        if (client::InterruptRequested(options.interrupt_fd)) handle.Cancel();
-      }
-    } else {
-      done.WaitForNotification();
-    }
-  }
-  while (!ready.load(std::memory_order_acquire)) sched_yield();
+  client::AwaitBlockingResult(ready, done, spin_until, options.interrupt_fd, handle);
   return result;
 }
 

@@ -67,13 +67,7 @@ absl::StatusOr<std::unique_ptr<ServerSession>> ServerSession::Create(Options opt
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &OnFrameRecv);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &OnStreamClose);
   nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &OnFrameSend);
-  nghttp2_option* opt = nullptr;
-  nghttp2_option_new(&opt);
-  nghttp2_option_set_stream_reset_rate_limit(opt, /*burst=*/1000, /*rate=*/33);
-  nghttp2_option_set_max_continuations(opt, 8);
-  nghttp2_option_set_max_settings(opt, 32);
-  nghttp2_option_set_max_outbound_ack(opt, 1000);
-  nghttp2_option_set_max_send_header_block_length(opt, 64 << 10);
+  nghttp2_option* opt = NewSessionOptions(/*server=*/true);
   const int rv = nghttp2_session_server_new2(&s->session_, cbs, s.get(), opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
@@ -136,14 +130,7 @@ int ServerSession::OnHeader(nghttp2_session*, const nghttp2_frame* frame, const 
   } else if (k == "grpc-encoding") {
     s.encoding.assign(v.data(), v.size());
   } else if (!IsReservedHeader(k)) {
-    if (s.metadata.size() >= self->options_.max_metadata_entries) return 0;
-    if (IsBinaryKey(k)) {
-      absl::StatusOr<std::string> decoded = DecodeBinaryValue(v);
-      if (!decoded.ok()) return 0;  // dropped, as gRPC does
-      s.metadata.emplace_back(std::string(k), *std::move(decoded));
-    } else {
-      s.metadata.emplace_back(std::string(k), std::string(v));
-    }
+    AddReceivedMetadata(&s.metadata, k, v, self->options_.max_metadata_entries);
   }
   return 0;
 }

@@ -210,6 +210,28 @@ absl::StatusOr<std::string> DecodeBinaryValue(absl::string_view value) {
   return out;
 }
 
+void AddReceivedMetadata(std::vector<std::pair<std::string, std::string>>* md,
+                         absl::string_view key, absl::string_view value, size_t max_entries) {
+  if (md->size() >= max_entries) return;
+  if (!IsBinaryKey(key)) {
+    md->emplace_back(std::string(key), std::string(value));
+    return;
+  }
+  absl::StatusOr<std::string> decoded = DecodeBinaryValue(value);
+  if (decoded.ok()) md->emplace_back(std::string(key), *std::move(decoded));
+}
+
+nghttp2_option* NewSessionOptions(bool server) {
+  nghttp2_option* opt = nullptr;
+  nghttp2_option_new(&opt);
+  if (server) nghttp2_option_set_stream_reset_rate_limit(opt, /*burst=*/1000, /*rate=*/33);
+  nghttp2_option_set_max_continuations(opt, 8);
+  nghttp2_option_set_max_settings(opt, 32);
+  nghttp2_option_set_max_outbound_ack(opt, 1000);
+  nghttp2_option_set_max_send_header_block_length(opt, 64 << 10);
+  return opt;
+}
+
 bool IsReservedHeader(absl::string_view key) {
   if (!key.empty() && key[0] == ':') return true;
   return key == "content-type" || key == "te" || key == "user-agent" ||

@@ -1,6 +1,7 @@
-// gRPC on HTTP/2, the parts that are not HTTP/2 itself: message framing,
+// gRPC on HTTP/2, the parts both sides share: message framing,
 // the grpc-timeout header, status codes from HTTP statuses and RST_STREAM
-// codes, percent-encoded grpc-message, and base64 for binary metadata.
+// codes, percent-encoded grpc-message, base64 for binary metadata, and the
+// nghttp2 limits both sides set.
 // docs/grpc.md describes the wire format these follow.
 //
 //   std::string body;
@@ -12,9 +13,13 @@
 #ifndef MESHLIB_GRPC_WIRE_H_
 #define MESHLIB_GRPC_WIRE_H_
 
+#include <nghttp2/nghttp2.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -74,6 +79,20 @@ std::string PercentDecode(absl::string_view message);
 bool IsBinaryKey(absl::string_view key);
 std::string EncodeBinaryValue(absl::string_view value);
 absl::StatusOr<std::string> DecodeBinaryValue(absl::string_view value);
+
+// Adds a received header to `md` as metadata: a "-bin" value decoded (an
+// undecodable one is dropped, as gRPC does); nothing once `md` holds
+// `max_entries`.
+void AddReceivedMetadata(std::vector<std::pair<std::string, std::string>>* md,
+                         absl::string_view key, absl::string_view value, size_t max_entries);
+
+// A new nghttp2_option (the caller deletes it) with the limits both sides
+// set against a misbehaving peer: at most 8 CONTINUATION frames per header
+// block, 32 entries per SETTINGS frame, 1,000 queued acknowledgements
+// (SETTINGS and PING floods), header blocks sent of at most 64 KiB. A
+// `server` also limits how fast a client may reset streams (bursts of
+// 1,000, then 33 per second: CVE-2023-44487, "rapid reset").
+nghttp2_option* NewSessionOptions(bool server);
 
 // Metadata keys meshlib never forwards as application metadata: HTTP/2
 // pseudo-headers and the headers gRPC itself defines.
