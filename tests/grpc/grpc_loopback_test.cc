@@ -1,6 +1,10 @@
 // meshlib's gRPC client against meshlib's server speaking gRPC, in one
 // process (so it runs under ASan and TSan): the whole mapping both ways,
 // TLS with ALPN h2, graceful shutdown, refusals, and the mesh over gRPC.
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <map>
 #include <memory>
@@ -21,6 +25,7 @@
 #include "meshlib/testing/subprocess.h"
 #include "meshlib/testing/test_certs.h"
 #include "meshlib/tls/credentials.h"
+#include "meshlib/transport/socket.h"
 
 namespace meshlib {
 namespace {
@@ -248,6 +253,103 @@ TEST(GrpcLoopbackTest, MutualTlsWithAlpnH2) {
   auto plain = Channel(s.address());
   CallResult p = plain->CallBlocking("Echo/Say", "x", Timeout(absl::Seconds(3)));
   EXPECT_EQ(p.status.code(), absl::StatusCode::kUnavailable) << p.status;
+}
+
+// --- Lifetimes: owners going away while work is pending ---
+
+TEST(GrpcLoopbackTest, HandleCancelledAfterTheChannelIsGoneTouchesNothing) {
+  TestServer s;
+  auto ch = Channel(s.address());
+  std::atomic<int> callbacks{0};
+  client::CallHandle h = ch->Call("Echo/Hang", "", Timeout(absl::Seconds(10)),
+                                  [&](CallResult r) {
+                                    EXPECT_EQ(r.status.code(), absl::StatusCode::kCancelled);
+                                    callbacks.fetch_add(1);
+                                  });
+  ASSERT_TRUE(testing::Eventually([&] { return s.server->active_calls() == 1; }));
+  ch.reset();  // ends the call
+  EXPECT_EQ(callbacks.load(), 1);
+  h.Cancel();  // the channel, its connections and maybe its loops are gone
+  EXPECT_EQ(callbacks.load(), 1);
+}
+
+TEST(GrpcLoopbackTest, ShutdownFromInsideACallbackEndsEveryOtherCallOnce) {
+  TestServer s;
+  auto ch = Channel(s.address());
+  ASSERT_TRUE(ch->CallBlocking("Echo/Say", "warm", Timeout(absl::Seconds(5))).status.ok());
+  constexpr int kHanging = 20;
+  std::atomic<int> ended{0}, cancelled{0};
+  for (int i = 0; i < kHanging; ++i) {
+    ch->Call("Echo/Hang", "", Timeout(absl::Seconds(10)), [&](CallResult r) {
+      if (r.status.code() == absl::StatusCode::kCancelled) cancelled.fetch_add(1);
+      ended.fetch_add(1);
+    });
+  }
+  ASSERT_TRUE(testing::Eventually([&] { return s.server->active_calls() == kHanging; }));
+  core::Notification shut;
+  // The reply's callback runs on the reactor, between reads, and shuts the
+  // channel down there.
+  ch->Call("Echo/Say", "bye", Timeout(absl::Seconds(5)), [&](CallResult r) {
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    ch->Shutdown();
+    shut.Notify();
+  });
+  ASSERT_TRUE(shut.WaitForNotificationWithTimeout(absl::Seconds(5)));
+  EXPECT_TRUE(testing::Eventually([&] { return ended.load() == kHanging; }));
+  EXPECT_EQ(cancelled.load(), kHanging);
+  CallResult after = ch->CallBlocking("Echo/Say", "x", Timeout(absl::Seconds(1)));
+  EXPECT_EQ(after.status.code(), absl::StatusCode::kCancelled) << after.status;
+  absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(ended.load(), kHanging);  // each exactly once
+}
+
+int RawConnect(const std::string& address) {
+  auto a = transport::ParseHostPort(address);
+  EXPECT_TRUE(a.ok());
+  int fd = socket(a->storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  EXPECT_EQ(connect(fd, reinterpret_cast<const sockaddr*>(&a->storage), a->len), 0);
+  return fd;
+}
+
+// True once the server closed `fd` (EOF), within `timeout`.
+bool ClosedByPeer(int fd, absl::Duration timeout) {
+  const absl::Time until = absl::Now() + timeout;
+  char buf[256];
+  while (absl::Now() < until) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 10) > 0 && read(fd, buf, sizeof(buf)) <= 0) return true;
+  }
+  return false;
+}
+
+TEST(GrpcLoopbackTest, ServerDestroyedWithGrpcCallsAndUndecidedConnectionsPending) {
+  auto s = std::make_unique<TestServer>();
+  auto ch = Channel(s->address());
+  constexpr int kHanging = 30;
+  std::atomic<int> ended{0};
+  for (int i = 0; i < kHanging; ++i) {
+    ch->Call("Echo/Hang", "", Timeout(absl::Seconds(10)),
+             [&](CallResult) { ended.fetch_add(1); });
+  }
+  ASSERT_TRUE(testing::Eventually([&] { return s->server->active_calls() == kHanging; }));
+  // Two connections the server has not told apart yet: silent, and half a
+  // preface.
+  const int silent = RawConnect(s->address());
+  const int half = RawConnect(s->address());
+  ASSERT_EQ(write(half, "PRI * HTTP", 10), 10);
+  absl::SleepFor(absl::Milliseconds(20));
+  // Shut down and destroyed on another thread, calls still running.
+  std::thread([&] {
+    s->server->Shutdown(absl::Milliseconds(100));
+    s.reset();
+  }).join();
+  EXPECT_TRUE(testing::Eventually([&] { return ended.load() == kHanging; }));
+  EXPECT_TRUE(ClosedByPeer(silent, absl::Seconds(5)));
+  EXPECT_TRUE(ClosedByPeer(half, absl::Seconds(5)));
+  close(silent);
+  close(half);
+  absl::SleepFor(absl::Milliseconds(20));
+  EXPECT_EQ(ended.load(), kHanging);  // each exactly once
 }
 
 TEST(GrpcLoopbackTest, TheMeshOverGrpcRetriesAcrossInstancesAndProbesHealth) {
