@@ -887,6 +887,10 @@ struct ServiceChannel::CallState final : public Cancellable,
   CallState* live_prev = nullptr;
   CallState* live_next = nullptr;
   bool live_linked = false;
+  // Set by LiveCalls::CloseAndTakeAll for a call it found being destroyed
+  // (its destructor ends it): counted as finishing until the destructor is
+  // done. Guarded by the shard's lock.
+  bool close_counted = false;
 
   bool finished() const { return over; }
   // Ends the call; call without `mu` held. Runs the callback at most once.
@@ -899,13 +903,7 @@ struct ServiceChannel::CallState final : public Cancellable,
   // hears.
   void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
                     absl::Span<CallHandle> stop_first);
-  ~CallState() {
-    if (done) {
-      CallResult r;
-      r.status = absl::CancelledError("call abandoned while waiting for a timer");
-      Finish(std::move(r));
-    }
-  }
+  ~CallState();
 };
 
 // The asynchronous calls of a channel not yet completed, so that Close()
@@ -962,6 +960,18 @@ struct ServiceChannel::LiveCalls {
     st->live_linked = false;
   }
   static void Finished(Shard* s) { s->finishing.fetch_sub(1, std::memory_order_release); }
+  // The end of a call's destructor, after the channel closed: if the close
+  // counted it as finishing, it is done now.
+  void DestroyedAfterClose(CallState* st) {
+    Shard& s = ShardOf(this, st);
+    bool counted;
+    {
+      std::lock_guard<core::SpinLock> lock(s.mu);
+      counted = st->close_counted;
+      st->close_counted = false;
+    }
+    if (counted) Finished(&s);
+  }
   // Callbacks running now, on any thread.
   int FinishingNow() const {
     int n = 0;
@@ -978,8 +988,14 @@ struct ServiceChannel::LiveCalls {
         CallState* next = c->live_next;
         c->live_prev = c->live_next = nullptr;
         c->live_linked = false;
-        // A call being destroyed right now completes in its destructor.
-        if (auto held = c->weak_from_this().lock()) out.push_back(std::move(held));
+        if (auto held = c->weak_from_this().lock()) {
+          out.push_back(std::move(held));
+        } else {
+          // Being destroyed right now, on another thread: it completes in
+          // its destructor, which the channel's destructor waits for.
+          c->close_counted = true;
+          s.finishing.fetch_add(1, std::memory_order_acq_rel);
+        }
         c = next;
       }
       s.head = nullptr;
@@ -988,6 +1004,20 @@ struct ServiceChannel::LiveCalls {
   }
 };
 
+
+ServiceChannel::CallState::~CallState() {
+  if (done) {
+    CallResult r;
+    r.status = absl::CancelledError("call abandoned while waiting for a timer");
+    Finish(std::move(r));
+  }
+  // A close can have counted this call only while it was linked, which
+  // implies the channel was closed by then (and Finish above unlinked it
+  // under the same lock): a channel never closed costs no lock here.
+  if (live != nullptr && live->closed.load(std::memory_order_acquire)) {
+    live->DestroyedAfterClose(this);
+  }
+}
 
 void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
   if (s->retry_slot) live->stack->retry->EndRetry();
