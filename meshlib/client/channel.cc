@@ -64,7 +64,7 @@ class ClientCall final : public Cancellable {
   bool completed() const { return completed_.load(std::memory_order_acquire); }
 
   void SetWire(std::weak_ptr<ClientConnection> conn, uint32_t stream_id) {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<core::SpinLock> lock(mu_);
     conn_ = std::move(conn);
     stream_id_ = stream_id;
   }
@@ -72,16 +72,16 @@ class ClientCall final : public Cancellable {
   void AbandonOnWire();
   // The connection the call was sent on, if it was sent.
   std::shared_ptr<ClientConnection> WireConnection() {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<core::SpinLock> lock(mu_);
     return conn_.lock();
   }
 
  private:
   std::atomic<bool> completed_{false};
-  // A plain std::mutex: one is made per call, and core::Mutex registers
-  // itself with its deadlock detector on destruction, which costs more than
-  // the call.
-  std::mutex mu_;
+  // A spin lock: one is made per call, and it guards only the copy of a
+  // weak pointer and an id (core::Mutex registers itself with its deadlock
+  // detector on destruction, which costs more than the call).
+  core::SpinLock mu_;
   std::weak_ptr<ClientConnection> conn_;  // guarded by mu_
   uint32_t stream_id_ = 0;                // guarded by mu_
 };
@@ -125,9 +125,12 @@ class ClientConnection final : public transport::FramedConnection {
   }
 
   // Sends the call. On error nothing was sent (the caller fails the call).
+  // `now`: the time the caller just read (the remaining time on the wire is
+  // counted from it), or InfinitePast() to read it here.
   absl::Status StartCall(const std::shared_ptr<ClientCall>& call, absl::string_view request,
-                         const Metadata& metadata) {
-    absl::Duration remaining = call->deadline - loop()->Now();
+                         const Metadata& metadata, absl::Time now = absl::InfinitePast()) {
+    if (now == absl::InfinitePast()) now = loop()->Now();
+    absl::Duration remaining = call->deadline - now;
     if (remaining <= absl::ZeroDuration()) {
       return absl::DeadlineExceededError(absl::StrCat(
           "deadline of ", absl::FormatDuration(call->timeout), " exceeded calling ",
@@ -221,7 +224,7 @@ void ClientCall::AbandonOnWire() {
   std::shared_ptr<ClientConnection> conn;
   uint32_t id;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<core::SpinLock> lock(mu_);
     conn = conn_.lock();
     id = stream_id_;
   }
@@ -283,8 +286,9 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     if (state_ == State::kIdle) BeginConnectLocked();
   }
 
+  // `now`: when the call's deadline was computed (see ClientConnection).
   void StartCall(const std::shared_ptr<ClientCall>& call, absl::string_view request,
-                 const Metadata& metadata) {
+                 const Metadata& metadata, absl::Time now) {
     std::shared_ptr<ClientConnection> conn;
     absl::Status fail;
     {
@@ -320,7 +324,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
       }
     }
     if (conn) {
-      absl::Status s = conn->StartCall(call, request, metadata);
+      absl::Status s = conn->StartCall(call, request, metadata, now);
       if (s.ok()) return;
       fail = std::move(s);
     }
@@ -826,8 +830,9 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
   auto call = std::make_shared<ClientCall>();
   call->method.assign(method.data(), method.size());
   call->address = address_;
+  const absl::Time now = sc->loop()->Now();
   absl::StatusOr<CallDeadline> when =
-      DeadlineOfCall(options, options_.default_timeout, sc->loop()->Now(), method, address_);
+      DeadlineOfCall(options, options_.default_timeout, now, method, address_);
   if (!when.ok()) {
     done(Failure(when.status(), /*not_processed=*/true));
     return CallHandle();
@@ -838,7 +843,9 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
   call->want_inline_read = want_inline_read;
   call->loop = sc->loop();
   std::weak_ptr<ClientCall> weak = call;
-  call->timer = sc->loop()->RunAt(call->deadline, [weak] {
+  // A deadline is nearly always cancelled by the answer: the loop's coarse
+  // timers make that O(1), at a millisecond's precision.
+  call->timer = sc->loop()->RunAtCoarse(call->deadline, [weak] {
     auto c = weak.lock();
     if (!c) return;
     if (c->Complete(Failure(absl::DeadlineExceededError(absl::StrCat(
@@ -849,7 +856,7 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
       c->AbandonOnWire();
     }
   });
-  sc->StartCall(call, request, options.metadata);
+  sc->StartCall(call, request, options.metadata, now);
   return CallHandle(std::move(call));
 }
 

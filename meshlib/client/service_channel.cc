@@ -1,6 +1,7 @@
 #include "meshlib/client/service_channel.h"
 
 #include <algorithm>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -151,13 +152,14 @@ struct Stack {
   void AttemptEnded(const AttemptInfo& attempt, const CallResult& r) {
     for (Layer* l : observers) l->OnAttemptEnd(attempt, r);
   }
-  // A call that started at `start` ends with `r`.
+  // A call that started at `start` ends with `r`, at `end` (read from the
+  // clock when InfinitePast(): the caller had no fresh reading).
   void CallEnded(absl::string_view method, absl::Time start, const CallResult& r, int attempts,
-                 const Metadata* metadata) {
+                 const Metadata* metadata, absl::Time end = absl::InfinitePast()) {
     if (finishers.empty()) return;
     CallEndInfo info;
     info.method = method;
-    info.end = clock->Now();
+    info.end = end == absl::InfinitePast() ? clock->Now() : end;
     info.latency = info.end - start;
     info.attempts = attempts;
     info.metadata = metadata;
@@ -779,6 +781,30 @@ struct ServiceChannel::AttemptSlot {
   std::shared_ptr<ServiceChannel> self;
 };
 
+// A request kept for the call's attempts: inside the call's own allocation
+// when small (most are), on the heap otherwise.
+class ServiceChannel::RequestBytes {
+ public:
+  void Assign(absl::string_view bytes) {
+    size_ = bytes.size();
+    if (size_ <= kInline) {
+      if (size_ > 0) std::memcpy(inline_, bytes.data(), size_);
+      return;
+    }
+    heap_ = std::make_unique<char[]>(size_);
+    std::memcpy(heap_.get(), bytes.data(), size_);
+  }
+  absl::string_view view() const {
+    return absl::string_view(size_ <= kInline ? inline_ : heap_.get(), size_);
+  }
+
+ private:
+  static constexpr size_t kInline = 256;
+  size_t size_ = 0;
+  char inline_[kInline];
+  std::unique_ptr<char[]> heap_;
+};
+
 // One asynchronous call across its attempts (one at a time, or several when
 // hedged). If it is destroyed before it completed (its timer dropped with a
 // stopping runtime), the caller still hears of it: CANCELLED.
@@ -848,7 +874,8 @@ struct ServiceChannel::CallState final : public Cancellable,
   // Under mu: the attempt in `s` is over.
   void ReleaseSlot(AttemptSlot* s);
 
-  std::string method, request;
+  std::string method;
+  RequestBytes request;
   CallOptions options;
   absl::Time deadline;
   absl::Time start;  // by the channel's clock
@@ -901,8 +928,9 @@ struct ServiceChannel::CallState final : public Cancellable,
   // The same for a caller holding `mu` (released here, before anything
   // else runs): the attempts in `stop_first` are cancelled, then the caller
   // hears.
+  // `end`: when the answer arrived, if the caller read the clock for it.
   void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
-                    absl::Span<CallHandle> stop_first);
+                    absl::Span<CallHandle> stop_first, absl::Time end = absl::InfinitePast());
   ~CallState();
 };
 
@@ -1028,7 +1056,7 @@ void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
 }
 
 void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
-                                             absl::Span<CallHandle> stop_first) {
+                                             absl::Span<CallHandle> stop_first, absl::Time end) {
   if (!done) {
     lock.unlock();
     return;
@@ -1048,7 +1076,8 @@ void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock,
   for (CallHandle& h : stop_first) h.Cancel();  // their results are dropped
   live->Unlink(this);
   live->stack->Release();
-  live->stack->CallEnded(method, start, r, static_cast<int>(tried.size()), &options.metadata);
+  live->stack->CallEnded(method, start, r, static_cast<int>(tried.size()), &options.metadata,
+                         end);
   std::shared_ptr<const void> held = std::move(keep_alive);
   {
     FinishingHere here(live.get());
@@ -1277,7 +1306,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   slot->pending = pending;
   slot->number = attempt_number;
   CallHandle handle =
-      channel->Call(st->method, st->request, attempt,
+      channel->Call(st->method, st->request.view(), attempt,
                     [slot = std::shared_ptr<AttemptSlot>(st, slot)](CallResult r) mutable {
                       AttemptDone(std::move(slot), std::move(r));
                     });
@@ -1304,11 +1333,11 @@ void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r
   AttemptSlot* s = slot.get();
   // The same ownership, as the call.
   std::shared_ptr<CallState> st(std::move(slot), s->call);
-  self->OnAttemptDone(std::move(st), s, std::move(r));
+  self->OnAttemptDone(std::move(st), s, std::move(r), now);
 }
 
 void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot,
-                                   CallResult r) {
+                                   CallResult r, absl::Time now) {
   absl::InlinedVector<CallHandle, 2> losers;
   std::unique_lock<std::mutex> lock(st->mu);
   st->ReleaseSlot(slot);
@@ -1319,7 +1348,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
     st->CollectInFlight(&losers);
     absl::InlinedVector<uint64_t, 1> timers;
     timers.swap(st->timer_keys);
-    st->FinishLocked(lock, std::move(r), absl::MakeSpan(losers));
+    st->FinishLocked(lock, std::move(r), absl::MakeSpan(losers), now);
     CancelTimers(timers);
     return;
   }
@@ -1331,7 +1360,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
   if (next == Next::kDone) {
     absl::InlinedVector<uint64_t, 1> timers;
     timers.swap(st->timer_keys);
-    st->FinishLocked(lock, std::move(r), {});
+    st->FinishLocked(lock, std::move(r), {}, now);
     return CancelTimers(timers);
   }
   if (next == Next::kTransparent && !transparent_before) {
@@ -1425,7 +1454,7 @@ CallHandle ServiceChannel::CallWithFault(absl::string_view method, absl::string_
   auto st = std::make_shared<CallState>(info.hedged ? stack_->hedging->max_in_flight() : 1);
   st->keep_alive = std::move(keep_alive);
   st->method = std::string(method);
-  st->request = std::string(request);
+  st->request.Assign(request);
   st->options = options;
   st->done = std::move(done);
   st->deadline = stack_->deadline->DeadlineOf(options, now);

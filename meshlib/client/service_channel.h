@@ -329,6 +329,7 @@ class ServiceChannel final : public Caller {
   void OnSourceHealthChanged();                                      // control loop
   void CollectDrained();                                            // control loop
   struct CallState;
+  class RequestBytes;
   struct Lifeline;
   struct LiveCalls;
   void WaitForCallbacksElsewhere();
@@ -350,7 +351,9 @@ class ServiceChannel final : public Caller {
   struct AttemptSlot;
   // An attempt's completion; `slot` shares the ownership of its call.
   static void AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r);
-  void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult r);
+  // `now`: when the attempt ended (read by AttemptDone).
+  void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult r,
+                     absl::Time now);
   // Tells the layers that observe attempts how one ended.
   void RecordAttempt(absl::string_view method, const Picked& picked, const CallResult& r,
                      absl::Duration latency, absl::Time now, int number,

@@ -908,7 +908,7 @@ CallHandle GrpcChannel::Call(absl::string_view method, absl::string_view request
   shared_->outstanding.fetch_add(1, std::memory_order_relaxed);
   call->connection = owner;
   std::weak_ptr<GrpcCall> weak = call;
-  call->timer = loop->RunAt(call->deadline, [weak, owner] {
+  call->timer = loop->RunAtCoarse(call->deadline, [weak, owner] {  // see Channel
     auto c = weak.lock();
     if (!c) return;
     if (c->Complete(Failure(

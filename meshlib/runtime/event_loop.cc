@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
+#include <limits>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -68,12 +70,19 @@ EventLoop::~EventLoop() {
   for (int round = 0; round < 16; ++round) {
     std::vector<Task> posted;
     absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers;
+    std::vector<WheelTimer> wheel;
     {
       core::MutexLock lock(&mu_);
       posted.swap(posted_);
       timers.swap(timers_);
+      wheel.swap(wheel_nodes_);
+      wheel_free_.clear();
+      wheel_head_.assign(kNearSlots + kFarSlots, kNil);
+      wheel_tail_.assign(kNearSlots + kFarSlots, kNil);
+      std::fill(std::begin(near_bits_), std::end(near_bits_), 0);
+      wheel_count_ = 0;
     }
-    if (posted.empty() && timers.empty()) break;
+    if (posted.empty() && timers.empty() && wheel.empty()) break;
   }
   close(wake_fd_);
   close(epoll_fd_);
@@ -99,14 +108,20 @@ void EventLoop::Post(Task task) {
   if (wake && !InExecutorThread()) Wake();
 }
 
+TimerId EventLoop::AddTimerLocked(absl::Time when, Task task) {
+  TimerId id;
+  id.when = when;
+  id.seq = next_timer_seq_++;
+  timers_.emplace(std::make_pair(when, id.seq), std::move(task));
+  return id;
+}
+
 TimerId EventLoop::RunAt(absl::Time when, Task task) {
   TimerId id;
   bool wake;
   {
     core::MutexLock lock(&mu_);
-    id.when = when;
-    id.seq = next_timer_seq_++;
-    timers_.emplace(std::make_pair(when, id.seq), std::move(task));
+    id = AddTimerLocked(when, std::move(task));
     wake = when < sleep_until_;
     if (wake) sleep_until_ = when;
   }
@@ -114,10 +129,159 @@ TimerId EventLoop::RunAt(absl::Time when, Task task) {
   return id;
 }
 
+int64_t EventLoop::TickAtOrAfter(absl::Time t) const {
+  const int64_t ns = absl::ToInt64Nanoseconds(t - epoch_);  // saturates
+  if (ns > std::numeric_limits<int64_t>::max() - 1'000'000) {
+    return std::numeric_limits<int64_t>::max() / 2;  // beyond any wheel
+  }
+  return ns <= 0 ? 0 : (ns + 999'999) / 1'000'000;
+}
+
+int64_t EventLoop::TickBefore(absl::Time t) const {
+  const int64_t ns = absl::ToInt64Nanoseconds(t - epoch_);
+  return ns <= 0 ? 0 : ns / 1'000'000;
+}
+
+TimerId EventLoop::RunAtCoarse(absl::Time when, Task task) {
+  TimerId id;
+  bool wake;
+  {
+    core::MutexLock lock(&mu_);
+    const int64_t tick = when == absl::InfiniteFuture() ? -1 : TickAtOrAfter(when);
+    if (tick <= wheel_tick_ || tick >= (near_block_ + 1 + kFarSlots) * kBlockTicks) {
+      id = AddTimerLocked(when, std::move(task));  // due, or beyond the wheel
+    } else {
+      uint32_t index;
+      if (!wheel_free_.empty()) {
+        index = wheel_free_.back();
+        wheel_free_.pop_back();
+      } else {
+        index = static_cast<uint32_t>(wheel_nodes_.size());
+        wheel_nodes_.emplace_back();
+      }
+      WheelTimer& node = wheel_nodes_[index];
+      node.task = std::move(task);
+      node.tick = tick;
+      node.generation = (node.generation + 1) & 0x7fffffffu;
+      node.used = true;
+      PlaceWheelLocked(index);
+      ++wheel_count_;
+      id.when = when;
+      id.seq = kWheelFlag | (uint64_t{node.generation} << 32) | index;
+      when = TimeOfTick(tick);  // when the loop must be awake for it
+    }
+    wake = when < sleep_until_;
+    if (wake) sleep_until_ = when;
+  }
+  if (wake && !InExecutorThread()) Wake();
+  return id;
+}
+
+void EventLoop::PlaceWheelLocked(uint32_t index) {
+  WheelTimer& node = wheel_nodes_[index];
+  const bool near = node.tick < (near_block_ + 1) * kBlockTicks;
+  const size_t slot = near ? static_cast<size_t>(node.tick % kNearSlots)
+                           : static_cast<size_t>(kNearSlots + (node.tick / kBlockTicks) % kFarSlots);
+  node.slot = static_cast<uint32_t>(slot);
+  node.prev = wheel_tail_[slot];
+  node.next = kNil;
+  if (node.prev != kNil) wheel_nodes_[node.prev].next = index;
+  else wheel_head_[slot] = index;
+  wheel_tail_[slot] = index;
+  if (near) near_bits_[slot / 64] |= uint64_t{1} << (slot % 64);
+}
+
+void EventLoop::UnlinkWheelLocked(uint32_t index) {
+  WheelTimer& node = wheel_nodes_[index];
+  const size_t slot = node.slot;
+  if (node.prev != kNil) wheel_nodes_[node.prev].next = node.next;
+  else wheel_head_[slot] = node.next;
+  if (node.next != kNil) wheel_nodes_[node.next].prev = node.prev;
+  else wheel_tail_[slot] = node.prev;
+  if (slot < static_cast<size_t>(kNearSlots) && wheel_head_[slot] == kNil) {
+    near_bits_[slot / 64] &= ~(uint64_t{1} << (slot % 64));
+  }
+  node.used = false;
+  node.prev = node.next = kNil;
+  wheel_free_.push_back(index);
+  --wheel_count_;
+}
+
+int64_t EventLoop::NextWheelTickLocked() const {
+  if (wheel_count_ == 0) return -1;
+  for (int64_t t = wheel_tick_ + 1; t <= wheel_tick_ + kNearSlots;) {
+    const size_t slot = static_cast<size_t>(t % kNearSlots);
+    const uint64_t bits = near_bits_[slot / 64] >> (slot % 64);
+    if (bits != 0) return t + __builtin_ctzll(bits);
+    t += 64 - static_cast<int64_t>(slot % 64);  // the next word's first slot
+  }
+  return -1;  // only far timers, which kMaxSleep's wake-ups bring near
+}
+
+void EventLoop::AdvanceWheelLocked(absl::Time now, std::vector<Task>* out) {
+  const int64_t now_tick = TickBefore(now);
+  if (now_tick <= wheel_tick_) return;
+  // Far blocks now within reach move to the near slots. Every far timer's
+  // block lies within kFarSlots blocks after near_block_: one pass over the
+  // far slots at most.
+  const int64_t new_block = (now_tick + kNearSlots) / kBlockTicks - 1;
+  const int64_t last = std::min(new_block, near_block_ + kFarSlots);
+  const int64_t first = near_block_ + 1;
+  near_block_ = new_block;
+  for (int64_t b = first; b <= last && wheel_count_ > 0; ++b) {
+    const size_t slot = static_cast<size_t>(kNearSlots + b % kFarSlots);
+    uint32_t index = wheel_head_[slot];
+    wheel_head_[slot] = wheel_tail_[slot] = kNil;
+    while (index != kNil) {
+      const uint32_t next = wheel_nodes_[index].next;
+      PlaceWheelLocked(index);
+      index = next;
+    }
+  }
+  // The near slots of the ticks passed, in tick order. After a long stall
+  // a slot can also hold a later tick's timers: those stay.
+  const int64_t end = std::min(now_tick, wheel_tick_ + kNearSlots);
+  for (int64_t t = wheel_tick_ + 1; t <= end && wheel_count_ > 0;) {
+    const size_t slot = static_cast<size_t>(t % kNearSlots);
+    const uint64_t bits = near_bits_[slot / 64] >> (slot % 64);
+    if (bits == 0) {
+      t += 64 - static_cast<int64_t>(slot % 64);
+      continue;
+    }
+    if (const int64_t skip = __builtin_ctzll(bits); skip > 0) {
+      t += skip;
+      continue;
+    }
+    for (uint32_t index = wheel_head_[slot]; index != kNil;) {
+      WheelTimer& node = wheel_nodes_[index];
+      const uint32_t next = node.next;
+      if (node.tick <= now_tick) {
+        out->push_back(std::move(node.task));
+        node.task = nullptr;
+        UnlinkWheelLocked(index);
+      }
+      index = next;
+    }
+    ++t;
+  }
+  wheel_tick_ = now_tick;
+}
+
 bool EventLoop::Cancel(TimerId id) {
   if (!id.valid()) return false;
   Task victim;  // destroyed outside the lock
   core::MutexLock lock(&mu_);
+  if ((id.seq & kWheelFlag) != 0) {
+    const uint32_t index = static_cast<uint32_t>(id.seq);
+    const uint32_t generation = static_cast<uint32_t>(id.seq >> 32) & 0x7fffffffu;
+    if (index >= wheel_nodes_.size()) return false;
+    WheelTimer& node = wheel_nodes_[index];
+    if (!node.used || node.generation != generation) return false;  // ran, or cancelled
+    victim = std::move(node.task);
+    node.task = nullptr;
+    UnlinkWheelLocked(index);
+    return true;
+  }
   auto it = timers_.find(std::make_pair(id.when, id.seq));
   if (it == timers_.end()) return false;
   victim = std::move(it->second);
@@ -177,11 +341,21 @@ int EventLoop::ComputeTimeoutMs() {
     return 0;
   }
   absl::Time now = absl::Now();
+  if (wheel_count_ == 0) {
+    // An empty wheel moves to now for free, keeping its span ahead of the
+    // clock (nothing can be due in the ticks it skips).
+    const int64_t now_tick = TickBefore(now);
+    if (now_tick > wheel_tick_) {
+      wheel_tick_ = now_tick;
+      near_block_ = (now_tick + kNearSlots) / kBlockTicks - 1;
+    }
+  }
   // Never sleep longer than kMaxSleep. Far-off timers (call deadlines are
   // seconds away) then rarely need a cross-thread wake-up when they are
   // added: only a timer due before the loop would wake anyway costs one.
   absl::Time next = now + kMaxSleep;
   if (!timers_.empty()) next = std::min(next, timers_.begin()->first.first);
+  if (int64_t tick = NextWheelTickLocked(); tick >= 0) next = std::min(next, TimeOfTick(tick));
   sleep_until_ = next;
   absl::Duration wait = next - now;
   if (wait <= absl::ZeroDuration()) return 0;
@@ -193,6 +367,15 @@ int EventLoop::ComputeTimeoutMs() {
 bool EventLoop::RunExpiredTimers() {
   absl::Time now = absl::Now();
   bool ran = false;
+  std::vector<Task> coarse;
+  {
+    core::MutexLock lock(&mu_);
+    AdvanceWheelLocked(now, &coarse);
+  }
+  for (Task& task : coarse) {
+    task();
+    ran = true;
+  }
   for (;;) {
     Task task;
     {
@@ -262,7 +445,13 @@ void EventLoop::Run() {
     {
       core::MutexLock lock(&mu_);
       sleep_until_ = absl::InfinitePast();  // awake: nobody needs to wake us
-      timers_due = !timers_.empty() && timers_.begin()->first.first <= absl::Now();
+      if (!timers_.empty() || wheel_count_ > 0) {
+        const absl::Time now = absl::Now();
+        timers_due = (!timers_.empty() && timers_.begin()->first.first <= now) ||
+                     (wheel_count_ > 0 && TickBefore(now) > wheel_tick_);
+      } else {
+        timers_due = false;
+      }
       if (!timers_due) posted.swap(posted_);
     }
     if (timers_due) {

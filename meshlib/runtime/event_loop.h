@@ -62,6 +62,15 @@ class EventLoop final : public Executor {
   void Post(Task task) override;
   TimerId RunAt(absl::Time when, Task task) override;
   bool Cancel(TimerId id) override;
+
+  // As RunAt, for timers that are nearly always cancelled long before they
+  // are due (a call's deadline): adding and cancelling one costs O(1), on a
+  // timing wheel, where RunAt keeps its timers sorted. The task runs at or
+  // up to about a millisecond after `when`; relative to RunAt's timers,
+  // order is kept only to that precision. A timer further ahead than the
+  // wheel's span (about a minute) is kept as RunAt keeps it. Thread-safe;
+  // cancelled with Cancel.
+  TimerId RunAtCoarse(absl::Time when, Task task);
   bool InExecutorThread() const override;
 
   // Runs `task` on the loop thread and waits for it to finish (runs it
@@ -94,6 +103,21 @@ class EventLoop final : public Executor {
   void Wake();
   int ComputeTimeoutMs();
   bool RunExpiredTimers();  // true if any ran
+  // The coarse timers' wheel (RunAtCoarse).
+  TimerId AddTimerLocked(absl::Time when, Task task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int64_t TickAtOrAfter(absl::Time t) const;  // the first tick boundary >= t
+  int64_t TickBefore(absl::Time t) const;     // the last tick boundary <= t
+  absl::Time TimeOfTick(int64_t tick) const { return epoch_ + absl::Milliseconds(tick); }
+  // The first tick after wheel_tick_ with a timer in its near slot, or -1.
+  int64_t NextWheelTickLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Links a node into the slot its tick belongs to now.
+  void PlaceWheelLocked(uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnlinkWheelLocked(uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Advances the wheel to `now`: brings far timers into the near slots as
+  // their block comes within reach, and moves the tasks of the timers due
+  // into `out`, in tick order.
+  void AdvanceWheelLocked(absl::Time now, std::vector<Task>* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool RunPostedTasks();
 
   const std::string name_;
@@ -115,6 +139,45 @@ class EventLoop final : public Executor {
   absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers_
       ABSL_GUARDED_BY(mu_);
   uint64_t next_timer_seq_ ABSL_GUARDED_BY(mu_) = 1;
+
+  // The wheel, two levels. A timer's tick is the first millisecond
+  // boundary (counted from epoch_) at or after its time; it runs once the
+  // wheel has advanced to its tick. Near slot i (of kNearSlots) holds timers
+  // whose tick is i modulo kNearSlots, all below (near_block_ + 1) *
+  // kBlockTicks, which is within kNearSlots ticks of wheel_tick_. Far slot j
+  // (of kFarSlots) holds the later timers of block j modulo kFarSlots (a
+  // block is kBlockTicks ticks); a block moves to the near slots when the
+  // wheel comes within reach of it. That is at least kNearSlots -
+  // kBlockTicks ms before its first tick: more than the loop ever sleeps
+  // (kMaxSleep), so no far timer needs a wake-up of its own. Timers live in
+  // wheel_nodes_ (reused through wheel_free_), linked per slot; a TimerId
+  // names one by its index and the node's generation, with kWheelFlag set.
+  static constexpr int64_t kNearSlots = 1024;
+  static constexpr int64_t kFarSlots = 1024;
+  static constexpr int64_t kBlockTicks = 64;
+  static constexpr uint64_t kWheelFlag = uint64_t{1} << 63;
+  static constexpr uint32_t kNil = ~uint32_t{0};
+  struct WheelTimer {
+    Task task;
+    int64_t tick = 0;
+    uint32_t slot = 0;  // near slots first, then far ones
+    uint32_t generation = 0;
+    uint32_t prev = kNil;
+    uint32_t next = kNil;
+    bool used = false;
+  };
+  const absl::Time epoch_ = absl::Now();
+  std::vector<WheelTimer> wheel_nodes_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> wheel_free_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> wheel_head_ ABSL_GUARDED_BY(mu_) =
+      std::vector<uint32_t>(kNearSlots + kFarSlots, kNil);
+  std::vector<uint32_t> wheel_tail_ ABSL_GUARDED_BY(mu_) =
+      std::vector<uint32_t>(kNearSlots + kFarSlots, kNil);
+  uint64_t near_bits_[kNearSlots / 64] ABSL_GUARDED_BY(mu_) = {};  // non-empty near slots
+  int64_t wheel_tick_ ABSL_GUARDED_BY(mu_) = 0;  // every tick up to here has run
+  // Every block up to here is in the near slots.
+  int64_t near_block_ ABSL_GUARDED_BY(mu_) = kNearSlots / kBlockTicks - 1;
+  size_t wheel_count_ ABSL_GUARDED_BY(mu_) = 0;
   // When the loop will next wake by itself; a timer due earlier must wake it.
   absl::Time sleep_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };

@@ -361,6 +361,127 @@ TEST(EventLoopTest, ManyThreadsSchedulingTimersAllFire) {
   EXPECT_EQ(fired.load() + cancelled.load(), kThreads * kPerThread);
 }
 
+// --- coarse timers (RunAtCoarse) ---
+
+TEST(EventLoopTest, CoarseTimersFireNotEarlyAndWithinAFewMilliseconds) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  // Near the wheel's start, inside its near slots, past them (a far block
+  // brought near on the way), and beyond the wheel (kept as RunAt keeps it).
+  for (absl::Duration d : {absl::ZeroDuration(), absl::Microseconds(300), absl::Milliseconds(7),
+                           absl::Milliseconds(1300)}) {
+    core::Notification fired;
+    absl::Time fired_at;
+    const absl::Time when = absl::Now() + d;
+    TimerId id = loop->RunAtCoarse(when, [&] {
+      fired_at = absl::Now();
+      fired.Notify();
+    });
+    ASSERT_TRUE(id.valid());
+    ASSERT_TRUE(fired.WaitForNotificationWithTimeout(kWaitLimit)) << d;
+    EXPECT_GE(fired_at, when) << "coarse timer of " << d << " fired early";
+    EXPECT_FALSE(loop->Cancel(id)) << "a timer that ran cannot be cancelled";
+  }
+}
+
+TEST(EventLoopTest, CoarseTimerFarBeyondTheWheelCanBeCancelled) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  std::atomic<bool> ran{false};
+  TimerId id = loop->RunAtCoarse(absl::Now() + absl::Hours(2), [&] { ran = true; });
+  TimerId never = loop->RunAtCoarse(absl::InfiniteFuture(), [&] { ran = true; });
+  EXPECT_TRUE(loop->Cancel(id));
+  EXPECT_TRUE(loop->Cancel(never));
+  EXPECT_FALSE(loop->Cancel(id));
+  loop.reset();
+  EXPECT_FALSE(ran.load());
+}
+
+TEST(EventLoopTest, CancelledCoarseTimersNeverRunAndTheirIdsStayDead) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  constexpr int kTimers = 2000;
+  std::atomic<int> ran_cancelled{0};
+  std::atomic<int> ran_kept{0};
+  std::vector<TimerId> cancelled;
+  // Spread over near slots and far blocks (up to 3 s); every other one is
+  // cancelled at once.
+  const absl::Time base = absl::Now();
+  for (int i = 0; i < kTimers; ++i) {
+    const absl::Duration d = absl::Microseconds((i * 7919) % 3'000'000);
+    if (i % 2 == 0) {
+      TimerId id = loop->RunAtCoarse(base + d, [&] { ran_cancelled.fetch_add(1); });
+      ASSERT_TRUE(loop->Cancel(id));
+      cancelled.push_back(id);
+    } else {
+      loop->RunAtCoarse(base + d, [&] { ran_kept.fetch_add(1); });
+    }
+  }
+  // The cancelled ones' nodes are reused now: their old ids must not
+  // cancel the timers that took their place.
+  core::Notification reused_fired;
+  std::vector<TimerId> reused;
+  std::atomic<int> reused_ran{0};
+  for (int i = 0; i < 10; ++i) {
+    reused.push_back(loop->RunAtCoarse(absl::Now() + absl::Milliseconds(50), [&] {
+      if (reused_ran.fetch_add(1) + 1 == 10) reused_fired.Notify();
+    }));
+  }
+  for (const TimerId& id : cancelled) EXPECT_FALSE(loop->Cancel(id));
+  ASSERT_TRUE(reused_fired.WaitForNotificationWithTimeout(kWaitLimit));
+  core::Notification after;
+  loop->RunAt(base + absl::Milliseconds(3100), [&] { after.Notify(); });
+  ASSERT_TRUE(after.WaitForNotificationWithTimeout(kWaitLimit));
+  // Coarse timers may run up to a millisecond after plain ones of the same
+  // time: give the last slot time to pass.
+  core::Notification settled;
+  loop->RunAfter(absl::Milliseconds(20), [&] { settled.Notify(); });
+  ASSERT_TRUE(settled.WaitForNotificationWithTimeout(kWaitLimit));
+  EXPECT_EQ(ran_cancelled.load(), 0);
+  EXPECT_EQ(ran_kept.load(), kTimers / 2);
+}
+
+TEST(EventLoopTest, CoarseTimersFromManyThreadsAllRunOrAreCancelled) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 1000;
+  std::atomic<int> fired{0};
+  std::atomic<int> cancelled{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        TimerId id = loop->RunAtCoarse(
+            absl::Now() + absl::Microseconds((i * 37 + t * 11) % 5000),
+            [&] { fired.fetch_add(1); });
+        if (i % 3 == 0 && loop->Cancel(id)) cancelled.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const absl::Time give_up = absl::Now() + kWaitLimit;
+  while (fired.load() + cancelled.load() < kThreads * kPerThread && absl::Now() < give_up) {
+    core::Notification tick;
+    loop->RunAfter(absl::Milliseconds(2), [&] { tick.Notify(); });
+    ASSERT_TRUE(tick.WaitForNotificationWithTimeout(kWaitLimit));
+  }
+  EXPECT_EQ(fired.load() + cancelled.load(), kThreads * kPerThread);
+}
+
+TEST(EventLoopTest, CoarseTimerAddedWhileTheLoopSleepsWakesIt) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  // Let the loop go to sleep with nothing to do (up to its longest sleep).
+  ASSERT_TRUE(RunOnLoop(*loop, [] {}));
+  absl::SleepFor(absl::Milliseconds(20));
+  core::Notification fired;
+  const absl::Time start = absl::Now();
+  loop->RunAtCoarse(start + absl::Milliseconds(5), [&] { fired.Notify(); });
+  ASSERT_TRUE(fired.WaitForNotificationWithTimeout(kWaitLimit));
+  EXPECT_LT(absl::Now() - start, kPromptly) << "the loop slept through a coarse timer";
+}
+
 // --- fd watching ---
 
 class RecordingHandler : public FdHandler {

@@ -365,7 +365,7 @@ void CallHost::ArmDeadline(const std::shared_ptr<ServerCall>& call) {
   std::lock_guard<std::mutex> lock(call->mu_);
   if (call->finished_.load(std::memory_order_acquire)) return;
   std::weak_ptr<ServerCall> weak = call;
-  call->deadline_timer_ = host_loop()->RunAt(call->deadline_, [weak] {
+  call->deadline_timer_ = host_loop()->RunAtCoarse(call->deadline_, [weak] {
     auto c = weak.lock();
     if (!c) return;
     const bool cancelled_before = c->IsCancelled();

@@ -42,6 +42,40 @@ size_t VarintSize(uint64_t v) {
   return n;
 }
 
+// Writers into space already sized for them (a frame is sized once, then
+// filled in place: one resize where appending field by field checks the
+// capacity at every step). Each returns the position after what it wrote.
+char* WriteVarint(char* p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = static_cast<char>((v & 0x7f) | 0x80);
+    v >>= 7;
+  }
+  *p++ = static_cast<char>(v);
+  return p;
+}
+
+char* WriteBytes(char* p, absl::string_view s) {
+  p = WriteVarint(p, s.size());
+  if (!s.empty()) std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
+char* WriteMetadata(char* p, const Metadata& md) {
+  p = WriteVarint(p, md.size());
+  for (const auto& [k, v] : md) {
+    p = WriteBytes(p, k);
+    p = WriteBytes(p, v);
+  }
+  return p;
+}
+
+// Grows `out` by `n` bytes and returns where they start.
+char* Extend(std::string* out, size_t n) {
+  const size_t at = out->size();
+  out->resize(at + n);
+  return &(*out)[at];
+}
+
 void PutVarint(std::string* out, uint64_t v) {
   char buf[10];
   size_t n = 0;
@@ -66,23 +100,21 @@ size_t MetadataSize(const Metadata& md) {
   return n;
 }
 
-void PutMetadata(std::string* out, const Metadata& md) {
-  PutVarint(out, md.size());
-  for (const auto& [k, v] : md) {
-    PutBytes(out, k);
-    PutBytes(out, v);
-  }
+char* WriteHeader(char* h, FrameType type, uint16_t flags, uint32_t stream_id,
+                  size_t length) {
+  h[0] = static_cast<char>(kProtocolVersion);
+  h[1] = static_cast<char>(type);
+  PutU16(h + 2, flags);
+  PutU32(h + 4, stream_id);
+  PutU32(h + 8, static_cast<uint32_t>(length));
+  return h + kFrameHeaderSize;
 }
 
 // Appends a header; returns nothing, the caller appends exactly `length` bytes.
 void PutHeader(std::string* out, FrameType type, uint16_t flags,
                uint32_t stream_id, size_t length) {
   char h[kFrameHeaderSize];
-  h[0] = static_cast<char>(kProtocolVersion);
-  h[1] = static_cast<char>(type);
-  PutU16(h + 2, flags);
-  PutU32(h + 4, stream_id);
-  PutU32(h + 8, static_cast<uint32_t>(length));
+  WriteHeader(h, type, flags, stream_id, length);
   out->append(h, sizeof(h));
 }
 
@@ -276,12 +308,12 @@ void AppendRequest(std::string* out, uint32_t stream_id, absl::string_view metho
                    absl::string_view payload) {
   uint64_t us = TimeoutMicros(timeout);
   size_t body = BytesSize(method) + VarintSize(us) + MetadataSize(metadata) + payload.size();
-  out->reserve(out->size() + kFrameHeaderSize + body);
-  PutHeader(out, FrameType::kRequest, 0, stream_id, body);
-  PutBytes(out, method);
-  PutVarint(out, us);
-  PutMetadata(out, metadata);
-  out->append(payload.data(), payload.size());
+  char* p = Extend(out, kFrameHeaderSize + body);
+  p = WriteHeader(p, FrameType::kRequest, 0, stream_id, body);
+  p = WriteBytes(p, method);
+  p = WriteVarint(p, us);
+  p = WriteMetadata(p, metadata);
+  if (!payload.empty()) std::memcpy(p, payload.data(), payload.size());
 }
 
 void AppendResponse(std::string* out, uint32_t stream_id, uint16_t flags,
@@ -289,12 +321,12 @@ void AppendResponse(std::string* out, uint32_t stream_id, uint16_t flags,
                     const Metadata& metadata, absl::string_view payload) {
   uint64_t c = static_cast<uint64_t>(code);
   size_t body = VarintSize(c) + BytesSize(message) + MetadataSize(metadata) + payload.size();
-  out->reserve(out->size() + kFrameHeaderSize + body);
-  PutHeader(out, FrameType::kResponse, flags, stream_id, body);
-  PutVarint(out, c);
-  PutBytes(out, message);
-  PutMetadata(out, metadata);
-  out->append(payload.data(), payload.size());
+  char* p = Extend(out, kFrameHeaderSize + body);
+  p = WriteHeader(p, FrameType::kResponse, flags, stream_id, body);
+  p = WriteVarint(p, c);
+  p = WriteBytes(p, message);
+  p = WriteMetadata(p, metadata);
+  if (!payload.empty()) std::memcpy(p, payload.data(), payload.size());
 }
 
 void AppendCancel(std::string* out, uint32_t stream_id) {
