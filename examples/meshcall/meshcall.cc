@@ -101,7 +101,7 @@ class Recorder {
         Slot& t = timeline_[slot];
         ++t.calls;
         if (!r.status.ok()) ++t.failed;
-        if (!r.endpoint.empty()) ++t.by_endpoint[r.endpoint];
+        if (!r.endpoint.empty()) ++t.by_endpoint[r.endpoint];  // only with --timeline
         t.latencies_us.push_back(absl::ToDoubleMicroseconds(latency));
       }
     }
@@ -112,7 +112,14 @@ class Recorder {
       ++errors_[CodeName(r.status.code())];
       if (last_error_.empty()) last_error_ = std::string(r.status.message());
     }
-    if (!r.endpoint.empty()) ++by_endpoint_[r.endpoint];
+    if (!r.endpoint.empty()) {
+      // Balancers alternate among few endpoints: the last one's counter is
+      // kept at hand (a map's entries do not move).
+      if (last_endpoint_ == nullptr || last_endpoint_->first != r.endpoint) {
+        last_endpoint_ = &*by_endpoint_.try_emplace(r.endpoint, 0).first;
+      }
+      ++last_endpoint_->second;
+    }
     latencies_us_.push_back(absl::ToDoubleMicroseconds(latency));
   }
   int64_t done() {
@@ -184,6 +191,7 @@ class Recorder {
   int64_t ok_ = 0;
   std::map<std::string, int64_t> errors_;
   std::map<std::string, int64_t> by_endpoint_;
+  std::pair<const std::string, int64_t>* last_endpoint_ = nullptr;
   std::vector<double> latencies_us_;
   std::string last_error_;
 };
@@ -344,28 +352,43 @@ int main(int argc, char** argv) {
     return true;
   };
 
-  std::function<void()> closed_loop_next;
+  // Closed loop: each of `concurrency` lanes issues its next call when the
+  // previous one completes. A call's callback captures only its lane, so it
+  // lives inside the call (no allocation per call), and one clock reading
+  // both ends a call and starts the next.
+  struct Lane {
+    absl::Time sent;
+    std::function<void(Lane*, CallResult)>* on_done = nullptr;
+  };
+  std::vector<Lane> lanes(rate <= 0 ? concurrency : 0);
+  std::function<void(Lane*, absl::Time)> closed_loop_next;
+  std::function<void(Lane*, CallResult)> closed_loop_done;
   if (rate <= 0) {
-    // Closed loop: each completion issues the next call.
-    closed_loop_next = [&] {
-      if (!take_slot(absl::Now())) {
+    closed_loop_next = [&](Lane* lane, absl::Time now) {
+      if (!take_slot(now)) {
         if (in_flight.load() == 0 && requests == 0) all_done.Notify();
         return;
       }
-      absl::Time sent = absl::Now();
-      target->Call(method, data, call_opts, [&, sent](CallResult r) {
-        bool reached_nobody = !r.status.ok() && r.endpoint.empty() && r.not_processed;
-        absl::Time now = absl::Now();
-        rec.Add(r, now - sent, now);
-        finished_one();
-        if (reached_nobody) {
-          side_loop->RunAfter(absl::Milliseconds(1), [&] { closed_loop_next(); });
-        } else {
-          closed_loop_next();
-        }
-      });
+      lane->sent = now;
+      target->Call(method, data, call_opts,
+                   [lane](CallResult r) { (*lane->on_done)(lane, std::move(r)); });
     };
-    for (int i = 0; i < concurrency; ++i) closed_loop_next();
+    closed_loop_done = [&](Lane* lane, CallResult r) {
+      bool reached_nobody = !r.status.ok() && r.endpoint.empty() && r.not_processed;
+      absl::Time now = absl::Now();
+      rec.Add(r, now - lane->sent, now);
+      finished_one();
+      if (reached_nobody) {
+        side_loop->RunAfter(absl::Milliseconds(1),
+                            [&, lane] { closed_loop_next(lane, absl::Now()); });
+      } else {
+        closed_loop_next(lane, now);
+      }
+    };
+    for (Lane& lane : lanes) {
+      lane.on_done = &closed_loop_done;
+      closed_loop_next(&lane, absl::Now());
+    }
   }
   std::thread pacer;
   if (rate > 0) {

@@ -53,8 +53,9 @@ class ClientCall final : public Cancellable {
   std::string queued_request;
   Metadata queued_metadata;
 
-  // Returns false if the call had already completed.
-  bool Complete(CallResult result, bool from_timer = false) {
+  // Returns false if the call had already completed. Takes `result` by
+  // reference: it is moved once, into the callback.
+  bool Complete(CallResult&& result, bool from_timer = false) {
     if (completed_.exchange(true, std::memory_order_acq_rel)) return false;
     if (!from_timer && timer.valid()) loop->Cancel(timer);
     CallCallback cb = std::move(done);
@@ -63,7 +64,9 @@ class ClientCall final : public Cancellable {
   }
   bool completed() const { return completed_.load(std::memory_order_acquire); }
 
-  void SetWire(std::weak_ptr<ClientConnection> conn, uint32_t stream_id) {
+  // `conn`: the ClientConnection the call was sent on (held weakly as its
+  // base, which costs no reference count taken and dropped per call).
+  void SetWire(std::weak_ptr<transport::FramedConnection> conn, uint32_t stream_id) {
     std::lock_guard<core::SpinLock> lock(mu_);
     conn_ = std::move(conn);
     stream_id_ = stream_id;
@@ -71,10 +74,7 @@ class ClientCall final : public Cancellable {
   // Forgets the call on its connection and tells the server to stop.
   void AbandonOnWire();
   // The connection the call was sent on, if it was sent.
-  std::shared_ptr<ClientConnection> WireConnection() {
-    std::lock_guard<core::SpinLock> lock(mu_);
-    return conn_.lock();
-  }
+  std::shared_ptr<ClientConnection> WireConnection();
 
  private:
   std::atomic<bool> completed_{false};
@@ -82,7 +82,7 @@ class ClientCall final : public Cancellable {
   // weak pointer and an id (core::Mutex registers itself with its deadlock
   // detector on destruction, which costs more than the call).
   core::SpinLock mu_;
-  std::weak_ptr<ClientConnection> conn_;  // guarded by mu_
+  std::weak_ptr<transport::FramedConnection> conn_;  // guarded by mu_
   uint32_t stream_id_ = 0;                // guarded by mu_
 };
 
@@ -149,7 +149,7 @@ class ClientConnection final : public transport::FramedConnection {
       } while (pending_.contains(id));
       pending_.emplace(id, call);
     }
-    call->SetWire(self(), id);
+    call->SetWire(weak_from_this(), id);
     if (call->completed()) {  // the deadline fired meanwhile
       Forget(id);
       return absl::OkStatus();
@@ -225,10 +225,15 @@ void ClientCall::AbandonOnWire() {
   uint32_t id;
   {
     std::lock_guard<core::SpinLock> lock(mu_);
-    conn = conn_.lock();
+    conn = std::static_pointer_cast<ClientConnection>(conn_.lock());
     id = stream_id_;
   }
   if (conn && conn->Forget(id)) conn->SendCancel(id);
+}
+
+std::shared_ptr<ClientConnection> ClientCall::WireConnection() {
+  std::lock_guard<core::SpinLock> lock(mu_);
+  return std::static_pointer_cast<ClientConnection>(conn_.lock());
 }
 
 void ClientCall::Cancel() {

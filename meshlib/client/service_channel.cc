@@ -921,7 +921,7 @@ struct ServiceChannel::CallState final : public Cancellable,
 
   bool finished() const { return over; }
   // Ends the call; call without `mu` held. Runs the callback at most once.
-  void Finish(CallResult r) {
+  void Finish(CallResult&& r) {
     std::unique_lock<std::mutex> lock(mu);
     FinishLocked(lock, std::move(r), {});
   }
@@ -929,7 +929,7 @@ struct ServiceChannel::CallState final : public Cancellable,
   // else runs): the attempts in `stop_first` are cancelled, then the caller
   // hears.
   // `end`: when the answer arrived, if the caller read the clock for it.
-  void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
+  void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult&& r,
                     absl::Span<CallHandle> stop_first, absl::Time end = absl::InfinitePast());
   ~CallState();
 };
@@ -1055,7 +1055,7 @@ void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
   --in_flight;
 }
 
-void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock, CallResult r,
+void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock, CallResult&& r,
                                              absl::Span<CallHandle> stop_first, absl::Time end) {
   if (!done) {
     lock.unlock();
@@ -1323,7 +1323,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   if (cancel) handle.Cancel();
 }
 
-void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r) {
+void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot>&& slot, CallResult&& r) {
   std::shared_ptr<ServiceChannel> self = std::move(slot->self);
   absl::Time now = self->clock_->Now();
   self->RecordAttempt(slot->call->method, slot->picked, r, now - slot->start, now, slot->number,
@@ -1337,7 +1337,7 @@ void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r
 }
 
 void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot,
-                                   CallResult r, absl::Time now) {
+                                   CallResult&& r, absl::Time now) {
   absl::InlinedVector<CallHandle, 2> losers;
   std::unique_lock<std::mutex> lock(st->mu);
   st->ReleaseSlot(slot);

@@ -350,9 +350,11 @@ class ServiceChannel final : public Caller {
   void OnHedgeTimer(std::shared_ptr<CallState> st);
   struct AttemptSlot;
   // An attempt's completion; `slot` shares the ownership of its call.
-  static void AttemptDone(std::shared_ptr<AttemptSlot> slot, CallResult r);
+  // Results travel by reference down the chain: moved once, into the
+  // caller's callback.
+  static void AttemptDone(std::shared_ptr<AttemptSlot>&& slot, CallResult&& r);
   // `now`: when the attempt ended (read by AttemptDone).
-  void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult r,
+  void OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot, CallResult&& r,
                      absl::Time now);
   // Tells the layers that observe attempts how one ended.
   void RecordAttempt(absl::string_view method, const Picked& picked, const CallResult& r,

@@ -404,11 +404,12 @@ TEST(EventLoopTest, CancelledCoarseTimersNeverRunAndTheirIdsStayDead) {
   std::atomic<int> ran_cancelled{0};
   std::atomic<int> ran_kept{0};
   std::vector<TimerId> cancelled;
-  // Spread over near slots and far blocks (up to 3 s); every other one is
-  // cancelled at once.
+  // Spread over near slots and far blocks (0.3 s to 3 s: none can come due
+  // before it is cancelled, even on a slow sanitizer build); every other one
+  // is cancelled at once.
   const absl::Time base = absl::Now();
   for (int i = 0; i < kTimers; ++i) {
-    const absl::Duration d = absl::Microseconds((i * 7919) % 3'000'000);
+    const absl::Duration d = absl::Milliseconds(300) + absl::Microseconds((i * 7919) % 2'700'000);
     if (i % 2 == 0) {
       TimerId id = loop->RunAtCoarse(base + d, [&] { ran_cancelled.fetch_add(1); });
       ASSERT_TRUE(loop->Cancel(id));
