@@ -810,6 +810,7 @@ class ServiceChannel::RequestBytes {
 // stopping runtime), the caller still hears of it: CANCELLED.
 struct ServiceChannel::CallState final : public Cancellable,
                                          public std::enable_shared_from_this<CallState> {
+  using CallLock = core::SpinLock;
   // Hedging allows at most this many attempts in flight
   // (resilience::ParseHedgingPolicy); retries go one at a time.
   static constexpr int kMaxInFlight = 5;
@@ -841,7 +842,7 @@ struct ServiceChannel::CallState final : public Cancellable,
   void CancelWith(absl::Status status) {
     absl::InlinedVector<CallHandle, 2> attempts;
     {
-      std::lock_guard<std::mutex> lock(mu);
+      std::lock_guard<CallLock> lock(mu);
       if (over) return;
       over = true;
       CollectInFlight(&attempts);
@@ -887,9 +888,12 @@ struct ServiceChannel::CallState final : public Cancellable,
   // stack, which owns the fault in use).
   std::shared_ptr<const void> keep_alive;
 
-  // Held while an attempt is prepared (a pick) and a failure decided (the
-  // retry budget's lock): not a spin lock.
-  std::mutex mu;
+  // Held for a few hundred instructions at most: an attempt prepared (a
+  // pick), a slot taken or released, an outcome claimed. The retry budget's
+  // own lock, taken under it when a failure is decided, is as short. A spin
+  // lock that yields its CPU when the holder was preempted: uncontended, it
+  // costs one atomic exchange where a mutex costs a call and two.
+  CallLock mu;
   CallCallback done;     // guarded by mu; empty once finished
   // Guarded by mu: the outcome is decided (an answer won, the caller
   // cancelled, the channel closed); no attempt starts any more, and those
@@ -922,14 +926,14 @@ struct ServiceChannel::CallState final : public Cancellable,
   bool finished() const { return over; }
   // Ends the call; call without `mu` held. Runs the callback at most once.
   void Finish(CallResult&& r) {
-    std::unique_lock<std::mutex> lock(mu);
+    std::unique_lock<CallLock> lock(mu);
     FinishLocked(lock, std::move(r), {});
   }
   // The same for a caller holding `mu` (released here, before anything
   // else runs): the attempts in `stop_first` are cancelled, then the caller
   // hears.
   // `end`: when the answer arrived, if the caller read the clock for it.
-  void FinishLocked(std::unique_lock<std::mutex>& lock, CallResult&& r,
+  void FinishLocked(std::unique_lock<CallLock>& lock, CallResult&& r,
                     absl::Span<CallHandle> stop_first, absl::Time end = absl::InfinitePast());
   ~CallState();
 };
@@ -1055,7 +1059,7 @@ void ServiceChannel::CallState::ReleaseSlot(AttemptSlot* s) {
   --in_flight;
 }
 
-void ServiceChannel::CallState::FinishLocked(std::unique_lock<std::mutex>& lock, CallResult&& r,
+void ServiceChannel::CallState::FinishLocked(std::unique_lock<CallLock>& lock, CallResult&& r,
                                              absl::Span<CallHandle> stop_first, absl::Time end) {
   if (!done) {
     lock.unlock();
@@ -1170,7 +1174,7 @@ void ServiceChannel::RunLater(
   }
   bool over;
   {
-    std::lock_guard<std::mutex> lock(st->mu);
+    std::lock_guard<CallState::CallLock> lock(st->mu);
     over = st->over;
     if (!over) st->timer_keys.push_back(key);
   }
@@ -1260,7 +1264,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   int attempt_number = 0;
   bool pending;
   {
-    std::unique_lock<std::mutex> lock(st->mu);
+    std::unique_lock<CallState::CallLock> lock(st->mu);
     if (st->finished()) return;
     if (start == absl::InfinitePast()) start = clock_->Now();
     if (std::optional<CallResult> failed = PrepareAttempt(st->options, st->tried, st->deadline,
@@ -1291,7 +1295,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
     picked.Unused();
     if (pending) stack_->breaker->breaker().EndPending();
     {
-      std::lock_guard<std::mutex> lock(st->mu);
+      std::lock_guard<CallState::CallLock> lock(st->mu);
       st->ReleaseSlot(slot);
     }
     return st->CancelWith(
@@ -1312,7 +1316,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
                     });
   bool cancel = false;
   {
-    std::lock_guard<std::mutex> lock(st->mu);
+    std::lock_guard<CallState::CallLock> lock(st->mu);
     // Finished meanwhile (another attempt won): this one is not needed.
     cancel = st->finished();
     // Unless the attempt already ended (its callback ran inline).
@@ -1339,7 +1343,7 @@ void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot>&& slot, CallResult
 void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* slot,
                                    CallResult&& r, absl::Time now) {
   absl::InlinedVector<CallHandle, 2> losers;
-  std::unique_lock<std::mutex> lock(st->mu);
+  std::unique_lock<CallState::CallLock> lock(st->mu);
   st->ReleaseSlot(slot);
   if (st->finished()) return;  // a hedge that lost, or a call cancelled
   bool closing = closing_.load(std::memory_order_acquire);
@@ -1379,7 +1383,7 @@ void ServiceChannel::OnAttemptDone(std::shared_ptr<CallState> st, AttemptSlot* s
 
 void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
   {
-    std::lock_guard<std::mutex> lock(st->mu);
+    std::lock_guard<CallState::CallLock> lock(st->mu);
     if (st->finished()) return;  // the attempt just made ended the call
   }
   std::optional<absl::Duration> delay = stack_->hedging->NextDelay();
@@ -1392,7 +1396,7 @@ void ServiceChannel::ArmHedge(const std::shared_ptr<CallState>& st) {
 
 void ServiceChannel::OnHedgeTimer(std::shared_ptr<CallState> st) {
   {
-    std::lock_guard<std::mutex> lock(st->mu);
+    std::lock_guard<CallState::CallLock> lock(st->mu);
     // Finished, or between attempts (a retry's backoff re-arms it).
     if (st->finished() || st->in_flight == 0) return;
     if (st->in_flight >= std::min(stack_->hedging->max_in_flight(), CallState::kMaxInFlight)) {
@@ -1410,7 +1414,7 @@ void ServiceChannel::StartAsync(std::shared_ptr<CallState> st, absl::Time now) {
   if (st->hedged) {
     bool finished;
     {
-      std::lock_guard<std::mutex> lock(st->mu);
+      std::lock_guard<CallState::CallLock> lock(st->mu);
       finished = st->finished();
     }
     if (!finished) ArmHedge(st);  // an answer already in hand needs no timer
