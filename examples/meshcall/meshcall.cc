@@ -378,9 +378,7 @@ int main(int argc, char** argv) {
       absl::Time now = absl::Now();
       rec.Add(r, now - lane->sent, now);
       finished_one();
-      // A retry pause only while the run lasts: calls ended by the teardown
-      // (after the side loop is gone) just stop their lane.
-      if (reached_nobody && now < end) {
+      if (reached_nobody) {
         side_loop->RunAfter(absl::Milliseconds(1),
                             [&, lane] { closed_loop_next(lane, absl::Now()); });
       } else {

@@ -442,36 +442,6 @@ TEST(EventLoopTest, CancelledCoarseTimersNeverRunAndTheirIdsStayDead) {
   EXPECT_EQ(ran_kept.load(), kTimers / 2);
 }
 
-TEST(EventLoopTest, CoarseTimerCancelsAnotherDueInTheSameMillisecond) {
-  auto loop = MakeLoop();
-  ASSERT_NE(loop, nullptr);
-  std::atomic<bool> second_ran{false};
-  std::atomic<bool> cancelled{false};
-  std::atomic<bool> self_cancel{true};
-  core::Notification done;
-  // Both added from one task, with the same time: they are due together,
-  // the first in order runs first and cancels the second, then itself (too
-  // late: it is running).
-  loop->Post([&] {
-    const absl::Time when = absl::Now() + absl::Milliseconds(5);
-    auto second = std::make_shared<TimerId>();
-    auto first = std::make_shared<TimerId>();
-    *first = loop->RunAtCoarse(when, [&, second, first] {
-      cancelled = loop->Cancel(*second);
-      self_cancel = loop->Cancel(*first);
-      done.Notify();
-    });
-    *second = loop->RunAtCoarse(when, [&] { second_ran = true; });
-  });
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(kWaitLimit));
-  core::Notification later;
-  loop->RunAfter(absl::Milliseconds(10), [&] { later.Notify(); });
-  ASSERT_TRUE(later.WaitForNotificationWithTimeout(kWaitLimit));
-  EXPECT_TRUE(cancelled.load());
-  EXPECT_FALSE(self_cancel.load());
-  EXPECT_FALSE(second_ran.load());
-}
-
 TEST(EventLoopTest, CoarseTimersFromManyThreadsAllRunOrAreCancelled) {
   auto loop = MakeLoop();
   ASSERT_NE(loop, nullptr);
@@ -808,20 +778,12 @@ TEST(EventLoopTest, DestroyingTheLoopReleasesPendingTasksAndTimers) {
                      [t = std::make_unique<Tracked>(&destroyed), &timers_ran] {
                        timers_ran.fetch_add(1);
                      });
-      // Coarse timers too: in the near slots, in a far block, and beyond the
-      // wheel.
-      for (absl::Duration d : {absl::Milliseconds(800), absl::Seconds(5), absl::Hours(1)}) {
-        loop->RunAtCoarse(absl::Now() + d + absl::Milliseconds(i),
-                          [t = std::make_unique<Tracked>(&destroyed), &timers_ran] {
-                            timers_ran.fetch_add(1);
-                          });
-      }
     }
     std::thread releaser([&] { release.Notify(); });
     loop.reset();  // joins the loop thread
     releaser.join();
   }
-  EXPECT_EQ(destroyed.load(), kTasks + 4 * kTimers);  // each exactly once, none leaked
+  EXPECT_EQ(destroyed.load(), kTasks + kTimers);  // each exactly once, none leaked
   EXPECT_EQ(timers_ran.load(), 0);
   EXPECT_LE(tasks_ran.load(), kTasks);
 }

@@ -76,6 +76,22 @@ char* Extend(std::string* out, size_t n) {
   return &(*out)[at];
 }
 
+void PutVarint(std::string* out, uint64_t v) {
+  char buf[10];
+  size_t n = 0;
+  while (v >= 0x80) {
+    buf[n++] = static_cast<char>((v & 0x7f) | 0x80);
+    v >>= 7;
+  }
+  buf[n++] = static_cast<char>(v);
+  out->append(buf, n);
+}
+
+void PutBytes(std::string* out, absl::string_view s) {
+  PutVarint(out, s.size());
+  out->append(s.data(), s.size());
+}
+
 size_t BytesSize(absl::string_view s) { return VarintSize(s.size()) + s.size(); }
 
 size_t MetadataSize(const Metadata& md) {
@@ -329,11 +345,12 @@ void AppendGoAway(std::string* out, uint32_t last_stream_id, absl::StatusCode co
                   absl::string_view message) {
   uint64_t c = static_cast<uint64_t>(code);
   size_t body = 4 + VarintSize(c) + BytesSize(message);
-  char* p = Extend(out, kFrameHeaderSize + body);
-  p = WriteHeader(p, FrameType::kGoAway, 0, 0, body);
-  PutU32(p, last_stream_id);
-  p = WriteVarint(p + 4, c);
-  WriteBytes(p, message);
+  PutHeader(out, FrameType::kGoAway, 0, 0, body);
+  char b[4];
+  PutU32(b, last_stream_id);
+  out->append(b, 4);
+  PutVarint(out, c);
+  PutBytes(out, message);
 }
 
 }  // namespace meshlib::transport
