@@ -138,7 +138,7 @@ class ClientConnection final : public transport::FramedConnection {
     }
     uint32_t id;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       if (closed_ || goaway_) {
         return absl::UnavailableError(absl::StrCat("connection to ", peer(),
                                                    closed_ ? " is closed" : " is draining"));
@@ -172,14 +172,14 @@ class ClientConnection final : public transport::FramedConnection {
 
   // Drops a call from the table; returns true if it was there.
   bool Forget(uint32_t id) {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     bool found = pending_.erase(id) > 0;
     if (found) MaybeCloseAfterGoAwayLocked();
     return found;
   }
 
   size_t pending_count() {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     return pending_.size();
   }
 
@@ -210,7 +210,9 @@ class ClientConnection final : public transport::FramedConnection {
   Subchannel* const owner_raw_;  // identity only, for dispatching_subchannel
   const std::shared_ptr<ConnectionCounters> counters_;
   const bool tls_;
-  core::Mutex mu_;
+  // Held briefly by the caller starting a call and by the reactor reading
+  // its reply (a map lookup), once each per call: a spin lock.
+  core::SpinLock mu_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending_ ABSL_GUARDED_BY(mu_);
   uint32_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
@@ -583,7 +585,7 @@ void ClientConnection::OnFrame(const transport::FrameView& frame) {
 void ClientConnection::OnResponse(const transport::FrameView& frame) {
   std::shared_ptr<ClientCall> call;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     auto it = pending_.find(frame.header.stream_id);
     if (it != pending_.end()) {
       call = std::move(it->second);
@@ -601,18 +603,18 @@ void ClientConnection::OnResponse(const transport::FrameView& frame) {
                            " so far)"));
     return;
   }
-  absl::StatusOr<transport::Response> resp =
-      transport::ParseResponseBody(frame.body, options().limits);
   CallResult r;
-  if (!resp.ok()) {
+  transport::ResponseView resp;
+  resp.metadata = &r.metadata;
+  if (absl::Status parsed = transport::ParseResponseBody(frame.body, options().limits, &resp);
+      !parsed.ok()) {
+    r.metadata.clear();
     r.status = absl::InternalError(absl::StrCat("malformed response from ", peer(), " to ",
-                                                call->method, ": ", resp.status().message()));
+                                                call->method, ": ", parsed.message()));
     core::Log(core::LogLevel::kWarning, r.status.message());
   } else {
-    r.status = resp->code == absl::StatusCode::kOk ? absl::OkStatus()
-                                                   : absl::Status(resp->code, resp->message);
-    r.payload = std::move(resp->payload);
-    r.metadata = std::move(resp->metadata);
+    if (resp.code != absl::StatusCode::kOk) r.status = absl::Status(resp.code, resp.message);
+    r.payload.assign(resp.payload.data(), resp.payload.size());
     r.not_processed = (frame.header.flags & transport::kFlagRefused) != 0;
     r.endpoint = call->address;
   }
@@ -640,7 +642,7 @@ void ClientConnection::OnGoAway(const transport::FrameView& frame) {
   }
   std::vector<std::shared_ptr<ClientCall>> unprocessed;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     goaway_ = true;
     for (auto it = pending_.begin(); it != pending_.end();) {
       auto cur = it++;
@@ -661,14 +663,14 @@ void ClientConnection::OnGoAway(const transport::FrameView& frame) {
                             peer(), " is going away and did not process the call: ", g->message)),
                         true));
   }
-  core::MutexLock lock(&mu_);
+  core::SpinLockHolder lock(&mu_);
   MaybeCloseAfterGoAwayLocked();
 }
 
 void ClientConnection::OnClosed(const absl::Status& reason) {
   absl::flat_hash_map<uint32_t, std::shared_ptr<ClientCall>> pending;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     if (!closed_) counters_->closed.fetch_add(1, std::memory_order_relaxed);
     closed_ = true;
     pending.swap(pending_);

@@ -714,8 +714,9 @@ TEST(ServiceChannelTest, SubsetsShareOneDiscoveryOverAnInMemoryTransport) {
 }
 
 // A channel with its own runtime destroyed while calls wait to retry and to
-// hedge: every call ends before the destructor returns, and nothing is left
-// for a reactor thread to run (or to destroy) afterwards.
+// hedge: every call ends exactly once, before the destructor returns (which
+// may run on a reactor that held the channel to start a hedge, right after
+// the test dropped it).
 TEST(ServiceChannelTest, DestroyedUnderLoadWithTimersPendingEndsEveryCallFirst) {
   std::atomic<bool> failing{true};
   TestServer a([&](server::ServerCall& call, std::string* out) {
@@ -737,8 +738,20 @@ TEST(ServiceChannelTest, DestroyedUnderLoadWithTimersPendingEndsEveryCallFirst) 
     // Each round tears down at a later stage: first attempts, then hedges
     // (100ms) and retry backoffs pending.
     absl::SleepFor(absl::Milliseconds(20 + 40 * round));
+    // Dropping our reference destroys the channel unless a reactor holds it
+    // for the moment of starting a hedge or a retry whose timer fired just
+    // now (round 2 tears down right at the hedge delay): then that reactor
+    // destroys it a moment later. Either way every call ends exactly once,
+    // in the destructor.
+    std::weak_ptr<ServiceChannel> weak = sc;
     sc.reset();
+    const absl::Time give_up = absl::Now() + absl::Seconds(5);
+    while ((!weak.expired() || results->load() < 50) && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(1));
+    }
     EXPECT_EQ(results->load(), 50) << "round " << round;
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_EQ(results->load(), 50) << "round " << round << ": a callback ran twice";
   }
 }
 

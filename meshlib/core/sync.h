@@ -90,6 +90,18 @@ class ABSL_LOCKABLE SpinLock {
 };
 
 // A one-shot event, as absl::Notification.
+// Holds a SpinLock for a scope, as MutexLock holds a Mutex.
+class ABSL_SCOPED_LOCKABLE SpinLockHolder {
+ public:
+  explicit SpinLockHolder(SpinLock* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) { mu_->lock(); }
+  ~SpinLockHolder() ABSL_UNLOCK_FUNCTION() { mu_->unlock(); }
+  SpinLockHolder(const SpinLockHolder&) = delete;
+  SpinLockHolder& operator=(const SpinLockHolder&) = delete;
+
+ private:
+  SpinLock* const mu_;
+};
+
 class Notification {
  public:
   void Notify() {

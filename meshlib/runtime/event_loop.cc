@@ -72,7 +72,7 @@ EventLoop::~EventLoop() {
     absl::btree_map<std::pair<absl::Time, uint64_t>, Task> timers;
     std::vector<WheelTimer> wheel;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       posted.swap(posted_);
       timers.swap(timers_);
       wheel.swap(wheel_nodes_);
@@ -101,7 +101,7 @@ void EventLoop::Wake() {
 void EventLoop::Post(Task task) {
   bool wake;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     wake = posted_.empty();
     posted_.push_back(std::move(task));
   }
@@ -120,7 +120,7 @@ TimerId EventLoop::RunAt(absl::Time when, Task task) {
   TimerId id;
   bool wake;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     id = AddTimerLocked(when, std::move(task));
     wake = when < sleep_until_;
     if (wake) sleep_until_ = when;
@@ -146,7 +146,7 @@ TimerId EventLoop::RunAtCoarse(absl::Time when, Task task) {
   TimerId id;
   bool wake;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     const int64_t tick = when == absl::InfiniteFuture() ? -1 : TickAtOrAfter(when);
     if (tick <= wheel_tick_ || tick >= (near_block_ + 1 + kFarSlots) * kBlockTicks) {
       id = AddTimerLocked(when, std::move(task));  // due, or beyond the wheel
@@ -270,7 +270,7 @@ void EventLoop::AdvanceWheelLocked(absl::Time now, std::vector<Task>* out) {
 bool EventLoop::Cancel(TimerId id) {
   if (!id.valid()) return false;
   Task victim;  // destroyed outside the lock
-  core::MutexLock lock(&mu_);
+  core::SpinLockHolder lock(&mu_);
   if ((id.seq & kWheelFlag) != 0) {
     const uint32_t index = static_cast<uint32_t>(id.seq);
     const uint32_t generation = static_cast<uint32_t>(id.seq >> 32) & 0x7fffffffu;
@@ -335,7 +335,7 @@ void EventLoop::DeferToEndOfIteration(Task task) {
 }
 
 int EventLoop::ComputeTimeoutMs() {
-  core::MutexLock lock(&mu_);
+  core::SpinLockHolder lock(&mu_);
   if (!posted_.empty() || !deferred_.empty()) {
     sleep_until_ = absl::InfinitePast();
     return 0;
@@ -369,7 +369,7 @@ bool EventLoop::RunExpiredTimers() {
   bool ran = false;
   std::vector<Task> coarse;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     AdvanceWheelLocked(now, &coarse);
   }
   for (Task& task : coarse) {
@@ -379,7 +379,7 @@ bool EventLoop::RunExpiredTimers() {
   for (;;) {
     Task task;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       if (timers_.empty()) return ran;
       auto it = timers_.begin();
       if (it->first.first > now) return ran;
@@ -394,7 +394,7 @@ bool EventLoop::RunExpiredTimers() {
 bool EventLoop::RunPostedTasks() {
   std::vector<Task> batch;
   {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     batch.swap(posted_);
   }
   for (Task& t : batch) t();
@@ -443,7 +443,7 @@ void EventLoop::Run() {
     bool timers_due;
     std::vector<Task> posted;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       sleep_until_ = absl::InfinitePast();  // awake: nobody needs to wake us
       if (!timers_.empty() || wheel_count_ > 0) {
         const absl::Time now = absl::Now();

@@ -169,18 +169,18 @@ class ServerConnection final : public transport::FramedConnection, public CallHo
     // The caller's timeout runs from when its request was read, not from
     // when the reactor got to it (it may have decoded a large batch first).
     const absl::Time arrival = last_read_time();
-    absl::StatusOr<transport::Request> req =
-        transport::ParseRequestBody(frame.body, options().limits);
-    if (!req.ok()) {
+    transport::Request req;
+    if (absl::Status parsed = transport::ParseRequestBody(frame.body, options().limits, &req);
+        !parsed.ok()) {
       // The frame boundary is intact: reject this call, keep the connection.
-      absl::Status err = absl::InvalidArgumentError(
-          absl::StrCat("malformed request: ", req.status().message()));
+      absl::Status err =
+          absl::InvalidArgumentError(absl::StrCat("malformed request: ", parsed.message()));
       core::Log(core::LogLevel::kWarning,
                 absl::StrCat("stream ", id, " from ", peer(), ": ", err.message()));
       SendReply(id, 0, err, {}, {});
       return;
     }
-    Dispatch(id, *std::move(req), arrival);
+    Dispatch(id, std::move(req), arrival);
   }
 
   uint32_t last_stream_id_ = 0;
@@ -230,7 +230,8 @@ void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival)
   // The standard gRPC health service too (grpc.health.v1), for gRPC
   // clients and checkers: OK with a HealthCheckResponse of SERVING (1) or
   // NOT_SERVING (2), unless a handler is registered for it.
-  if (server_->builtin_health_ && req.method == transport::kGrpcHealthCheckMethod &&
+  const absl::string_view method_name = req.method;
+  if (server_->builtin_health_ && method_name == transport::kGrpcHealthCheckMethod &&
       server_->FindMethod(req.method) == nullptr) {
     counter_->health_checks.fetch_add(1, std::memory_order_relaxed);
     SendReply(id, 0, absl::OkStatus(), {},
@@ -238,7 +239,7 @@ void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival)
                                  : absl::string_view("\x08\x02", 2));
     return;
   }
-  if (server_->builtin_health_ && req.method == transport::kHealthCheckMethod) {
+  if (server_->builtin_health_ && method_name == transport::kHealthCheckMethod) {
     counter_->health_checks.fetch_add(1, std::memory_order_relaxed);
     if (server_->Serving()) {
       SendReply(id, 0, absl::OkStatus(), {}, "SERVING");
@@ -256,7 +257,18 @@ void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival)
               {}, {});
     return;
   }
-  const Server::Method* method = server_->FindMethod(req.method);
+  // A connection mostly carries calls to one method: look the last one up
+  // again only when the name changes (the table is frozen at Start).
+  const Server::Method* method;
+  if (last_method_ != nullptr && method_name == last_method_name_) {
+    method = last_method_;
+  } else {
+    method = server_->FindMethod(method_name);
+    if (method != nullptr) {
+      last_method_ = method;
+      last_method_name_.assign(method_name.data(), method_name.size());
+    }
+  }
   if (method == nullptr) {
     SendReply(id, 0,
               absl::UnimplementedError(absl::StrCat("unknown method \"", req.method, "\"")),
@@ -362,6 +374,8 @@ void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival)
 // already finished. Loop thread.
 void CallHost::ArmDeadline(const std::shared_ptr<ServerCall>& call) {
   if (call->deadline_ == absl::InfiniteFuture()) return;
+  // An async handler that answered at once needs no timer: skip the lock.
+  if (call->finished_.load(std::memory_order_acquire)) return;
   std::lock_guard<std::mutex> lock(call->mu_);
   if (call->finished_.load(std::memory_order_acquire)) return;
   std::weak_ptr<ServerCall> weak = call;

@@ -281,6 +281,36 @@ TEST(ServerTest, UnknownMethodIsUnimplementedNamingTheMethod) {
   EXPECT_TRUE(ok.status.ok()) << ok.status;
 }
 
+// 2b. Calls to different methods interleaved on one connection each reach
+// their own handler (a connection remembers its last method's lookup), and
+// an unknown name in between is still refused.
+TEST(ServerTest, InterleavedMethodsOnOneConnectionReachTheirHandlers) {
+  Server server(TestServerOptions());
+  for (const char* name : {"A/One", "A/Two", "B/One"}) {
+    ASSERT_TRUE(server
+                    .RegisterAsync(name,
+                                   [name](std::shared_ptr<ServerCall> call) {
+                                     call->Finish(absl::OkStatus(),
+                                                  absl::StrCat(name, ":", call->method()));
+                                   })
+                    .ok());
+  }
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+  const std::vector<std::string> order = {"A/One", "A/One", "A/Two", "A/Onf", "A/One",
+                                          "B/One", "A/Two", "A/Two", "A/On",  "B/One"};
+  for (const std::string& m : order) {
+    client::CallResult r = ch->CallBlocking(m, "x", WithTimeout(absl::Seconds(10)));
+    if (m == "A/Onf" || m == "A/On") {
+      EXPECT_EQ(r.status.code(), absl::StatusCode::kUnimplemented) << m << ": " << r.status;
+      continue;
+    }
+    ASSERT_TRUE(r.status.ok()) << m << ": " << r.status;
+    EXPECT_EQ(r.payload, absl::StrCat(m, ":", m));
+  }
+}
+
 // 3. The caller's remaining time reaches the handler.
 TEST(ServerTest, HandlerSeesRemainingDeadline) {
   Server server(TestServerOptions());

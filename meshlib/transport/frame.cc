@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 
 namespace meshlib::transport {
@@ -129,71 +131,102 @@ uint64_t TimeoutMicros(absl::Duration timeout) {
 
 // --- decoding helpers: a cursor over a body that never reads past its end ---
 
+// Each read returns false on malformed input and keeps the reason in
+// error(), built only then: a well-formed body (the common case, on every
+// call) pays for no absl::Status and no message.
 class Reader {
  public:
-  explicit Reader(absl::string_view in) : in_(in) {}
+  explicit Reader(absl::string_view in) : p_(in.data()), end_(in.data() + in.size()) {}
 
-  absl::Status Varint(absl::string_view field, uint64_t* v) {
+  bool Varint(absl::string_view field, uint64_t* v) {
+    // Most varints on the wire (lengths of short strings, counts, codes)
+    // are one byte.
+    if (ABSL_PREDICT_TRUE(p_ != end_ && static_cast<uint8_t>(*p_) < 0x80)) {
+      *v = static_cast<uint8_t>(*p_++);
+      return true;
+    }
+    return VarintSlow(field, v);
+  }
+
+  // A length-prefixed string, viewed in place.
+  bool Bytes(absl::string_view field, size_t max_len, absl::string_view* out) {
+    uint64_t len;
+    if (!Varint(field, &len)) return false;
+    const size_t left = static_cast<size_t>(end_ - p_);
+    if (ABSL_PREDICT_FALSE(len > left)) {
+      return Fail(absl::StrCat(field, ": length ", len, " exceeds the ", left,
+                               " bytes left in the frame"));
+    }
+    if (ABSL_PREDICT_FALSE(len > max_len)) {
+      return Fail(absl::StrCat(field, ": length ", len, " exceeds the limit of ", max_len));
+    }
+    *out = absl::string_view(p_, static_cast<size_t>(len));
+    p_ += len;
+    return true;
+  }
+
+  bool Bytes(absl::string_view field, size_t max_len, std::string* out) {
+    absl::string_view v;
+    if (!Bytes(field, max_len, &v)) return false;
+    out->assign(v.data(), v.size());
+    return true;
+  }
+
+  bool ReadMetadata(const FrameLimits& limits, Metadata* md) {
+    uint64_t n;
+    if (!Varint("metadata count", &n)) return false;
+    if (n == 0) return true;
+    if (n > limits.max_metadata_entries) {
+      return Fail(absl::StrCat("metadata count ", n, " exceeds the limit of ",
+                               limits.max_metadata_entries));
+    }
+    // Every entry takes at least two bytes (two empty lengths): refuse a count
+    // the body cannot hold before allocating for it.
+    const size_t left = static_cast<size_t>(end_ - p_);
+    if (n > left / 2) {
+      return Fail(absl::StrCat("metadata count ", n, " cannot fit in the ", left,
+                               " bytes left in the frame"));
+    }
+    md->reserve(md->size() + n);
+    for (uint64_t i = 0; i < n; ++i) {
+      absl::string_view k, v;
+      if (!Bytes("metadata key", static_cast<size_t>(end_ - p_), &k)) return false;
+      if (!Bytes("metadata value", static_cast<size_t>(end_ - p_), &v)) return false;
+      md->emplace_back(std::piecewise_construct, std::forward_as_tuple(k.data(), k.size()),
+                       std::forward_as_tuple(v.data(), v.size()));
+    }
+    return true;
+  }
+
+  absl::string_view Rest() const { return absl::string_view(p_, static_cast<size_t>(end_ - p_)); }
+
+  // Why the last read failed.
+  absl::Status error() const { return error_; }
+
+ private:
+  bool VarintSlow(absl::string_view field, uint64_t* v) {
     uint64_t result = 0;
     for (int shift = 0; shift < 64; shift += 7) {
-      if (in_.empty()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(field, ": truncated varint"));
-      }
-      uint8_t b = static_cast<uint8_t>(in_[0]);
-      in_.remove_prefix(1);
+      if (p_ == end_) return Fail(absl::StrCat(field, ": truncated varint"));
+      const uint8_t b = static_cast<uint8_t>(*p_++);
       if (shift == 63 && b > 1) break;  // would overflow 64 bits
       result |= uint64_t{b & 0x7fu} << shift;
       if ((b & 0x80) == 0) {
         *v = result;
-        return absl::OkStatus();
+        return true;
       }
     }
-    return absl::InvalidArgumentError(absl::StrCat(field, ": varint overflows 64 bits"));
+    return Fail(absl::StrCat(field, ": varint overflows 64 bits"));
   }
 
-  absl::Status Bytes(absl::string_view field, size_t max_len, std::string* out) {
-    uint64_t len;
-    if (auto s = Varint(field, &len); !s.ok()) return s;
-    if (len > in_.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, ": length ", len, " exceeds the ", in_.size(), " bytes left in the frame"));
-    }
-    if (len > max_len) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": length ", len, " exceeds the limit of ", max_len));
-    }
-    out->assign(in_.data(), len);
-    in_.remove_prefix(len);
-    return absl::OkStatus();
+  ABSL_ATTRIBUTE_NOINLINE bool Fail(std::string message) {
+    error_ = absl::InvalidArgumentError(message);
+    return false;
   }
 
-  absl::Status ReadMetadata(const FrameLimits& limits, Metadata* md) {
-    uint64_t n;
-    if (auto s = Varint("metadata count", &n); !s.ok()) return s;
-    if (n > limits.max_metadata_entries) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("metadata count ", n, " exceeds the limit of ",
-                       limits.max_metadata_entries));
-    }
-    // Every entry takes at least two bytes (two empty lengths): refuse a count
-    // the body cannot hold before allocating for it.
-    if (n > in_.size() / 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "metadata count ", n, " cannot fit in the ", in_.size(), " bytes left in the frame"));
-    }
-    md->resize(n);
-    for (uint64_t i = 0; i < n; ++i) {
-      if (auto s = Bytes("metadata key", in_.size(), &(*md)[i].first); !s.ok()) return s;
-      if (auto s = Bytes("metadata value", in_.size(), &(*md)[i].second); !s.ok()) return s;
-    }
-    return absl::OkStatus();
-  }
-
-  absl::string_view Rest() const { return in_; }
-
- private:
-  absl::string_view in_;
+  const char* p_;
+  const char* const end_;
+  absl::Status error_;
 };
 
 }  // namespace
@@ -239,44 +272,59 @@ absl::Status DecodeFrame(absl::string_view in, const FrameLimits& limits,
   return absl::OkStatus();
 }
 
+absl::Status ParseRequestBody(absl::string_view body, const FrameLimits& limits,
+                              Request* req) {
+  Reader r(body);
+  absl::string_view method;
+  if (!r.Bytes("method", limits.max_method_length, &method)) return r.error();
+  if (method.empty()) return absl::InvalidArgumentError("method: empty");
+  uint64_t timeout_us;
+  if (!r.Varint("deadline", &timeout_us)) return r.error();
+  if (timeout_us > kMaxTimeoutMicros) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("deadline: ", timeout_us, "us is out of range"));
+  }
+  if (!r.ReadMetadata(limits, &req->metadata)) return r.error();
+  req->method.assign(method.data(), method.size());
+  req->timeout = timeout_us == 0 ? absl::InfiniteDuration()
+                                 : absl::Microseconds(static_cast<int64_t>(timeout_us));
+  const absl::string_view payload = r.Rest();
+  req->payload.assign(payload.data(), payload.size());
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Request> ParseRequestBody(absl::string_view body,
                                          const FrameLimits& limits) {
   Request req;
-  Reader r(body);
-  if (auto s = r.Bytes("method", limits.max_method_length, &req.method); !s.ok()) {
-    return s;
-  }
-  if (req.method.empty()) return absl::InvalidArgumentError("method: empty");
-  uint64_t timeout_us;
-  if (auto s = r.Varint("deadline", &timeout_us); !s.ok()) return s;
-  if (timeout_us != 0) {
-    if (timeout_us > kMaxTimeoutMicros) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("deadline: ", timeout_us, "us is out of range"));
-    }
-    req.timeout = absl::Microseconds(static_cast<int64_t>(timeout_us));
-  }
-  if (auto s = r.ReadMetadata(limits, &req.metadata); !s.ok()) return s;
-  req.payload.assign(r.Rest().data(), r.Rest().size());
+  if (absl::Status s = ParseRequestBody(body, limits, &req); !s.ok()) return s;
   return req;
+}
+
+absl::Status ParseResponseBody(absl::string_view body, const FrameLimits& limits,
+                               ResponseView* resp) {
+  Reader r(body);
+  uint64_t code;
+  if (!r.Varint("status code", &code)) return r.error();
+  if (code > static_cast<uint64_t>(absl::StatusCode::kUnauthenticated)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("status code: ", code, " is not a canonical code (0-16)"));
+  }
+  resp->code = static_cast<absl::StatusCode>(code);
+  if (!r.Bytes("status message", body.size(), &resp->message)) return r.error();
+  if (!r.ReadMetadata(limits, resp->metadata)) return r.error();
+  resp->payload = r.Rest();
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Response> ParseResponseBody(absl::string_view body,
                                            const FrameLimits& limits) {
   Response resp;
-  Reader r(body);
-  uint64_t code;
-  if (auto s = r.Varint("status code", &code); !s.ok()) return s;
-  if (code > static_cast<uint64_t>(absl::StatusCode::kUnauthenticated)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("status code: ", code, " is not a canonical code (0-16)"));
-  }
-  resp.code = static_cast<absl::StatusCode>(code);
-  if (auto s = r.Bytes("status message", body.size(), &resp.message); !s.ok()) {
-    return s;
-  }
-  if (auto s = r.ReadMetadata(limits, &resp.metadata); !s.ok()) return s;
-  resp.payload.assign(r.Rest().data(), r.Rest().size());
+  ResponseView view;
+  view.metadata = &resp.metadata;
+  if (absl::Status s = ParseResponseBody(body, limits, &view); !s.ok()) return s;
+  resp.code = view.code;
+  resp.message.assign(view.message.data(), view.message.size());
+  resp.payload.assign(view.payload.data(), view.payload.size());
   return resp;
 }
 
@@ -288,12 +336,12 @@ absl::StatusOr<GoAway> ParseGoAwayBody(absl::string_view body) {
   g.last_stream_id = GetU32(body.data());
   Reader r(body.substr(4));
   uint64_t code;
-  if (auto s = r.Varint("GOAWAY code", &code); !s.ok()) return s;
+  if (!r.Varint("GOAWAY code", &code)) return r.error();
   if (code > static_cast<uint64_t>(absl::StatusCode::kUnauthenticated)) {
     return absl::InvalidArgumentError(absl::StrCat("GOAWAY code: ", code, " out of range"));
   }
   g.code = static_cast<absl::StatusCode>(code);
-  if (auto s = r.Bytes("GOAWAY message", body.size(), &g.message); !s.ok()) return s;
+  if (!r.Bytes("GOAWAY message", body.size(), &g.message)) return r.error();
   return g;
 }
 

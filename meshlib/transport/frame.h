@@ -122,6 +122,24 @@ absl::StatusOr<Request> ParseRequestBody(absl::string_view body,
                                          const FrameLimits& limits);
 absl::StatusOr<Response> ParseResponseBody(absl::string_view body,
                                            const FrameLimits& limits);
+
+// The same parsers for the path of every call, filling what the caller
+// keeps instead of returning a new value. `*req` must be default-constructed
+// (its metadata empty); on error its fields are unspecified.
+absl::Status ParseRequestBody(absl::string_view body, const FrameLimits& limits,
+                              Request* req);
+
+// A response whose message and payload point into the parsed body; its
+// metadata is appended to `*metadata`, which must be set (and is usually
+// empty).
+struct ResponseView {
+  absl::StatusCode code = absl::StatusCode::kOk;
+  absl::string_view message;
+  Metadata* metadata = nullptr;
+  absl::string_view payload;
+};
+absl::Status ParseResponseBody(absl::string_view body, const FrameLimits& limits,
+                               ResponseView* resp);
 absl::StatusOr<GoAway> ParseGoAwayBody(absl::string_view body);
 
 // Encoders append one whole frame to `*out`.

@@ -107,6 +107,9 @@ class CallHost {
   absl::flat_hash_map<uint32_t, std::shared_ptr<ServerCall>> calls_;
   // Calls not yet finished on this connection (calls_ may lag behind).
   std::atomic<uint32_t> open_streams_{0};
+  // The method of the last call dispatched here, and its name. Loop thread.
+  const Server::Method* last_method_ = nullptr;
+  std::string last_method_name_;
 };
 
 }  // namespace meshlib::server
