@@ -16,6 +16,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -274,6 +275,7 @@ int main(int argc, char** argv) {
   auto side = meshlib::runtime::EventLoop::Create("meshcall");
   if (!side.ok()) return Fail(std::string(side.status().message()));
   std::unique_ptr<meshlib::runtime::EventLoop> side_loop = *std::move(side);
+  std::mutex side_mu;  // guards side_loop once calls run: the teardown resets it
 
   const std::string method = absl::GetFlag(FLAGS_method);
   const std::string data = absl::GetFlag(FLAGS_data);
@@ -379,8 +381,14 @@ int main(int argc, char** argv) {
       rec.Add(r, now - lane->sent, now);
       finished_one();
       if (reached_nobody) {
-        side_loop->RunAfter(absl::Milliseconds(1),
-                            [&, lane] { closed_loop_next(lane, absl::Now()); });
+        // A short pause before this lane tries again, on the side loop
+        // unless the teardown (which may end calls left in flight) has
+        // begun: then the lane just stops.
+        std::lock_guard<std::mutex> lock(side_mu);
+        if (side_loop != nullptr) {
+          side_loop->RunAfter(absl::Milliseconds(1),
+                              [&, lane] { closed_loop_next(lane, absl::Now()); });
+        }
       } else {
         closed_loop_next(lane, now);
       }
@@ -479,7 +487,15 @@ int main(int argc, char** argv) {
   }
   std::cout.flush();
   if (admin != nullptr) absl::SleepFor(absl::GetFlag(FLAGS_admin_linger));
-  side_loop.reset();
+  {
+    // First, so that calls the Mesh ends below schedule nothing on it.
+    std::unique_ptr<meshlib::runtime::EventLoop> loop;
+    {
+      std::lock_guard<std::mutex> lock(side_mu);
+      loop = std::move(side_loop);
+    }
+    loop.reset();
+  }
   target.reset();
   mesh.reset();
   return 0;

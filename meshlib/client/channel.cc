@@ -271,7 +271,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   size_t CallsInFlight() {
     std::shared_ptr<ClientConnection> conn;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       conn = conn_;
     }
     return conn ? conn->pending_count() : 0;
@@ -281,7 +281,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     std::shared_ptr<ClientConnection> conn;
     size_t queued;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       conn = conn_;
       queued = queued_.size();
     }
@@ -289,7 +289,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   }
 
   void RequestConnect() {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     if (state_ == State::kIdle) BeginConnectLocked();
   }
 
@@ -299,7 +299,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     std::shared_ptr<ClientConnection> conn;
     absl::Status fail;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       switch (state_) {
         case State::kReady:
           conn = conn_;
@@ -343,7 +343,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     std::shared_ptr<ClientConnection> conn;
     std::vector<std::shared_ptr<ClientCall>> queued;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       SetStateLocked(State::kShutdown);
       conn = std::move(conn_);
       queued.swap(queued_);
@@ -368,7 +368,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   // server that accepts and closes) counts as a failed attempt and backs off,
   // so it cannot turn into a reconnect loop.
   void OnConnectionLost(ClientConnection* conn, const absl::Status& reason, bool worked) {
-    core::MutexLock lock(&mu_);
+    core::SpinLockHolder lock(&mu_);
     if (conn_.get() != conn || state_ == State::kShutdown) return;
     conn_.reset();
     if (worked) {
@@ -406,7 +406,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
 
   void ConnectOnLoop() {
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       if (state_ != State::kConnecting) return;
     }
     absl::StatusOr<int> fd = transport::StartConnect(addr_);
@@ -479,7 +479,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     std::vector<std::shared_ptr<ClientCall>> queued;
     bool abandoned = false;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       if (state_ != State::kConnecting) {
         abandoned = true;
       } else {
@@ -507,7 +507,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     loop_->Cancel(timer_);
     std::vector<std::shared_ptr<ClientCall>> queued;
     {
-      core::MutexLock lock(&mu_);
+      core::SpinLockHolder lock(&mu_);
       if (state_ != State::kConnecting) return;
       queued.swap(queued_);
       EnterBackoffLocked(status);
@@ -528,7 +528,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
     timer_ = loop_->RunAfter(delay, [weak] {
       auto self = weak.lock();
       if (!self) return;
-      core::MutexLock lock(&self->mu_);
+      core::SpinLockHolder lock(&self->mu_);
       if (self->state_ == State::kBackoff) self->BeginConnectLocked();
     });
   }
@@ -549,7 +549,8 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
   std::shared_ptr<tls::Handshake> handshake_;  // while a TLS handshake runs
   runtime::TimerId timer_;
 
-  core::Mutex mu_;
+  // Held for a state check on every call, briefly otherwise: a spin lock.
+  core::SpinLock mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kIdle;
   std::shared_ptr<ClientConnection> conn_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<ClientCall>> queued_ ABSL_GUARDED_BY(mu_);

@@ -778,12 +778,20 @@ TEST(EventLoopTest, DestroyingTheLoopReleasesPendingTasksAndTimers) {
                      [t = std::make_unique<Tracked>(&destroyed), &timers_ran] {
                        timers_ran.fetch_add(1);
                      });
+      // Coarse timers too: in the near slots, in a far block, and beyond the
+      // wheel.
+      for (absl::Duration d : {absl::Milliseconds(800), absl::Seconds(5), absl::Hours(1)}) {
+        loop->RunAtCoarse(absl::Now() + d + absl::Milliseconds(i),
+                          [t = std::make_unique<Tracked>(&destroyed), &timers_ran] {
+                            timers_ran.fetch_add(1);
+                          });
+      }
     }
     std::thread releaser([&] { release.Notify(); });
     loop.reset();  // joins the loop thread
     releaser.join();
   }
-  EXPECT_EQ(destroyed.load(), kTasks + kTimers);  // each exactly once, none leaked
+  EXPECT_EQ(destroyed.load(), kTasks + 4 * kTimers);  // each exactly once, none leaked
   EXPECT_EQ(timers_ran.load(), 0);
   EXPECT_LE(tasks_ran.load(), kTasks);
 }

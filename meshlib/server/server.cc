@@ -314,7 +314,6 @@ void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival)
   auto call = std::make_shared<ServerCall>(host_self(), id, std::move(req), arrival, deadline,
                                            sync, /*holds_limiter_slot=*/limiter != nullptr);
   call->metrics_ = method->metrics;
-  calls_.emplace(id, call);
   open_streams_.fetch_add(1, std::memory_order_acq_rel);
   counter_->active.fetch_add(1, std::memory_order_acq_rel);
   if (!sync) {
@@ -325,10 +324,21 @@ void CallHost::Dispatch(uint32_t id, transport::Request req, absl::Time arrival)
       core::ScopedTrace trace_scope(trace ? &*trace : nullptr);
       method->async(call);
     }
-    // Most async handlers answer at once; only a call still open needs a
-    // deadline timer, so the fast path pays for none.
-    ArmDeadline(call);
+    // Most async handlers answer at once: only a call still open is
+    // registered (for a CANCEL, or the connection closing) and given a
+    // deadline timer, so the fast path pays for neither. Nothing else runs
+    // on this thread meanwhile, so no CANCEL for it can have been missed; a
+    // Finish racing from another thread leaves a removal posted behind us.
+    if (!call->finished_.load(std::memory_order_acquire)) {
+      if (host_closed()) {
+        call->Cancel();  // the handler closed the connection
+      } else {
+        calls_.emplace(id, call);
+      }
+      ArmDeadline(call);
+    }
   } else {
+    calls_.emplace(id, call);
     ArmDeadline(call);
     const SyncHandler* handler = &method->sync;
     server_->workers_->Submit([handler, call = std::move(call), counter = counter_] {
@@ -376,7 +386,7 @@ void CallHost::ArmDeadline(const std::shared_ptr<ServerCall>& call) {
   if (call->deadline_ == absl::InfiniteFuture()) return;
   // An async handler that answered at once needs no timer: skip the lock.
   if (call->finished_.load(std::memory_order_acquire)) return;
-  std::lock_guard<std::mutex> lock(call->mu_);
+  std::lock_guard<core::SpinLock> lock(call->mu_);
   if (call->finished_.load(std::memory_order_acquire)) return;
   std::weak_ptr<ServerCall> weak = call;
   call->deadline_timer_ = host_loop()->RunAtCoarse(call->deadline_, [weak] {
@@ -461,7 +471,7 @@ runtime::Executor& ServerCall::executor() const { return *conn_->host_loop(); }
 
 void ServerCall::OnCancel(absl::AnyInvocable<void()> fn) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<core::SpinLock> lock(mu_);
     if (!IsCancelled()) {
       on_cancel_ = std::move(fn);
       return;
@@ -474,14 +484,14 @@ void ServerCall::Cancel() {
   if (cancelled_.exchange(true, std::memory_order_acq_rel)) return;
   absl::AnyInvocable<void()> fn;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<core::SpinLock> lock(mu_);
     fn = std::move(on_cancel_);
   }
   if (fn) fn();
 }
 
 void ServerCall::AddResponseMetadata(std::string key, std::string value) {
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<core::SpinLock> lock(mu_);
   response_metadata_.emplace_back(std::move(key), std::move(value));
 }
 
@@ -490,7 +500,7 @@ void ServerCall::SetRetryPushback(absl::Duration delay) {
                           ? "-1"
                           : absl::StrCat(absl::ToInt64Milliseconds(
                                 absl::Ceil(delay, absl::Milliseconds(1))));
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<core::SpinLock> lock(mu_);
   auto& md = response_metadata_;
   md.erase(std::remove_if(md.begin(), md.end(),
                           [](const auto& kv) { return kv.first == transport::kRetryPushbackKey; }),
@@ -529,7 +539,7 @@ void ServerCall::FinishInternal(absl::Status status, std::string response, bool 
   Metadata md;
   runtime::TimerId timer;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::lock_guard<core::SpinLock> lock(mu_);
     md = std::move(response_metadata_);
     timer = deadline_timer_;
   }

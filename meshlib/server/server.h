@@ -240,9 +240,9 @@ class ServerCall : public std::enable_shared_from_this<ServerCall> {
   // handler runs.
   ServerMethodMetrics* metrics_ = nullptr;
   std::atomic<bool> latency_is_sample_{false};
-  // std::mutex rather than core::Mutex: one is made per call, and
-  // core::Mutex's destructor updates its deadlock detector's graph.
-  std::mutex mu_;
+  // Held for a few instructions (a metadata entry, a timer id, the cancel
+  // hook) by the handler and the reactor: a spin lock.
+  core::SpinLock mu_;
   Metadata response_metadata_;            // guarded by mu_
   runtime::TimerId deadline_timer_;       // guarded by mu_
   absl::AnyInvocable<void()> on_cancel_;  // guarded by mu_
