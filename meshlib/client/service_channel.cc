@@ -540,10 +540,13 @@ void ServiceChannel::Rebuild() {
   for (const discovery::Endpoint& e : set_->endpoints()) {
     const Member& m = members_.find(e.address)->second;
     bool healthy = true;
-    if (m.outlier != nullptr && m.outlier->state() == resilience::OutlierState::kEjected) {
+    const bool is_ejected =
+        m.outlier != nullptr && m.outlier->state() == resilience::OutlierState::kEjected;
+    if (is_ejected) {
       healthy = false;
       ++ejected;
     }
+    snap->ejected.push_back(is_ejected);
     if (m.health != nullptr && !m.health->healthy.load(std::memory_order_relaxed)) {
       healthy = false;
       ++unhealthy;
@@ -660,9 +663,16 @@ bool ServiceChannel::PickMember(const CallOptions& options,
   };
   // An endpoint that cannot be reached right now (its connections wait out
   // a reconnect backoff) is skipped like a tried one, as gRPC's balancers
-  // pick only READY subchannels: a call there would fail at once.
+  // pick only READY subchannels: a call there would fail at once. So is one
+  // ejected since this snapshot was built: the ejection is visible at once,
+  // the rebuilt balancer a moment later (a subset's channel, which shares
+  // the ejection, rebuilds after the whole service's). One ejected when it
+  // was built is the balancer's business (it may use it when too few are
+  // left).
   auto skip = [&](int i) {
-    return avoided(i) || s->members[i].channel->Unreachable();
+    const auto& o = s->members[i].outlier;
+    return avoided(i) || s->members[i].channel->Unreachable() ||
+           (!s->ejected[i] && o != nullptr && o->state() == resilience::OutlierState::kEjected);
   };
   lb::PickArgs args;
   args.hash = options.hash_key;

@@ -294,6 +294,7 @@ class ServiceChannel final : public Caller {
   struct Snapshot {
     std::shared_ptr<const discovery::EndpointSet> set;
     std::vector<Member> members;  // parallel to set->endpoints()
+    std::vector<bool> ejected;    // parallel to members: ejected when this was built
     std::unique_ptr<lb::Picker> picker;
   };
   // What a call holds after the pick: keeps the channel alive without the
