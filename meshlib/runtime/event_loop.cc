@@ -116,14 +116,19 @@ TimerId EventLoop::AddTimerLocked(absl::Time when, Task task) {
   return id;
 }
 
+bool EventLoop::MustWakeForLocked(absl::Time when) {
+  if (when >= sleep_until_) return false;
+  sleep_until_ = when;
+  return true;
+}
+
 TimerId EventLoop::RunAt(absl::Time when, Task task) {
   TimerId id;
   bool wake;
   {
     core::SpinLockHolder lock(&mu_);
     id = AddTimerLocked(when, std::move(task));
-    wake = when < sleep_until_;
-    if (wake) sleep_until_ = when;
+    wake = MustWakeForLocked(when);
   }
   if (wake && !InExecutorThread()) Wake();
   return id;
@@ -166,12 +171,11 @@ TimerId EventLoop::RunAtCoarse(absl::Time when, Task task) {
       node.used = true;
       PlaceWheelLocked(index);
       ++wheel_count_;
+      id = WheelIdOf(index);
       id.when = when;
-      id.seq = kWheelFlag | (uint64_t{node.generation} << 32) | index;
       when = TimeOfTick(tick);  // when the loop must be awake for it
     }
-    wake = when < sleep_until_;
-    if (wake) sleep_until_ = when;
+    wake = MustWakeForLocked(when);
   }
   if (wake && !InExecutorThread()) Wake();
   return id;
@@ -189,6 +193,25 @@ void EventLoop::PlaceWheelLocked(uint32_t index) {
   else wheel_head_[slot] = index;
   wheel_tail_[slot] = index;
   if (near) near_bits_[slot / 64] |= uint64_t{1} << (slot % 64);
+}
+
+TimerId EventLoop::WheelIdOf(uint32_t index) const {
+  TimerId id;
+  id.when = TimeOfTick(wheel_nodes_[index].tick);
+  id.seq = kWheelFlag | (uint64_t{wheel_nodes_[index].generation} << 32) | index;
+  return id;
+}
+
+EventLoop::Task EventLoop::TakeWheelLocked(TimerId id) {
+  const uint32_t index = static_cast<uint32_t>(id.seq);
+  const uint32_t generation = static_cast<uint32_t>(id.seq >> 32) & 0x7fffffffu;
+  if (index >= wheel_nodes_.size()) return nullptr;
+  WheelTimer& node = wheel_nodes_[index];
+  if (!node.used || node.generation != generation) return nullptr;  // ran, or cancelled
+  Task task = std::move(node.task);
+  node.task = nullptr;
+  UnlinkWheelLocked(index);
+  return task;
 }
 
 void EventLoop::UnlinkWheelLocked(uint32_t index) {
@@ -218,7 +241,7 @@ int64_t EventLoop::NextWheelTickLocked() const {
   return -1;  // only far timers, which kMaxSleep's wake-ups bring near
 }
 
-void EventLoop::AdvanceWheelLocked(absl::Time now, std::vector<Task>* out) {
+void EventLoop::AdvanceWheelLocked(absl::Time now, std::vector<TimerId>* due) {
   const int64_t now_tick = TickBefore(now);
   if (now_tick <= wheel_tick_) return;
   // Far blocks now within reach move to the near slots. Every far timer's
@@ -252,15 +275,10 @@ void EventLoop::AdvanceWheelLocked(absl::Time now, std::vector<Task>* out) {
       t += skip;
       continue;
     }
-    for (uint32_t index = wheel_head_[slot]; index != kNil;) {
-      WheelTimer& node = wheel_nodes_[index];
-      const uint32_t next = node.next;
-      if (node.tick <= now_tick) {
-        out->push_back(std::move(node.task));
-        node.task = nullptr;
-        UnlinkWheelLocked(index);
-      }
-      index = next;
+    for (uint32_t index = wheel_head_[slot]; index != kNil;
+         index = wheel_nodes_[index].next) {
+      const WheelTimer& node = wheel_nodes_[index];
+      if (node.tick <= now_tick) due->push_back(WheelIdOf(index));
     }
     ++t;
   }
@@ -272,15 +290,8 @@ bool EventLoop::Cancel(TimerId id) {
   Task victim;  // destroyed outside the lock
   core::SpinLockHolder lock(&mu_);
   if ((id.seq & kWheelFlag) != 0) {
-    const uint32_t index = static_cast<uint32_t>(id.seq);
-    const uint32_t generation = static_cast<uint32_t>(id.seq >> 32) & 0x7fffffffu;
-    if (index >= wheel_nodes_.size()) return false;
-    WheelTimer& node = wheel_nodes_[index];
-    if (!node.used || node.generation != generation) return false;  // ran, or cancelled
-    victim = std::move(node.task);
-    node.task = nullptr;
-    UnlinkWheelLocked(index);
-    return true;
+    victim = TakeWheelLocked(id);
+    return static_cast<bool>(victim);
   }
   auto it = timers_.find(std::make_pair(id.when, id.seq));
   if (it == timers_.end()) return false;
@@ -367,12 +378,20 @@ int EventLoop::ComputeTimeoutMs() {
 bool EventLoop::RunExpiredTimers() {
   absl::Time now = absl::Now();
   bool ran = false;
-  std::vector<Task> coarse;
+  // Coarse timers due: taken one at a time, so that one of them may still
+  // cancel another due in the same millisecond, as with RunAt's timers.
+  std::vector<TimerId> due;
   {
     core::SpinLockHolder lock(&mu_);
-    AdvanceWheelLocked(now, &coarse);
+    AdvanceWheelLocked(now, &due);
   }
-  for (Task& task : coarse) {
+  for (const TimerId& id : due) {
+    Task task;
+    {
+      core::SpinLockHolder lock(&mu_);
+      task = TakeWheelLocked(id);
+    }
+    if (!task) continue;  // cancelled meanwhile
     task();
     ran = true;
   }
@@ -433,10 +452,8 @@ void EventLoop::Run() {
       }
       auto it = handlers_.find(fd);
       if (it == handlers_.end()) continue;  // unwatched earlier in this batch
-      events_remaining_ = n - i - 1;
       it->second->OnFdEvents(events[i].events);
     }
-    events_remaining_ = 0;
     bool worked = n > 0;
     // One critical section in the common case (no timer due): note that we
     // are awake, and take the posted tasks.

@@ -93,10 +93,6 @@ class EventLoop final : public Executor {
   // The loop whose thread is calling, or nullptr off any loop thread.
   static EventLoop* Current();
 
-  // Loop thread, inside an fd handler: true if other descriptors are ready
-  // in this iteration, i.e. the thread has more to do before it can sleep.
-  bool MoreEventsInThisIteration() const { return events_remaining_ > 0; }
-
  private:
   EventLoop(std::string name, int epoll_fd, int wake_fd);
   void Run();
@@ -114,10 +110,16 @@ class EventLoop final : public Executor {
   void PlaceWheelLocked(uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnlinkWheelLocked(uint32_t index) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Advances the wheel to `now`: brings far timers into the near slots as
-  // their block comes within reach, and moves the tasks of the timers due
-  // into `out`, in tick order.
-  void AdvanceWheelLocked(absl::Time now, std::vector<Task>* out)
+  // their block comes within reach, and appends the ids of the timers due
+  // to `due`, in tick order (they stay on the wheel until taken).
+  void AdvanceWheelLocked(absl::Time now, std::vector<TimerId>* due)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  TimerId WheelIdOf(uint32_t index) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the wheel timer `id` names and returns its task; empty if it
+  // ran or was cancelled.
+  Task TakeWheelLocked(TimerId id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Notes a timer due at `when`; true if the sleeping loop must be woken.
+  bool MustWakeForLocked(absl::Time when) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool RunPostedTasks();
 
   const std::string name_;
@@ -130,7 +132,6 @@ class EventLoop final : public Executor {
   // Loop-thread state.
   absl::flat_hash_map<int, FdHandler*> handlers_;
   std::vector<Task> deferred_;
-  int events_remaining_ = 0;
   int64_t busy_poll_nanos_ = 0;
   int64_t last_work_nanos_ = 0;
 

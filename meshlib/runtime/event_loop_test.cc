@@ -442,6 +442,36 @@ TEST(EventLoopTest, CancelledCoarseTimersNeverRunAndTheirIdsStayDead) {
   EXPECT_EQ(ran_kept.load(), kTimers / 2);
 }
 
+TEST(EventLoopTest, CoarseTimerCancelsAnotherDueInTheSameMillisecond) {
+  auto loop = MakeLoop();
+  ASSERT_NE(loop, nullptr);
+  std::atomic<bool> second_ran{false};
+  std::atomic<bool> cancelled{false};
+  std::atomic<bool> self_cancel{true};
+  core::Notification done;
+  // Both added from one task, with the same time: they are due together,
+  // the first in order runs first and cancels the second, then itself (too
+  // late: it is running).
+  loop->Post([&] {
+    const absl::Time when = absl::Now() + absl::Milliseconds(5);
+    auto second = std::make_shared<TimerId>();
+    auto first = std::make_shared<TimerId>();
+    *first = loop->RunAtCoarse(when, [&, second, first] {
+      cancelled = loop->Cancel(*second);
+      self_cancel = loop->Cancel(*first);
+      done.Notify();
+    });
+    *second = loop->RunAtCoarse(when, [&] { second_ran = true; });
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(kWaitLimit));
+  core::Notification later;
+  loop->RunAfter(absl::Milliseconds(10), [&] { later.Notify(); });
+  ASSERT_TRUE(later.WaitForNotificationWithTimeout(kWaitLimit));
+  EXPECT_TRUE(cancelled.load());
+  EXPECT_FALSE(self_cancel.load());
+  EXPECT_FALSE(second_ran.load());
+}
+
 TEST(EventLoopTest, CoarseTimersFromManyThreadsAllRunOrAreCancelled) {
   auto loop = MakeLoop();
   ASSERT_NE(loop, nullptr);
