@@ -259,6 +259,11 @@ TEST(ChannelTest, PoolOfFourConnections) {
 
   EXPECT_EQ(ch->ReadyConnections(), 0);  // lazy until asked
   ch->Connect();
+  // The server counts a connection once its first frame arrives, and a call
+  // goes to a ready connection: calls made while some are still connecting
+  // (a slow, sanitized run) would leave those silent and uncounted.
+  ASSERT_TRUE(WaitUntil([&] { return ch->ReadyConnections() == 4; }, kWaitLimit))
+      << "channel has " << ch->ReadyConnections() << " ready";
   for (int i = 0; i < 16; ++i) {
     CallResult r = ch->CallBlocking("Echo/Say", absl::StrCat(i), WithTimeout(absl::Seconds(10)));
     EXPECT_TRUE(r.status.ok()) << r.status;
