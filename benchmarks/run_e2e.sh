@@ -46,6 +46,13 @@
 #                       waking an idle vCPU is slow, unpinned ping-pong swings
 #                       between "same CPU" and "other CPU" latencies from run
 #                       to run; pinning either way makes systems comparable
+#   --rounds=N          measure every system N times (default 1), rotating the
+#                       order each round so that no system always runs right
+#                       after the same other one; the tables then show each
+#                       system's median round (throughput: by calls/s;
+#                       ping-pong: by p50), ratios between those medians, and
+#                       the calls/s range. On a shared VM single runs swing by
+#                       tens of percent; medians of 5 or more are steadier
 #   --out=FILE          where to write the JSON lines (default: a temp file)
 #
 # Exit status is non-zero if any selected system that was built failed to run.
@@ -63,6 +70,7 @@ server_threads=1
 busy_poll_us=0
 pin=""
 out=""
+rounds=1
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
@@ -82,6 +90,7 @@ for arg in "$@"; do
     --pin | --pin=split) pin=split ;;
     --pin=same) pin=same ;;
     --out=*) out="${arg#*=}" ;;
+    --rounds=*) rounds="${arg#*=}" ;;
     -h | --help) usage 0 ;;
     *) echo "run_e2e.sh: unknown flag ${arg}" >&2; usage 2 >&2 ;;
   esac
@@ -103,10 +112,11 @@ duration_ms() {
   }'
 }
 
-for n in payload connections inflight server_threads busy_poll_us; do
+for n in payload connections inflight server_threads busy_poll_us rounds; do
   [[ "${!n}" =~ ^[0-9]+$ ]] || die "--${n//_/-} must be a whole number"
 done
 (( connections >= 1 && inflight >= connections )) || die "need 1 <= --connections <= --inflight"
+(( rounds >= 1 && rounds <= 50 )) || die "--rounds must be between 1 and 50"
 duration_value_ms="$(duration_ms "${duration}")" || exit 2
 warmup_value_ms="$(duration_ms "${warmup}")" || exit 2
 readonly run_ms=$(( duration_value_ms + warmup_value_ms ))
@@ -327,7 +337,7 @@ run_client() {
     return 1
   fi
   echo "${line}" >>"${out}"
-  results["${s}.${mode}"]="${line}"
+  runs["${s}.${mode}"]+="${line}"$'\n'
 }
 
 # Certificates for the TLS systems: a CA, a server leaf (SPIFFE ID, and
@@ -361,35 +371,44 @@ for s in "${selected[@]}"; do
   if [[ "${s}" == *_tls ]]; then make_certs; break; fi
 done
 
-declare -A results=()
+declare -A results=()  # "system.mode" -> the JSON line of its median round
+declare -A runs=()     # "system.mode" -> every round's JSON line, one per line
 failed=0
-for s in "${selected[@]}"; do
-  [[ -z "${status[${s}]}" ]] || continue
-  bin="${workdir}/bin/${s}"
-  case "${s}" in
-    raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
-    grpc | mesh_grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
-    grpc_to_meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}") ;;
-    meshlib | mesh) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
-                                --busy_poll_us="${busy_poll_us}") ;;
-    mesh_tls) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
-                          --busy_poll_us="${busy_poll_us}" "${tls_server_flags[@]}") ;;
-    grpc_tls) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}"
-                          "${tls_server_flags[@]}") ;;
-  esac
-  if ! start_server "${s}" "${server_cmd[@]}"; then
-    status[${s}]="server did not start"
-    failed=1
-    continue
-  fi
-  for mode in pingpong throughput; do
-    if ! run_client "${s}" "${mode}"; then
-      status[${s}]="client failed"
-      failed=1
-      break
-    fi
+for (( round = 0; round < rounds; ++round )); do
+  # Rotate the order: round r starts at the r-th system.
+  order=()
+  for (( i = 0; i < ${#selected[@]}; ++i )); do
+    order+=("${selected[$(( (i + round) % ${#selected[@]} ))]}")
   done
-  stop_server "${s}"
+  (( rounds == 1 )) || echo "round $(( round + 1 )) of ${rounds}: ${order[*]}" >&2
+  for s in "${order[@]}"; do
+    [[ -z "${status[${s}]}" ]] || continue
+    bin="${workdir}/bin/${s}"
+    case "${s}" in
+      raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
+      grpc | mesh_grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
+      grpc_to_meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}") ;;
+      meshlib | mesh) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
+                                  --busy_poll_us="${busy_poll_us}") ;;
+      mesh_tls) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
+                            --busy_poll_us="${busy_poll_us}" "${tls_server_flags[@]}") ;;
+      grpc_tls) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}"
+                            "${tls_server_flags[@]}") ;;
+    esac
+    if ! start_server "${s}" "${server_cmd[@]}"; then
+      status[${s}]="server did not start"
+      failed=1
+      continue
+    fi
+    for mode in pingpong throughput; do
+      if ! run_client "${s}" "${mode}"; then
+        status[${s}]="client failed"
+        failed=1
+        break
+      fi
+    done
+    stop_server "${s}"
+  done
 done
 
 # ---------------------------------------------------------------- table ---
@@ -414,6 +433,25 @@ percent() {
   awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.1f%%", 100 * a / b }'
 }
 
+# The median round of "system.mode" by a field (ascending; the lower middle
+# for an even count), and the smallest and largest value of that field.
+sorted_by() {
+  local line
+  while IFS= read -r line; do
+    if [[ -n "${line}" ]]; then echo "$(field "${line}" "$2") ${line}"; fi
+  done <<<"$1" | sort -g
+}
+declare -A range=()  # "system.throughput" -> "min-max" calls/s over the rounds
+for key in "${!runs[@]}"; do
+  by=qps
+  [[ "${key}" == *.pingpong ]] && by=p50_us
+  sorted="$(sorted_by "${runs[${key}]}" "${by}")"
+  n="$(grep -c . <<<"${sorted}")"
+  results["${key}"]="$(sed -n "$(( (n + 1) / 2 ))p" <<<"${sorted}" | cut -d' ' -f2-)"
+  range["${key}"]="$(awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f-%.0f", lo, hi }' \
+    <<<"${sorted}")"
+done
+
 raw_pp="${results[raw_tcp.pingpong]:-}"
 raw_tp="${results[raw_tcp.throughput]:-}"
 grpc_tp="${results[grpc.throughput]:-}"
@@ -423,6 +461,9 @@ mesh_tp="${results[mesh.throughput]:-}"
 echo
 echo "meshlib end-to-end echo benchmark: ${payload}-byte payload, loopback," \
   "${duration} measured after ${warmup} warmup, $(nproc) CPUs, ${placement}"
+if (( rounds > 1 )); then
+  echo "Each row is that system's median of ${rounds} rounds; ratios are between medians"
+fi
 echo
 echo "Ping-pong latency (1 call in flight), microseconds; 'vs raw' = p50 / raw TCP p50"
 printf '%-16s %10s %10s %10s %10s %12s %8s\n' system p50 p99 p999 max calls/s "vs raw"
@@ -441,19 +482,23 @@ done
 echo
 echo "Throughput (${inflight} calls in flight over ${connections} connections);" \
   "'of raw' = share of raw TCP's calls/s, 'x gRPC' = multiple of gRPC's; latency in microseconds"
-printf '%-16s %12s %8s %8s %10s %10s %10s\n' system calls/s "of raw" "x gRPC" p50 p99 p999
+printf '%-16s %12s %8s %8s %10s %10s %10s' system calls/s "of raw" "x gRPC" p50 p99 p999
+(( rounds == 1 )) || printf '  %s' "calls/s range"
+echo
 for s in "${selected[@]}"; do
   line="${results[${s}.throughput]:-}"
   if [[ -z "${line}" ]]; then
     printf '%-16s %s\n' "${s}" "${status[${s}]:-no result}"
     continue
   fi
-  printf '%-16s %12.0f %8s %8s %10s %10s %10s\n' "${s}" \
+  printf '%-16s %12.0f %8s %8s %10s %10s %10s' "${s}" \
     "$(field "${line}" qps)" \
     "$(percent "$(field "${line}" qps)" "$(field "${raw_tp}" qps)")" \
     "$(times "$(field "${line}" qps)" "$(field "${grpc_tp}" qps)")" \
     "$(us "$(field "${line}" p50_us)")" "$(us "$(field "${line}" p99_us)")" \
     "$(us "$(field "${line}" p999_us)")"
+  (( rounds == 1 )) || printf '  %s' "${range[${s}.throughput]:-}"
+  echo
 done
 if [[ -n "${results[mesh_tls.throughput]:-}" && -n "${mesh_tp}" ]]; then
   echo
