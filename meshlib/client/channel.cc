@@ -298,6 +298,17 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
                  const Metadata& metadata, absl::Time now) {
     std::shared_ptr<ClientConnection> conn;
     absl::Status fail;
+    // A call that will wait for the connection keeps its own copy of the
+    // request, made here rather than under the lock (a request may be
+    // megabytes, and the reactor and other callers spin on that lock).
+    std::string request_copy;
+    Metadata metadata_copy;
+    bool copied = false;
+    if (!ready()) {
+      request_copy.assign(request.data(), request.size());
+      metadata_copy = metadata;
+      copied = true;
+    }
     {
       core::SpinLockHolder lock(&mu_);
       switch (state_) {
@@ -314,8 +325,13 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
                 "a connection to ", address_));
             break;
           }
-          call->queued_request.assign(request.data(), request.size());
-          call->queued_metadata = metadata;
+          if (copied) {
+            call->queued_request = std::move(request_copy);
+            call->queued_metadata = std::move(metadata_copy);
+          } else {  // the connection went away since the check above: rare
+            call->queued_request.assign(request.data(), request.size());
+            call->queued_metadata = metadata;
+          }
           queued_.push_back(call);
           return;
         case State::kBackoff:

@@ -89,8 +89,10 @@ class ABSL_LOCKABLE SpinLock {
   std::atomic<bool> held_{false};
 };
 
-// A one-shot event, as absl::Notification.
-// Holds a SpinLock for a scope, as MutexLock holds a Mutex.
+// Holds a SpinLock for a scope, as MutexLock holds a Mutex. Unlike
+// std::lock_guard it carries the thread-safety annotations, so use it where
+// the members the lock protects are marked ABSL_GUARDED_BY; std::unique_lock
+// where the lock is released before the scope ends.
 class ABSL_SCOPED_LOCKABLE SpinLockHolder {
  public:
   explicit SpinLockHolder(SpinLock* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) { mu_->lock(); }
@@ -102,6 +104,7 @@ class ABSL_SCOPED_LOCKABLE SpinLockHolder {
   SpinLock* const mu_;
 };
 
+// A one-shot event, as absl::Notification.
 class Notification {
  public:
   void Notify() {

@@ -470,9 +470,13 @@ absl::Duration ServerCall::RemainingTime() const {
 runtime::Executor& ServerCall::executor() const { return *conn_->host_loop(); }
 
 void ServerCall::OnCancel(absl::AnyInvocable<void()> fn) {
+  // A hook replaced by this one is destroyed after the lock is released:
+  // what it captured may finish the call when destroyed, which takes it.
+  absl::AnyInvocable<void()> replaced;
   {
     std::lock_guard<core::SpinLock> lock(mu_);
     if (!IsCancelled()) {
+      replaced = std::move(on_cancel_);
       on_cancel_ = std::move(fn);
       return;
     }

@@ -594,6 +594,35 @@ TEST(ServerTest, ClientCancellationReachesServer) {
   h.Cancel();  // a second Cancel is harmless
 }
 
+// A cancel hook replaced by another is destroyed outside the call's lock:
+// one whose captures answer the call when destroyed (a guard that makes
+// sure every call is answered) must not wait on that lock forever.
+TEST(ServerTest, ReplacedCancelHookMayAnswerTheCallWhenDestroyed) {
+  struct AnswerWhenDestroyed {
+    explicit AnswerWhenDestroyed(std::shared_ptr<ServerCall> c) : call(std::move(c)) {}
+    AnswerWhenDestroyed(AnswerWhenDestroyed&& other) noexcept : call(std::move(other.call)) {}
+    AnswerWhenDestroyed& operator=(AnswerWhenDestroyed&&) = delete;
+    ~AnswerWhenDestroyed() {
+      if (call != nullptr) call->Finish(absl::OkStatus(), "answered by the replaced hook");
+    }
+    std::shared_ptr<ServerCall> call;
+  };
+  Server server(TestServerOptions());
+  ASSERT_TRUE(server
+                  .RegisterAsync("Hook/Replace",
+                                 [](std::shared_ptr<ServerCall> call) {
+                                   call->OnCancel([guard = AnswerWhenDestroyed(call)] {});
+                                   call->OnCancel([] {});  // destroys the first hook
+                                 })
+                  .ok());
+  StartOnLoopback(server);
+  auto ch = MakeChannel(server.address());
+  ASSERT_NE(ch, nullptr);
+  client::CallResult r = ch->CallBlocking("Hook/Replace", "", WithTimeout(absl::Seconds(5)));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.payload, "answered by the replaced hook");
+}
+
 // 9.
 TEST(ServerTest, ClientDeadlineReachesServer) {
   Server server(TestServerOptions());
