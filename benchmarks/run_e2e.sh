@@ -37,9 +37,11 @@
 #                       (certificates made with the openssl CLI for the run)
 #   --server-threads=N  I/O threads of every server (default 1): raw TCP, gRPC
 #                       and meshlib alike
-#   --busy-poll-us=N    meshlib only: reactor busy polling after work, in
-#                       microseconds, for its server and client (default 0,
-#                       off, as in the library)
+#   --busy-poll-us=N    busy polling after work, in microseconds, for the
+#                       servers and clients that have it: raw TCP, meshlib,
+#                       mesh and mesh_tls (mesh.json's "busy_poll"); gRPC
+#                       C++ has no such setting. Default 0, off, as in the
+#                       library
 #   --pin               run servers on CPU 0 and clients on CPU 1 (taskset);
 #                       default is unpinned, left to the scheduler
 #   --pin=same          run servers and clients all on CPU 0. On VMs where
@@ -309,9 +311,13 @@ run_client() {
   local client="${workdir}/bin/${s}/$(basename "$(target_path "${client_target[${s}]}")")"
   local result="${workdir}/${s}.${mode}.out"
   local extra_client_flags=()
-  if [[ "${s}" == meshlib ]]; then extra_client_flags=(--busy_poll_us="${busy_poll_us}"); fi
-  if [[ "${s}" == mesh ]]; then extra_client_flags=(--mesh); fi
-  if [[ "${s}" == mesh_tls ]]; then extra_client_flags=(--mesh "${tls_client_flags[@]}"); fi
+  if [[ "${s}" == raw_tcp || "${s}" == meshlib ]]; then
+    extra_client_flags=(--busy_poll_us="${busy_poll_us}")
+  fi
+  if [[ "${s}" == mesh ]]; then extra_client_flags=(--mesh --busy_poll_us="${busy_poll_us}"); fi
+  if [[ "${s}" == mesh_tls ]]; then
+    extra_client_flags=(--mesh --busy_poll_us="${busy_poll_us}" "${tls_client_flags[@]}")
+  fi
   if [[ "${s}" == grpc_tls ]]; then extra_client_flags=("${tls_client_flags[@]}"); fi
   if [[ "${s}" == mesh_grpc ]]; then extra_client_flags=(--mesh --grpc); fi
   # Clients stop themselves; this only catches a hung one.
@@ -385,7 +391,8 @@ for (( round = 0; round < rounds; ++round )); do
     [[ -z "${status[${s}]}" ]] || continue
     bin="${workdir}/bin/${s}"
     case "${s}" in
-      raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}") ;;
+      raw_tcp) server_cmd=("${bin}/raw_echo_server" --port=0 --threads="${server_threads}"
+                           --busy_poll_us="${busy_poll_us}") ;;
       grpc | mesh_grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
       grpc_to_meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}") ;;
       meshlib | mesh) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"

@@ -37,8 +37,9 @@ ABSL_FLAG(bool, mesh, false,
           "Call through a mesh Client (the whole stack: routing, retry budget, breaker, "
           "balancer, pool) over a static discovery of --address, as an application does, "
           "instead of a bare client::Channel. Its reactor threads and connections come from "
-          "mesh.json's io_threads and connections_per_endpoint (set from --io_threads and "
-          "--connections); --busy_poll_us and --blocking_spin_us apply to the bare channel only.");
+          "mesh.json's io_threads, busy_poll and connections_per_endpoint (set from --io_threads, "
+          "--busy_poll_us and --connections); --blocking_spin_us applies to the bare channel "
+          "only.");
 
 ABSL_FLAG(bool, grpc, false,
           "Speak gRPC (HTTP/2) to the server: a grpc::GrpcChannel, or with --mesh a service "
@@ -104,7 +105,8 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_mesh)) {
     auto cfg = meshlib::config::ParseMeshConfig(absl::StrCat(
-        R"({"mesh": {"io_threads": )", opts.io_threads, R"(, "connections_per_endpoint": )",
+        R"({"mesh": {"io_threads": )", opts.io_threads, R"(, "busy_poll": ")",
+        absl::GetFlag(FLAGS_busy_poll_us), R"(us", "connections_per_endpoint": )",
         opts.connections, R"(}, "services": {"echo": {"discovery": {"static": {"endpoints": [")",
         absl::GetFlag(FLAGS_address), R"("]}}, "timeout": "10s")",
         grpc ? R"(, "protocol": "grpc")" : "", tls_block, "}}}"));

@@ -18,6 +18,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -49,6 +50,10 @@ ABSL_FLAG(int, inflight, 32,
           "Throughput mode: requests outstanding in total, split evenly over "
           "the connections.");
 ABSL_FLAG(bool, json, false, "Print one JSON line instead of prose.");
+ABSL_FLAG(int, busy_poll_us, 0,
+          "Throughput mode: after handling events, keep polling (yielding between polls) for "
+          "this many microseconds before sleeping in epoll_wait, as meshlib's reactors do "
+          "with busy_poll (0 = off).");
 
 namespace meshlib::bench {
 namespace {
@@ -268,14 +273,22 @@ RunResult RunThroughput(const std::string& address, int payload_size,
   std::vector<char> buffer(kReadChunk);
   std::vector<epoll_event> events(connections);
   int64_t last_progress_ns = NowNs();
+  const int64_t busy_poll_ns = int64_t{absl::GetFlag(FLAGS_busy_poll_us)} * 1000;
+  int64_t last_work_ns = 0;
   for (;;) {
-    const int n = epoll_wait(epoll_fd, events.data(), connections, 100);
+    int timeout_ms = 100;
+    if (busy_poll_ns > 0 && NowNs() - last_work_ns < busy_poll_ns) {
+      sched_yield();
+      timeout_ms = 0;
+    }
+    const int n = epoll_wait(epoll_fd, events.data(), connections, timeout_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       DieErrno("epoll_wait");
     }
     const int64_t now_ns = NowNs();
     if (now_ns >= end_ns) break;
+    if (n > 0) last_work_ns = now_ns;
     if (n == 0 &&
         now_ns - last_progress_ns > absl::ToInt64Nanoseconds(kStallTimeout)) {
       Die("no reply for " + absl::FormatDuration(kStallTimeout));

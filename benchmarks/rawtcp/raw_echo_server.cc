@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -40,10 +41,15 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 
 ABSL_FLAG(std::string, host, "127.0.0.1", "IPv4 address to listen on.");
 ABSL_FLAG(int, port, 0, "TCP port; 0 picks a free one (printed on stdout).");
 ABSL_FLAG(int, threads, 1, "Worker threads serving connections (>= 1).");
+ABSL_FLAG(int, busy_poll_us, 0,
+          "After handling events, keep polling (yielding between polls) for this many "
+          "microseconds before sleeping in epoll_wait, as meshlib's reactors do with "
+          "busy_poll (0 = off).");
 
 namespace meshlib::bench {
 namespace {
@@ -140,9 +146,17 @@ class Worker {
 
   void Run() {
     std::vector<epoll_event> events(256);
+    const int64_t busy_poll_ns = int64_t{absl::GetFlag(FLAGS_busy_poll_us)} * 1000;
+    int64_t last_work_ns = 0;
     for (;;) {
+      int timeout_ms = -1;
+      if (busy_poll_ns > 0 && absl::GetCurrentTimeNanos() - last_work_ns < busy_poll_ns) {
+        sched_yield();
+        timeout_ms = 0;
+      }
       const int n = epoll_wait(epoll_fd_, events.data(),
-                               static_cast<int>(events.size()), -1);
+                               static_cast<int>(events.size()), timeout_ms);
+      if (n > 0 && busy_poll_ns > 0) last_work_ns = absl::GetCurrentTimeNanos();
       if (n < 0) {
         if (errno == EINTR) continue;
         DieErrno("epoll_wait");

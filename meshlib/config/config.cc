@@ -90,8 +90,8 @@ namespace {
 
 absl::StatusOr<MeshSettings> ParseMeshSettings(const json& j, absl::string_view path) {
   if (auto st = CheckObject(j, path,
-                            {"zone", "io_threads", "connections_per_endpoint", "drain_timeout",
-                             "tls"});
+                            {"zone", "io_threads", "busy_poll", "connections_per_endpoint",
+                             "drain_timeout", "tls"});
       !st.ok()) {
     return st;
   }
@@ -104,6 +104,11 @@ absl::StatusOr<MeshSettings> ParseMeshSettings(const json& j, absl::string_view 
   int64_t io_threads = m.io_threads;
   if (auto st = OptionalInt(j, path, "io_threads", 1, 64, &io_threads); !st.ok()) return st;
   m.io_threads = static_cast<int>(io_threads);
+  if (auto st = OptionalDuration(j, path, "busy_poll", absl::ZeroDuration(),
+                                 absl::Milliseconds(1), &m.busy_poll);
+      !st.ok()) {
+    return st;
+  }
   int64_t connections = m.connections_per_endpoint;
   if (auto st = OptionalInt(j, path, "connections_per_endpoint", 1, 64, &connections); !st.ok()) {
     return st;

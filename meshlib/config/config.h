@@ -109,6 +109,11 @@ struct MeshSettings {
   std::string zone;
   // Reactor threads of the clients' runtime. Default 1; 1-64.
   int io_threads = 1;
+  // How long each of those reactors keeps polling after it did work before
+  // it sleeps (runtime::EventLoopOptions::busy_poll): replies arriving
+  // within it find the thread awake, saving the wake-up of an idle CPU, at
+  // the price of up to this much CPU per burst. Default 0 (off); 0-1ms.
+  absl::Duration busy_poll = absl::ZeroDuration();
   // TCP connections to each endpoint (client::ChannelOptions::connections).
   // Default 1; 1-64.
   int connections_per_endpoint = 1;

@@ -219,6 +219,7 @@ TEST(ConfigTypedTest, DefaultsWhenSectionsAreAbsent) {
 
   EXPECT_EQ(cfg->mesh.zone, "");
   EXPECT_EQ(cfg->mesh.io_threads, 1);
+  EXPECT_EQ(cfg->mesh.busy_poll, absl::ZeroDuration());
   EXPECT_EQ(cfg->mesh.connections_per_endpoint, 1);
   EXPECT_EQ(cfg->mesh.drain_timeout, absl::Seconds(30));
   EXPECT_EQ(cfg->raw["services"]["echo"]["discovery"]["static"]["endpoints"][0], "127.0.0.1:1");
@@ -227,7 +228,7 @@ TEST(ConfigTypedTest, DefaultsWhenSectionsAreAbsent) {
 TEST(ConfigTypedTest, EverySectionComesThroughTyped) {
   auto cfg = ParseMeshConfig(R"({
     "mesh": {"zone": "us-east-1a", "io_threads": 4, "connections_per_endpoint": 2,
-             "drain_timeout": "5s"},
+             "drain_timeout": "5s", "busy_poll": "50us"},
     "services": {"echo": {
       "discovery": {"static": {"endpoints": ["127.0.0.1:1"]}},
       "load_balancer": [{"no_such_policy": {}}, {"p2c_peak_ewma": {"decay": "5s"}},
@@ -247,6 +248,7 @@ TEST(ConfigTypedTest, EverySectionComesThroughTyped) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->mesh.zone, "us-east-1a");
   EXPECT_EQ(cfg->mesh.io_threads, 4);
+  EXPECT_EQ(cfg->mesh.busy_poll, absl::Microseconds(50));
   EXPECT_EQ(cfg->mesh.connections_per_endpoint, 2);
   EXPECT_EQ(cfg->mesh.drain_timeout, absl::Seconds(5));
 
@@ -385,8 +387,8 @@ TEST(ConfigTypedTest, RoutingMeshAndUnknownKeyErrors) {
       {R"({"mesh": {}})", "services: required"},
       {R"({"services": [], "mesh": {}})", "services: must be an object of service name -> service"},
       {R"({"services": {}, "mesh": {"zones": "a"}})",
-       "mesh.zones: unknown key (known: zone, io_threads, connections_per_endpoint, "
-       "drain_timeout, tls)"},
+       "mesh.zones: unknown key (known: zone, io_threads, busy_poll, "
+       "connections_per_endpoint, drain_timeout, tls)"},
       {R"({"services": {}, "mesh": []})", "mesh: must be an object"},
       {R"({"services": {}, "mesh": {"zone": 1}})", "mesh.zone: must be a string"},
       {R"({"services": {}, "mesh": {"io_threads": 0}})",
@@ -395,6 +397,12 @@ TEST(ConfigTypedTest, RoutingMeshAndUnknownKeyErrors) {
        "mesh.io_threads: must be an integer between 1 and 64"},
       {R"({"services": {}, "mesh": {"connections_per_endpoint": 100}})",
        "mesh.connections_per_endpoint: must be an integer between 1 and 64"},
+      {R"({"services": {}, "mesh": {"busy_poll": "2ms"}})",
+       "mesh.busy_poll: must be between 0 and 1ms"},
+      {R"({"services": {}, "mesh": {"busy_poll": "-1us"}})",
+       "mesh.busy_poll: must be between 0 and 1ms"},
+      {R"({"services": {}, "mesh": {"busy_poll": 50}})",
+       "mesh.busy_poll: must be a duration string (examples: \"250ms\", \"1s\")"},
       {R"({"services": {}, "mesh": {"drain_timeout": "2h"}})",
        "mesh.drain_timeout: must be between 0 and 1h"},
       {R"({"services": {}, "mesh": {"drain_timeout": 30}})",

@@ -526,7 +526,9 @@ absl::StatusOr<std::unique_ptr<Mesh>> Mesh::Create(config::MeshConfig config,
   }
   auto core = runtime::ShareOffLoop(std::make_unique<internal::MeshCore>());
   core->options = options;
-  auto rt = runtime::Runtime::Create(config.mesh.io_threads, "mesh-io");
+  runtime::EventLoopOptions loop_options;
+  loop_options.busy_poll = config.mesh.busy_poll;
+  auto rt = runtime::Runtime::Create(config.mesh.io_threads, "mesh-io", loop_options);
   if (!rt.ok()) return rt.status();
   core->runtime = *std::move(rt);
   auto loop = runtime::EventLoop::Create("mesh-ctl");

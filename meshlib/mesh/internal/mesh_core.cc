@@ -54,6 +54,13 @@ absl::Status MeshCore::Apply(config::MeshConfig config) {
                       " -> ", cfg->mesh.io_threads, "); restart to apply it")),
                   &next);
   }
+  if (cfg->mesh.busy_poll != current->mesh.busy_poll) {
+    return reject(absl::FailedPreconditionError(absl::StrCat(
+                      "mesh.busy_poll: cannot change while the mesh runs (",
+                      absl::FormatDuration(current->mesh.busy_poll), " -> ",
+                      absl::FormatDuration(cfg->mesh.busy_poll), "); restart to apply it")),
+                  &next);
+  }
   // Build every new stack first: a document that fails to build for one
   // service changes nothing.
   for (const auto& c : live) {
