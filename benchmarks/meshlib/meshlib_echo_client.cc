@@ -161,16 +161,17 @@ int main(int argc, char** argv) {
     result.elapsed = absl::Nanoseconds(end - warmup_end);
   } else {
     // Closed loop: each completion issues the next call until `end`.
-    std::atomic<int64_t> measured{0};
     std::atomic<int64_t> errors{0};
     std::atomic<int> live{absl::GetFlag(FLAGS_inflight)};
     meshlib::core::Notification all_stopped;
     meshlib::core::Mutex mu;
     std::string first_error;
     // One lane per call in flight; a lane's calls are sequential, so its
-    // samples need no lock.
+    // samples and count need no lock. As in the raw TCP client, the clock
+    // reading that ends a call is also the send time of the call it issues:
+    // one reading per call, not two.
     struct Loop {
-      std::function<void()> issue;
+      std::function<void(int64_t)> issue;  // argument: now, in ns
       std::function<void(CallResult)> done;
       int64_t t0 = 0;
       std::vector<int64_t> samples;
@@ -188,13 +189,11 @@ int main(int argc, char** argv) {
             first_error = r.status.ToString();
           }
         } else if (t0 >= warmup_end && t1 < end) {
-          measured.fetch_add(1, std::memory_order_relaxed);
           self->samples.push_back(t1 - t0);
         }
-        self->issue();
+        self->issue(t1);
       };
-      self->issue = [&, self] {
-        int64_t t0 = NowNs();
+      self->issue = [&, self](int64_t t0) {
         if (t0 >= end) {
           if (live.fetch_sub(1) == 1) all_stopped.Notify();
           return;
@@ -206,10 +205,12 @@ int main(int argc, char** argv) {
       };
       loops.push_back(std::move(loop));
     }
-    for (auto& l : loops) l->issue();
+    for (auto& l : loops) l->issue(NowNs());
     all_stopped.WaitForNotification();
     if (errors.load() > 0) return Fail(absl::StrCat(errors.load(), " calls failed; first: ", first_error));
-    result.calls = measured.load();
+    int64_t measured = 0;
+    for (auto& l : loops) measured += static_cast<int64_t>(l->samples.size());
+    result.calls = measured;
     result.elapsed = absl::Nanoseconds(end - warmup_end);
     for (auto& l : loops) {
       result.latencies_ns.insert(result.latencies_ns.end(), l->samples.begin(), l->samples.end());
