@@ -823,9 +823,20 @@ CallHandle Channel::Call(absl::string_view method, absl::string_view request,
   return StartCall(method, request, options, std::move(done), /*want_inline_read=*/false);
 }
 
+CallHandle Channel::CallAttempt(absl::Time now, absl::Duration timeout,
+                                absl::string_view method, absl::string_view request,
+                                const CallOptions& call_options, CallCallback done) {
+  KnownDeadline known;
+  known.now = now;
+  known.deadline.deadline = now + timeout;
+  known.deadline.timeout = timeout;
+  return StartCall(method, request, call_options, std::move(done), /*want_inline_read=*/false,
+                   &known);
+}
+
 CallHandle Channel::StartCall(absl::string_view method, absl::string_view request,
                               const CallOptions& options, CallCallback done,
-                              bool want_inline_read) {
+                              bool want_inline_read, const KnownDeadline* known) {
   const size_t n = subchannels_.size();
   Subchannel* sc = nullptr;
   if (dispatching_subchannel != nullptr && n > 1) {
@@ -854,15 +865,22 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
   auto call = std::make_shared<ClientCall>();
   call->method.assign(method.data(), method.size());
   call->address = address_;
-  const absl::Time now = sc->loop()->Now();
-  absl::StatusOr<CallDeadline> when =
-      DeadlineOfCall(options, options_.default_timeout, now, method, address_);
-  if (!when.ok()) {
-    done(Failure(when.status(), /*not_processed=*/true));
-    return CallHandle();
+  absl::Time now;
+  if (known != nullptr) {
+    now = known->now;
+    call->deadline = known->deadline.deadline;
+    call->timeout = known->deadline.timeout;
+  } else {
+    now = sc->loop()->Now();
+    absl::StatusOr<CallDeadline> when =
+        DeadlineOfCall(options, options_.default_timeout, now, method, address_);
+    if (!when.ok()) {
+      done(Failure(when.status(), /*not_processed=*/true));
+      return CallHandle();
+    }
+    call->deadline = when->deadline;
+    call->timeout = when->timeout;
   }
-  call->deadline = when->deadline;
-  call->timeout = when->timeout;
   call->done = std::move(done);
   call->want_inline_read = want_inline_read;
   call->loop = sc->loop();

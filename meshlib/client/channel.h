@@ -138,6 +138,11 @@ class Channel final : public EndpointChannel {
                   const CallOptions& options, CallCallback done) override;
   CallResult CallBlocking(absl::string_view method, absl::string_view request,
                           const CallOptions& options = {}) override;
+  // The attempt's deadline is `now` + `timeout`, as given (`now` must be a
+  // reading of the wall clock, as the reactors' clock is).
+  CallHandle CallAttempt(absl::Time now, absl::Duration timeout, absl::string_view method,
+                         absl::string_view request, const CallOptions& call_options,
+                         CallCallback done) override;
 
   const std::string& address() const override { return address_; }
   // Connections that are established right now.
@@ -161,8 +166,15 @@ class Channel final : public EndpointChannel {
 
  private:
   Channel(std::string address, ChannelOptions options);
+  // `known`: the call's start and deadline, when its caller computed them
+  // (CallAttempt); null: computed here from `options` and the clock.
+  struct KnownDeadline {
+    absl::Time now;
+    CallDeadline deadline;
+  };
   CallHandle StartCall(absl::string_view method, absl::string_view request,
-                       const CallOptions& options, CallCallback done, bool want_inline_read);
+                       const CallOptions& options, CallCallback done, bool want_inline_read,
+                       const KnownDeadline* known = nullptr);
 
   const std::string address_;
   const ChannelOptions options_;

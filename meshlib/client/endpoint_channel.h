@@ -19,6 +19,20 @@ namespace meshlib::client {
 class EndpointChannel : public Caller {
  public:
   virtual const std::string& address() const = 0;
+  // One attempt of a call made with `call_options`; the attempt ends
+  // `timeout` after `now`, a time its caller just read from its clock
+  // (`call_options.timeout` and `.deadline` are not read). The default
+  // makes the attempt's options and calls Call. client::Channel takes `now`
+  // and `timeout` as they are: no clock reading, deadline computation or
+  // copy of the options per attempt.
+  virtual CallHandle CallAttempt(absl::Time now, absl::Duration timeout,
+                                 absl::string_view method, absl::string_view request,
+                                 const CallOptions& call_options, CallCallback done) {
+    CallOptions attempt = call_options;
+    attempt.timeout = timeout;
+    attempt.deadline = now + timeout;
+    return Call(method, request, attempt, std::move(done));
+  }
   // Connections established right now.
   virtual int ReadyConnections() const = 0;
   // A call now would fail at once: every connection waits out a reconnect

@@ -1243,7 +1243,8 @@ std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& opti
                                                          absl::Span<const std::string> tried,
                                                          absl::Time deadline, int attempts,
                                                          absl::Time now, Picked* picked,
-                                                         CallOptions* attempt, bool* pending) {
+                                                         absl::Duration* attempt_timeout,
+                                                         bool* pending) {
   absl::Duration left = deadline - now;
   if (left <= absl::ZeroDuration()) {
     CallResult r;
@@ -1262,13 +1263,13 @@ std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& opti
       return r;
     }
   }
-  stack_->deadline->ShapeAttempt(options, deadline, left, attempt);
+  *attempt_timeout = stack_->deadline->AttemptTimeout(left);
   return std::nullopt;
 }
 
 void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time start) {
   Picked picked;
-  CallOptions attempt;
+  absl::Duration attempt_timeout;
   AttemptSlot* slot;
   uint64_t generation;
   int attempt_number = 0;
@@ -1279,7 +1280,7 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
     if (start == absl::InfinitePast()) start = clock_->Now();
     if (std::optional<CallResult> failed = PrepareAttempt(st->options, st->tried, st->deadline,
                                                           st->attempts, start, &picked,
-                                                          &attempt, &pending)) {
+                                                          &attempt_timeout, &pending)) {
       // With other attempts in flight (a hedge too late, or with nowhere to
       // go) those decide; otherwise this ends the call.
       if (st->in_flight > 0) return;
@@ -1319,11 +1320,13 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
   slot->start = start;
   slot->pending = pending;
   slot->number = attempt_number;
-  CallHandle handle =
-      channel->Call(st->method, st->request.view(), attempt,
-                    [slot = std::shared_ptr<AttemptSlot>(st, slot)](CallResult r) mutable {
-                      AttemptDone(std::move(slot), std::move(r));
-                    });
+  // `start` is this channel's clock reading: the attempt's deadline counts
+  // from it, as the call's own does.
+  CallHandle handle = channel->CallAttempt(
+      start, attempt_timeout, st->method, st->request.view(), st->options,
+      [slot = std::shared_ptr<AttemptSlot>(st, slot)](CallResult r) mutable {
+        AttemptDone(std::move(slot), std::move(r));
+      });
   bool cancel = false;
   {
     std::lock_guard<CallState::CallLock> lock(st->mu);
@@ -1575,12 +1578,15 @@ CallResult ServiceChannel::CallBlockingAttempts(absl::string_view method,
   for (;;) {
     const absl::Time start = clock_->Now();
     Picked picked;
-    CallOptions attempt;
+    absl::Duration attempt_timeout;
     bool pending;
     if (std::optional<CallResult> failed = PrepareAttempt(options, tried, deadline, attempts,
-                                                          start, &picked, &attempt, &pending)) {
+                                                          start, &picked, &attempt_timeout,
+                                                          &pending)) {
       return *std::move(failed);
     }
+    CallOptions attempt;
+    stack_->deadline->ShapeAttempt(options, deadline, attempt_timeout, &attempt);
     tried.push_back(picked.channel->address());
     picked.stats->OnCallStart();
     CallResult r = picked.channel->CallBlocking(method, request, attempt);

@@ -368,12 +368,13 @@ class ServiceChannel final : public Caller {
   CallResult NoEndpoints() const;
   // Everything an attempt needs before it is sent: time left, an endpoint
   // not in `tried` where one exists, a pending slot when it has no ready
-  // connection, its options (deadline, per-try timeout). The failure that
-  // ends the call instead, if any.
+  // connection, how long it may take (the time left, or the per-try
+  // timeout). The failure that ends the call instead, if any.
   std::optional<CallResult> PrepareAttempt(const CallOptions& options,
                                            absl::Span<const std::string> tried,
                                            absl::Time deadline, int attempts, absl::Time now,
-                                           Picked* picked, CallOptions* attempt, bool* pending);
+                                           Picked* picked, absl::Duration* attempt_timeout,
+                                           bool* pending);
   // Starts the next attempt of an asynchronous call.
   void Attempt(const std::shared_ptr<CallState>& st, absl::Time now = absl::InfinitePast());
   // What to do after a failed attempt: retry now (transparent), after a

@@ -26,10 +26,7 @@ void DeadlineLayer::ShapeAttempt(const CallOptions& call, absl::Time deadline,
                                  absl::Duration left, CallOptions* attempt) const {
   *attempt = call;
   attempt->deadline = deadline;
-  attempt->timeout = left;
-  if (per_try_timeout_ > absl::ZeroDuration()) {
-    attempt->timeout = std::min(attempt->timeout, per_try_timeout_);
-  }
+  attempt->timeout = AttemptTimeout(left);
 }
 
 }  // namespace meshlib::client

@@ -26,6 +26,11 @@ class DeadlineLayer final : public Layer {
   // The options of an attempt sent with `left` of the call's `deadline`.
   void ShapeAttempt(const CallOptions& call, absl::Time deadline, absl::Duration left,
                     CallOptions* attempt) const;
+  // How long an attempt may take when `left` remains of its call.
+  absl::Duration AttemptTimeout(absl::Duration left) const {
+    return per_try_timeout_ > absl::ZeroDuration() && per_try_timeout_ < left ? per_try_timeout_
+                                                                              : left;
+  }
   absl::Duration per_try_timeout() const { return per_try_timeout_; }
 
  private:
