@@ -13,6 +13,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/fast_time.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/core/log.h"
@@ -130,7 +131,7 @@ class ClientConnection final : public transport::FramedConnection {
   absl::Status StartCall(const std::shared_ptr<ClientCall>& call, absl::string_view request,
                          const Metadata& metadata, absl::Time now = absl::InfinitePast()) {
     if (now == absl::InfinitePast()) now = loop()->Now();
-    absl::Duration remaining = call->deadline - now;
+    absl::Duration remaining = core::TimeBetween(call->deadline, now);
     if (remaining <= absl::ZeroDuration()) {
       return absl::DeadlineExceededError(absl::StrCat(
           "deadline of ", absl::FormatDuration(call->timeout), " exceeded calling ",
@@ -828,7 +829,7 @@ CallHandle Channel::CallAttempt(absl::Time now, absl::Duration timeout,
                                 const CallOptions& call_options, CallCallback done) {
   KnownDeadline known;
   known.now = now;
-  known.deadline.deadline = now + timeout;
+  known.deadline.deadline = core::TimePlus(now, timeout);
   known.deadline.timeout = timeout;
   return StartCall(method, request, call_options, std::move(done), /*want_inline_read=*/false,
                    &known);

@@ -21,6 +21,7 @@
 #include "meshlib/client/layers/hedging_layer.h"
 #include "meshlib/client/layers/metrics_layer.h"
 #include "meshlib/client/layers/pool_layer.h"
+#include "meshlib/core/fast_time.h"
 #include "meshlib/core/deadline_context.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
@@ -160,7 +161,7 @@ struct Stack {
     CallEndInfo info;
     info.method = method;
     info.end = end == absl::InfinitePast() ? clock->Now() : end;
-    info.latency = info.end - start;
+    info.latency = core::TimeBetween(info.end, start);
     info.attempts = attempts;
     info.metadata = metadata;
     for (Layer* l : finishers) l->OnCallEnd(info, r);
@@ -1245,7 +1246,7 @@ std::optional<CallResult> ServiceChannel::PrepareAttempt(const CallOptions& opti
                                                          absl::Time now, Picked* picked,
                                                          absl::Duration* attempt_timeout,
                                                          bool* pending) {
-  absl::Duration left = deadline - now;
+  absl::Duration left = core::TimeBetween(deadline, now);
   if (left <= absl::ZeroDuration()) {
     CallResult r;
     r.status = absl::DeadlineExceededError(
@@ -1343,7 +1344,8 @@ void ServiceChannel::Attempt(const std::shared_ptr<CallState>& st, absl::Time st
 void ServiceChannel::AttemptDone(std::shared_ptr<AttemptSlot>&& slot, CallResult&& r) {
   std::shared_ptr<ServiceChannel> self = std::move(slot->self);
   absl::Time now = self->clock_->Now();
-  self->RecordAttempt(slot->call->method, slot->picked, r, now - slot->start, now, slot->number,
+  self->RecordAttempt(slot->call->method, slot->picked, r, core::TimeBetween(now, slot->start),
+                      now, slot->number,
                       &slot->call->options.metadata);
   slot->picked = Picked();
   if (slot->pending) self->stack_->breaker->breaker().EndPending();

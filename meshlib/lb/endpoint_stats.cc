@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "meshlib/core/fast_time.h"
+
 namespace meshlib::lb {
 
 EndpointStats::EndpointStats(absl::Duration decay, absl::Duration initial)
@@ -17,7 +19,7 @@ EndpointStats::EndpointStats(const EndpointStatsOptions& options)
 void EndpointStats::OnCallEnd(absl::Duration latency, bool success, absl::Time now) {
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
   calls_.fetch_add(1, std::memory_order_relaxed);
-  double sample = std::max(0.0, absl::ToDoubleNanoseconds(latency));
+  double sample = std::max(0.0, core::DoubleNanosOf(latency));
   if (success) {
     consecutive_failures_.store(0, std::memory_order_relaxed);
   } else {
@@ -26,7 +28,7 @@ void EndpointStats::OnCallEnd(absl::Duration latency, bool success, absl::Time n
     sample = std::max(sample, static_cast<double>(
                                   failure_penalty_ns_.load(std::memory_order_relaxed)));
   }
-  int64_t now_ns = absl::ToUnixNanos(now);
+  int64_t now_ns = core::UnixNanos(now);
   int64_t last = stamp_ns_.exchange(now_ns, std::memory_order_relaxed);
   double prev = ewma_ns_.load(std::memory_order_relaxed);
   double next;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "meshlib/core/fast_time.h"
 #include "nlohmann/json.hpp"
 
 namespace meshlib::metrics {
@@ -51,7 +52,7 @@ constexpr std::array<int64_t, Histogram::kBuckets> kBoundsNs = {
 }  // namespace
 
 void Histogram::Observe(absl::Duration d) {
-  int64_t ns = absl::ToInt64Nanoseconds(d);
+  int64_t ns = core::NanosOf(d);
   if (ns < 0) ns = 0;
   const int bucket = static_cast<int>(
       std::lower_bound(kBoundsNs.begin(), kBoundsNs.end(), ns) - kBoundsNs.begin());

@@ -135,7 +135,7 @@ TimerId EventLoop::RunAt(absl::Time when, Task task) {
 }
 
 int64_t EventLoop::TickAtOrAfter(absl::Time t) const {
-  const int64_t ns = absl::ToInt64Nanoseconds(t - epoch_);  // saturates
+  const int64_t ns = core::NanosBetween(t, epoch_);  // saturates
   if (ns > std::numeric_limits<int64_t>::max() - 1'000'000) {
     return std::numeric_limits<int64_t>::max() / 2;  // beyond any wheel
   }
@@ -143,7 +143,7 @@ int64_t EventLoop::TickAtOrAfter(absl::Time t) const {
 }
 
 int64_t EventLoop::TickBefore(absl::Time t) const {
-  const int64_t ns = absl::ToInt64Nanoseconds(t - epoch_);
+  const int64_t ns = core::NanosBetween(t, epoch_);
   return ns <= 0 ? 0 : ns / 1'000'000;
 }
 

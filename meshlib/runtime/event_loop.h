@@ -26,6 +26,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "meshlib/core/fast_time.h"
 #include "meshlib/core/sync.h"
 #include "meshlib/runtime/executor.h"
 
@@ -103,7 +104,9 @@ class EventLoop final : public Executor {
   TimerId AddTimerLocked(absl::Time when, Task task) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t TickAtOrAfter(absl::Time t) const;  // the first tick boundary >= t
   int64_t TickBefore(absl::Time t) const;     // the last tick boundary <= t
-  absl::Time TimeOfTick(int64_t tick) const { return epoch_ + absl::Milliseconds(tick); }
+  absl::Time TimeOfTick(int64_t tick) const {
+    return core::TimePlus(epoch_, absl::Milliseconds(tick));
+  }
   // The first tick after wheel_tick_ with a timer in its near slot, or -1.
   int64_t NextWheelTickLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Links a node into the slot its tick belongs to now.

@@ -6,6 +6,7 @@
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/fast_time.h"
 
 namespace meshlib::transport {
 namespace {
@@ -122,7 +123,7 @@ void PutHeader(std::string* out, FrameType type, uint16_t flags,
 
 uint64_t TimeoutMicros(absl::Duration timeout) {
   if (timeout == absl::InfiniteDuration()) return 0;
-  int64_t us = absl::ToInt64Microseconds(timeout);
+  int64_t us = core::NanosOf(timeout) / 1000;
   if (us < 1) return 1;
   // Past the protocol's range (about 142 years) a deadline is as good as none
   // to wait for; clamp rather than send what the decoder rejects.

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "meshlib/core/fast_time.h"
 #include "meshlib/core/deadline_context.h"
 
 namespace meshlib::client {
@@ -17,8 +18,8 @@ std::string DeadlineLayer::Describe() const {
 }
 
 absl::Time DeadlineLayer::DeadlineOf(const CallOptions& options, absl::Time now) const {
-  absl::Time deadline =
-      now + (options.timeout > absl::ZeroDuration() ? options.timeout : default_timeout_);
+  absl::Time deadline = core::TimePlus(
+      now, options.timeout > absl::ZeroDuration() ? options.timeout : default_timeout_);
   return std::min({deadline, options.deadline, core::CurrentDeadline()});
 }
 
