@@ -21,8 +21,8 @@
 #include "meshlib/client/layers/hedging_layer.h"
 #include "meshlib/client/layers/metrics_layer.h"
 #include "meshlib/client/layers/pool_layer.h"
-#include "meshlib/core/fast_time.h"
 #include "meshlib/core/deadline_context.h"
+#include "meshlib/core/fast_time.h"
 #include "meshlib/core/log.h"
 #include "meshlib/core/sync.h"
 

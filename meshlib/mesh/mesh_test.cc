@@ -5,7 +5,6 @@
 
 #include <atomic>
 #include <fstream>
-#include <functional>
 #include <thread>
 
 #include "absl/strings/ascii.h"
@@ -467,29 +466,46 @@ int64_t VoluntarySwitches(long tid) {
   return -1;
 }
 
-// Runs `calls` calls one after another, each started from the previous
-// one's callback (on the mesh's reactor); returns how often that reactor
-// thread slept meanwhile, or -1.
-int64_t ReactorSleepsDuringChain(Client& echo, int calls) {
-  std::atomic<long> tid{0};
-  core::Notification first;
-  echo.Call("Echo/Say", "x", CallOptions(), [&](CallResult) {
-    tid = static_cast<long>(syscall(SYS_gettid));
-    first.Notify();
-  });
-  if (!first.WaitForNotificationWithTimeout(absl::Seconds(10))) return -1;
-  const int64_t before = VoluntarySwitches(tid.load());
-  core::Notification done;
-  std::atomic<int> left{calls};
+// A chain of calls, each started from the previous one's callback (on the
+// mesh's reactor). Every call in flight holds the chain, so a test that gives
+// up waiting leaves nothing dangling behind it.
+struct CallChain {
+  std::shared_ptr<Client> echo;
+  std::atomic<long> tid{0};  // the reactor thread that ran the first callback
+  std::atomic<int> left{0};
   std::atomic<int> failed{0};
-  std::function<void(CallResult)> next = [&](CallResult r) {
-    if (!r.status.ok()) ++failed;
-    if (left.fetch_sub(1) == 1) return done.Notify();
-    echo.Call("Echo/Say", "x", CallOptions(), next);
-  };
-  echo.Call("Echo/Say", "x", CallOptions(), next);
-  if (!done.WaitForNotificationWithTimeout(absl::Seconds(30)) || failed.load() > 0) return -1;
-  const int64_t after = VoluntarySwitches(tid.load());
+  core::Notification done;
+
+  static void Next(std::shared_ptr<CallChain> c) {
+    Client* echo = c->echo.get();
+    echo->Call("Echo/Say", "x", CallOptions(), [c = std::move(c)](CallResult r) mutable {
+      if (c->tid.load() == 0) c->tid = static_cast<long>(syscall(SYS_gettid));
+      if (!r.status.ok()) ++c->failed;
+      if (c->left.fetch_sub(1) == 1) return c->done.Notify();
+      Next(std::move(c));
+    });
+  }
+};
+
+// Runs `calls` calls one after another on the mesh's reactor; returns how
+// often that reactor thread slept meanwhile, or -1.
+int64_t ReactorSleepsDuringChain(std::shared_ptr<Client> echo, int calls) {
+  auto warm = std::make_shared<CallChain>();  // finds the reactor's thread
+  warm->echo = echo;
+  warm->left = 1;
+  CallChain::Next(warm);
+  if (!warm->done.WaitForNotificationWithTimeout(absl::Seconds(10))) return -1;
+  const long tid = warm->tid.load();
+  const int64_t before = VoluntarySwitches(tid);
+  auto chain = std::make_shared<CallChain>();
+  chain->echo = std::move(echo);
+  chain->left = calls;
+  CallChain::Next(chain);
+  if (!chain->done.WaitForNotificationWithTimeout(absl::Seconds(30)) ||
+      chain->failed.load() > 0) {
+    return -1;
+  }
+  const int64_t after = VoluntarySwitches(tid);
   return before < 0 || after < 0 ? -1 : after - before;
 }
 
@@ -506,7 +522,7 @@ TEST_F(MeshTest, BusyPollKeepsTheReactorAwakeBetweenReplies) {
                      .value();
   EXPECT_EQ(polling->config()->mesh.busy_poll, absl::Milliseconds(1));
   auto echo = polling->Client("echo").value();
-  const int64_t sleeps = ReactorSleepsDuringChain(*echo, kCalls);
+  const int64_t sleeps = ReactorSleepsDuringChain(echo, kCalls);
   ASSERT_GE(sleeps, 0);
   // Each reply comes within microseconds; a slept reactor is the exception
   // (a reply later than 1ms: the server thread was not scheduled meanwhile).

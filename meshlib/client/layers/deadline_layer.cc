@@ -3,8 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "meshlib/core/fast_time.h"
 #include "meshlib/core/deadline_context.h"
+#include "meshlib/core/fast_time.h"
 
 namespace meshlib::client {
 
