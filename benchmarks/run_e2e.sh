@@ -24,7 +24,7 @@
 #   --connections=N     throughput: connections (default 4)
 #   --inflight=N        throughput: calls in flight in total (default 32)
 #   --systems=LIST      comma-separated subset of raw_tcp,grpc,meshlib,mesh,
-#                       mesh_tls,grpc_tls,mesh_grpc,grpc_to_meshlib (default:
+#                       meshcall,mesh_tls,grpc_tls,mesh_grpc,grpc_to_meshlib (default:
 #                       the first four). "mesh_grpc" is the mesh Client
 #                       speaking gRPC (a service with "protocol": "grpc") to
 #                       gRPC C++'s server, against which the "grpc" row is
@@ -32,14 +32,17 @@
 #                       C++ client calling meshlib's echo_server. "meshlib"
 #                       drives a bare client::Channel; "mesh" calls through a
 #                       mesh Client (the whole stack over a static discovery of
-#                       the server), as applications do. "mesh_tls" and
+#                       the server), as applications do. "meshcall" is the
+#                       same stack driven by the meshcall tool (a mesh.json
+#                       written for the run; meshcall has no warm-up, so its
+#                       measured time includes connecting). "mesh_tls" and
 #                       "grpc_tls" are "mesh" and "grpc" over mutual TLS 1.3
 #                       (certificates made with the openssl CLI for the run)
 #   --server-threads=N  I/O threads of every server (default 1): raw TCP, gRPC
 #                       and meshlib alike
 #   --busy-poll-us=N    busy polling after work, in microseconds, for the
 #                       servers and clients that have it: raw TCP, meshlib,
-#                       mesh and mesh_tls (mesh.json's "busy_poll"); gRPC
+#                       mesh, meshcall and mesh_tls (mesh.json's "busy_poll"); gRPC
 #                       C++ has no such setting. Default 0, off, as in the
 #                       library
 #   --pin               run servers on CPU 0 and clients on CPU 1 (taskset);
@@ -103,6 +106,12 @@ die() {
   exit 2
 }
 
+# Value of a numeric field in one of our JSON lines (fixed format; a key
+# that occurs twice gives its last value).
+field() {
+  sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"
+}
+
 # Duration string -> milliseconds; rejects what the clients would reject
 # later, after a build, with a less helpful message.
 duration_ms() {
@@ -125,7 +134,7 @@ readonly run_ms=$(( duration_value_ms + warmup_value_ms ))
 
 IFS=',' read -r -a selected <<<"${systems}"
 for s in "${selected[@]}"; do
-  case "${s}" in raw_tcp | grpc | meshlib | mesh | mesh_tls | grpc_tls | mesh_grpc | grpc_to_meshlib) ;;
+  case "${s}" in raw_tcp | grpc | meshlib | mesh | meshcall | mesh_tls | grpc_tls | mesh_grpc | grpc_to_meshlib) ;;
     *) die "unknown system '${s}' in --systems" ;; esac
 done
 
@@ -196,6 +205,7 @@ declare -A server_target=(
   [grpc]=//benchmarks:grpc_echo_server
   [meshlib]=//examples/echo:echo_server
   [mesh]=//examples/echo:echo_server
+  [meshcall]=//examples/echo:echo_server
   [mesh_tls]=//examples/echo:echo_server
   [grpc_tls]=//benchmarks:grpc_echo_server
   [mesh_grpc]=//benchmarks:grpc_echo_server
@@ -206,6 +216,7 @@ declare -A client_target=(
   [grpc]=//benchmarks:grpc_echo_client
   [meshlib]=//benchmarks:meshlib_echo_client
   [mesh]=//benchmarks:meshlib_echo_client
+  [meshcall]=//examples/meshcall:meshcall
   [mesh_tls]=//benchmarks:meshlib_echo_client
   [grpc_tls]=//benchmarks:grpc_echo_client
   [mesh_grpc]=//benchmarks:meshlib_echo_client
@@ -304,6 +315,22 @@ stop_server() {
   fi
 }
 
+# Runs a client command on the clients' CPU, in the background (so that the
+# traps can kill it) and killed after $1 seconds if it hangs; its output goes
+# to $2 and $2.err. Returns the client's exit status.
+run_pinned_client() {
+  local limit_s="$1" result="$2"
+  shift 2
+  timeout --signal=KILL "${limit_s}" "${client_cpu[@]+"${client_cpu[@]}"}" "$@" \
+    >"${result}" 2>"${result}.err" &
+  local pid=$!
+  pids+=("${pid}")
+  local rc=0
+  wait "${pid}" || rc=$?
+  forget_pid "${pid}"
+  return "${rc}"
+}
+
 # Runs one client measurement in the background (so that the traps can kill
 # it) and appends its JSON line to ${out}.
 run_client() {
@@ -323,18 +350,16 @@ run_client() {
   # Clients stop themselves; this only catches a hung one.
   local limit_s=$(( run_ms / 1000 + 60 ))
   echo "running ${s} ${mode} ..." >&2
-  timeout --signal=KILL "${limit_s}" \
-    "${client_cpu[@]+"${client_cpu[@]}"}" "${client}" \
+  if [[ "${s}" == meshcall ]]; then
+    run_meshcall "${client}" "${mode}" "${result}" "${limit_s}" || return 1
+    return 0
+  fi
+  local rc=0
+  run_pinned_client "${limit_s}" "${result}" "${client}" \
     --address="${server_address}" --mode="${mode}" --payload="${payload}" \
     --duration="${duration}" --warmup="${warmup}" \
     --connections="${connections}" --inflight="${inflight}" --json \
-    "${extra_client_flags[@]+"${extra_client_flags[@]}"}" \
-    >"${result}" 2>"${result}.err" &
-  local pid=$!
-  pids+=("${pid}")
-  local rc=0
-  wait "${pid}" || rc=$?
-  forget_pid "${pid}"
+    "${extra_client_flags[@]+"${extra_client_flags[@]}"}" || rc=$?
   local line
   line="$(grep -m1 '^{' "${result}" || true)"
   if (( rc != 0 )) || [[ -z "${line}" ]]; then
@@ -344,6 +369,40 @@ run_client() {
   fi
   echo "${line}" >>"${out}"
   runs["${s}.${mode}"]+="${line}"$'\n'
+}
+
+# The meshcall tool as a client: it reads a mesh.json and prints its own
+# JSON, turned here into the line every other client prints. Ping-pong is
+# one call in flight on one connection; throughput uses --inflight over
+# --connections, as the others do. Any failed call fails the run.
+run_meshcall() {
+  local client="$1" mode="$2" result="$3" limit_s="$4"
+  local config="${workdir}/meshcall.${mode}.json"
+  local concurrency="${inflight}" conns="${connections}"
+  if [[ "${mode}" == pingpong ]]; then concurrency=1; conns=1; fi
+  printf '{"mesh": {"busy_poll": "%sus"}, "services": {"echo": {"discovery": {"static": {"endpoints": ["%s"]}}, "timeout": "10s"}}}\n' \
+    "${busy_poll_us}" "${server_address}" >"${config}"
+  local data
+  data="$(head -c "${payload}" /dev/zero | tr '\0' x)"
+  local rc=0
+  run_pinned_client "${limit_s}" "${result}" "${client}" --config="${config}" --service=echo \
+    --method=Echo/Say --data="${data}" --concurrency="${concurrency}" \
+    --connections="${conns}" --duration="${duration}" --json || rc=$?
+  local j requests ok
+  j="$(grep -m1 '^{' "${result}" || true)"
+  requests="$(field "${j}" requests)"
+  ok="$(field "${j}" ok)"
+  if (( rc != 0 )) || [[ -z "${j}" || -z "${requests}" || "${requests}" != "${ok}" ]]; then
+    echo "meshcall ${mode}: client failed (status ${rc}, ${ok:-?} of ${requests:-?} calls ok):" >&2
+    cat "${result}.err" "${result}" >&2
+    return 1
+  fi
+  local line
+  line="$(printf '{"system":"meshcall","mode":"%s","calls":%s,"qps":%s,"p50_us":%s,"p99_us":%s,"p999_us":%s,"max_us":%s}' \
+    "${mode}" "${requests}" "$(field "${j}" qps)" "$(field "${j}" p50)" "$(field "${j}" p99)" \
+    "$(field "${j}" p999)" "$(field "${j}" max)")"
+  echo "${line}" >>"${out}"
+  runs["meshcall.${mode}"]+="${line}"$'\n'
 }
 
 # Certificates for the TLS systems: a CA, a server leaf (SPIFFE ID, and
@@ -395,7 +454,7 @@ for (( round = 0; round < rounds; ++round )); do
                            --busy_poll_us="${busy_poll_us}") ;;
       grpc | mesh_grpc) server_cmd=("${bin}/grpc_echo_server" --port=0 --threads="${server_threads}") ;;
       grpc_to_meshlib) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}") ;;
-      meshlib | mesh) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
+      meshlib | mesh | meshcall) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
                                   --busy_poll_us="${busy_poll_us}") ;;
       mesh_tls) server_cmd=("${bin}/echo_server" --port=0 --io_threads="${server_threads}"
                             --busy_poll_us="${busy_poll_us}" "${tls_server_flags[@]}") ;;
@@ -419,11 +478,6 @@ for (( round = 0; round < rounds; ++round )); do
 done
 
 # ---------------------------------------------------------------- table ---
-
-# Value of a numeric field in one of our JSON lines (fixed format, no nesting).
-field() {
-  sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" <<<"$1"
-}
 
 # Microseconds with one decimal; "-" for a client that sent no samples (0).
 us() {
