@@ -10,6 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -53,6 +54,12 @@ class ClientCall final : public Cancellable {
   // Kept only while the call waits for a connection.
   std::string queued_request;
   Metadata queued_metadata;
+  // Place in its connection's deadline list (ClientConnection::StartCall),
+  // guarded by that connection's lock. A listed call has no timer of its own.
+  ClientCall* deadline_prev = nullptr;
+  ClientCall* deadline_next = nullptr;
+  uint32_t listed_id = 0;  // its stream id, while listed
+  bool listed = false;
 
   // Returns false if the call had already completed. Takes `result` by
   // reference: it is moved once, into the callback.
@@ -94,6 +101,30 @@ CallResult Failure(absl::Status status, bool not_processed) {
   r.status = std::move(status);
   r.not_processed = not_processed;
   return r;
+}
+
+// What a call whose deadline passed ends with, whichever timer noticed.
+CallResult DeadlinePassed(const ClientCall& c) {
+  return Failure(absl::DeadlineExceededError(absl::StrCat("deadline of ",
+                                                          absl::FormatDuration(c.timeout),
+                                                          " exceeded calling ", c.method, " on ",
+                                                          c.address)),
+                 false);
+}
+
+// Gives a call a deadline timer of its own, on its loop: a call that waits
+// for a connection, or one whose deadline does not fit its connection's list
+// (see ClientConnection::StartCall). Coarse timers make arming and
+// cancelling O(1), at a millisecond's precision. A call without a deadline
+// needs none. The loop's lock is a leaf: this may run under other locks.
+void ArmCallTimer(const std::shared_ptr<ClientCall>& call) {
+  if (call->deadline == absl::InfiniteFuture()) return;
+  std::weak_ptr<ClientCall> weak = call;
+  call->timer = call->loop->RunAtCoarse(call->deadline, [weak] {
+    auto c = weak.lock();
+    if (!c) return;
+    if (c->Complete(DeadlinePassed(*c), /*from_timer=*/true)) c->AbandonOnWire();
+  });
 }
 
 }  // namespace
@@ -138,6 +169,7 @@ class ClientConnection final : public transport::FramedConnection {
           call->method, " on ", call->address, " before it was sent"));
     }
     uint32_t id;
+    absl::Time arm_at = absl::InfiniteFuture();
     {
       core::SpinLockHolder lock(&mu_);
       if (closed_ || goaway_) {
@@ -148,8 +180,26 @@ class ClientConnection final : public transport::FramedConnection {
         id = next_stream_id_++;
         if (next_stream_id_ == 0) next_stream_id_ = 1;
       } while (pending_.contains(id));
+      // The deadline: calls that leave in deadline order (nearly all: one
+      // timeout per method, and the clock moves forward) join the
+      // connection's list, watched by one timer for its head, instead of a
+      // timer armed and cancelled per call. A call that waited for the
+      // connection has its timer already; one that would jump the queue
+      // gets its own, before anyone can see the call.
+      if (!call->timer.valid() && call->deadline != absl::InfiniteFuture()) {
+        if (deadline_tail_ == nullptr || call->deadline >= deadline_tail_->deadline) {
+          LinkLocked(call.get(), id);
+          if (call->deadline < deadline_timer_at_) {
+            deadline_timer_at_ = call->deadline;
+            arm_at = call->deadline;
+          }
+        } else {
+          ArmCallTimer(call);
+        }
+      }
       pending_.emplace(id, call);
     }
+    if (arm_at != absl::InfiniteFuture()) ArmDeadlineTimer(arm_at);
     call->SetWire(weak_from_this(), id);
     if (call->completed()) {  // the deadline fired meanwhile
       Forget(id);
@@ -174,9 +224,12 @@ class ClientConnection final : public transport::FramedConnection {
   // Drops a call from the table; returns true if it was there.
   bool Forget(uint32_t id) {
     core::SpinLockHolder lock(&mu_);
-    bool found = pending_.erase(id) > 0;
-    if (found) MaybeCloseAfterGoAwayLocked();
-    return found;
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return false;
+    UnlinkLocked(it->second.get());
+    pending_.erase(it);
+    MaybeCloseAfterGoAwayLocked();
+    return true;
   }
 
   size_t pending_count() {
@@ -196,6 +249,38 @@ class ClientConnection final : public transport::FramedConnection {
  private:
   void OnResponse(const transport::FrameView& frame);
   void OnGoAway(const transport::FrameView& frame);
+  // The deadline list: calls in pending_ without a timer of their own, in
+  // the order of their deadlines. Every call leaves it when it leaves
+  // pending_, so its pointers stay valid.
+  void LinkLocked(ClientCall* c, uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    c->listed = true;
+    c->listed_id = id;
+    c->deadline_prev = deadline_tail_;
+    c->deadline_next = nullptr;
+    (deadline_tail_ != nullptr ? deadline_tail_->deadline_next : deadline_head_) = c;
+    deadline_tail_ = c;
+  }
+  void UnlinkLocked(ClientCall* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!c->listed) return;
+    (c->deadline_prev != nullptr ? c->deadline_prev->deadline_next : deadline_head_) =
+        c->deadline_next;
+    (c->deadline_next != nullptr ? c->deadline_next->deadline_prev : deadline_tail_) =
+        c->deadline_prev;
+    c->deadline_prev = c->deadline_next = nullptr;
+    c->listed = false;
+  }
+  // A timer for the list's head, due at `at`. Timers are never cancelled:
+  // one that finds nothing due re-arms for the head, if no earlier one will
+  // run, and one that outlives the connection does nothing.
+  void ArmDeadlineTimer(absl::Time at) {
+    std::weak_ptr<transport::FramedConnection> weak = weak_from_this();
+    loop()->RunAtCoarse(at, [weak, at] {
+      if (auto conn = weak.lock()) static_cast<ClientConnection*>(conn.get())->ExpireDeadlines(at);
+    });
+  }
+  // On the loop thread, from the timer due at `at`: ends the listed calls
+  // whose deadline passed, and tells the server to stop working on them.
+  void ExpireDeadlines(absl::Time at);
   void MaybeCloseAfterGoAwayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (goaway_ && pending_.empty() && !closed_ && !close_posted_) {
       // Posted: closing runs OnClosed, which takes mu_.
@@ -219,6 +304,10 @@ class ClientConnection final : public transport::FramedConnection {
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   bool goaway_ ABSL_GUARDED_BY(mu_) = false;
   bool close_posted_ ABSL_GUARDED_BY(mu_) = false;
+  ClientCall* deadline_head_ ABSL_GUARDED_BY(mu_) = nullptr;  // earliest deadline
+  ClientCall* deadline_tail_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // When the earliest list timer not yet run is due (InfiniteFuture: none).
+  absl::Time deadline_timer_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   uint64_t unknown_replies_ = 0;  // loop thread
   std::atomic<bool> received_frame_{false};
 };
@@ -333,6 +422,7 @@ class Subchannel : public std::enable_shared_from_this<Subchannel> {
             call->queued_request.assign(request.data(), request.size());
             call->queued_metadata = metadata;
           }
+          ArmCallTimer(call);  // before the queue can send it
           queued_.push_back(call);
           return;
         case State::kBackoff:
@@ -607,6 +697,7 @@ void ClientConnection::OnResponse(const transport::FrameView& frame) {
     auto it = pending_.find(frame.header.stream_id);
     if (it != pending_.end()) {
       call = std::move(it->second);
+      UnlinkLocked(call.get());
       pending_.erase(it);
       MaybeCloseAfterGoAwayLocked();
     }
@@ -651,6 +742,37 @@ void ClientConnection::OnResponse(const transport::FrameView& frame) {
   dispatching_subchannel = outer;
 }
 
+void ClientConnection::ExpireDeadlines(absl::Time at) {
+  // Everything due by this timer's time is due, whatever the clock says now.
+  const absl::Time now = std::max(at, loop()->Now());
+  absl::InlinedVector<std::pair<uint32_t, std::shared_ptr<ClientCall>>, 4> expired;
+  absl::Time arm_at = absl::InfiniteFuture();
+  {
+    core::SpinLockHolder lock(&mu_);
+    // This timer, or an earlier one, has run.
+    if (deadline_timer_at_ <= now) deadline_timer_at_ = absl::InfiniteFuture();
+    while (deadline_head_ != nullptr && deadline_head_->deadline <= now) {
+      ClientCall* c = deadline_head_;
+      const uint32_t id = c->listed_id;
+      UnlinkLocked(c);
+      auto it = pending_.find(id);
+      if (it != pending_.end()) {
+        expired.emplace_back(id, std::move(it->second));
+        pending_.erase(it);
+      }
+    }
+    if (!expired.empty()) MaybeCloseAfterGoAwayLocked();
+    if (deadline_head_ != nullptr && deadline_head_->deadline < deadline_timer_at_) {
+      deadline_timer_at_ = deadline_head_->deadline;
+      arm_at = deadline_timer_at_;
+    }
+  }
+  if (arm_at != absl::InfiniteFuture()) ArmDeadlineTimer(arm_at);
+  for (auto& [id, call] : expired) {
+    if (call->Complete(DeadlinePassed(*call), /*from_timer=*/true)) SendCancel(id);
+  }
+}
+
 void ClientConnection::OnGoAway(const transport::FrameView& frame) {
   absl::StatusOr<transport::GoAway> g = transport::ParseGoAwayBody(frame.body);
   if (!g.ok()) {
@@ -665,6 +787,7 @@ void ClientConnection::OnGoAway(const transport::FrameView& frame) {
     for (auto it = pending_.begin(); it != pending_.end();) {
       auto cur = it++;
       if (cur->first > g->last_stream_id) {
+        UnlinkLocked(cur->second.get());
         unprocessed.push_back(std::move(cur->second));
         pending_.erase(cur);
       }
@@ -691,6 +814,7 @@ void ClientConnection::OnClosed(const absl::Status& reason) {
     core::SpinLockHolder lock(&mu_);
     if (!closed_) counters_->closed.fetch_add(1, std::memory_order_relaxed);
     closed_ = true;
+    for (auto& [id, call] : pending_) UnlinkLocked(call.get());
     pending.swap(pending_);
   }
   const bool answered = received_frame_.load(std::memory_order_relaxed);
@@ -885,20 +1009,8 @@ CallHandle Channel::StartCall(absl::string_view method, absl::string_view reques
   call->done = std::move(done);
   call->want_inline_read = want_inline_read;
   call->loop = sc->loop();
-  std::weak_ptr<ClientCall> weak = call;
-  // A deadline is nearly always cancelled by the answer: the loop's coarse
-  // timers make that O(1), at a millisecond's precision.
-  call->timer = sc->loop()->RunAtCoarse(call->deadline, [weak] {
-    auto c = weak.lock();
-    if (!c) return;
-    if (c->Complete(Failure(absl::DeadlineExceededError(absl::StrCat(
-                                "deadline of ", absl::FormatDuration(c->timeout),
-                                " exceeded calling ", c->method, " on ", c->address)),
-                            false),
-                    /*from_timer=*/true)) {
-      c->AbandonOnWire();
-    }
-  });
+  // The deadline is watched by the connection the call leaves on, or by a
+  // timer of its own while it waits for one (Subchannel::StartCall).
   sc->StartCall(call, request, options.metadata, now);
   return CallHandle(std::move(call));
 }

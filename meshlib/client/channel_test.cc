@@ -541,6 +541,87 @@ TEST(ChannelTest, ManyCallsToSlowServerHitTheirDeadline) {
   EXPECT_TRUE(r.status.ok()) << r.status;
 }
 
+// A connection watches the deadlines of the calls it carries in the order
+// they fall due, with one timer for the earliest. Calls whose deadlines come
+// later than the ones sent before them must each still end on their own
+// deadline (the timer moves on to the next call), and a call with a shorter
+// deadline than one already in flight must not wait behind it. The peer
+// never answers (a listener that does not accept), so only the client's
+// own deadline handling can end the calls.
+TEST(ChannelTest, DeadlinesOfMixedTimeoutsOnOneConnectionEachHold) {
+  auto addr = transport::ParseHostPort("127.0.0.1:0");
+  ASSERT_TRUE(addr.ok());
+  absl::StatusOr<int> fd = transport::ListenTcp(*addr, 16);
+  ASSERT_TRUE(fd.ok()) << fd.status();
+  FdCloser closer(*fd);
+  auto bound = transport::LocalAddress(*fd);
+  ASSERT_TRUE(bound.ok());
+  auto ch = MakeChannel(bound->ToString());  // one connection
+  ASSERT_NE(ch, nullptr);
+  // Connected first (the kernel completes it), so that no call waits for
+  // the connection (a waiting call has a timer of its own).
+  ch->Connect();
+  ASSERT_TRUE(WaitUntil([&] { return ch->ReadyConnections() == 1; }, kWaitLimit));
+
+  struct Outcome {
+    absl::Duration timeout;
+    absl::Duration took;
+    absl::StatusCode code = absl::StatusCode::kUnknown;
+    std::string message;
+  };
+  std::vector<Outcome> outcomes;
+  std::mutex mu;
+  Latch done;
+  auto call = [&](absl::Duration timeout) {
+    size_t i;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      i = outcomes.size();
+      outcomes.push_back(Outcome{timeout});
+    }
+    const absl::Time t0 = absl::Now();
+    ch->Call("Echo/Say", "", WithTimeout(timeout), [&, i, t0](CallResult r) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        outcomes[i].took = absl::Now() - t0;
+        outcomes[i].code = r.status.code();
+        outcomes[i].message = std::string(r.status.message());
+      }
+      done.Arrive();
+    });
+  };
+  // Rising deadlines: each joins the list behind the one before it.
+  for (int ms : {100, 200, 300}) call(absl::Milliseconds(ms));
+  // Then a long call at the list's tail...
+  std::atomic<bool> long_done{false};
+  CallHandle long_call =
+      ch->Call("Echo/Say", "", WithTimeout(absl::Seconds(60)), [&](CallResult r) {
+        EXPECT_EQ(r.status.code(), absl::StatusCode::kCancelled) << r.status;
+        long_done.store(true);
+      });
+  // ...and calls that fall due before it.
+  for (int ms : {150, 250, 400}) call(absl::Milliseconds(ms));
+  const int kShort = 6;
+  ASSERT_TRUE(done.WaitFor(kShort, kWaitLimit)) << done.count() << " done";
+  // None of them waited for the long call's deadline.
+  EXPECT_FALSE(long_done.load());
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const Outcome& o : outcomes) {
+      EXPECT_EQ(o.code, absl::StatusCode::kDeadlineExceeded) << o.timeout << ": " << o.message;
+      EXPECT_THAT(o.message,
+                  HasSubstr(absl::StrCat("deadline of ", absl::FormatDuration(o.timeout),
+                                         " exceeded calling Echo/Say on ")));
+      EXPECT_GE(o.took, o.timeout) << "ended before its deadline";
+    }
+  }
+  long_call.Cancel();
+  EXPECT_TRUE(long_done.load());
+  // Every call left the connection's books.
+  EXPECT_TRUE(WaitUntil([&] { return ch->CallsInFlightForTesting() == 0; }, absl::Seconds(5)))
+      << ch->CallsInFlightForTesting() << " calls still in flight";
+}
+
 // A blocking call reads its own reply off the connection; replies of other
 // calls it reads meanwhile must still reach their callbacks, on a reactor
 // thread, as the header promises.
