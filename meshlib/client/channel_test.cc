@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "meshlib/core/sync.h"
 #include "meshlib/runtime/event_loop.h"
 #include "meshlib/server/server.h"
 #include "meshlib/transport/socket.h"
@@ -133,6 +134,43 @@ class FdCloser {
 
 // A TCP socket bound to an ephemeral loopback port; returns the fd and sets
 // `*port`. Listening is up to the caller.
+// A listener that never accepts: connections complete in the kernel's
+// backlog, requests are taken in, and nothing ever comes back. -1 on error.
+struct SilentPeer {
+  int fd = -1;
+  std::string address;
+};
+SilentPeer ListenSilently() {
+  SilentPeer peer;
+  auto addr = transport::ParseHostPort("127.0.0.1:0");
+  absl::StatusOr<int> fd = addr.ok() ? transport::ListenTcp(*addr, 16) : addr.status();
+  EXPECT_TRUE(fd.ok()) << fd.status();
+  if (!fd.ok()) return peer;
+  auto bound = transport::LocalAddress(*fd);
+  EXPECT_TRUE(bound.ok()) << bound.status();
+  if (!bound.ok()) {
+    close(*fd);
+    return peer;
+  }
+  peer.fd = *fd;
+  peer.address = bound->ToString();
+  return peer;
+}
+
+// A channel to `address` whose connection is up (no call waits for it, and
+// so none gets a timer of its own for that), on `runtime` if given.
+std::unique_ptr<Channel> ConnectedChannel(const std::string& address,
+                                          std::shared_ptr<runtime::Runtime> runtime = nullptr) {
+  ChannelOptions options;
+  options.runtime = std::move(runtime);
+  auto ch = MakeChannel(address, options);
+  if (ch == nullptr) return nullptr;
+  ch->Connect();
+  const bool ready = WaitUntil([&] { return ch->ReadyConnections() == 1; }, kWaitLimit);
+  EXPECT_TRUE(ready) << "no connection to " << address;
+  return ready ? std::move(ch) : nullptr;
+}
+
 int BindLoopback(int* port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
@@ -549,19 +587,11 @@ TEST(ChannelTest, ManyCallsToSlowServerHitTheirDeadline) {
 // never answers (a listener that does not accept), so only the client's
 // own deadline handling can end the calls.
 TEST(ChannelTest, DeadlinesOfMixedTimeoutsOnOneConnectionEachHold) {
-  auto addr = transport::ParseHostPort("127.0.0.1:0");
-  ASSERT_TRUE(addr.ok());
-  absl::StatusOr<int> fd = transport::ListenTcp(*addr, 16);
-  ASSERT_TRUE(fd.ok()) << fd.status();
-  FdCloser closer(*fd);
-  auto bound = transport::LocalAddress(*fd);
-  ASSERT_TRUE(bound.ok());
-  auto ch = MakeChannel(bound->ToString());  // one connection
+  SilentPeer peer = ListenSilently();
+  ASSERT_GE(peer.fd, 0);
+  FdCloser closer(peer.fd);
+  auto ch = ConnectedChannel(peer.address);  // one connection
   ASSERT_NE(ch, nullptr);
-  // Connected first (the kernel completes it), so that no call waits for
-  // the connection (a waiting call has a timer of its own).
-  ch->Connect();
-  ASSERT_TRUE(WaitUntil([&] { return ch->ReadyConnections() == 1; }, kWaitLimit));
 
   struct Outcome {
     absl::Duration timeout;
@@ -620,6 +650,81 @@ TEST(ChannelTest, DeadlinesOfMixedTimeoutsOnOneConnectionEachHold) {
   // Every call left the connection's books.
   EXPECT_TRUE(WaitUntil([&] { return ch->CallsInFlightForTesting() == 0; }, absl::Seconds(5)))
       << ch->CallsInFlightForTesting() << " calls still in flight";
+}
+
+// A connection's deadline timer is never cancelled; it holds the connection
+// weakly. Here it comes due after its channel, connections and calls are
+// gone, on a runtime that lives on: it must touch nothing (ASan watches), and
+// the runtime must keep working. The calls end once each, CANCELLED, when
+// the channel goes.
+TEST(ChannelTest, DeadlineTimerThatOutlivesItsConnectionDoesNothing) {
+  SilentPeer peer = ListenSilently();
+  ASSERT_GE(peer.fd, 0);
+  FdCloser closer(peer.fd);
+  auto rt = runtime::Runtime::Create(1, "shared");
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  auto ch = ConnectedChannel(peer.address, *rt);
+  ASSERT_NE(ch, nullptr);
+  constexpr int kCalls = 20;
+  std::atomic<int> calls_ended{0};
+  std::atomic<int> cancelled{0};
+  for (int i = 0; i < kCalls; ++i) {
+    ch->Call("Echo/Say", "", WithTimeout(absl::Milliseconds(100)), [&](CallResult r) {
+      if (r.status.code() == absl::StatusCode::kCancelled) ++cancelled;
+      ++calls_ended;
+    });
+  }
+  ch.reset();  // the list's timer, due in 100 ms, is still armed
+  EXPECT_EQ(calls_ended.load(), kCalls);
+  EXPECT_EQ(cancelled.load(), kCalls);
+
+  // Past that timer's time on the same loop: it has run (or found nothing).
+  core::Notification later;
+  (*rt)->loop(0).RunAfter(absl::Milliseconds(300), [&] { later.Notify(); });
+  ASSERT_TRUE(later.WaitForNotificationWithTimeout(kWaitLimit));
+  EXPECT_EQ(calls_ended.load(), kCalls);  // nothing ended twice
+
+  // The runtime still serves a new channel, whose calls still end on their
+  // deadline.
+  auto again = ConnectedChannel(peer.address, *rt);
+  ASSERT_NE(again, nullptr);
+  CallResult r = again->CallBlocking("Echo/Say", "", WithTimeout(absl::Milliseconds(100)));
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded) << r.status;
+}
+
+// The same timer when the peer closes the connection first: the calls end
+// UNAVAILABLE from the close, and the timer then finds an empty list.
+TEST(ChannelTest, DeadlineTimerAfterThePeerClosedTheConnection) {
+  SilentPeer peer = ListenSilently();
+  ASSERT_GE(peer.fd, 0);
+  FdCloser closer(peer.fd);
+  auto rt = runtime::Runtime::Create(1, "shared");
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  auto ch = ConnectedChannel(peer.address, *rt);
+  ASSERT_NE(ch, nullptr);
+  constexpr int kCalls = 20;
+  Latch done;
+  std::atomic<int> unavailable{0};
+  for (int i = 0; i < kCalls; ++i) {
+    ch->Call("Echo/Say", "", WithTimeout(absl::Milliseconds(200)), [&](CallResult r) {
+      if (r.status.code() == absl::StatusCode::kUnavailable) ++unavailable;
+      done.Arrive();
+    });
+  }
+  // Accept the waiting connection and close it at once: the peer goes away
+  // with the calls unanswered, before their deadline.
+  int accepted = accept(peer.fd, nullptr, nullptr);
+  ASSERT_GE(accepted, 0) << errno;
+  close(accepted);
+  ASSERT_TRUE(done.WaitFor(kCalls, kWaitLimit)) << done.count() << " done";
+  EXPECT_EQ(unavailable.load(), kCalls);
+  // Past the deadline on the same loop: the list's timer has run, on an
+  // empty list or a connection already gone.
+  core::Notification later;
+  (*rt)->loop(0).RunAfter(absl::Milliseconds(300), [&] { later.Notify(); });
+  ASSERT_TRUE(later.WaitForNotificationWithTimeout(kWaitLimit));
+  EXPECT_EQ(done.count(), kCalls);  // nothing ended twice
+  EXPECT_EQ(ch->CallsInFlightForTesting(), 0u);
 }
 
 // A blocking call reads its own reply off the connection; replies of other
